@@ -1,0 +1,18 @@
+//! tallyd: a StatsD / DogStatsD agent that serves Prometheus.
+//!
+//! The data path, one module per step:
+//!
+//! - [`listen`] receives UDP datagrams on every core;
+//! - [`protocol`] splits a datagram into lines and parses each into borrowed [`protocol::Sample`]s;
+//! - [`ingest`] turns samples into series updates, caching the series handle per raw name+tags;
+//! - [`mapping`] names series the Prometheus way (sanitising, reserved labels);
+//! - [`registry`] holds series state in lock-sharded maps;
+//! - [`exposition`] renders the registry for a scrape; [`http`] serves it;
+//! - [`config`] reads the TOML file and flags; [`telemetry`] holds tallyd's own metrics;
+//! - [`daemon`] wires it all together and runs until shutdown.
+
+pub mod protocol;
+pub mod ingest;
+pub mod mapping;
+pub mod registry;
+pub mod telemetry;

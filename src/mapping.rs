@@ -1,0 +1,104 @@
+//! Turning a StatsD name and its tags into a Prometheus metric name and label names.
+//!
+//! The rules are statsd_exporter's, so dashboards survive a migration: every character (not
+//! byte) outside `[A-Za-z0-9_]` becomes one `_`, except that a run of `-` becomes a single `_`;
+//! a leading digit gets a `_` prefix. Label names are sanitised the same way, and the names
+//! Prometheus reserves (`le`, `quantile`, anything starting `__`) are renamed `exported_<name>`.
+//!
+//! The functions write into a caller's buffer so the ingest path can reuse one allocation.
+
+/// Appends the sanitised form of `name` to `out`.
+pub fn sanitize_name_into(name: &str, out: &mut String) {
+    if name.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        out.push('_');
+    }
+    let mut previous_was_dash = false;
+    for c in name.chars() {
+        let dash = c == '-';
+        if c.is_ascii_alphanumeric() || c == '_' {
+            out.push(c);
+        } else if !(dash && previous_was_dash) {
+            out.push('_');
+        }
+        previous_was_dash = dash;
+    }
+}
+
+/// The sanitised form of `name` as a new string (for config and tests; the hot path uses
+/// [`sanitize_name_into`]).
+pub fn sanitize_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 1);
+    sanitize_name_into(name, &mut out);
+    out
+}
+
+/// Appends the label name for tag key `key` to `out`: sanitised, and renamed when reserved.
+pub fn label_name_into(key: &str, out: &mut String) {
+    let start = out.len();
+    sanitize_name_into(key, out);
+    let sanitised = &out[start..];
+    if sanitised == "le" || sanitised == "quantile" || sanitised.starts_with("__") {
+        out.insert_str(start, "exported_");
+    }
+}
+
+/// True when `name` needs no sanitising (the common case; lets callers skip a copy).
+pub fn is_clean_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && !bytes[0].is_ascii_digit()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(key: &str) -> String {
+        let mut out = String::new();
+        label_name_into(key, &mut out);
+        out
+    }
+
+    #[test]
+    fn dots_and_colons_become_underscores() {
+        assert_eq!(sanitize_name("a.b:c"), "a_b_c");
+    }
+
+    #[test]
+    fn a_run_of_dashes_becomes_one_underscore() {
+        assert_eq!(sanitize_name("fraud--v2-x"), "fraud_v2_x");
+    }
+
+    #[test]
+    fn other_runs_are_not_collapsed() {
+        assert_eq!(sanitize_name("a..b"), "a__b");
+    }
+
+    #[test]
+    fn a_multibyte_character_becomes_one_underscore() {
+        assert_eq!(sanitize_name("café.latency"), "caf__latency");
+    }
+
+    #[test]
+    fn a_leading_digit_gets_an_underscore_prefix() {
+        assert_eq!(sanitize_name("9lives"), "_9lives");
+    }
+
+    #[test]
+    fn reserved_label_names_are_renamed() {
+        assert_eq!(label("le"), "exported_le");
+        assert_eq!(label("quantile"), "exported_quantile");
+        assert_eq!(label("__name__"), "exported___name__");
+        assert_eq!(label("model"), "model");
+        assert_eq!(label("model.version"), "model_version");
+    }
+
+    #[test]
+    fn clean_names_are_recognised() {
+        assert!(is_clean_name("requests_total"));
+        assert!(!is_clean_name("requests.total"));
+        assert!(!is_clean_name("1x"));
+        assert!(!is_clean_name(""));
+    }
+}

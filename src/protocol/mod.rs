@@ -1,0 +1,248 @@
+//! The StatsD / DogStatsD wire grammar: a datagram becomes lines, a line becomes [`Sample`]s
+//! borrowed from the datagram, and every line that cannot be used is reported with a [`Reason`].
+//!
+//! Nothing here allocates: samples, names, tags and set members are views into the datagram.
+//! The grammar and its semantics are DESIGN.md §3; `parser` holds the implementation.
+
+mod parser;
+
+pub use parser::{parse_datagram, parse_line};
+
+/// The StatsD type letter of a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricType {
+    /// `c`
+    Counter,
+    /// `g`
+    Gauge,
+    /// `ms`
+    Timer,
+    /// `h`
+    Histogram,
+    /// `d`
+    Distribution,
+    /// `s`
+    Set,
+}
+
+impl MetricType {
+    /// The type as it is spelled on the wire.
+    pub fn wire(self) -> &'static str {
+        match self {
+            MetricType::Counter => "c",
+            MetricType::Gauge => "g",
+            MetricType::Timer => "ms",
+            MetricType::Histogram => "h",
+            MetricType::Distribution => "d",
+            MetricType::Set => "s",
+        }
+    }
+}
+
+/// One value of a line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    /// A plain number: the increment of a counter, the new value of a gauge, an observation.
+    Number(f64),
+    /// A gauge value written with a leading `+` or `-` while Etsy delta semantics are on:
+    /// add it to the current value instead of setting it.
+    GaugeDelta(f64),
+    /// A set member, verbatim.
+    SetMember(&'a [u8]),
+}
+
+/// Which of the tag notations a line used. Only one is allowed per line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TagStyle {
+    /// No tags at all.
+    None,
+    /// `|#k:v,k2:v2` (the value may itself contain `:`)
+    DogStatsd,
+    /// `name,k=v,k2=v2:1|c`
+    Influx,
+    /// `name#k=v,k2=v2:1|c`
+    Librato,
+    /// `name[k=v,k2=v2]:1|c`
+    SignalFx,
+}
+
+/// The tags of a line as a borrowed view. The parser has already checked them: the text is UTF-8,
+/// and [`Tags::iter`] skips (and the parser has counted) tags without a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tags<'a> {
+    /// The tag section without its introducer (`#`, `,`, `[`...`]`), e.g. `k:v,k2:v2`.
+    pub raw: &'a [u8],
+    pub style: TagStyle,
+}
+
+impl<'a> Tags<'a> {
+    pub const NONE: Tags<'static> = Tags {
+        raw: b"",
+        style: TagStyle::None,
+    };
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// The usable `(key, value)` pairs in wire order; tags with an empty key or value are skipped.
+    pub fn iter(&self) -> TagIter<'a> {
+        TagIter {
+            rest: self.raw,
+            separator: match self.style {
+                TagStyle::DogStatsd => b':',
+                _ => b'=',
+            },
+        }
+    }
+}
+
+/// Iterator behind [`Tags::iter`].
+#[derive(Clone, Debug)]
+pub struct TagIter<'a> {
+    rest: &'a [u8],
+    separator: u8,
+}
+
+impl<'a> Iterator for TagIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.rest.is_empty() {
+            let (tag, rest) = match memchr::memchr(b',', self.rest) {
+                Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
+                None => (self.rest, &b""[..]),
+            };
+            self.rest = rest;
+            let Some(split) = memchr::memchr(self.separator, tag) else {
+                continue;
+            };
+            let (key, value) = (&tag[..split], &tag[split + 1..]);
+            if key.is_empty() || value.is_empty() {
+                continue;
+            }
+            // The parser only hands out tag sections it has checked to be UTF-8, and both
+            // halves are split at an ASCII byte, so neither can fail here.
+            if let (Ok(key), Ok(value)) = (std::str::from_utf8(key), std::str::from_utf8(value)) {
+                return Some((key, value));
+            }
+        }
+        None
+    }
+}
+
+/// One usable sample: a line gives one per value (packed values, Etsy multi-metric lines).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample<'a> {
+    /// The metric name as sent, without any name-embedded tags. Not yet sanitised.
+    pub name: &'a str,
+    pub metric_type: MetricType,
+    pub value: Value<'a>,
+    /// In (0, 1]; a missing or invalid rate is 1.0.
+    pub sample_rate: f64,
+    pub tags: Tags<'a>,
+    /// The DogStatsD `|c:` container id, if the line carried one.
+    pub container_id: Option<&'a str>,
+}
+
+/// Parser switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// `true` (Etsy StatsD, the default): a gauge value with a leading `+`/`-` is a delta.
+    /// `false` (DogStatsD agent): every gauge value is absolute; `-5` sets -5.
+    pub gauge_deltas: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions { gauge_deltas: true }
+    }
+}
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident => $label:literal, )*) => {
+        /// Why a line (or part of one) could not be used. A closed set: each is exported as
+        /// `tallyd_sample_errors_total{reason="<label>"}`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Reason { $( $(#[$doc])* $variant, )* }
+
+        impl Reason {
+            /// Every reason, in declaration order (`reason as usize` indexes it).
+            pub const ALL: &'static [Reason] = &[ $( Reason::$variant, )* ];
+
+            /// The `reason` label value.
+            pub fn label(self) -> &'static str {
+                match self { $( Reason::$variant => $label, )* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// No `:` between name and value.
+    /// The line is refused.
+    MissingColon => "missing_colon",
+    /// The name is empty.
+    EmptyName => "empty_name",
+    /// No `|type` after the value.
+    MissingType => "missing_type",
+    /// A type other than `c g ms h d s`.
+    UnknownType => "unknown_type",
+    /// A value that is not a number (or an empty value).
+    InvalidValue => "invalid_value",
+    /// A value that is NaN or ±Inf.
+    NonFiniteValue => "non_finite_value",
+    /// A counter increment below zero.
+    NegativeCounter => "negative_counter",
+    /// The name, tags or container id are not valid UTF-8.
+    InvalidUtf8 => "invalid_utf8",
+    /// A name-embedded tag style together with `|#` tags, or a malformed name-tag section.
+    MalformedTags => "malformed_tags",
+    /// `|c` or `|c:` without a container id.
+    EmptyContainerId => "empty_container_id",
+    /// A line longer than the parser accepts.
+    LineTooLong => "line_too_long",
+    /// The sample rate is outside (0, 1] or not a number: the sample is kept with rate 1.
+    InvalidSampleRate => "invalid_sample_rate",
+    /// A tag without a value (`#flag`): the tag is dropped, the line kept.
+    TagWithoutValue => "tag_without_value",
+    /// A tag with an empty value (`k:`) or empty key: the tag is dropped, the line kept.
+    EmptyTagValue => "empty_tag_value",
+    /// Same name already registered with another type: the sample is refused.
+    TypeConflict => "type_conflict",
+    /// A name that is empty after sanitising, or that takes tallyd's own `tallyd_` prefix.
+    InvalidName => "invalid_name",
+    /// A set already holds its maximum number of distinct members: the new member is dropped.
+    SetFull => "set_full",
+}
+
+/// DogStatsD extensions that are recognised, counted and skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Extension {
+    /// `_e{...}` events
+    Event,
+    /// `_sc|...` service checks
+    ServiceCheck,
+}
+
+impl Extension {
+    pub fn label(self) -> &'static str {
+        match self {
+            Extension::Event => "event",
+            Extension::ServiceCheck => "service_check",
+        }
+    }
+}
+
+/// Where the parser delivers its results. `parse_datagram` calls these in wire order.
+pub trait SampleSink {
+    /// Called once for every non-empty line, before its samples or its rejection.
+    fn line(&mut self) {}
+    /// A usable sample.
+    fn sample(&mut self, sample: &Sample<'_>);
+    /// A line refused, or part of a line dropped, for `reason`.
+    fn reject(&mut self, reason: Reason);
+    /// An event or service check line, skipped.
+    fn extension(&mut self, kind: Extension);
+}

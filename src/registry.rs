@@ -1,0 +1,653 @@
+//! Series state and its sharding: counters, gauges, histograms and sets, grouped in families.
+//!
+//! A series is identified by a canonical key (its kind, family name and sorted labels; see
+//! [`SeriesKeyBuf`]). The key's hash picks one of a power-of-two number of shards, each a hash
+//! table behind its own `RwLock`, so a lookup takes one short read lock and a new series one
+//! short write lock on one shard. Values are atomics: updating an existing series takes no lock
+//! and allocates nothing (histograms and sets too, except a set's first sight of a member).
+//!
+//! Families hold the type, help and buckets, and the list of their series for exposition. A
+//! name has one type: the first one seen wins, and a later sample of another type is refused
+//! with [`Reason::TypeConflict`] instead of producing a family a scraper would reject. The
+//! names a family will expose (`x_total`, `x_bucket`, ...) are claimed too, so a gauge called
+//! `x_total` cannot collide with the samples of counter `x`.
+//!
+//! Lock order, to rule out deadlock: shard → family table → one family's series list. A scrape
+//! takes only the last two, one family at a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hashbrown::HashTable;
+use parking_lot::{Mutex, RwLock};
+
+use crate::protocol::Reason;
+
+/// The Prometheus default buckets, in seconds: what timers observe into unless configured.
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What a family is, as Prometheus will see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    /// A StatsD set: the number of distinct members seen in the recent window, exposed as a gauge.
+    Set,
+}
+
+impl Kind {
+    fn key_byte(self) -> u8 {
+        match self {
+            Kind::Counter => b'c',
+            Kind::Gauge => b'g',
+            Kind::Histogram => b'h',
+            Kind::Set => b's',
+        }
+    }
+
+    /// The sample names a family of this kind exposes besides its own name.
+    fn exposed_suffixes(self) -> &'static [&'static str] {
+        match self {
+            Kind::Counter => &["_total", "_created"],
+            Kind::Gauge | Kind::Set => &[],
+            Kind::Histogram => &["_bucket", "_sum", "_count", "_created"],
+        }
+    }
+}
+
+/// Registry-wide settings, fixed at start.
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    /// Number of shards; rounded up to a power of two.
+    pub shards: usize,
+    /// Bucket upper bounds for histograms without a definition of their own.
+    pub histogram_buckets: Arc<[f64]>,
+    /// How long a set member counts after it was last seen.
+    pub set_window_secs: u32,
+    /// Most distinct members one set tracks; more are dropped with [`Reason::SetFull`].
+    pub max_set_members: usize,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            shards: 64,
+            histogram_buckets: DEFAULT_BUCKETS.into(),
+            set_window_secs: 60,
+            max_set_members: 100_000,
+        }
+    }
+}
+
+/// A canonical series identity being assembled. One lives per ingest thread and is reused for
+/// every line, so assembling a key allocates only while its buffers grow to their working size.
+///
+/// The key bytes are `kind, family, 0xFF, (label, 0xFE, value, 0xFF)*` with labels sorted by
+/// name. Names and values are UTF-8, which never contains 0xFE or 0xFF, so keys are unambiguous.
+#[derive(Debug, Default)]
+pub struct SeriesKeyBuf {
+    kind: Option<Kind>,
+    text: String,
+    family_len: usize,
+    /// (name start, name end, value start, value end) into `text`.
+    labels: Vec<[u32; 4]>,
+    key: Vec<u8>,
+}
+
+impl SeriesKeyBuf {
+    /// Starts a new identity; write the family name into the returned buffer.
+    pub fn start(&mut self, kind: Kind) -> &mut String {
+        self.kind = Some(kind);
+        self.text.clear();
+        self.labels.clear();
+        self.key.clear();
+        self.family_len = 0;
+        &mut self.text
+    }
+
+    /// Ends the family name (everything written so far).
+    pub fn end_family(&mut self) {
+        self.family_len = self.text.len();
+    }
+
+    pub fn family(&self) -> &str {
+        &self.text[..self.family_len]
+    }
+
+    /// Lets the caller rewrite the family name (e.g. strip a `_total`).
+    pub fn truncate_family(&mut self, len: usize) {
+        debug_assert!(self.labels.is_empty());
+        self.text.truncate(len);
+        self.family_len = len;
+    }
+
+    /// Adds a label: `write_name` appends the label name, `value` is taken verbatim.
+    pub fn push_label(&mut self, write_name: impl FnOnce(&mut String), value: &str) {
+        let name_start = self.text.len() as u32;
+        write_name(&mut self.text);
+        let name_end = self.text.len() as u32;
+        self.text.push_str(value);
+        let value_end = self.text.len() as u32;
+        self.labels
+            .push([name_start, name_end, name_end, value_end]);
+    }
+
+    fn slice(&self, start: u32, end: u32) -> &str {
+        &self.text[start as usize..end as usize]
+    }
+
+    /// Sorts the labels, keeps the last of duplicate names, and builds the key bytes.
+    pub fn finish(&mut self) {
+        let Self {
+            text, labels, key, ..
+        } = self;
+        let name = |l: &[u32; 4]| &text[l[0] as usize..l[1] as usize];
+        // Stable, so equal names stay in wire order and the last one is the one kept.
+        labels.sort_by(|a, b| name(a).cmp(name(b)));
+        labels.dedup_by(|later, earlier| {
+            let same = name(later) == name(earlier);
+            if same {
+                *earlier = *later;
+            }
+            same
+        });
+        key.clear();
+        key.push(self.kind.map_or(0, Kind::key_byte));
+        key.extend_from_slice(text[..self.family_len].as_bytes());
+        key.push(0xFF);
+        for l in labels.iter() {
+            key.extend_from_slice(&text.as_bytes()[l[0] as usize..l[1] as usize]);
+            key.push(0xFE);
+            key.extend_from_slice(&text.as_bytes()[l[2] as usize..l[3] as usize]);
+            key.push(0xFF);
+        }
+    }
+
+    /// The canonical key; valid after [`SeriesKeyBuf::finish`].
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The `(name, value)` pairs, sorted; valid after [`SeriesKeyBuf::finish`].
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.labels
+            .iter()
+            .map(|l| (self.slice(l[0], l[1]), self.slice(l[2], l[3])))
+    }
+}
+
+/// An `f64` updated atomically.
+#[derive(Debug, Default)]
+pub struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    pub fn new(value: f64) -> Self {
+        AtomicF64(AtomicU64::new(value.to_bits()))
+    }
+
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn add(&self, delta: f64) {
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(current) + delta).to_bits();
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+/// Histogram state: per-bucket counts (not cumulative; the last slot is the `+Inf` overflow)
+/// and the sum. The count is the total of the buckets, so a scrape always sees
+/// `_count == _bucket{le="+Inf"}` even while observations land.
+#[derive(Debug)]
+pub struct HistogramCell {
+    bounds: Arc<[f64]>,
+    counts: Box<[AtomicU64]>,
+    sum: AtomicF64,
+}
+
+impl HistogramCell {
+    fn new(bounds: Arc<[f64]>) -> Self {
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        HistogramCell {
+            bounds,
+            counts,
+            sum: AtomicF64::default(),
+        }
+    }
+
+    /// Records `value` as `weight` observations (a sampled observation stands for 1/rate).
+    pub fn observe(&self, value: f64, weight: u64) {
+        // `le` semantics: the first bucket whose bound is >= value.
+        let index = self.bounds.partition_point(|bound| *bound < value);
+        self.counts[index].fetch_add(weight, Ordering::Relaxed);
+        self.sum.add(value * weight as f64);
+    }
+
+    /// Upper bounds, without the final `+Inf`.
+    pub fn bounds(&self) -> &[f64] {
+        &self.bounds
+    }
+
+    /// Per-bucket counts, one more than [`HistogramCell::bounds`] (the last is the overflow).
+    pub fn counts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn sum(&self) -> f64 {
+        self.sum.get()
+    }
+}
+
+/// Set state: member hash → second (since registry start) it was last seen.
+#[derive(Debug)]
+pub struct SetCell {
+    members: Mutex<HashMap<u64, u32, ahash::RandomState>>,
+}
+
+/// The state of one series.
+#[derive(Debug)]
+pub enum Cell {
+    Counter(AtomicF64),
+    Gauge(AtomicF64),
+    Histogram(Box<HistogramCell>),
+    Set(Box<SetCell>),
+}
+
+/// One series: its identity, its pre-escaped label text and its state.
+#[derive(Debug)]
+pub struct Series {
+    key: Box<[u8]>,
+    hash: u64,
+    /// `name="value",...` escaped for the text formats, without braces.
+    labels: Box<str>,
+    /// Unix seconds at creation, for OpenMetrics `_created`.
+    created: f64,
+    cell: Cell,
+}
+
+/// A change to one series, derived from one sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Update {
+    /// Counter increment (already divided by the sample rate).
+    Add(f64),
+    /// Gauge: set absolute value.
+    Set(f64),
+    /// Gauge: signed delta.
+    Delta(f64),
+    /// Histogram: `weight` observations of `value`.
+    Observe { value: f64, weight: u64 },
+    /// Set: a member (hashed), seen at `now` (seconds since registry start).
+    Member { hash: u64, now: u32 },
+}
+
+impl Series {
+    pub fn labels(&self) -> &str {
+        &self.labels
+    }
+
+    pub fn created(&self) -> f64 {
+        self.created
+    }
+
+    pub fn cell(&self) -> &Cell {
+        &self.cell
+    }
+
+    /// Applies `update`. Lock-free for every kind but sets; an update of the wrong kind for
+    /// this series is ignored (the ingest path only builds matching ones).
+    pub fn apply(&self, update: Update, settings: &RegistrySettings) -> Result<(), Reason> {
+        match (&self.cell, update) {
+            (Cell::Counter(v), Update::Add(delta)) => v.add(delta),
+            (Cell::Gauge(v), Update::Set(value)) => v.set(value),
+            (Cell::Gauge(v), Update::Delta(delta)) => v.add(delta),
+            (Cell::Histogram(h), Update::Observe { value, weight }) => h.observe(value, weight),
+            (Cell::Set(set), Update::Member { hash, now }) => {
+                let mut members = set.members.lock();
+                if members.len() >= settings.max_set_members && !members.contains_key(&hash) {
+                    let oldest_kept = now.saturating_sub(settings.set_window_secs);
+                    members.retain(|_, seen| *seen >= oldest_kept);
+                    if members.len() >= settings.max_set_members {
+                        return Err(Reason::SetFull);
+                    }
+                }
+                members.insert(hash, now);
+            }
+            _ => debug_assert!(false, "update {update:?} does not fit {:?}", self.cell),
+        }
+        Ok(())
+    }
+
+    /// For sets: the number of members seen in the window ending at `now`; expired ones are
+    /// forgotten on the way.
+    pub fn set_cardinality(&self, now: u32, window_secs: u32) -> u64 {
+        let Cell::Set(set) = &self.cell else { return 0 };
+        let oldest_kept = now.saturating_sub(window_secs);
+        let mut members = set.members.lock();
+        members.retain(|_, seen| *seen >= oldest_kept);
+        members.len() as u64
+    }
+}
+
+/// A metric family: one name, one kind, many series.
+#[derive(Debug)]
+pub struct Family {
+    name: Box<str>,
+    kind: Kind,
+    help: Option<Box<str>>,
+    buckets: Arc<[f64]>,
+    series: RwLock<Vec<Arc<Series>>>,
+}
+
+impl Family {
+    /// The family name: for counters, without the `_total` its samples carry.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn help(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
+
+    pub fn buckets(&self) -> &[f64] {
+        &self.buckets
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.read().len()
+    }
+
+    /// Visits every series under the family's read lock. Keep `visit` to copying bytes into a
+    /// buffer: a new series of this family waits for it (updates of existing ones do not).
+    pub fn for_each_series(&self, mut visit: impl FnMut(&Series)) {
+        for series in self.series.read().iter() {
+            visit(series);
+        }
+    }
+}
+
+#[derive(Default)]
+struct FamilyTable {
+    by_name: BTreeMap<Box<str>, Arc<Family>>,
+    /// Every sample name a family exposes → the family that owns it.
+    claims: HashMap<Box<str>, Arc<Family>>,
+}
+
+type Shard = RwLock<HashTable<Arc<Series>>>;
+
+/// All series, sharded by key hash, and their families.
+pub struct Registry {
+    settings: RegistrySettings,
+    hasher: ahash::RandomState,
+    shards: Box<[Shard]>,
+    shard_shift: u32,
+    families: RwLock<FamilyTable>,
+    epoch: Instant,
+    series_count: AtomicUsize,
+}
+
+impl Registry {
+    pub fn new(settings: RegistrySettings) -> Self {
+        let shard_count = settings.shards.clamp(1, 1 << 12).next_power_of_two();
+        Registry {
+            shards: (0..shard_count).map(|_| Shard::default()).collect(),
+            // The shard comes from the hash's top bits; hashbrown uses the low bits (and the
+            // top 7) inside a shard, so the two choices stay independent enough.
+            shard_shift: 64 - shard_count.trailing_zeros(),
+            hasher: ahash::RandomState::new(),
+            families: RwLock::default(),
+            epoch: Instant::now(),
+            series_count: AtomicUsize::new(0),
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
+    }
+
+    /// Seconds since the registry started: the clock of set windows.
+    pub fn now_secs(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+
+    /// The hasher a caller may use for its own caches of this registry's series.
+    pub fn hasher(&self) -> &ahash::RandomState {
+        &self.hasher
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series_count.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        let index = if self.shard_shift == 64 {
+            0
+        } else {
+            (hash >> self.shard_shift) as usize
+        };
+        &self.shards[index]
+    }
+
+    /// The series for `key`, created if new. Does not allocate when the series exists.
+    pub fn resolve(&self, key: &SeriesKeyBuf) -> Result<Arc<Series>, Reason> {
+        let kind = key.kind.expect("SeriesKeyBuf::start was called");
+        let hash = self.hasher.hash_one(key.key());
+        let shard = self.shard(hash);
+        let matches = |series: &Arc<Series>| *series.key == *key.key();
+        if let Some(series) = shard.read().find(hash, matches) {
+            return Ok(Arc::clone(series));
+        }
+        let mut table = shard.write();
+        // Another thread may have inserted it between our two locks.
+        if let Some(series) = table.find(hash, matches) {
+            return Ok(Arc::clone(series));
+        }
+        let family = self.family(kind, key.family())?;
+        let series = Arc::new(Series {
+            key: key.key().into(),
+            hash,
+            labels: escaped_labels(key.labels()).into_boxed_str(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            cell: match kind {
+                Kind::Counter => Cell::Counter(AtomicF64::default()),
+                Kind::Gauge => Cell::Gauge(AtomicF64::default()),
+                Kind::Histogram => {
+                    Cell::Histogram(Box::new(HistogramCell::new(Arc::clone(&family.buckets))))
+                }
+                Kind::Set => Cell::Set(Box::new(SetCell {
+                    members: Mutex::new(HashMap::default()),
+                })),
+            },
+        });
+        table.insert_unique(hash, Arc::clone(&series), |s| s.hash);
+        family.series.write().push(Arc::clone(&series));
+        self.series_count.fetch_add(1, Ordering::Relaxed);
+        Ok(series)
+    }
+
+    /// The family called `name`, created with `kind` if new; a type conflict if `name` (or one
+    /// of the sample names it would expose) belongs to a family of another kind.
+    fn family(&self, kind: Kind, name: &str) -> Result<Arc<Family>, Reason> {
+        if let Some(family) = self.families.read().by_name.get(name) {
+            return if family.kind == kind {
+                Ok(Arc::clone(family))
+            } else {
+                Err(Reason::TypeConflict)
+            };
+        }
+        let mut table = self.families.write();
+        if let Some(family) = table.by_name.get(name) {
+            return if family.kind == kind {
+                Ok(Arc::clone(family))
+            } else {
+                Err(Reason::TypeConflict)
+            };
+        }
+        let exposed = std::iter::once(name.to_owned()).chain(
+            kind.exposed_suffixes()
+                .iter()
+                .map(|suffix| format!("{name}{suffix}")),
+        );
+        let exposed: Vec<String> = exposed.collect();
+        if exposed.iter().any(|n| table.claims.contains_key(n.as_str())) {
+            return Err(Reason::TypeConflict);
+        }
+        let family = Arc::new(Family {
+            name: name.into(),
+            kind,
+            help: None,
+            buckets: Arc::clone(&self.settings.histogram_buckets),
+            series: RwLock::default(),
+        });
+        for claimed in exposed {
+            table.claims.insert(claimed.into(), Arc::clone(&family));
+        }
+        table.by_name.insert(name.into(), Arc::clone(&family));
+        Ok(family)
+    }
+
+    /// A snapshot of the families in name order, for a scrape.
+    pub fn families(&self) -> Vec<Arc<Family>> {
+        self.families.read().by_name.values().cloned().collect()
+    }
+}
+
+/// `name="value",...` with values escaped for the text formats (`\`, `"` and newline).
+fn escaped_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in labels.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: Kind, family: &str, labels: &[(&str, &str)]) -> SeriesKeyBuf {
+        let mut buf = SeriesKeyBuf::default();
+        buf.start(kind).push_str(family);
+        buf.end_family();
+        for (name, value) in labels {
+            buf.push_label(|out| out.push_str(name), value);
+        }
+        buf.finish();
+        buf
+    }
+
+    fn registry() -> Registry {
+        Registry::new(RegistrySettings::default())
+    }
+
+    #[test]
+    fn the_same_identity_resolves_to_the_same_series() {
+        let registry = registry();
+        let a = registry.resolve(&key(Kind::Counter, "x", &[("a", "1"), ("b", "2")]));
+        let b = registry.resolve(&key(Kind::Counter, "x", &[("b", "2"), ("a", "1")]));
+        assert!(Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
+        assert_eq!(registry.series_count(), 1);
+    }
+
+    #[test]
+    fn the_last_duplicate_label_wins() {
+        let buf = key(Kind::Gauge, "x", &[("a", "1"), ("b", "2"), ("a", "3")]);
+        assert_eq!(buf.labels().collect::<Vec<_>>(), [("a", "3"), ("b", "2")]);
+    }
+
+    #[test]
+    fn a_second_type_for_a_name_is_a_conflict() {
+        let registry = registry();
+        registry.resolve(&key(Kind::Counter, "x", &[])).unwrap();
+        let err = registry.resolve(&key(Kind::Gauge, "x", &[("a", "b")]));
+        assert_eq!(err.unwrap_err(), Reason::TypeConflict);
+    }
+
+    #[test]
+    fn a_gauge_cannot_take_a_counters_sample_name() {
+        let registry = registry();
+        registry.resolve(&key(Kind::Counter, "x", &[])).unwrap();
+        let err = registry.resolve(&key(Kind::Gauge, "x_total", &[]));
+        assert_eq!(err.unwrap_err(), Reason::TypeConflict);
+        let err = registry.resolve(&key(Kind::Histogram, "x_total", &[]));
+        assert_eq!(err.unwrap_err(), Reason::TypeConflict);
+    }
+
+    #[test]
+    fn histogram_buckets_use_le_semantics_and_weights() {
+        let registry = registry();
+        let series = registry.resolve(&key(Kind::Histogram, "h", &[])).unwrap();
+        let settings = registry.settings();
+        series
+            .apply(Update::Observe { value: 0.005, weight: 1 }, settings)
+            .unwrap();
+        series
+            .apply(Update::Observe { value: 20.0, weight: 10 }, settings)
+            .unwrap();
+        let Cell::Histogram(h) = series.cell() else {
+            panic!("not a histogram")
+        };
+        let counts: Vec<u64> = h.counts().collect();
+        assert_eq!(counts[0], 1);
+        assert_eq!(*counts.last().unwrap(), 10);
+        assert_eq!(h.sum(), 200.005);
+    }
+
+    #[test]
+    fn a_set_counts_distinct_members_in_its_window() {
+        let registry = registry();
+        let series = registry.resolve(&key(Kind::Set, "users", &[])).unwrap();
+        let settings = registry.settings();
+        for (hash, now) in [(1, 0), (2, 0), (1, 5), (3, 100)] {
+            series.apply(Update::Member { hash, now }, settings).unwrap();
+        }
+        assert_eq!(series.set_cardinality(30, 60), 3);
+        assert_eq!(series.set_cardinality(100, 60), 1);
+    }
+
+    #[test]
+    fn label_values_are_escaped_once_at_creation() {
+        let registry = registry();
+        let series = registry
+            .resolve(&key(Kind::Gauge, "g", &[("path", "C:\\x \"y\"\n")]))
+            .unwrap();
+        assert_eq!(series.labels(), r#"path="C:\\x \"y\"\n""#);
+    }
+}

@@ -1,0 +1,414 @@
+//! tallyd's own metrics (`tallyd_*` and the standard `process_*`) and the logging setup.
+//!
+//! Receive threads count into their own [`ReceiverStats`] (relaxed atomics on a cache line of
+//! their own, flushed once per batch), so counting costs the hot path nothing shared. A scrape
+//! adds them up in [`Telemetry::collect`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::protocol::{Extension, Reason};
+use crate::registry::{AtomicF64, Kind, Registry};
+
+/// Counters of one receive thread. Aligned so two threads never share a cache line.
+#[repr(align(128))]
+#[derive(Debug)]
+pub struct ReceiverStats {
+    /// The listener address, the `listener` label.
+    pub listener: String,
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub lines: AtomicU64,
+    pub samples: AtomicU64,
+    /// Indexed by `Reason as usize`.
+    pub errors: Box<[AtomicU64]>,
+    pub events: AtomicU64,
+    pub service_checks: AtomicU64,
+    /// Datagrams longer than the receive buffer, cut short by the kernel and refused whole.
+    pub oversized: AtomicU64,
+    /// The socket's cumulative kernel drop count (`SO_RXQ_OVFL`), as last reported. Receivers
+    /// that share a socket report the same figure; [`Telemetry::collect`] takes the maximum.
+    pub kernel_drops: AtomicU64,
+}
+
+impl ReceiverStats {
+    pub fn new(listener: impl Into<String>) -> Self {
+        ReceiverStats {
+            listener: listener.into(),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            errors: Reason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            events: AtomicU64::new(0),
+            service_checks: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
+            kernel_drops: AtomicU64::new(0),
+        }
+    }
+
+    pub fn extension(&self, kind: Extension) -> &AtomicU64 {
+        match kind {
+            Extension::Event => &self.events,
+            Extension::ServiceCheck => &self.service_checks,
+        }
+    }
+}
+
+/// Outcome label of a configuration reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Success,
+    Failure,
+}
+
+/// All of tallyd's own counters.
+#[derive(Debug)]
+pub struct Telemetry {
+    started: Instant,
+    started_unix: f64,
+    receivers: Mutex<Vec<Arc<ReceiverStats>>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    scrapes: AtomicU64,
+    scrape_seconds: AtomicF64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            started: Instant::now(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            receivers: Mutex::default(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            scrapes: AtomicU64::new(0),
+            scrape_seconds: AtomicF64::default(),
+        }
+    }
+}
+
+/// One self-metric family for a scrape: label text is pre-escaped, like a registry series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfMetric {
+    /// For counters, without `_total`.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// `Counter` or `Gauge`.
+    pub kind: Kind,
+    pub samples: Vec<(String, f64)>,
+}
+
+impl SelfMetric {
+    fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        SelfMetric {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    fn with(mut self, labels: String, value: f64) -> Self {
+        self.samples.push((labels, value));
+        self
+    }
+
+    fn single(name: &'static str, kind: Kind, help: &'static str, value: f64) -> Self {
+        Self::new(name, kind, help).with(String::new(), value)
+    }
+}
+
+/// The process-level names tallyd exports itself; StatsD traffic may not use them.
+pub const RESERVED_NAMES: &[&str] = &[
+    "process_cpu_seconds",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+];
+
+/// True when StatsD traffic may not create a family called `name`.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.starts_with("tallyd_") || RESERVED_NAMES.contains(&name)
+}
+
+impl Telemetry {
+    /// Registers the counters of a new receive thread.
+    pub fn add_receiver(&self, listener: impl Into<String>) -> Arc<ReceiverStats> {
+        let stats = Arc::new(ReceiverStats::new(listener));
+        self.receivers.lock().push(Arc::clone(&stats));
+        stats
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    pub fn record_reload(&self, outcome: ReloadOutcome) {
+        match outcome {
+            ReloadOutcome::Success => &self.reloads_ok,
+            ReloadOutcome::Failure => &self.reloads_failed,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reloads(&self, outcome: ReloadOutcome) -> u64 {
+        match outcome {
+            ReloadOutcome::Success => &self.reloads_ok,
+            ReloadOutcome::Failure => &self.reloads_failed,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// Records the time one scrape took to render.
+    pub fn record_scrape(&self, seconds: f64) {
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
+        self.scrape_seconds.add(seconds);
+    }
+
+    /// The listener addresses with a receiver registered, deduplicated, in start order.
+    pub fn listeners(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self.receivers.lock().iter() {
+            if !out.contains(&r.listener) {
+                out.push(r.listener.clone());
+            }
+        }
+        out
+    }
+
+    /// Everything tallyd reports about itself, ready to encode.
+    pub fn collect(&self, registry: &Registry) -> Vec<SelfMetric> {
+        let receivers = self.receivers.lock().clone();
+        let per_listener = |read: &dyn Fn(&ReceiverStats) -> u64, max: bool| {
+            let mut sums: Vec<(String, u64)> = Vec::new();
+            for r in &receivers {
+                let value = read(r);
+                match sums.iter_mut().find(|(l, _)| *l == r.listener) {
+                    Some((_, sum)) if max => *sum = (*sum).max(value),
+                    Some((_, sum)) => *sum += value,
+                    None => sums.push((r.listener.clone(), value)),
+                }
+            }
+            sums.into_iter()
+                .map(|(listener, v)| (format!("listener=\"{listener}\""), v as f64))
+                .collect::<Vec<_>>()
+        };
+        let total = |read: &dyn Fn(&ReceiverStats) -> u64| -> f64 {
+            receivers.iter().map(|r| read(r)).sum::<u64>() as f64
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        let mut out = vec![
+            SelfMetric {
+                samples: per_listener(&|r| load(&r.packets), false),
+                ..SelfMetric::new(
+                    "tallyd_udp_packets",
+                    Kind::Counter,
+                    "UDP datagrams received, per listener.",
+                )
+            },
+            SelfMetric {
+                samples: per_listener(&|r| load(&r.bytes), false),
+                ..SelfMetric::new(
+                    "tallyd_udp_bytes",
+                    Kind::Counter,
+                    "UDP payload bytes received, per listener.",
+                )
+            },
+            SelfMetric {
+                samples: per_listener(&|r| load(&r.kernel_drops), true),
+                ..SelfMetric::new(
+                    "tallyd_udp_kernel_drops",
+                    Kind::Counter,
+                    "Datagrams the kernel dropped because the socket's receive buffer was full (SO_RXQ_OVFL), per listener.",
+                )
+            },
+            SelfMetric {
+                samples: per_listener(&|r| load(&r.oversized), false),
+                ..SelfMetric::new(
+                    "tallyd_udp_oversized_datagrams",
+                    Kind::Counter,
+                    "Datagrams longer than the receive buffer, refused whole, per listener.",
+                )
+            },
+            SelfMetric::single(
+                "tallyd_lines",
+                Kind::Counter,
+                "StatsD lines received.",
+                total(&|r| load(&r.lines)),
+            ),
+            SelfMetric::single(
+                "tallyd_samples",
+                Kind::Counter,
+                "Samples parsed from the lines (a packed line gives several).",
+                total(&|r| load(&r.samples)),
+            ),
+        ];
+
+        let mut errors = SelfMetric::new(
+            "tallyd_sample_errors",
+            Kind::Counter,
+            "Lines refused, or parts of lines dropped, by reason.",
+        );
+        for reason in Reason::ALL {
+            let value = total(&|r| load(&r.errors[*reason as usize]));
+            errors = errors.with(format!("reason=\"{}\"", reason.label()), value);
+        }
+        out.push(errors);
+
+        let mut extensions = SelfMetric::new(
+            "tallyd_extensions_skipped",
+            Kind::Counter,
+            "DogStatsD events and service checks received and skipped, by kind.",
+        );
+        for kind in [Extension::Event, Extension::ServiceCheck] {
+            let value = total(&|r| load(r.extension(kind)));
+            extensions = extensions.with(format!("kind=\"{}\"", kind.label()), value);
+        }
+        out.push(extensions);
+
+        let mut by_kind = [0usize; 4];
+        let families = registry.families();
+        for family in &families {
+            let index = match family.kind() {
+                Kind::Counter => 0,
+                Kind::Gauge => 1,
+                Kind::Histogram => 2,
+                Kind::Set => 3,
+            };
+            by_kind[index] += family.series_count();
+        }
+        let mut series = SelfMetric::new(
+            "tallyd_series",
+            Kind::Gauge,
+            "Live series in the registry, by type.",
+        );
+        for (kind, count) in ["counter", "gauge", "histogram", "set"].iter().zip(by_kind) {
+            series = series.with(format!("type=\"{kind}\""), count as f64);
+        }
+        out.push(series);
+        out.push(SelfMetric::single(
+            "tallyd_families",
+            Kind::Gauge,
+            "Metric families in the registry.",
+            families.len() as f64,
+        ));
+
+        out.push(
+            SelfMetric::new(
+                "tallyd_config_reloads",
+                Kind::Counter,
+                "Configuration reloads, by outcome.",
+            )
+            .with(
+                "outcome=\"success\"".into(),
+                self.reloads(ReloadOutcome::Success) as f64,
+            )
+            .with(
+                "outcome=\"failure\"".into(),
+                self.reloads(ReloadOutcome::Failure) as f64,
+            ),
+        );
+        out.push(SelfMetric::single(
+            "tallyd_scrapes",
+            Kind::Counter,
+            "Scrapes of /metrics rendered.",
+            load(&self.scrapes) as f64,
+        ));
+        out.push(SelfMetric::single(
+            "tallyd_scrape_render_seconds",
+            Kind::Counter,
+            "Time spent rendering scrapes, in total.",
+            self.scrape_seconds.get(),
+        ));
+        out.push(
+            SelfMetric::new(
+                "tallyd_build_info",
+                Kind::Gauge,
+                "tallyd's version, as a label; the value is always 1.",
+            )
+            .with(
+                format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+                1.0,
+            ),
+        );
+        out.extend(process_metrics(self.started_unix));
+        out
+    }
+}
+
+/// Standard `process_*` metrics from `/proc/self` (Linux only; empty elsewhere).
+fn process_metrics(started_unix: f64) -> Vec<SelfMetric> {
+    let mut out = vec![SelfMetric::single(
+        "process_start_time_seconds",
+        Kind::Gauge,
+        "Start time of the process since unix epoch in seconds.",
+        started_unix,
+    )];
+    // /proc/self/stat: fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields, vsize the 23rd and rss (pages) the 24th.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 2..])
+    {
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            out.push(SelfMetric::single(
+                "process_cpu_seconds",
+                Kind::Counter,
+                "Total user and system CPU time spent in seconds.",
+                (utime + stime) / ticks,
+            ));
+        }
+        if let Some(vsize) = field(23) {
+            out.push(SelfMetric::single(
+                "process_virtual_memory_bytes",
+                Kind::Gauge,
+                "Virtual memory size in bytes.",
+                vsize,
+            ));
+        }
+        if let Some(rss) = field(24) {
+            out.push(SelfMetric::single(
+                "process_resident_memory_bytes",
+                Kind::Gauge,
+                "Resident memory size in bytes.",
+                rss * page,
+            ));
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        out.push(SelfMetric::single(
+            "process_open_fds",
+            Kind::Gauge,
+            "Number of open file descriptors.",
+            dir.count() as f64,
+        ));
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        out.push(SelfMetric::single(
+            "process_max_fds",
+            Kind::Gauge,
+            "Maximum number of open file descriptors.",
+            limit.rlim_cur as f64,
+        ));
+    }
+    out
+}
