@@ -1,0 +1,988 @@
+//! The line parser: DESIGN.md §3 as code. A datagram is split into lines with `memchr`; a line
+//! is read with small `nom` parsers over `&[u8]` and turned into [`Sample`]s that borrow from it.
+//! Nothing here allocates.
+//!
+//! # How a line is read
+//!
+//! ```text
+//! line    = name [name-tags] ":" body
+//! body    = segment *(":" segment)        ; more than one only in Etsy multi-metric lines
+//! segment = value *(":" value) "|" type *("|" field)
+//! ```
+//!
+//! A line is all or nothing. It is checked in full (name, structure, tags, container id and every
+//! value) before the first call to the sink, so a refused line produces exactly one refusing
+//! [`Reason`] and no sample, even when only one of its packed values is bad (the DogStatsD agent
+//! refuses such a line too). The reasons that keep the line ([`Reason::InvalidSampleRate`],
+//! [`Reason::TagWithoutValue`], [`Reason::EmptyTagValue`]) are reported only for kept lines, just
+//! before their samples.
+//!
+//! # Decisions on the ambiguous points
+//!
+//! - **The name** ends at the first `:`. A `|` before any `:` (or no `:`) is
+//!   [`Reason::MissingColon`].
+//! - **Name-embedded tags**: the first `,` (InfluxDB), `#` (Librato) or `[` (SignalFX) in the name
+//!   starts the tag section; one style per line, so an InfluxDB or Librato section holding `[` is
+//!   [`Reason::MalformedTags`], as is any name-tag section in a line with `|#` tags. SignalFX
+//!   brackets are supported as a suffix (`name[k=v]`) or a prefix (`[k=v]name`). A section inside
+//!   the name (`my.[k=v]metric`, which statsd_exporter turns into `my.metric`) would need a name
+//!   stitched from two pieces of the line, which a borrowed `&str` cannot be: it is refused with
+//!   `MalformedTags`, as are an unclosed `[` and a name that still holds `[`, `]`, `,` or `#` once
+//!   the section is removed. In lines without `[` a `]` is an ordinary name character.
+//! - **Sets**: the whole text between the name's `:` and the `|` is one member, verbatim, so
+//!   `user:a:b|s` is the member `a:b` (statsd_exporter keeps set values verbatim too). A member
+//!   need not be UTF-8; it is only compared.
+//! - **Etsy multi-metric** (`a:1|c:2|g`): in a line without a `|#` section, a `:` directly after
+//!   the type or after an `@rate` field starts the next sample of the same name. A `:` anywhere
+//!   else in a field (`|c:container`, `|T…`, `|e:…`, tag values) belongs to that field. If this
+//!   reading gives several samples and one of them carries a `|c:` container field, the line is
+//!   read again without the rule (a container makes it a DogStatsD line): the `:` then belongs to
+//!   the type or the rate, so `a:1|c:2|g|c:abc` is [`Reason::UnknownType`] (type `c:2`).
+//! - **Fields**: `@rate` and `|c:` may repeat, the last one wins (as in the DogStatsD agent); a
+//!   second `|#` section is `MalformedTags`, since two sections cannot be joined without
+//!   allocating. `|T…`, `|e:…`, `|card:…`, empty and unknown fields are ignored.
+//! - **Tags**: an empty tag (`a:b,,c:d`, a trailing `,`) is skipped silently; a tag without its
+//!   separator is one `TagWithoutValue`, an empty key or value one `EmptyTagValue`. An empty tag
+//!   section gives [`Tags::NONE`].
+//! - **Values** follow Rust's `f64` grammar, which for decimal text is Go's `ParseFloat`: `1`,
+//!   `-1.5`, `1e3`, `.5`, `5.` are numbers; hex, underscores, spaces and empty text are
+//!   [`Reason::InvalidValue`]; `nan`, `inf`, `infinity` (any case and sign) and values that
+//!   overflow `f64` (`1e400`) are [`Reason::NonFiniteValue`]. A counter below zero is
+//!   [`Reason::NegativeCounter`] (`-0` is accepted).
+//! - **Line endings**: `parse_datagram` strips one `\r` at the end of every line, the last one
+//!   included. `parse_line` takes the line as it is.
+//!
+//! # Speed
+//!
+//! The typical DogStatsD line costs about 55 ns (`benches/parse.rs`). What that takes: one pass
+//! over the name with a byte-class table (which also proves an ASCII name valid UTF-8, the one
+//! `unsafe` here), one pass over the tags that finds their end and counts the tags to drop, a
+//! fast path for short decimals that gives the same bits as `str::parse`, byte loops rather than
+//! `memchr` for the few-byte runs inside a line, and no `Result<Value, _>` round trips through
+//! memory on the single-value path.
+
+use memchr::{memchr, memchr_iter, memchr2, memchr3};
+use nom::{
+    IResult, Parser,
+    branch::alt,
+    bytes::complete::tag,
+    combinator::{map, value},
+    sequence::{preceded, terminated},
+};
+
+use super::{
+    Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Tags, Value,
+};
+
+/// Lines longer than this are refused with [`Reason::LineTooLong`] before anything else is read.
+/// Far above any UDP datagram a client sends by default, low enough to bound the work per line.
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// nom results here carry no error detail: a failed sub-parser is mapped to a [`Reason`] by the
+/// caller, which knows what was expected. `()` errors cost nothing to build.
+type Res<'a, O> = IResult<&'a [u8], O, ()>;
+
+/// Parse every line of a datagram, delivering results to `sink` in wire order.
+pub fn parse_datagram(datagram: &[u8], options: &ParseOptions, sink: &mut impl SampleSink) {
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let (line, next) = match memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &b""[..]),
+        };
+        rest = next;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        parse_line(line, options, sink);
+    }
+}
+
+/// Parse one line (without its `\n`). An empty line yields nothing.
+pub fn parse_line(line: &[u8], options: &ParseOptions, sink: &mut impl SampleSink) {
+    if line.is_empty() {
+        return;
+    }
+    sink.line();
+    if line.len() > MAX_LINE_LEN {
+        sink.reject(Reason::LineTooLong);
+        return;
+    }
+    if line[0] == b'_' {
+        if line.starts_with(b"_e{") {
+            sink.extension(Extension::Event);
+            return;
+        }
+        if line.starts_with(b"_sc|") {
+            sink.extension(Extension::ServiceCheck);
+            return;
+        }
+    }
+    if let Err(reason) = read_line(line, options, sink) {
+        sink.reject(reason);
+    }
+}
+
+/// What every sample of a line shares.
+struct Line<'a> {
+    name: &'a str,
+    tags: Tags<'a>,
+    container_id: Option<&'a str>,
+}
+
+/// Read a line and deliver it. Everything is checked before the first call to `sink`, so a
+/// refusal (the `Err`) leaves no trace but itself.
+#[inline]
+fn read_line<S: SampleSink>(
+    line: &[u8],
+    options: &ParseOptions,
+    sink: &mut S,
+) -> Result<(), Reason> {
+    let (colon, seen) = scan_name(line)?;
+    let (section, body) = (&line[..colon], &line[colon + 1..]);
+    let (name, name_tags) = if seen & TAG_START == 0 {
+        (section, None)
+    } else {
+        split_name(section)?
+    };
+    if name.is_empty() {
+        return Err(Reason::EmptyName);
+    }
+    let name = if seen & NAME_HIGH == 0 {
+        ascii(name)
+    } else {
+        utf8(name)?
+    };
+
+    let mut first = Segment::EMPTY;
+    let (segments, etsy) = match segment(body, true, &mut first)? {
+        None => (1, true),
+        Some(next) => several_segments(body, &mut first, next)?,
+    };
+    let (tags, tag_warnings) = match (first.tags, name_tags) {
+        (Some(_), Some(_)) => return Err(Reason::MalformedTags),
+        (Some(raw), None) => (
+            Tags {
+                raw,
+                style: TagStyle::DogStatsd,
+            },
+            first.tag_warnings,
+        ),
+        (None, Some(tags)) => (tags, check_name_tags(tags.raw)?),
+        (None, None) => (Tags::NONE, TagWarnings::NONE),
+    };
+    let line = Line {
+        name,
+        tags: if tags.raw.is_empty() {
+            Tags::NONE
+        } else {
+            tags
+        },
+        container_id: match first.container {
+            None => None,
+            Some(id) => Some(utf8(id)?),
+        },
+    };
+
+    if segments == 1 {
+        if first.is_packed() {
+            let parsed = Packed::parse(&first)?;
+            tag_warnings.report(sink);
+            line.deliver_packed(&first, &parsed, options, sink);
+        } else {
+            // The common case: one value, parsed once, in place (a `Result<Value, _>` returned
+            // through memory costs a store-forwarding stall here).
+            let value = if first.metric_type == MetricType::Set {
+                set_member(first.values)?
+            } else {
+                let number = parse_checked(first.values, first.metric_type)?;
+                typed(number, first.values, first.metric_type, options)
+            };
+            tag_warnings.report(sink);
+            let sample_rate = first.sample_rate(sink);
+            line.deliver(&first, sample_rate, value, sink);
+        }
+    } else {
+        let segments = Segments::new(body, etsy);
+        for segment in segments.clone() {
+            check_values(&segment?, options)?;
+        }
+        tag_warnings.report(sink);
+        // Every segment was checked above, so none of these can fail.
+        for segment in segments.flatten() {
+            line.deliver_values(&segment, options, sink);
+        }
+    }
+    Ok(())
+}
+
+impl Line<'_> {
+    /// Deliver every value of a checked segment.
+    fn deliver_values(
+        &self,
+        segment: &Segment<'_>,
+        options: &ParseOptions,
+        sink: &mut impl SampleSink,
+    ) {
+        let sample_rate = segment.sample_rate(sink);
+        if segment.metric_type == MetricType::Set {
+            let member = Value::SetMember(segment.values);
+            self.deliver(segment, sample_rate, member, sink);
+            return;
+        }
+        for raw in Values::new(segment.values) {
+            if let Ok(value) = parse_value(raw, segment.metric_type, options) {
+                self.deliver(segment, sample_rate, value, sink);
+            }
+        }
+    }
+
+    /// Deliver the values of a checked packed segment, taking those already parsed from `parsed`.
+    fn deliver_packed(
+        &self,
+        segment: &Segment<'_>,
+        parsed: &Packed,
+        options: &ParseOptions,
+        sink: &mut impl SampleSink,
+    ) {
+        let sample_rate = segment.sample_rate(sink);
+        let kept = &parsed.numbers[..parsed.len];
+        for (i, raw) in Values::new(segment.values).enumerate() {
+            let value = match kept.get(i) {
+                Some(&number) => typed(number, raw, segment.metric_type, options),
+                None => match parse_value(raw, segment.metric_type, options) {
+                    Ok(value) => value,
+                    Err(_) => continue,
+                },
+            };
+            self.deliver(segment, sample_rate, value, sink);
+        }
+    }
+
+    fn deliver(
+        &self,
+        segment: &Segment<'_>,
+        sample_rate: f64,
+        value: Value<'_>,
+        sink: &mut impl SampleSink,
+    ) {
+        sink.sample(&Sample {
+            name: self.name,
+            metric_type: segment.metric_type,
+            value,
+            sample_rate,
+            tags: self.tags,
+            container_id: self.container_id,
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The name and its embedded tags
+
+/// Byte classes for [`scan_name`].
+const NAME_END: u8 = 1;
+const PIPE: u8 = 2;
+const TAG_START: u8 = 4;
+const NAME_HIGH: u8 = 8;
+
+static NAME_CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let mut b = 0x80;
+    while b < 256 {
+        class[b] = NAME_HIGH;
+        b += 1;
+    }
+    class[b':' as usize] = NAME_END;
+    class[b'|' as usize] = PIPE;
+    class[b',' as usize] = TAG_START;
+    class[b'#' as usize] = TAG_START;
+    class[b'[' as usize] = TAG_START;
+    class
+};
+
+/// Find the name's `:` in one pass, noting whether the name holds a tag introducer or a byte above
+/// 0x7f (without one it is ASCII, so UTF-8 without a second look). A `|` before
+/// any `:` (or no `:` at all) means the colon is missing. Names are short, so a byte loop beats
+/// several `memchr` calls here.
+#[inline]
+fn scan_name(line: &[u8]) -> Result<(usize, u8), Reason> {
+    let mut seen = 0;
+    for (i, &b) in line.iter().enumerate() {
+        let class = NAME_CLASS[usize::from(b)];
+        if class & NAME_END != 0 {
+            return Ok((i, seen));
+        }
+        if class & PIPE != 0 {
+            break;
+        }
+        seen |= class;
+    }
+    Err(Reason::MissingColon)
+}
+
+/// Split the text before the name's `:` into the name and its embedded tag section.
+fn split_name(section: &[u8]) -> Result<(&[u8], Option<Tags<'_>>), Reason> {
+    let Some(start) = memchr3(b',', b'#', b'[', section) else {
+        return Ok((section, None));
+    };
+    let (name, raw, style) = match section[start] {
+        b',' => (&section[..start], &section[start + 1..], TagStyle::Influx),
+        b'#' => (&section[..start], &section[start + 1..], TagStyle::Librato),
+        _ => {
+            let (name, raw) = signalfx(section, start)?;
+            (name, raw, TagStyle::SignalFx)
+        }
+    };
+    if style != TagStyle::SignalFx && memchr(b'[', raw).is_some() {
+        return Err(Reason::MalformedTags);
+    }
+    Ok((name, Some(Tags { raw, style })))
+}
+
+/// The SignalFX `[k=v,...]` section that opens at `open`: as a suffix or a prefix of the name.
+fn signalfx(section: &[u8], open: usize) -> Result<(&[u8], &[u8]), Reason> {
+    let close = match memchr(b']', &section[open + 1..]) {
+        Some(i) => open + 1 + i,
+        None => return Err(Reason::MalformedTags),
+    };
+    let raw = &section[open + 1..close];
+    let name = if close + 1 == section.len() {
+        &section[..open]
+    } else if open == 0 {
+        &section[close + 1..]
+    } else {
+        // `my.[k=v]metric`: the name would be two pieces of the line.
+        return Err(Reason::MalformedTags);
+    };
+    if memchr3(b'[', b']', b',', name).is_some() || memchr(b'#', name).is_some() {
+        return Err(Reason::MalformedTags);
+    }
+    Ok((name, raw))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The body: segments and fields
+
+/// One `value *(":" value) "|" type *("|" field)` run of a line.
+#[derive(Clone, Copy, Debug)]
+struct Segment<'a> {
+    /// The value text, `:`-separated when packed.
+    values: &'a [u8],
+    metric_type: MetricType,
+    /// The text after the last `@`, unparsed.
+    rate: Option<&'a [u8]>,
+    /// The text after `#`, checked to be UTF-8.
+    tags: Option<&'a [u8]>,
+    /// What [`scan_tags`] found in `tags`.
+    tag_warnings: TagWarnings,
+    /// The text after the last `c:`, never empty.
+    container: Option<&'a [u8]>,
+}
+
+impl Segment<'_> {
+    /// Whether the segment holds more than one value (a set's value is always one member).
+    #[inline]
+    fn is_packed(&self) -> bool {
+        self.metric_type != MetricType::Set && find(b':', self.values).is_some()
+    }
+
+    /// The segment's rate, or 1 after reporting an invalid one.
+    #[inline]
+    fn sample_rate(&self, sink: &mut impl SampleSink) -> f64 {
+        match self.rate.map(sample_rate) {
+            None => 1.0,
+            Some(Some(rate)) => rate,
+            Some(None) => {
+                sink.reject(Reason::InvalidSampleRate);
+                1.0
+            }
+        }
+    }
+
+    const EMPTY: Segment<'static> = Segment {
+        values: b"",
+        metric_type: MetricType::Counter,
+        rate: None,
+        tags: None,
+        tag_warnings: TagWarnings::NONE,
+        container: None,
+    };
+}
+
+/// The rest of a body that the Etsy reading split after its `first` segment, at `next`. Returns
+/// the segment count and whether the Etsy rule stays on. It does not when a later segment carries
+/// `|c:` (or `|#`), or when the Etsy reading fails in a line that has a `|#` section: the line is
+/// then read again as DogStatsD, as one segment, into `first`.
+#[cold]
+#[inline(never)]
+fn several_segments<'a>(
+    body: &'a [u8],
+    first: &mut Segment<'a>,
+    next: &'a [u8],
+) -> Result<(usize, bool), Reason> {
+    // The first segment has no tags: a `#` field turns the Etsy rule off, so it would not split.
+    let mut dogstatsd = first.container.is_some();
+    let mut count = 1;
+    let mut rest = Some(next);
+    let mut current = Segment::EMPTY;
+    let outcome = loop {
+        let Some(input) = rest else { break Ok(()) };
+        count += 1;
+        match segment(input, true, &mut current) {
+            Ok(next) => rest = next,
+            Err(reason) => break Err(reason),
+        }
+        dogstatsd |= current.container.is_some() || current.tags.is_some();
+    };
+    match outcome {
+        Ok(()) if !dogstatsd => Ok((count, true)),
+        Err(reason) if !has_tag_field(body) => Err(reason),
+        _ => {
+            // Without the Etsy rule there is no next segment.
+            segment(body, false, first)?;
+            Ok((1, false))
+        }
+    }
+}
+
+/// Iterates the segments of a body; with `etsy` off there is exactly one.
+#[derive(Clone)]
+struct Segments<'a> {
+    rest: Option<&'a [u8]>,
+    etsy: bool,
+}
+
+impl<'a> Segments<'a> {
+    fn new(body: &'a [u8], etsy: bool) -> Self {
+        Segments {
+            rest: Some(body),
+            etsy,
+        }
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = Result<Segment<'a>, Reason>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let input = self.rest.take()?;
+        let mut out = Segment::EMPTY;
+        Some(segment(input, self.etsy, &mut out).map(|next| {
+            self.rest = next;
+            out
+        }))
+    }
+}
+
+/// A field after the type.
+#[derive(Clone, Copy, Debug)]
+enum Field<'a> {
+    Rate(&'a [u8]),
+    Tags(&'a [u8], TagScan),
+    /// `c:<id>`; empty for a bare `c` or `c:`.
+    Container(&'a [u8]),
+    /// `T<secs>`, `e:…`, `card:…`, empty and unknown fields.
+    Ignored,
+}
+
+/// Read one segment into `out`; return where the next one starts (after an Etsy `:`), if anywhere.
+fn segment<'a>(
+    input: &'a [u8],
+    mut etsy: bool,
+    out: &mut Segment<'a>,
+) -> Result<Option<&'a [u8]>, Reason> {
+    let (rest, values) = till_pipe(input).map_err(|_| Reason::MissingType)?;
+    let (mut rest, type_name) = preceded(pipe, token(etsy))
+        .parse(rest)
+        .map_err(|_| Reason::MissingType)?;
+    *out = Segment {
+        values,
+        metric_type: metric_type(type_name)?,
+        ..Segment::EMPTY
+    };
+    loop {
+        // Here `rest` is empty, starts with `|`, or (after the type or a rate) with an Etsy `:`.
+        let next_field = match rest {
+            [] => return Ok(None),
+            [b':', next @ ..] => return Ok(Some(next)),
+            _ => preceded(pipe, field(etsy)).parse(rest),
+        };
+        // `field` ends in a parser that accepts anything, so only a missing `|` can fail here,
+        // and `token` never stops anywhere but at `|`, `:` or the end.
+        let (next, field) = next_field.map_err(|_| Reason::MissingType)?;
+        match field {
+            Field::Rate(rate) => out.rate = Some(rate),
+            Field::Tags(tags, scan) => {
+                if out.tags.replace(tags).is_some() {
+                    return Err(Reason::MalformedTags);
+                }
+                if scan.non_ascii {
+                    utf8(tags)?;
+                }
+                out.tag_warnings = scan.warnings;
+                // No Etsy split in a line with DogStatsD tags. Had there been one earlier in
+                // this segment, `segment` would already have returned.
+                etsy = false;
+            }
+            Field::Container([]) => return Err(Reason::EmptyContainerId),
+            Field::Container(id) => out.container = Some(id),
+            Field::Ignored => {}
+        }
+        rest = next;
+    }
+}
+
+/// `field = "@" rate | "#" tags | "c:" container | "c" | other`
+fn field<'a>(etsy: bool) -> impl Parser<&'a [u8], Output = Field<'a>, Error = ()> {
+    alt((
+        map(preceded(sigil(b'@'), token(etsy)), Field::Rate),
+        map(preceded(sigil(b'#'), dogstatsd_tags), |(tags, scan)| {
+            Field::Tags(tags, scan)
+        }),
+        map(preceded(tag(&b"c:"[..]), till_pipe), Field::Container),
+        value(Field::Container(b""), terminated(sigil(b'c'), field_end)),
+        value(Field::Ignored, till_pipe),
+    ))
+}
+
+/// The `|` before a type or a field.
+fn pipe(input: &[u8]) -> Res<'_, ()> {
+    sigil(b'|')(input)
+}
+
+/// One given byte.
+fn sigil<'a>(expected: u8) -> impl Fn(&'a [u8]) -> Res<'a, ()> {
+    move |input| match input {
+        [first, rest @ ..] if *first == expected => Ok((rest, ())),
+        _ => Err(nom::Err::Error(())),
+    }
+}
+
+/// A `|#` section, up to the next `|`; scanned for its tags on the way.
+fn dogstatsd_tags(input: &[u8]) -> Res<'_, (&[u8], TagScan)> {
+    let (end, scan) = scan_tags(input, TagStyle::DogStatsd);
+    Ok((&input[end..], (&input[..end], scan)))
+}
+
+/// The text up to the next `|` (or the end).
+fn till_pipe(input: &[u8]) -> Res<'_, &[u8]> {
+    let end = find(b'|', input).unwrap_or(input.len());
+    Ok((&input[end..], &input[..end]))
+}
+
+/// A type or a rate: up to the next `|`, or also `:` when the Etsy rule is on.
+fn token<'a>(etsy: bool) -> impl Fn(&'a [u8]) -> Res<'a, &'a [u8]> {
+    move |input| {
+        let end = if etsy {
+            find2(b'|', b':', input)
+        } else {
+            find(b'|', input)
+        };
+        let end = end.unwrap_or(input.len());
+        Ok((&input[end..], &input[..end]))
+    }
+}
+
+/// Succeeds, consuming nothing, at the end of a field.
+fn field_end(input: &[u8]) -> Res<'_, ()> {
+    match input.first() {
+        None | Some(b'|') => Ok((input, ())),
+        Some(_) => Err(nom::Err::Error(())),
+    }
+}
+
+fn metric_type(name: &[u8]) -> Result<MetricType, Reason> {
+    Ok(match name {
+        b"c" => MetricType::Counter,
+        b"g" => MetricType::Gauge,
+        b"ms" => MetricType::Timer,
+        b"h" => MetricType::Histogram,
+        b"d" => MetricType::Distribution,
+        b"s" => MetricType::Set,
+        b"" => return Err(Reason::MissingType),
+        _ => return Err(Reason::UnknownType),
+    })
+}
+
+/// Whether the body has a DogStatsD `|#` section, which turns the Etsy rule off.
+fn has_tag_field(body: &[u8]) -> bool {
+    memchr_iter(b'#', body).any(|i| i > 0 && body[i - 1] == b'|')
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tags
+
+/// Tags dropped from a kept line, to be reported when it is delivered.
+#[derive(Clone, Copy, Debug)]
+struct TagWarnings {
+    without_value: u32,
+    empty: u32,
+}
+
+impl TagWarnings {
+    const NONE: TagWarnings = TagWarnings {
+        without_value: 0,
+        empty: 0,
+    };
+
+    fn report(self, sink: &mut impl SampleSink) {
+        for _ in 0..self.without_value {
+            sink.reject(Reason::TagWithoutValue);
+        }
+        for _ in 0..self.empty {
+            sink.reject(Reason::EmptyTagValue);
+        }
+    }
+}
+
+/// What one pass over a tag section found.
+#[derive(Clone, Copy, Debug)]
+struct TagScan {
+    warnings: TagWarnings,
+    /// A byte above 0x7f: the section must be checked for UTF-8.
+    non_ascii: bool,
+}
+
+/// Byte classes for [`scan_tags`].
+const TAG_COMMA: u8 = 1;
+const TAG_COLON: u8 = 2;
+const TAG_EQUALS: u8 = 4;
+const TAG_END: u8 = 8;
+const TAG_HIGH: u8 = 16;
+
+static TAG_CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    class[b',' as usize] = TAG_COMMA;
+    class[b':' as usize] = TAG_COLON;
+    class[b'=' as usize] = TAG_EQUALS;
+    class[b'|' as usize] = TAG_END;
+    let mut b = 0x80;
+    while b < 256 {
+        class[b] = TAG_HIGH;
+        b += 1;
+    }
+    class
+};
+
+/// Scan a tag section up to the next `|` (or the end) in one pass over its bytes: where it ends,
+/// and how many of its tags will be dropped. Tags are short, so a byte loop with a class table
+/// beats a `memchr` call per tag and per separator.
+fn scan_tags(input: &[u8], style: TagStyle) -> (usize, TagScan) {
+    let separator = match style {
+        TagStyle::DogStatsd => TAG_COLON,
+        _ => TAG_EQUALS,
+    };
+    let mut warnings = TagWarnings::NONE;
+    let mut count = |start: usize, end: usize, separator_at: Option<usize>| match separator_at {
+        _ if start == end => {}
+        None => warnings.without_value += 1,
+        Some(at) if at == start || at + 1 == end => warnings.empty += 1,
+        Some(_) => {}
+    };
+    let mut high = 0;
+    let (mut start, mut separator_at) = (0, None);
+    let mut end = input.len();
+    for (i, &b) in input.iter().enumerate() {
+        let class = TAG_CLASS[usize::from(b)];
+        if class == 0 {
+            continue;
+        }
+        if class & TAG_COMMA != 0 {
+            count(start, i, separator_at);
+            (start, separator_at) = (i + 1, None);
+        } else if class & separator != 0 {
+            separator_at = separator_at.or(Some(i));
+        } else if class & TAG_END != 0 {
+            end = i;
+            break;
+        }
+        high |= class;
+    }
+    count(start, end, separator_at);
+    let scan = TagScan {
+        warnings,
+        non_ascii: high & TAG_HIGH != 0,
+    };
+    (end, scan)
+}
+
+/// Check a name-embedded tag section: UTF-8 (or the line is refused) and the tags to drop.
+fn check_name_tags(raw: &[u8]) -> Result<TagWarnings, Reason> {
+    let (_, scan) = scan_tags(raw, TagStyle::Influx);
+    if scan.non_ascii {
+        utf8(raw)?;
+    }
+    Ok(scan.warnings)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values and rates
+
+/// Iterates the `:`-separated values of a segment.
+struct Values<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Values<'a> {
+    fn new(values: &'a [u8]) -> Self {
+        Values { rest: Some(values) }
+    }
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match find(b':', rest) {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+/// The first numbers of a packed segment, parsed while the segment is checked so that delivering
+/// them does not parse them again; numbers beyond these are parsed twice.
+struct Packed {
+    numbers: [f64; PACKED_KEPT],
+    len: usize,
+}
+
+/// How many parsed numbers of a packed line are kept on the stack.
+const PACKED_KEPT: usize = 16;
+
+impl Packed {
+    /// Check every value of a packed numeric segment.
+    fn parse(segment: &Segment<'_>) -> Result<Self, Reason> {
+        let mut packed = Packed {
+            numbers: [0.0; PACKED_KEPT],
+            len: 0,
+        };
+        for raw in Values::new(segment.values) {
+            let number = parse_checked(raw, segment.metric_type)?;
+            if let Some(slot) = packed.numbers.get_mut(packed.len) {
+                *slot = number;
+                packed.len += 1;
+            }
+        }
+        Ok(packed)
+    }
+}
+
+/// Check every value of a segment.
+fn check_values(segment: &Segment<'_>, options: &ParseOptions) -> Result<(), Reason> {
+    if segment.metric_type == MetricType::Set {
+        return parse_value(segment.values, MetricType::Set, options).map(drop);
+    }
+    for raw in Values::new(segment.values) {
+        parse_value(raw, segment.metric_type, options)?;
+    }
+    Ok(())
+}
+
+#[inline]
+fn parse_value<'a>(
+    raw: &'a [u8],
+    metric_type: MetricType,
+    options: &ParseOptions,
+) -> Result<Value<'a>, Reason> {
+    if metric_type == MetricType::Set {
+        return set_member(raw);
+    }
+    let number = parse_checked(raw, metric_type)?;
+    Ok(typed(number, raw, metric_type, options))
+}
+
+fn set_member(raw: &[u8]) -> Result<Value<'_>, Reason> {
+    if raw.is_empty() {
+        Err(Reason::InvalidValue)
+    } else {
+        Ok(Value::SetMember(raw))
+    }
+}
+
+/// The number in `raw`, if it is one the type accepts.
+#[inline(always)]
+fn parse_checked(raw: &[u8], metric_type: MetricType) -> Result<f64, Reason> {
+    let number = parse_number(raw).ok_or(Reason::InvalidValue)?;
+    if !number.is_finite() {
+        return Err(Reason::NonFiniteValue);
+    }
+    if metric_type == MetricType::Counter && number < 0.0 {
+        return Err(Reason::NegativeCounter);
+    }
+    Ok(number)
+}
+
+/// The value of a checked number `raw` of a numeric type.
+#[inline]
+fn typed(
+    number: f64,
+    raw: &[u8],
+    metric_type: MetricType,
+    options: &ParseOptions,
+) -> Value<'static> {
+    if metric_type == MetricType::Gauge && options.gauge_deltas && matches!(raw[0], b'+' | b'-') {
+        Value::GaugeDelta(number)
+    } else {
+        Value::Number(number)
+    }
+}
+
+/// A decimal number as Go's `strconv.ParseFloat` reads it. Non-finite results are returned; the
+/// caller decides what they mean.
+#[inline]
+fn parse_number(raw: &[u8]) -> Option<f64> {
+    fast_decimal(raw).or_else(|| std::str::from_utf8(raw).ok()?.parse().ok())
+}
+
+/// `[+-]digits[.digits]` with at most 15 digits in all: the digits form an integer below 2^53 and
+/// the scale a power of ten that `f64` holds exactly, so one division gives the correctly rounded
+/// result, the same bits as `str::parse` (Clinger's fast path). Anything else is left to `std`.
+#[inline]
+fn fast_decimal(raw: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, digits) = match raw {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, raw),
+    };
+    if digits.len() > 16 {
+        return None;
+    }
+    let (mut mantissa, mut point) = (0u64, None);
+    for (i, &b) in digits.iter().enumerate() {
+        let digit = b.wrapping_sub(b'0');
+        if digit < 10 {
+            mantissa = mantissa * 10 + u64::from(digit);
+        } else if b == b'.' && point.is_none() {
+            point = Some(i);
+        } else {
+            return None;
+        }
+    }
+    let count = digits.len() - usize::from(point.is_some());
+    if count == 0 || count > 15 {
+        return None;
+    }
+    let scale = point.map_or(0, |at| digits.len() - 1 - at);
+    // Below 10^15, so the `i64` conversion (one instruction, unlike `u64`'s) is exact.
+    let mut value = mantissa as i64 as f64;
+    if scale > 0 {
+        value /= POW10[scale];
+    }
+    Some(if negative { -value } else { value })
+}
+
+/// A sample rate in (0, 1], or `None` for anything else.
+#[inline]
+fn sample_rate(raw: &[u8]) -> Option<f64> {
+    let rate = parse_number(raw)?;
+    (rate > 0.0 && rate <= 1.0).then_some(rate)
+}
+
+/// Runs inside a line (values, types, rates) are a few bytes long: a byte loop finds their end
+/// sooner than `memchr`'s dispatch; `memchr` takes over for whatever lies beyond this many bytes.
+const SHORT: usize = 16;
+
+/// The first `needle` in `haystack`.
+#[inline]
+fn find(needle: u8, haystack: &[u8]) -> Option<usize> {
+    let head = &haystack[..haystack.len().min(SHORT)];
+    match head.iter().position(|&b| b == needle) {
+        Some(i) => Some(i),
+        None if haystack.len() <= SHORT => None,
+        None => memchr(needle, &haystack[SHORT..]).map(|i| i + SHORT),
+    }
+}
+
+/// The first `a` or `b` in `haystack`.
+#[inline]
+fn find2(a: u8, b: u8, haystack: &[u8]) -> Option<usize> {
+    let head = &haystack[..haystack.len().min(SHORT)];
+    match head.iter().position(|&c| c == a || c == b) {
+        Some(i) => Some(i),
+        None if haystack.len() <= SHORT => None,
+        None => memchr2(a, b, &haystack[SHORT..]).map(|i| i + SHORT),
+    }
+}
+
+/// Bytes that [`scan_name`] has seen to be ASCII, as a `&str`.
+fn ascii(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: every byte is below 0x80 (seen by `scan_name`, re-checked above in debug builds),
+    // and ASCII is valid UTF-8. `from_utf8` would read the name a second time on the hot path.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, Reason> {
+    std::str::from_utf8(bytes).map_err(|_| Reason::InvalidUtf8)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Internals only; the behaviour is specified by `tests/protocol.rs`.
+    use super::*;
+
+    #[test]
+    fn fast_decimal_path_agrees_with_std() {
+        for text in [
+            "0",
+            "1",
+            "007",
+            "-0",
+            "+0.5",
+            ".5",
+            "5.",
+            ".",
+            "-",
+            "+",
+            "1.2.3",
+            "0.1",
+            "0.3",
+            "12.5",
+            "-3",
+            "123456789012345",
+            "1234567890123456",
+            "9007199254740993",
+            "1.000000000000001",
+            "0.000000000000001",
+            "123456789.012345",
+            "1e3",
+            "nan",
+            "-inf",
+        ] {
+            assert_eq!(
+                parse_number(text.as_bytes()).map(f64::to_bits),
+                text.parse::<f64>().ok().map(f64::to_bits),
+                "{text}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_decimal_path_matches_std_bit_for_bit(text in "[+-]?[0-9]{0,10}(\\.[0-9]{0,10})?") {
+            proptest::prop_assert_eq!(
+                parse_number(text.as_bytes()).map(f64::to_bits),
+                text.parse::<f64>().ok().map(f64::to_bits)
+            );
+        }
+    }
+
+    #[test]
+    fn segments_split_only_after_type_or_rate() {
+        let count = |body: &[u8]| Segments::new(body, true).count();
+        assert_eq!(count(b"1|c:2|g"), 2);
+        assert_eq!(count(b"1|c|@0.5:2|g"), 2);
+        assert_eq!(count(b"1|c|c:abc"), 1);
+        assert_eq!(count(b"1|c|T1:2|g"), 1);
+    }
+}
