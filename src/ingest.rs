@@ -117,7 +117,6 @@ impl Ingester {
             add(target, n);
         }
     }
-
 }
 
 impl SeriesCache {

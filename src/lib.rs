@@ -11,8 +11,13 @@
 //! - [`config`] reads the TOML file and flags; [`telemetry`] holds tallyd's own metrics;
 //! - [`daemon`] wires it all together and runs until shutdown.
 
-pub mod protocol;
+pub mod config;
+pub mod daemon;
+pub mod exposition;
+pub mod http;
 pub mod ingest;
+pub mod listen;
 pub mod mapping;
+pub mod protocol;
 pub mod registry;
 pub mod telemetry;

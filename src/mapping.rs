@@ -47,7 +47,9 @@ pub fn is_clean_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && !bytes[0].is_ascii_digit()
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
 #[cfg(test)]

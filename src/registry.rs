@@ -158,7 +158,7 @@ impl SeriesKeyBuf {
         });
         key.clear();
         key.push(self.kind.map_or(0, Kind::key_byte));
-        key.extend_from_slice(text[..self.family_len].as_bytes());
+        key.extend_from_slice(&text.as_bytes()[..self.family_len]);
         key.push(0xFF);
         for l in labels.iter() {
             key.extend_from_slice(&text.as_bytes()[l[0] as usize..l[1] as usize]);
@@ -513,7 +513,10 @@ impl Registry {
                 .map(|suffix| format!("{name}{suffix}")),
         );
         let exposed: Vec<String> = exposed.collect();
-        if exposed.iter().any(|n| table.claims.contains_key(n.as_str())) {
+        if exposed
+            .iter()
+            .any(|n| table.claims.contains_key(n.as_str()))
+        {
             return Err(Reason::TypeConflict);
         }
         let family = Arc::new(Family {
@@ -616,10 +619,22 @@ mod tests {
         let series = registry.resolve(&key(Kind::Histogram, "h", &[])).unwrap();
         let settings = registry.settings();
         series
-            .apply(Update::Observe { value: 0.005, weight: 1 }, settings)
+            .apply(
+                Update::Observe {
+                    value: 0.005,
+                    weight: 1,
+                },
+                settings,
+            )
             .unwrap();
         series
-            .apply(Update::Observe { value: 20.0, weight: 10 }, settings)
+            .apply(
+                Update::Observe {
+                    value: 20.0,
+                    weight: 10,
+                },
+                settings,
+            )
             .unwrap();
         let Cell::Histogram(h) = series.cell() else {
             panic!("not a histogram")
@@ -636,7 +651,9 @@ mod tests {
         let series = registry.resolve(&key(Kind::Set, "users", &[])).unwrap();
         let settings = registry.settings();
         for (hash, now) in [(1, 0), (2, 0), (1, 5), (3, 100)] {
-            series.apply(Update::Member { hash, now }, settings).unwrap();
+            series
+                .apply(Update::Member { hash, now }, settings)
+                .unwrap();
         }
         assert_eq!(series.set_cardinality(30, 60), 3);
         assert_eq!(series.set_cardinality(100, 60), 1);

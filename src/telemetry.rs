@@ -29,8 +29,8 @@ pub struct ReceiverStats {
     pub service_checks: AtomicU64,
     /// Datagrams longer than the receive buffer, cut short by the kernel and refused whole.
     pub oversized: AtomicU64,
-    /// The socket's cumulative kernel drop count (`SO_RXQ_OVFL`), as last reported. Receivers
-    /// that share a socket report the same figure; [`Telemetry::collect`] takes the maximum.
+    /// This receiver's socket's cumulative kernel drop count (`SO_RXQ_OVFL`), as last reported.
+    /// Every receiver has a socket of its own, so a listener's drops are the sum.
     pub kernel_drops: AtomicU64,
 }
 
@@ -188,12 +188,11 @@ impl Telemetry {
     /// Everything tallyd reports about itself, ready to encode.
     pub fn collect(&self, registry: &Registry) -> Vec<SelfMetric> {
         let receivers = self.receivers.lock().clone();
-        let per_listener = |read: &dyn Fn(&ReceiverStats) -> u64, max: bool| {
+        let per_listener = |read: &dyn Fn(&ReceiverStats) -> u64| {
             let mut sums: Vec<(String, u64)> = Vec::new();
             for r in &receivers {
                 let value = read(r);
                 match sums.iter_mut().find(|(l, _)| *l == r.listener) {
-                    Some((_, sum)) if max => *sum = (*sum).max(value),
                     Some((_, sum)) => *sum += value,
                     None => sums.push((r.listener.clone(), value)),
                 }
@@ -209,7 +208,7 @@ impl Telemetry {
 
         let mut out = vec![
             SelfMetric {
-                samples: per_listener(&|r| load(&r.packets), false),
+                samples: per_listener(&|r| load(&r.packets)),
                 ..SelfMetric::new(
                     "tallyd_udp_packets",
                     Kind::Counter,
@@ -217,7 +216,7 @@ impl Telemetry {
                 )
             },
             SelfMetric {
-                samples: per_listener(&|r| load(&r.bytes), false),
+                samples: per_listener(&|r| load(&r.bytes)),
                 ..SelfMetric::new(
                     "tallyd_udp_bytes",
                     Kind::Counter,
@@ -225,7 +224,7 @@ impl Telemetry {
                 )
             },
             SelfMetric {
-                samples: per_listener(&|r| load(&r.kernel_drops), true),
+                samples: per_listener(&|r| load(&r.kernel_drops)),
                 ..SelfMetric::new(
                     "tallyd_udp_kernel_drops",
                     Kind::Counter,
@@ -233,7 +232,7 @@ impl Telemetry {
                 )
             },
             SelfMetric {
-                samples: per_listener(&|r| load(&r.oversized), false),
+                samples: per_listener(&|r| load(&r.oversized)),
                 ..SelfMetric::new(
                     "tallyd_udp_oversized_datagrams",
                     Kind::Counter,
@@ -336,10 +335,7 @@ impl Telemetry {
                 Kind::Gauge,
                 "tallyd's version, as a label; the value is always 1.",
             )
-            .with(
-                format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
-                1.0,
-            ),
+            .with(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1.0),
         );
         out.extend(process_metrics(self.started_unix));
         out

@@ -1,0 +1,475 @@
+//! The configuration: one serde tree read from TOML, the command-line flags that override it,
+//! and validation.
+//!
+//! Every check that can name a key runs inside deserialisation, so a refusal carries the
+//! file, line, column and key (the `toml` crate adds them). `config/tallyd.toml` documents every
+//! key with its default; a test keeps that file and [`Config::default`] in agreement.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Deserializer};
+
+use crate::exposition::ExpositionOptions;
+use crate::http::HttpOptions;
+use crate::ingest::IngestOptions;
+use crate::listen::{Spread, UdpOptions};
+use crate::protocol::ParseOptions;
+use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
+
+/// The command line.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "tallyd",
+    version,
+    about = "StatsD/DogStatsD over UDP in, Prometheus /metrics out."
+)]
+pub struct Cli {
+    /// The TOML configuration file. Without it, the built-in defaults (those documented in
+    /// config/tallyd.toml) apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// UDP address to receive StatsD on (repeat for several); replaces `udp.listen`.
+    #[arg(long = "udp-listen", value_name = "ADDR")]
+    pub udp_listen: Vec<SocketAddr>,
+    /// Address of the HTTP server (/metrics); replaces `http.listen`.
+    #[arg(long = "http-listen", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive);
+    /// replaces `log.level`.
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Validate the configuration, print the outcome and exit (0 valid, 2 invalid).
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub udp: UdpConfig,
+    pub http: HttpConfig,
+    pub statsd: StatsdConfig,
+    pub exposition: ExpositionConfig,
+    pub log: LogConfig,
+}
+
+/// `[udp]`: the StatsD listeners.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Receive threads (and sockets) per address; 0 = one per core.
+    pub receivers: usize,
+    pub receive_buffer_bytes: usize,
+    #[serde(deserialize_with = "datagram_size")]
+    pub max_datagram_bytes: usize,
+    #[serde(deserialize_with = "batch_size")]
+    pub batch: usize,
+    pub spread: Spread,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        let defaults = UdpOptions::default();
+        UdpConfig {
+            listen: defaults.listen,
+            receivers: defaults.receivers_per_listener,
+            receive_buffer_bytes: defaults.receive_buffer_bytes,
+            max_datagram_bytes: defaults.max_datagram_bytes,
+            batch: defaults.batch,
+            spread: defaults.spread,
+        }
+    }
+}
+
+/// `[http]`: the server for /metrics and the health endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "positive_seconds")]
+    pub header_read_timeout_seconds: f64,
+    #[serde(deserialize_with = "positive_seconds")]
+    pub request_timeout_seconds: f64,
+    #[serde(deserialize_with = "positive_seconds")]
+    pub idle_timeout_seconds: f64,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_connections: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_concurrent_scrapes: usize,
+    pub gzip: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let defaults = HttpOptions::default();
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
+            header_read_timeout_seconds: defaults.header_read_timeout.as_secs_f64(),
+            request_timeout_seconds: defaults.request_timeout.as_secs_f64(),
+            idle_timeout_seconds: defaults.idle_timeout.as_secs_f64(),
+            max_connections: defaults.max_connections,
+            max_concurrent_scrapes: defaults.max_concurrent_scrapes,
+            gzip: defaults.enable_gzip,
+        }
+    }
+}
+
+/// `[statsd]`: how samples are aggregated.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsdConfig {
+    /// Etsy semantics: a gauge value with a leading `+`/`-` is a delta. `false` gives the
+    /// DogStatsD agent's meaning (always absolute).
+    pub gauge_deltas: bool,
+    /// Export the DogStatsD `|c:` container id as label `container_id`.
+    pub container_id_label: bool,
+    #[serde(deserialize_with = "buckets")]
+    pub histogram_buckets: Vec<f64>,
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub set_window_seconds: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_set_members: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub cache_capacity: usize,
+    /// 0 = 16 per core.
+    pub shards: usize,
+}
+
+impl Default for StatsdConfig {
+    fn default() -> Self {
+        let registry = RegistrySettings::default();
+        let ingest = IngestOptions::default();
+        StatsdConfig {
+            gauge_deltas: ingest.parse.gauge_deltas,
+            container_id_label: ingest.container_id_label,
+            histogram_buckets: DEFAULT_BUCKETS.to_vec(),
+            set_window_seconds: registry.set_window_secs,
+            max_set_members: registry.max_set_members,
+            cache_capacity: ingest.cache_capacity,
+            shards: 0,
+        }
+    }
+}
+
+/// `[exposition]`: how /metrics is written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpositionConfig {
+    /// Serve counters under statsd_exporter's names (no `_total`) in the 0.0.4 text format.
+    pub statsd_exporter_names: bool,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    #[serde(deserialize_with = "log_filter")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that could not be used, worded for the operator.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Invalid {
+        path: PathBuf,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            ConfigError::Invalid { path, message } => {
+                write!(
+                    f,
+                    "invalid config file {}: {}",
+                    path.display(),
+                    message.trim_end()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The configuration the command line asks for: the file (or the defaults) with the
+    /// flags applied on top.
+    pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::load(path)?,
+            None => Config::default(),
+        };
+        if !cli.udp_listen.is_empty() {
+            config.udp.listen = cli.udp_listen.clone();
+        }
+        if let Some(addr) = cli.http_listen {
+            config.http.listen = addr;
+        }
+        if let Some(level) = &cli.log_level {
+            tracing_subscriber::EnvFilter::try_new(level).map_err(|e| ConfigError::Invalid {
+                path: "--log-level".into(),
+                message: format!("invalid log filter {level:?}: {e}"),
+            })?;
+            config.log.level = level.clone();
+        }
+        Ok(config)
+    }
+
+    pub fn udp_options(&self) -> UdpOptions {
+        UdpOptions {
+            listen: self.udp.listen.clone(),
+            receivers_per_listener: self.udp.receivers,
+            receive_buffer_bytes: self.udp.receive_buffer_bytes,
+            max_datagram_bytes: self.udp.max_datagram_bytes,
+            batch: self.udp.batch,
+            spread: self.udp.spread,
+        }
+    }
+
+    pub fn ingest_options(&self) -> IngestOptions {
+        IngestOptions {
+            parse: ParseOptions {
+                gauge_deltas: self.statsd.gauge_deltas,
+            },
+            container_id_label: self.statsd.container_id_label,
+            cache_capacity: self.statsd.cache_capacity,
+        }
+    }
+
+    pub fn registry_settings(&self) -> RegistrySettings {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        RegistrySettings {
+            shards: match self.statsd.shards {
+                0 => 16 * cores,
+                n => n,
+            },
+            histogram_buckets: self.statsd.histogram_buckets.as_slice().into(),
+            set_window_secs: self.statsd.set_window_seconds,
+            max_set_members: self.statsd.max_set_members,
+        }
+    }
+
+    pub fn http_options(&self) -> HttpOptions {
+        let secs = Duration::from_secs_f64;
+        HttpOptions {
+            exposition: self.exposition_options(),
+            header_read_timeout: secs(self.http.header_read_timeout_seconds),
+            request_timeout: secs(self.http.request_timeout_seconds),
+            idle_timeout: secs(self.http.idle_timeout_seconds),
+            max_connections: self.http.max_connections,
+            max_concurrent_scrapes: self.http.max_concurrent_scrapes,
+            enable_gzip: self.http.gzip,
+        }
+    }
+
+    pub fn exposition_options(&self) -> ExpositionOptions {
+        ExpositionOptions {
+            statsd_exporter_names: self.exposition.statsd_exporter_names,
+        }
+    }
+
+    /// The keys whose new values only take effect after a restart, for a reload to warn about.
+    pub fn restart_required_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.udp != new.udp {
+            changed.push("udp");
+        }
+        if self.http != new.http {
+            changed.push("http");
+        }
+        if self.statsd != new.statsd {
+            changed.push("statsd");
+        }
+        changed
+    }
+}
+
+fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be a number of seconds above 0 and at most 86400, got {value}"
+        )))
+    }
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn datagram_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        n @ 512..=65535 => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 512 and 65535 bytes, got {n}"
+        ))),
+    }
+}
+
+fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        n @ 1..=1024 => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 1 and 1024 datagrams, got {n}"
+        ))),
+    }
+}
+
+fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let bounds = Vec::<f64>::deserialize(d)?;
+    if bounds.is_empty() {
+        return Err(serde::de::Error::custom("needs at least one bucket bound"));
+    }
+    if let Some(bad) = bounds.iter().find(|b| !b.is_finite()) {
+        return Err(serde::de::Error::custom(format!(
+            "bucket bounds must be finite (+Inf is always added), got {bad}"
+        )));
+    }
+    if let Some(pair) = bounds.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(serde::de::Error::custom(format!(
+            "bucket bounds must increase strictly, but {} is followed by {}",
+            pair[0], pair[1]
+        )));
+    }
+    Ok(bounds)
+}
+
+fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let level = String::deserialize(d)?;
+    tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|e| serde::de::Error::custom(format!("invalid log filter {level:?}: {e}")))?;
+    Ok(level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_documented_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tallyd.toml");
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name_and_line() {
+        let err = parse("[udp]\nlisten = [\"127.0.0.1:8125\"]\nlisen = 1\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_refused() {
+        let err = parse("[udpp]\n").unwrap_err();
+        assert!(err.contains("udpp"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_with_its_line() {
+        let err = parse("\n[http]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unsorted_buckets_are_refused_with_the_offending_pair() {
+        let err = parse("[statsd]\nhistogram_buckets = [1.0, 0.5]\n").unwrap_err();
+        assert!(err.contains("1 is followed by 0.5"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused() {
+        let err = parse("[log]\nlevel = \"info,[\"\n").unwrap_err();
+        assert!(err.contains("invalid log filter"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let err = parse("[http]\nidle_timeout_seconds = 0\n").unwrap_err();
+        assert!(err.contains("above 0"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli {
+            udp_listen: vec!["127.0.0.1:9999".parse().unwrap()],
+            http_listen: Some("127.0.0.1:9998".parse().unwrap()),
+            log_level: Some("debug".into()),
+            ..Cli::default()
+        };
+        let config = Config::from_cli(&cli).unwrap();
+        assert_eq!(config.udp.listen, cli.udp_listen);
+        assert_eq!(config.http.listen, cli.http_listen.unwrap());
+        assert_eq!(config.log.level, "debug");
+    }
+
+    #[test]
+    fn spread_accepts_its_two_names_only() {
+        assert_eq!(
+            parse("[udp]\nspread = \"source\"\n").unwrap().udp.spread,
+            Spread::Source
+        );
+        assert!(parse("[udp]\nspread = \"roundrobin\"\n").is_err());
+    }
+}

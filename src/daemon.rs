@@ -1,0 +1,231 @@
+//! Wiring: load the configuration, bind every socket, start the receivers and the HTTP server,
+//! then serve until SIGTERM or SIGINT, reloading on SIGHUP.
+//!
+//! Everything that can fail for an operator's reason (a bad file, a port in use) fails before
+//! anything starts, with a message naming the culprit: exit code 2 for configuration, 1 for the
+//! rest. Readiness (`/-/ready`, systemd's `READY=1`) is announced once every listener is bound.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{Cli, Config};
+use crate::http::{self, HttpState};
+use crate::listen;
+use crate::registry::Registry;
+use crate::telemetry::{ReloadOutcome, Telemetry};
+
+/// How long shutdown waits for the scrape in flight and the receive threads.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Runs tallyd as the command line asks; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let config = match Config::from_cli(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tallyd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        match &cli.config {
+            Some(path) => println!("{}: configuration is valid", path.display()),
+            None => println!("no --config given: the built-in defaults are valid"),
+        }
+        return ExitCode::SUCCESS;
+    }
+    let log = init_logging(&config.log.level);
+    match serve(cli, config, log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("tallyd: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(level: &str) -> LogHandle {
+    // The filter was validated with the configuration.
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(level));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes only for a person at a terminal, not for journald or a file.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .init();
+    handle
+}
+
+fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
+    let udp = listen::bind(&config.udp_options()).map_err(|e| e.to_string())?;
+    let http_listener = bind_http(config.http.listen)?;
+    let mut udp_addrs: Vec<String> = Vec::new();
+    for listener in &udp {
+        let addr = listener.local_addr().to_string();
+        if !udp_addrs.contains(&addr) {
+            udp_addrs.push(addr);
+        }
+    }
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the HTTP listener's address: {e}"))?;
+
+    let registry = Arc::new(Registry::new(config.registry_settings()));
+    let telemetry = Arc::new(Telemetry::default());
+    let stop_receivers = Arc::new(AtomicBool::new(false));
+    let receivers = listen::spawn_receivers(
+        udp,
+        Arc::clone(&registry),
+        &telemetry,
+        config.ingest_options(),
+        Arc::clone(&stop_receivers),
+    )
+    .map_err(|e| format!("cannot start the UDP receivers: {e}"))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tallyd-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+
+    let result = runtime.block_on(async {
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(HttpState {
+            registry: Arc::clone(&registry),
+            telemetry: Arc::clone(&telemetry),
+            ready: Arc::clone(&ready),
+            options: config.http_options(),
+        });
+        let listener = tokio::net::TcpListener::from_std(http_listener)
+            .map_err(|e| format!("cannot use the HTTP listener: {e}"))?;
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(http::serve(listener, state, async {
+            let _ = http_stopped.await;
+        }));
+
+        ready.store(true, Ordering::SeqCst);
+        notify_systemd("READY=1");
+        // Tests and scripts read the bound ports (port 0 picks one) from this line.
+        tracing::info!(
+            "tallyd {} ready: udp {} http {http_addr}",
+            env!("CARGO_PKG_VERSION"),
+            udp_addrs.join(" ")
+        );
+
+        wait_for_shutdown(&cli, config, &log, &telemetry).await?;
+
+        tracing::info!("shutting down");
+        notify_systemd("STOPPING=1");
+        ready.store(false, Ordering::SeqCst);
+        let _ = stop_http.send(());
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
+            Err(_) => tracing::warn!("HTTP server did not stop within {SHUTDOWN_GRACE:?}"),
+            _ => {}
+        }
+        Ok::<_, String>(())
+    });
+    stop_receivers.store(true, Ordering::SeqCst);
+    receivers.join();
+    // The runtime may still hold a blocking render; don't wait on it forever.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
+}
+
+fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+    Ok(listener)
+}
+
+/// Serves signals until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+async fn wait_for_shutdown(
+    cli: &Cli,
+    mut config: Config,
+    log: &LogHandle,
+    telemetry: &Telemetry,
+) -> Result<(), String> {
+    let installing = |kind| signal(kind).map_err(|e| format!("cannot install signal handler: {e}"));
+    let mut terminate = installing(SignalKind::terminate())?;
+    let mut interrupt = installing(SignalKind::interrupt())?;
+    let mut hangup = installing(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                notify_systemd("RELOADING=1");
+                config = reload(cli, config, log, telemetry);
+                notify_systemd("READY=1");
+            }
+        }
+    }
+}
+
+/// Loads the configuration again. A file that fails keeps `current` in force.
+fn reload(cli: &Cli, current: Config, log: &LogHandle, telemetry: &Telemetry) -> Config {
+    match Config::from_cli(cli) {
+        Ok(new) => {
+            if let Err(e) = log.reload(EnvFilter::new(&new.log.level)) {
+                tracing::warn!("cannot apply the new log level: {e}");
+            }
+            let pending = current.restart_required_changes(&new);
+            if !pending.is_empty() {
+                tracing::warn!(
+                    sections = ?pending,
+                    "configuration reloaded; changes in these sections take effect on restart"
+                );
+            } else {
+                tracing::info!("configuration reloaded");
+            }
+            telemetry.record_reload(ReloadOutcome::Success);
+            new
+        }
+        Err(e) => {
+            tracing::error!("configuration reload failed, keeping the running configuration: {e}");
+            telemetry.record_reload(ReloadOutcome::Failure);
+            current
+        }
+    }
+}
+
+/// Tells systemd about a state change (`Type=notify`); a no-op outside systemd.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            socket.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd ({state}): {e}");
+    }
+}
