@@ -292,7 +292,6 @@ impl Config {
     pub fn http_options(&self) -> HttpOptions {
         let secs = Duration::from_secs_f64;
         HttpOptions {
-            exposition: self.exposition_options(),
             header_read_timeout: secs(self.http.header_read_timeout_seconds),
             request_timeout: secs(self.http.request_timeout_seconds),
             idle_timeout: secs(self.http.idle_timeout_seconds),

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use parking_lot::RwLock;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
@@ -72,6 +73,19 @@ fn init_logging(level: &str) -> LogHandle {
 }
 
 fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tallyd-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    // Handlers first: a signal that arrives while tallyd starts (a `systemctl reload` right
+    // after `start`) must be handled, not take the default action and kill the process.
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::install()?
+    };
+
     let udp = listen::bind(&config.udp_options()).map_err(|e| e.to_string())?;
     let http_listener = bind_http(config.http.listen)?;
     let mut udp_addrs: Vec<String> = Vec::new();
@@ -97,13 +111,6 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot start the UDP receivers: {e}"))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tallyd-http")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-
     let result = runtime.block_on(async {
         let ready = Arc::new(AtomicBool::new(false));
         let state = Arc::new(HttpState {
@@ -111,11 +118,12 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
             telemetry: Arc::clone(&telemetry),
             ready: Arc::clone(&ready),
             options: config.http_options(),
+            exposition: RwLock::new(config.exposition_options()),
         });
         let listener = tokio::net::TcpListener::from_std(http_listener)
             .map_err(|e| format!("cannot use the HTTP listener: {e}"))?;
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(http::serve(listener, state, async {
+        let server = tokio::spawn(http::serve(listener, Arc::clone(&state), async {
             let _ = http_stopped.await;
         }));
 
@@ -128,7 +136,7 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
             udp_addrs.join(" ")
         );
 
-        wait_for_shutdown(&cli, config, &log, &telemetry).await?;
+        signals.serve(&cli, config, &log, &state).await;
 
         tracing::info!("shutting down");
         notify_systemd("STOPPING=1");
@@ -157,37 +165,49 @@ fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
     Ok(listener)
 }
 
-/// Serves signals until SIGTERM or SIGINT; SIGHUP reloads the configuration.
-async fn wait_for_shutdown(
-    cli: &Cli,
-    mut config: Config,
-    log: &LogHandle,
-    telemetry: &Telemetry,
-) -> Result<(), String> {
-    let installing = |kind| signal(kind).map_err(|e| format!("cannot install signal handler: {e}"));
-    let mut terminate = installing(SignalKind::terminate())?;
-    let mut interrupt = installing(SignalKind::interrupt())?;
-    let mut hangup = installing(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                notify_systemd("RELOADING=1");
-                config = reload(cli, config, log, telemetry);
-                notify_systemd("READY=1");
+/// The signals tallyd acts on.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        let install =
+            |kind| signal(kind).map_err(|e| format!("cannot install a signal handler: {e}"));
+        Ok(Signals {
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
+
+    /// Serves signals until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+    async fn serve(mut self, cli: &Cli, mut config: Config, log: &LogHandle, state: &HttpState) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => {
+                    notify_systemd("RELOADING=1");
+                    config = reload(cli, config, log, state);
+                    notify_systemd("READY=1");
+                }
             }
         }
     }
 }
 
-/// Loads the configuration again. A file that fails keeps `current` in force.
-fn reload(cli: &Cli, current: Config, log: &LogHandle, telemetry: &Telemetry) -> Config {
+/// Loads the configuration again and applies what can change while running (log level,
+/// exposition). A file that fails keeps `current` in force.
+fn reload(cli: &Cli, current: Config, log: &LogHandle, state: &HttpState) -> Config {
     match Config::from_cli(cli) {
         Ok(new) => {
             if let Err(e) = log.reload(EnvFilter::new(&new.log.level)) {
                 tracing::warn!("cannot apply the new log level: {e}");
             }
+            *state.exposition.write() = new.exposition_options();
             let pending = current.restart_required_changes(&new);
             if !pending.is_empty() {
                 tracing::warn!(
@@ -197,12 +217,12 @@ fn reload(cli: &Cli, current: Config, log: &LogHandle, telemetry: &Telemetry) ->
             } else {
                 tracing::info!("configuration reloaded");
             }
-            telemetry.record_reload(ReloadOutcome::Success);
+            state.telemetry.record_reload(ReloadOutcome::Success);
             new
         }
         Err(e) => {
             tracing::error!("configuration reload failed, keeping the running configuration: {e}");
-            telemetry.record_reload(ReloadOutcome::Failure);
+            state.telemetry.record_reload(ReloadOutcome::Failure);
             current
         }
     }

@@ -66,12 +66,13 @@ pub struct HttpState {
     /// `/-/ready` answers 200 while this is true.
     pub ready: Arc<AtomicBool>,
     pub options: HttpOptions,
+    /// How /metrics is written; a reload may change it while the server runs.
+    pub exposition: parking_lot::RwLock<ExpositionOptions>,
 }
 
 /// Server limits and switches. A zero duration disables that timeout.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
-    pub exposition: ExpositionOptions,
     /// Time allowed to receive a request's head (slow-loris protection).
     pub header_read_timeout: Duration,
     /// Cap on one request/response exchange, from the request head to the last response byte.
@@ -89,7 +90,6 @@ pub struct HttpOptions {
 impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
-            exposition: ExpositionOptions::default(),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
@@ -534,7 +534,7 @@ async fn metrics(server: &Server, headers: &HeaderMap) -> Response<ResponseBody>
     };
     let registry = Arc::clone(&state.registry);
     let telemetry = Arc::clone(&state.telemetry);
-    let options = state.options.exposition;
+    let options = *state.exposition.read();
     let rendered = tokio::task::spawn_blocking(move || {
         // Held until the render ends, even if the client has gone meanwhile.
         let _permit = permit;
@@ -667,6 +667,7 @@ mod tests {
                 telemetry: Arc::new(Telemetry::default()),
                 ready: Arc::clone(&ready),
                 options,
+                exposition: Default::default(),
             });
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(serve(listener, state, async {
@@ -1151,7 +1152,6 @@ mod tests {
         assert_eq!(options.max_connections, 256);
         assert_eq!(options.max_concurrent_scrapes, 4);
         assert!(options.enable_gzip);
-        assert!(!options.exposition.statsd_exporter_names);
     }
 
     #[test]

@@ -14,9 +14,9 @@
 //! `SO_ATTACH_REUSEPORT_CBPF` picks a receiver at random for every datagram instead.
 //!
 //! The price: datagrams from one client may be applied out of order, since two of them can be
-//! in two threads at once. Counters, histograms and sets are commutative and do not care; only
-//! two absolute gauge sets of the same series sent microseconds apart can end with the older
-//! value. [`Spread::Source`] keeps per-client order at the cost of per-client parallelism. If
+//! in two threads at once. Counters, histograms and sets are commutative and do not care; two
+//! updates of the same gauge (a set, or a set and a `+`/`-` delta) sent in separate datagrams
+//! microseconds apart may be applied in either order. Lines within one datagram keep their order. [`Spread::Source`] keeps per-client order at the cost of per-client parallelism. If
 //! the program cannot be attached (an old kernel, a seccomp filter), tallyd logs a warning and
 //! falls back to source hashing.
 //!
