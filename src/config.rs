@@ -55,7 +55,31 @@ pub struct Config {
     pub http: HttpConfig,
     pub statsd: StatsdConfig,
     pub exposition: ExpositionConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+/// `[limits]`: the bounds on memory an operator chooses.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_series: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_series_per_metric: usize,
+    /// 0 keeps series until restart.
+    pub series_ttl_seconds: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let registry = RegistrySettings::default();
+        LimitsConfig {
+            max_series: registry.max_series,
+            max_series_per_metric: registry.max_series_per_metric,
+            series_ttl_seconds: registry.series_ttl_secs,
+        }
+    }
 }
 
 /// `[udp]`: the StatsD listeners.
@@ -286,6 +310,9 @@ impl Config {
             histogram_buckets: self.statsd.histogram_buckets.as_slice().into(),
             set_window_secs: self.statsd.set_window_seconds,
             max_set_members: self.statsd.max_set_members,
+            max_series: self.limits.max_series,
+            max_series_per_metric: self.limits.max_series_per_metric,
+            series_ttl_secs: self.limits.series_ttl_seconds,
         }
     }
 
@@ -318,6 +345,9 @@ impl Config {
         }
         if self.statsd != new.statsd {
             changed.push("statsd");
+        }
+        if self.limits != new.limits {
+            changed.push("limits");
         }
         changed
     }

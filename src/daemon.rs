@@ -22,7 +22,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::{Cli, Config};
 use crate::http::{self, HttpState};
 use crate::listen;
-use crate::registry::Registry;
+use crate::registry::{self, Registry};
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
 /// How long shutdown waits for the scrape in flight and the receive threads.
@@ -110,6 +110,9 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
         Arc::clone(&stop_receivers),
     )
     .map_err(|e| format!("cannot start the UDP receivers: {e}"))?;
+    let housekeeping =
+        registry::spawn_housekeeping(Arc::clone(&registry), Arc::clone(&stop_receivers))
+            .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
 
     let result = runtime.block_on(async {
         let ready = Arc::new(AtomicBool::new(false));
@@ -151,6 +154,7 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
     });
     stop_receivers.store(true, Ordering::SeqCst);
     receivers.join();
+    let _ = housekeeping.join();
     // The runtime may still hold a blocking render; don't wait on it forever.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result

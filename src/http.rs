@@ -47,6 +47,7 @@ use tokio::task::JoinSet;
 
 use crate::exposition::{self, ExpositionOptions};
 use crate::registry::Registry;
+use crate::telemetry::TOP_FAMILIES;
 use crate::telemetry::Telemetry;
 
 /// How long shutdown waits for live connections before dropping them: a little under the
@@ -581,15 +582,28 @@ fn landing_page(state: &HttpState) -> Response<ResponseBody> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let settings = state.registry.settings();
+    let mut top = String::new();
+    for (family, count) in state.registry.top_families(TOP_FAMILIES) {
+        top.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{count}</td></tr>\n",
+            html_escape(family.name())
+        ));
+    }
     let page = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>tallyd</title></head>\n\
          <body>\n<h1>tallyd {version}</h1>\n<p>StatsD / DogStatsD to Prometheus.</p>\n<ul>\n\
-         <li>UDP listeners: {listeners}</li>\n<li>Live series: {series}</li>\n\
+         <li>UDP listeners: {listeners}</li>\n\
+         <li>Live series: {series} (limit {max_series}; {max_per_metric} per metric)</li>\n\
          <li>Uptime: {uptime}</li>\n</ul>\n\
+         <h2>Metrics with the most series</h2>\n\
+         <table>\n<tr><th>metric</th><th>series</th></tr>\n{top}</table>\n\
          <p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/-/healthy\">Health</a> \
          &middot; <a href=\"/-/ready\">Readiness</a></p>\n</body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         series = state.registry.series_count(),
+        max_series = settings.max_series,
+        max_per_metric = settings.max_series_per_metric,
         uptime = human_duration(state.telemetry.uptime()),
     );
     let mut response = Response::new(ResponseBody::new(page));
@@ -916,6 +930,7 @@ mod tests {
         assert!(page.contains(env!("CARGO_PKG_VERSION")));
         assert!(page.contains("<a href=\"/metrics\">"));
         assert!(page.contains("Live series: 0"));
+        assert!(page.contains("Metrics with the most series"));
     }
 
     #[tokio::test]

@@ -9,10 +9,12 @@
 //! series; that costs memory, never correctness. It is bounded: when full it is cleared, and
 //! the next lines repopulate it from the registry.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
 
 use crate::mapping::{label_name_into, sanitize_name_into};
 use crate::protocol::{
@@ -63,14 +65,19 @@ pub struct Ingester {
     cache: SeriesCache,
 }
 
-/// This thread's map from raw name+type+tags bytes to series, and the buffers of the slow path.
+/// This thread's map from raw name+type+tags bytes to series, and the slow path behind it.
 struct SeriesCache {
     map: HashMap<Box<[u8]>, Arc<Series>, ahash::RandomState>,
     capacity: usize,
-    container_id_label: bool,
     raw_key: Vec<u8>,
+    resolver: Resolver,
+}
+
+/// The slow path: canonical name and labels, then the registry. Its buffers are reused.
+struct Resolver {
+    container_id_label: bool,
     series_key: SeriesKeyBuf,
-    last_conflict_log: Option<Instant>,
+    last_warning: Option<Instant>,
 }
 
 impl Ingester {
@@ -83,10 +90,12 @@ impl Ingester {
             cache: SeriesCache {
                 map: HashMap::default(),
                 capacity: options.cache_capacity,
-                container_id_label: options.container_id_label,
                 raw_key: Vec::with_capacity(256),
-                series_key: SeriesKeyBuf::default(),
-                last_conflict_log: None,
+                resolver: Resolver {
+                    container_id_label: options.container_id_label,
+                    series_key: SeriesKeyBuf::default(),
+                    last_warning: None,
+                },
             },
         }
     }
@@ -120,8 +129,13 @@ impl Ingester {
 }
 
 impl SeriesCache {
-    /// The series a sample belongs to, from the cache or the registry.
-    fn lookup(&mut self, registry: &Registry, sample: &Sample<'_>) -> Result<&Arc<Series>, Reason> {
+    /// The live series a sample belongs to, from the cache or the registry, touched at `now`.
+    fn lookup(
+        &mut self,
+        registry: &Registry,
+        sample: &Sample<'_>,
+        now: u32,
+    ) -> Result<&Arc<Series>, Reason> {
         let raw_key = &mut self.raw_key;
         raw_key.clear();
         raw_key.extend_from_slice(sample.metric_type.wire().as_bytes());
@@ -134,33 +148,37 @@ impl SeriesCache {
             raw_key.push(0xFF);
             raw_key.extend_from_slice(container.as_bytes());
         }
-        // Two lookups instead of the entry API: the entry API would need an owned key (an
-        // allocation) even on a hit.
-        if self.map.contains_key(raw_key.as_slice()) {
-            return Ok(&self.map[raw_key.as_slice()]);
-        }
-        let series = self.resolve(registry, sample)?;
-        if self.map.len() >= self.capacity {
+        if self.map.len() >= self.capacity && !self.map.contains_key(raw_key.as_slice()) {
             self.map.clear();
         }
-        let entry = self
-            .map
-            .entry(self.raw_key.as_slice().into())
-            .or_insert(series);
-        Ok(entry)
+        // `entry_ref` hashes once and copies the key only when it inserts.
+        match self.map.entry_ref(raw_key.as_slice()) {
+            EntryRef::Occupied(mut entry) => {
+                if !entry.get().touch(now) {
+                    // Expiry removed it since we cached it: find (or create) its successor.
+                    entry.insert(self.resolver.resolve(registry, sample)?);
+                }
+                Ok(entry.into_mut())
+            }
+            EntryRef::Vacant(entry) => {
+                let series = self.resolver.resolve(registry, sample)?;
+                let key = entry.key().into();
+                Ok(entry.insert_with_key(key, series))
+            }
+        }
     }
+}
 
-    /// The slow path: canonical name and labels, then the registry.
+impl Resolver {
     fn resolve(&mut self, registry: &Registry, sample: &Sample<'_>) -> Result<Arc<Series>, Reason> {
         let kind = kind_of(sample.metric_type);
         let key = &mut self.series_key;
         sanitize_name_into(sample.name, key.start(kind));
+        key.end_family();
         let family = key.family();
         if kind == Kind::Counter && family.len() > "_total".len() && family.ends_with("_total") {
             // `x_total` and `x` are one counter: its samples are called `x_total` either way.
             key.truncate_family(family.len() - "_total".len());
-        } else {
-            key.end_family();
         }
         if key.family().is_empty() || is_reserved_name(key.family()) {
             return Err(Reason::InvalidName);
@@ -175,27 +193,34 @@ impl SeriesCache {
         }
         key.finish();
         let resolved = registry.resolve(key);
-        if resolved.is_err() {
-            self.log_conflict(sample);
+        if let Err(reason) = resolved {
+            self.warn(sample, reason);
         }
         resolved
     }
 
-    fn log_conflict(&mut self, sample: &Sample<'_>) {
+    /// Logs a refused new series, at most every 10 s per receiver; the counters have them all.
+    fn warn(&mut self, sample: &Sample<'_>, reason: Reason) {
         let now = Instant::now();
         if self
-            .last_conflict_log
-            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(10))
+            .last_warning
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(10))
         {
-            self.last_conflict_log = Some(now);
-            tracing::warn!(
-                name = sample.name,
-                statsd_type = sample.metric_type.wire(),
-                "sample refused: the name is already registered with another type \
-                 (counted in tallyd_sample_errors_total{{reason=\"type_conflict\"}}; \
-                 this warning is logged at most every 10s per receiver)"
-            );
+            return;
         }
+        self.last_warning = Some(now);
+        let why = match reason {
+            Reason::TypeConflict => "the name is already registered with another type",
+            Reason::SeriesLimit => "a series limit ([limits] in the config) is reached",
+            _ => "it cannot be registered",
+        };
+        tracing::warn!(
+            name = sample.name,
+            statsd_type = sample.metric_type.wire(),
+            "sample refused: {why} (counted in tallyd_sample_errors_total{{reason=\"{}\"}}; \
+             such warnings are logged at most every 10s per receiver)",
+            reason.label()
+        );
     }
 }
 
@@ -241,7 +266,7 @@ impl SampleSink for Ingester {
         let registry = &self.registry;
         let outcome = self
             .cache
-            .lookup(registry, sample)
+            .lookup(registry, sample, registry.now_secs())
             .and_then(|series| series.apply(update, registry.settings()));
         if let Err(reason) = outcome {
             self.reject(reason);
@@ -266,3 +291,65 @@ impl SampleSink for Ingester {
 
 // `TagStyle` takes part in the raw cache key as one byte.
 const _: () = assert!(TagStyle::SignalFx as u8 == 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Cell, RegistrySettings};
+
+    fn counter_value(registry: &Registry, family: &str) -> Vec<f64> {
+        let mut values = Vec::new();
+        for f in registry.families().iter().filter(|f| f.name() == family) {
+            f.for_each_series(|s| {
+                if let Cell::Counter(v) = s.cell() {
+                    values.push(v.get());
+                }
+            });
+        }
+        values
+    }
+
+    #[test]
+    fn a_sample_for_an_expired_cached_series_recreates_it() {
+        let registry = Arc::new(Registry::new(RegistrySettings {
+            series_ttl_secs: 1,
+            ..RegistrySettings::default()
+        }));
+        let stats = Arc::new(ReceiverStats::new("test"));
+        let mut ingester = Ingester::new(Arc::clone(&registry), stats, IngestOptions::default());
+        ingester.ingest(b"hits:2|c|#a:b");
+        // Let the series go idle past its TTL; the ingester still caches its handle.
+        std::thread::sleep(Duration::from_millis(2100));
+        registry.tick();
+        assert_eq!(registry.expire_idle(), 1);
+        ingester.ingest(b"hits:3|c|#a:b");
+        assert_eq!(counter_value(&registry, "hits"), [3.0]);
+        assert_eq!(registry.series_count(), 1);
+    }
+
+    #[test]
+    fn counters_from_tags_in_any_order_land_in_one_series() {
+        let registry = Arc::new(Registry::new(RegistrySettings::default()));
+        let stats = Arc::new(ReceiverStats::new("test"));
+        let mut ingester = Ingester::new(Arc::clone(&registry), stats, IngestOptions::default());
+        ingester.ingest(b"hits:1|c|#a:1,b:2\nhits:1|c|#b:2,a:1\nhits_total:1|c|#a:1,b:2");
+        assert_eq!(counter_value(&registry, "hits"), [3.0]);
+    }
+
+    #[test]
+    fn the_cache_starts_over_when_full_without_losing_counts() {
+        let registry = Arc::new(Registry::new(RegistrySettings::default()));
+        let stats = Arc::new(ReceiverStats::new("test"));
+        let options = IngestOptions {
+            cache_capacity: 2,
+            ..IngestOptions::default()
+        };
+        let mut ingester = Ingester::new(Arc::clone(&registry), stats, options);
+        for _ in 0..3 {
+            ingester.ingest(b"a:1|c\nb:1|c\nc:1|c\nd:1|c");
+        }
+        for name in ["a", "b", "c", "d"] {
+            assert_eq!(counter_value(&registry, name), [3.0], "{name}");
+        }
+    }
+}

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashTable;
@@ -71,6 +71,12 @@ pub struct RegistrySettings {
     pub set_window_secs: u32,
     /// Most distinct members one set tracks; more are dropped with [`Reason::SetFull`].
     pub max_set_members: usize,
+    /// Most live series in all; a new series beyond it is refused.
+    pub max_series: usize,
+    /// Most live series in one family; a new series beyond it is refused.
+    pub max_series_per_metric: usize,
+    /// A series not updated for this many seconds is removed; 0 keeps series forever.
+    pub series_ttl_secs: u32,
 }
 
 impl Default for RegistrySettings {
@@ -80,6 +86,9 @@ impl Default for RegistrySettings {
             histogram_buckets: DEFAULT_BUCKETS.into(),
             set_window_secs: 60,
             max_set_members: 100_000,
+            max_series: 1_000_000,
+            max_series_per_metric: 100_000,
+            series_ttl_secs: 0,
         }
     }
 }
@@ -280,8 +289,13 @@ pub struct Series {
     labels: Box<str>,
     /// Unix seconds at creation, for OpenMetrics `_created`.
     created: f64,
+    /// Registry-clock second of the last update, or [`DEAD`] once expiry removed the series.
+    last_seen: AtomicU32,
     cell: Cell,
 }
+
+/// The `last_seen` of a series that expiry has removed from the registry.
+const DEAD: u32 = u32::MAX;
 
 /// A change to one series, derived from one sample.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -299,6 +313,52 @@ pub enum Update {
 }
 
 impl Series {
+    /// Marks the series as updated at `now` (registry clock). Call before [`Series::apply`]:
+    /// `false` means expiry has removed the series and the caller must resolve it again, so an
+    /// update never lands in a series no scrape will see.
+    ///
+    /// Expiry and this race on one word: expiry swaps an old `last_seen` for [`DEAD`] with a
+    /// compare-exchange, and this refreshes it the same way, so exactly one of them wins.
+    /// Within one second of the last touch it is a single relaxed load.
+    pub fn touch(&self, now: u32) -> bool {
+        let mut seen = self.last_seen.load(Ordering::Relaxed);
+        loop {
+            if seen == DEAD {
+                return false;
+            }
+            if seen >= now {
+                return true;
+            }
+            match self.last_seen.compare_exchange_weak(
+                seen,
+                now,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// Claims the series for removal if it has been idle longer than `ttl` at `now`.
+    fn expire(&self, now: u32, ttl: u32) -> bool {
+        let seen = self.last_seen.load(Ordering::Relaxed);
+        seen != DEAD
+            && seen.saturating_add(ttl) < now
+            && self
+                .last_seen
+                .compare_exchange(seen, DEAD, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The family name, as spelled in the key (`kind, family, 0xFF, ...`).
+    fn family_name_bytes(&self) -> &[u8] {
+        let rest = &self.key[1..];
+        let end = rest.iter().position(|b| *b == 0xFF).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
     pub fn labels(&self) -> &str {
         &self.labels
     }
@@ -404,7 +464,31 @@ pub struct Registry {
     shard_shift: u32,
     families: RwLock<FamilyTable>,
     epoch: Instant,
+    /// Seconds since `epoch`, advanced by [`Registry::tick`]: a clock the hot path reads
+    /// with one relaxed load instead of a system call.
+    clock: AtomicU32,
     series_count: AtomicUsize,
+    refused_global: AtomicU64,
+    refused_per_metric: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// Which cap refused a new series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeriesLimit {
+    /// `max_series`
+    Global,
+    /// `max_series_per_metric`
+    PerMetric,
+}
+
+impl SeriesLimit {
+    pub fn label(self) -> &'static str {
+        match self {
+            SeriesLimit::Global => "global_limit",
+            SeriesLimit::PerMetric => "metric_limit",
+        }
+    }
 }
 
 impl Registry {
@@ -418,7 +502,11 @@ impl Registry {
             hasher: ahash::RandomState::new(),
             families: RwLock::default(),
             epoch: Instant::now(),
+            clock: AtomicU32::new(0),
             series_count: AtomicUsize::new(0),
+            refused_global: AtomicU64::new(0),
+            refused_per_metric: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             settings,
         }
     }
@@ -427,9 +515,30 @@ impl Registry {
         &self.settings
     }
 
-    /// Seconds since the registry started: the clock of set windows.
+    /// Seconds since the registry started: the clock of set windows and expiry. Read from a
+    /// cached value that [`Registry::tick`] advances (the daemon ticks it every second).
     pub fn now_secs(&self) -> u32 {
-        self.epoch.elapsed().as_secs() as u32
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    /// Advances the registry clock to the real elapsed time.
+    pub fn tick(&self) {
+        let elapsed = self.epoch.elapsed().as_secs().min(u64::from(DEAD - 1)) as u32;
+        self.clock.fetch_max(elapsed, Ordering::Relaxed);
+    }
+
+    /// New series refused so far by `limit`.
+    pub fn refused(&self, limit: SeriesLimit) -> u64 {
+        match limit {
+            SeriesLimit::Global => &self.refused_global,
+            SeriesLimit::PerMetric => &self.refused_per_metric,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// Series removed by expiry so far.
+    pub fn expired(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
     }
 
     /// The hasher a caller may use for its own caches of this registry's series.
@@ -465,6 +574,20 @@ impl Registry {
             return Ok(Arc::clone(series));
         }
         let family = self.family(kind, key.family())?;
+        // Reserve a place under the global cap first; the reservation is exact even with
+        // inserts racing in other shards.
+        if self.series_count.fetch_add(1, Ordering::Relaxed) >= self.settings.max_series {
+            self.series_count.fetch_sub(1, Ordering::Relaxed);
+            self.refused_global.fetch_add(1, Ordering::Relaxed);
+            return Err(Reason::SeriesLimit);
+        }
+        let mut family_series = family.series.write();
+        if family_series.len() >= self.settings.max_series_per_metric {
+            drop(family_series);
+            self.series_count.fetch_sub(1, Ordering::Relaxed);
+            self.refused_per_metric.fetch_add(1, Ordering::Relaxed);
+            return Err(Reason::SeriesLimit);
+        }
         let series = Arc::new(Series {
             key: key.key().into(),
             hash,
@@ -472,6 +595,7 @@ impl Registry {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
+            last_seen: AtomicU32::new(self.now_secs()),
             cell: match kind {
                 Kind::Counter => Cell::Counter(AtomicF64::default()),
                 Kind::Gauge => Cell::Gauge(AtomicF64::default()),
@@ -484,8 +608,7 @@ impl Registry {
             },
         });
         table.insert_unique(hash, Arc::clone(&series), |s| s.hash);
-        family.series.write().push(Arc::clone(&series));
-        self.series_count.fetch_add(1, Ordering::Relaxed);
+        family_series.push(Arc::clone(&series));
         Ok(series)
     }
 
@@ -533,13 +656,114 @@ impl Registry {
         Ok(family)
     }
 
+    /// Removes the series idle for longer than the TTL, one shard at a time, and returns how
+    /// many went. Ingestion and scrapes go on meanwhile: a shard is write-locked only while
+    /// its own table is filtered, then each affected family's list once.
+    ///
+    /// The trade-off: a counter that expires and comes back starts again from zero. Prometheus
+    /// reads that as a counter reset (its `rate()` copes); OpenMetrics scrapers also see the new
+    /// `_created` timestamp. Without expiry, every series ever seen stays until restart.
+    pub fn expire_idle(&self) -> usize {
+        let ttl = self.settings.series_ttl_secs;
+        if ttl == 0 {
+            return 0;
+        }
+        let now = self.now_secs();
+        let mut removed_total = 0;
+        let mut removed: Vec<Arc<Series>> = Vec::new();
+        for shard in self.shards.iter() {
+            shard.write().retain(|series| {
+                if series.expire(now, ttl) {
+                    removed.push(Arc::clone(series));
+                    false
+                } else {
+                    true
+                }
+            });
+            if removed.is_empty() {
+                continue;
+            }
+            // Group by family (the key spells it) so each family's list is filtered once.
+            let mut by_family: HashMap<&[u8], Vec<*const Series>> = HashMap::new();
+            for series in &removed {
+                by_family
+                    .entry(series.family_name_bytes())
+                    .or_default()
+                    .push(Arc::as_ptr(series));
+            }
+            let families = self.families.read();
+            for (name, dead) in by_family {
+                let Some(family) = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|name| families.by_name.get(name))
+                else {
+                    continue;
+                };
+                family
+                    .series
+                    .write()
+                    .retain(|series| !dead.contains(&Arc::as_ptr(series)));
+            }
+            drop(families);
+            removed_total += removed.len();
+            self.series_count
+                .fetch_sub(removed.len(), Ordering::Relaxed);
+            removed.clear();
+        }
+        self.expired
+            .fetch_add(removed_total as u64, Ordering::Relaxed);
+        removed_total
+    }
+
+    /// The `n` families with the most series, most first: where cardinality goes.
+    pub fn top_families(&self, n: usize) -> Vec<(Arc<Family>, usize)> {
+        let mut counts: Vec<(Arc<Family>, usize)> = self
+            .families()
+            .into_iter()
+            .map(|family| {
+                let count = family.series_count();
+                (family, count)
+            })
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name)));
+        counts.truncate(n);
+        counts
+    }
+
     /// A snapshot of the families in name order, for a scrape.
     pub fn families(&self) -> Vec<Arc<Family>> {
         self.families.read().by_name.values().cloned().collect()
     }
 }
 
-/// `name="value",...` with values escaped for the text formats (`\`, `"` and newline).
+/// Starts the thread that keeps the registry clock and expires idle series, until `stop`.
+pub fn spawn_housekeeping(
+    registry: Arc<Registry>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // Sweep often enough that a series outlives its TTL by at most a quarter of it.
+    let ttl = registry.settings.series_ttl_secs;
+    let sweep_every = (ttl / 4).clamp(1, 30);
+    std::thread::Builder::new()
+        .name("tallyd-housekeeping".into())
+        .spawn(move || {
+            let mut last_sweep = 0;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                registry.tick();
+                let now = registry.now_secs();
+                if ttl > 0 && now - last_sweep >= sweep_every {
+                    last_sweep = now;
+                    let removed = registry.expire_idle();
+                    if removed > 0 {
+                        tracing::debug!(removed, "expired idle series");
+                    }
+                }
+            }
+        })
+}
+
+/// `name="value",...` with values escaped for the text formats.
 fn escaped_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::new();
     for (i, (name, value)) in labels.enumerate() {
@@ -548,17 +772,22 @@ fn escaped_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> Strin
         }
         out.push_str(name);
         out.push_str("=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        escape_label_value(value, &mut out);
         out.push('"');
     }
     out
+}
+
+/// Appends `value` escaped for a quoted label value in the text formats: `\`, `"` and newline.
+pub fn escape_label_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -657,6 +886,101 @@ mod tests {
         }
         assert_eq!(series.set_cardinality(30, 60), 3);
         assert_eq!(series.set_cardinality(100, 60), 1);
+    }
+
+    fn limited(max_series: usize, max_series_per_metric: usize, ttl: u32) -> Registry {
+        Registry::new(RegistrySettings {
+            max_series,
+            max_series_per_metric,
+            series_ttl_secs: ttl,
+            ..RegistrySettings::default()
+        })
+    }
+
+    #[test]
+    fn past_the_global_cap_new_series_are_refused_and_old_ones_still_update() {
+        let registry = limited(2, 100, 0);
+        let a = registry.resolve(&key(Kind::Counter, "a", &[])).unwrap();
+        registry.resolve(&key(Kind::Gauge, "b", &[])).unwrap();
+        let refused = registry.resolve(&key(Kind::Counter, "c", &[]));
+        assert_eq!(refused.unwrap_err(), Reason::SeriesLimit);
+        assert_eq!(registry.refused(SeriesLimit::Global), 1);
+        assert_eq!(registry.series_count(), 2);
+        let again = registry.resolve(&key(Kind::Counter, "a", &[])).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+    }
+
+    #[test]
+    fn past_the_per_metric_cap_only_that_metric_is_refused() {
+        let registry = limited(100, 2, 0);
+        for id in ["1", "2"] {
+            registry
+                .resolve(&key(Kind::Counter, "hot", &[("id", id)]))
+                .unwrap();
+        }
+        let refused = registry.resolve(&key(Kind::Counter, "hot", &[("id", "3")]));
+        assert_eq!(refused.unwrap_err(), Reason::SeriesLimit);
+        assert_eq!(registry.refused(SeriesLimit::PerMetric), 1);
+        registry
+            .resolve(&key(Kind::Counter, "calm", &[("id", "3")]))
+            .unwrap();
+        assert_eq!(registry.series_count(), 3);
+    }
+
+    #[test]
+    fn idle_series_expire_and_busy_ones_stay() {
+        let registry = limited(100, 100, 10);
+        let idle = registry
+            .resolve(&key(Kind::Counter, "x", &[("id", "idle")]))
+            .unwrap();
+        let busy = registry
+            .resolve(&key(Kind::Counter, "x", &[("id", "busy")]))
+            .unwrap();
+        registry.clock.store(8, Ordering::Relaxed);
+        assert!(busy.touch(registry.now_secs()));
+        registry.clock.store(15, Ordering::Relaxed);
+        assert_eq!(registry.expire_idle(), 1);
+        assert_eq!(registry.series_count(), 1);
+        assert_eq!(registry.expired(), 1);
+        let family = &registry.families()[0];
+        let mut labels = Vec::new();
+        family.for_each_series(|s| labels.push(s.labels().to_owned()));
+        assert_eq!(labels, [r#"id="busy""#]);
+        assert!(
+            !idle.touch(registry.now_secs()),
+            "an expired series must say so"
+        );
+        let reborn = registry
+            .resolve(&key(Kind::Counter, "x", &[("id", "idle")]))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&idle, &reborn));
+        assert_eq!(registry.series_count(), 2);
+    }
+
+    #[test]
+    fn a_ttl_of_zero_never_expires() {
+        let registry = limited(100, 100, 0);
+        registry.resolve(&key(Kind::Counter, "x", &[])).unwrap();
+        registry.clock.store(1_000_000, Ordering::Relaxed);
+        assert_eq!(registry.expire_idle(), 0);
+        assert_eq!(registry.series_count(), 1);
+    }
+
+    #[test]
+    fn top_families_lists_the_biggest_first() {
+        let registry = registry();
+        for id in ["1", "2", "3"] {
+            registry
+                .resolve(&key(Kind::Counter, "big", &[("id", id)]))
+                .unwrap();
+        }
+        registry.resolve(&key(Kind::Gauge, "small", &[])).unwrap();
+        let top: Vec<(String, usize)> = registry
+            .top_families(1)
+            .into_iter()
+            .map(|(f, n)| (f.name().to_owned(), n))
+            .collect();
+        assert_eq!(top, [("big".to_owned(), 3)]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::protocol::{Extension, Reason};
-use crate::registry::{AtomicF64, Kind, Registry};
+use crate::registry::{AtomicF64, Kind, Registry, SeriesLimit, escape_label_value};
 
 /// Counters of one receive thread. Aligned so two threads never share a cache line.
 #[repr(align(128))]
@@ -123,6 +123,10 @@ impl SelfMetric {
         Self::new(name, kind, help).with(String::new(), value)
     }
 }
+
+/// How many of the biggest families `tallyd_family_series` lists: enough to find the
+/// offender, few enough that the self-metric's own cardinality stays fixed.
+pub const TOP_FAMILIES: usize = 10;
 
 /// The process-level names tallyd exports itself; StatsD traffic may not use them.
 pub const RESERVED_NAMES: &[&str] = &[
@@ -295,6 +299,38 @@ impl Telemetry {
             series = series.with(format!("type=\"{kind}\""), count as f64);
         }
         out.push(series);
+        out.push(
+            SelfMetric::new(
+                "tallyd_series_refused",
+                Kind::Counter,
+                "New series refused because a series cap ([limits]) was reached, by cap.",
+            )
+            .with(
+                format!("reason=\"{}\"", SeriesLimit::Global.label()),
+                registry.refused(SeriesLimit::Global) as f64,
+            )
+            .with(
+                format!("reason=\"{}\"", SeriesLimit::PerMetric.label()),
+                registry.refused(SeriesLimit::PerMetric) as f64,
+            ),
+        );
+        out.push(SelfMetric::single(
+            "tallyd_series_expired",
+            Kind::Counter,
+            "Series removed after being idle longer than [limits] series_ttl_seconds.",
+            registry.expired() as f64,
+        ));
+        let mut top = SelfMetric::new(
+            "tallyd_family_series",
+            Kind::Gauge,
+            "Live series of the metrics with the most series (the top 10 only), by metric.",
+        );
+        for (family, count) in registry.top_families(TOP_FAMILIES) {
+            let mut name = String::new();
+            escape_label_value(family.name(), &mut name);
+            top = top.with(format!("family=\"{name}\""), count as f64);
+        }
+        out.push(top);
         out.push(SelfMetric::single(
             "tallyd_families",
             Kind::Gauge,

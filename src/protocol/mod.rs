@@ -215,6 +215,9 @@ reasons! {
     InvalidName => "invalid_name",
     /// A set already holds its maximum number of distinct members: the new member is dropped.
     SetFull => "set_full",
+    /// A new series would pass the global or the per-metric series cap: the sample is refused
+    /// (existing series keep updating). Details in `tallyd_series_refused_total{reason}`.
+    SeriesLimit => "series_limit",
 }
 
 /// DogStatsD extensions that are recognised, counted and skipped.
