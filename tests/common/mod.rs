@@ -520,7 +520,7 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Respo
     })
 }
 
-fn parse_response(raw: &[u8]) -> Result<Response, String> {
+pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let head_end = find(raw, b"\r\n\r\n").ok_or("no end of headers")?;
     let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8")?;
     let mut lines = head.split("\r\n");
