@@ -568,6 +568,12 @@ impl Registry {
         if let Some(series) = shard.read().find(hash, matches) {
             return Ok(Arc::clone(series));
         }
+        if self.series_count.load(Ordering::Relaxed) >= self.settings.max_series {
+            // At the cap, refuse before any write lock: under a flood of new names this is
+            // the common path and must stay cheap.
+            self.refused_global.fetch_add(1, Ordering::Relaxed);
+            return Err(Reason::SeriesLimit);
+        }
         let mut table = shard.write();
         // Another thread may have inserted it between our two locks.
         if let Some(series) = table.find(hash, matches) {
