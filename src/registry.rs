@@ -41,12 +41,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn key_byte(self) -> u8 {
+    fn key_letter(self) -> char {
         match self {
-            Kind::Counter => b'c',
-            Kind::Gauge => b'g',
-            Kind::Histogram => b'h',
-            Kind::Set => b's',
+            Kind::Counter => 'c',
+            Kind::Gauge => 'g',
+            Kind::Histogram => 'h',
+            Kind::Set => 's',
         }
     }
 
@@ -96,8 +96,10 @@ impl Default for RegistrySettings {
 /// A canonical series identity being assembled. One lives per ingest thread and is reused for
 /// every line, so assembling a key allocates only while its buffers grow to their working size.
 ///
-/// The key bytes are `kind, family, 0xFF, (label, 0xFE, value, 0xFF)*` with labels sorted by
-/// name. Names and values are UTF-8, which never contains 0xFE or 0xFF, so keys are unambiguous.
+/// The key is `<kind letter><family>{<labels>` where `<labels>` is the exposition's own label
+/// text, `name="value",...`, sorted by name and escaped. A family name never holds `{` and an
+/// escaped value never holds a bare `"`, so keys are unambiguous; and since the label text is
+/// part of the key, a series stores it once and a scrape copies it straight out.
 #[derive(Debug, Default)]
 pub struct SeriesKeyBuf {
     kind: Option<Kind>,
@@ -105,7 +107,7 @@ pub struct SeriesKeyBuf {
     family_len: usize,
     /// (name start, name end, value start, value end) into `text`.
     labels: Vec<[u32; 4]>,
-    key: Vec<u8>,
+    key: String,
 }
 
 impl SeriesKeyBuf {
@@ -166,19 +168,24 @@ impl SeriesKeyBuf {
             same
         });
         key.clear();
-        key.push(self.kind.map_or(0, Kind::key_byte));
-        key.extend_from_slice(&text.as_bytes()[..self.family_len]);
-        key.push(0xFF);
-        for l in labels.iter() {
-            key.extend_from_slice(&text.as_bytes()[l[0] as usize..l[1] as usize]);
-            key.push(0xFE);
-            key.extend_from_slice(&text.as_bytes()[l[2] as usize..l[3] as usize]);
-            key.push(0xFF);
+        key.push(self.kind.map_or('?', Kind::key_letter));
+        let family = &text[..self.family_len];
+        debug_assert!(!family.contains('{'), "a family name is a sanitised metric name");
+        key.push_str(family);
+        key.push('{');
+        for (i, l) in labels.iter().enumerate() {
+            if i > 0 {
+                key.push(',');
+            }
+            key.push_str(&text[l[0] as usize..l[1] as usize]);
+            key.push_str("=\"");
+            escape_label_value(&text[l[2] as usize..l[3] as usize], key);
+            key.push('"');
         }
     }
 
     /// The canonical key; valid after [`SeriesKeyBuf::finish`].
-    pub fn key(&self) -> &[u8] {
+    pub fn key(&self) -> &str {
         &self.key
     }
 
@@ -283,10 +290,10 @@ pub enum Cell {
 /// One series: its identity, its pre-escaped label text and its state.
 #[derive(Debug)]
 pub struct Series {
-    key: Box<[u8]>,
-    hash: u64,
-    /// `name="value",...` escaped for the text formats, without braces.
-    labels: Box<str>,
+    /// The canonical key (see [`SeriesKeyBuf`]); its tail is the escaped label text.
+    key: Box<str>,
+    /// Where the label text starts in `key`.
+    labels_at: u32,
     /// Unix seconds at creation, for OpenMetrics `_created`.
     created: f64,
     /// Registry-clock second of the last update, or [`DEAD`] once expiry removed the series.
@@ -352,15 +359,14 @@ impl Series {
                 .is_ok()
     }
 
-    /// The family name, as spelled in the key (`kind, family, 0xFF, ...`).
-    fn family_name_bytes(&self) -> &[u8] {
-        let rest = &self.key[1..];
-        let end = rest.iter().position(|b| *b == 0xFF).unwrap_or(rest.len());
-        &rest[..end]
+    /// The family name, as spelled in the key.
+    fn family_name(&self) -> &str {
+        &self.key[1..self.labels_at as usize - 1]
     }
 
+    /// `name="value",...` escaped for the text formats, without braces; empty without labels.
     pub fn labels(&self) -> &str {
-        &self.labels
+        &self.key[self.labels_at as usize..]
     }
 
     pub fn created(&self) -> f64 {
@@ -564,7 +570,7 @@ impl Registry {
         let kind = key.kind.expect("SeriesKeyBuf::start was called");
         let hash = self.hasher.hash_one(key.key());
         let shard = self.shard(hash);
-        let matches = |series: &Arc<Series>| *series.key == *key.key();
+        let matches = |series: &Arc<Series>| &*series.key == key.key();
         if let Some(series) = shard.read().find(hash, matches) {
             return Ok(Arc::clone(series));
         }
@@ -596,8 +602,7 @@ impl Registry {
         }
         let series = Arc::new(Series {
             key: key.key().into(),
-            hash,
-            labels: escaped_labels(key.labels()).into_boxed_str(),
+            labels_at: key.key().find('{').map_or(0, |i| i as u32 + 1),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -613,7 +618,7 @@ impl Registry {
                 })),
             },
         });
-        table.insert_unique(hash, Arc::clone(&series), |s| s.hash);
+        table.insert_unique(hash, Arc::clone(&series), |s| self.hasher.hash_one(&*s.key));
         family_series.push(Arc::clone(&series));
         Ok(series)
     }
@@ -690,19 +695,16 @@ impl Registry {
                 continue;
             }
             // Group by family (the key spells it) so each family's list is filtered once.
-            let mut by_family: HashMap<&[u8], Vec<*const Series>> = HashMap::new();
+            let mut by_family: HashMap<&str, Vec<*const Series>> = HashMap::new();
             for series in &removed {
                 by_family
-                    .entry(series.family_name_bytes())
+                    .entry(series.family_name())
                     .or_default()
                     .push(Arc::as_ptr(series));
             }
             let families = self.families.read();
             for (name, dead) in by_family {
-                let Some(family) = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|name| families.by_name.get(name))
-                else {
+                let Some(family) = families.by_name.get(name) else {
                     continue;
                 };
                 family
@@ -767,21 +769,6 @@ pub fn spawn_housekeeping(
                 }
             }
         })
-}
-
-/// `name="value",...` with values escaped for the text formats.
-fn escaped_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
-    let mut out = String::new();
-    for (i, (name, value)) in labels.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(name);
-        out.push_str("=\"");
-        escape_label_value(value, &mut out);
-        out.push('"');
-    }
-    out
 }
 
 /// Appends `value` escaped for a quoted label value in the text formats: `\`, `"` and newline.
