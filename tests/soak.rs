@@ -67,7 +67,7 @@ fn soak() {
                 n += 1;
                 sent.store(n, Ordering::Relaxed);
                 // About 20k datagrams (400k lines) per second.
-                if n % 200 == 0 {
+                if n.is_multiple_of(200) {
                     let due = start + Duration::from_micros(n * 50);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         thread::sleep(wait);
@@ -175,7 +175,7 @@ fn flood_of_distinct_series_stays_at_the_cap() {
         socket.send_to(datagram.as_bytes(), daemon.udp[0]).unwrap();
         datagrams += 1;
         // Paced at about 25k datagrams (1M lines) per second, so the kernel rarely drops.
-        if datagrams % 100 == 0 {
+        if datagrams.is_multiple_of(100) {
             let due = start + Duration::from_micros(datagrams * 40);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 thread::sleep(wait);
