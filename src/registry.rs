@@ -170,7 +170,10 @@ impl SeriesKeyBuf {
         key.clear();
         key.push(self.kind.map_or('?', Kind::key_letter));
         let family = &text[..self.family_len];
-        debug_assert!(!family.contains('{'), "a family name is a sanitised metric name");
+        debug_assert!(
+            !family.contains('{'),
+            "a family name is a sanitised metric name"
+        );
         key.push_str(family);
         key.push('{');
         for (i, l) in labels.iter().enumerate() {
