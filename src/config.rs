@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,10 +16,11 @@ use serde::{Deserialize, Deserializer};
 
 use crate::exposition::ExpositionOptions;
 use crate::http::HttpOptions;
-use crate::ingest::IngestOptions;
+use crate::ingest::{IngestOptions, SharedRules};
 use crate::listen::{Spread, UdpOptions};
 use crate::protocol::ParseOptions;
 use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
+use crate::rules::{MappingRule, RuleSet};
 
 /// The command line.
 #[derive(Debug, Clone, Default, Parser)]
@@ -45,6 +47,19 @@ pub struct Cli {
     /// Validate the configuration, print the outcome and exit (0 valid, 2 invalid).
     #[arg(long = "check-config")]
     pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands that do a job and exit instead of running the daemon.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Convert a statsd_exporter mapping file (YAML) to a complete tallyd config on stdout;
+    /// options with no tallyd equivalent are reported on stderr.
+    ImportMapping {
+        /// The statsd_exporter mapping YAML file.
+        file: PathBuf,
+    },
 }
 
 /// The whole configuration file.
@@ -57,6 +72,8 @@ pub struct Config {
     pub exposition: ExpositionConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    /// `[[mapping]]` rules, first match in file order wins (see `rules`).
+    pub mapping: Vec<MappingRule>,
 }
 
 /// `[limits]`: the bounds on memory an operator chooses.
@@ -241,10 +258,21 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses TOML text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        // Rules that parse one by one may still fail together (compiling the set).
+        config.rule_set().map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// The compiled `[[mapping]]` rules.
+    pub fn rule_set(&self) -> Result<RuleSet, crate::rules::RuleError> {
+        RuleSet::new(&self.mapping)
     }
 
     /// Reads and parses the file at `path`.
@@ -290,13 +318,15 @@ impl Config {
         }
     }
 
-    pub fn ingest_options(&self) -> IngestOptions {
+    /// Ingest options with `rules` (see [`Config::rule_set`]) in force.
+    pub fn ingest_options(&self, rules: RuleSet) -> IngestOptions {
         IngestOptions {
             parse: ParseOptions {
                 gauge_deltas: self.statsd.gauge_deltas,
             },
             container_id_label: self.statsd.container_id_label,
             cache_capacity: self.statsd.cache_capacity,
+            rules: Arc::new(SharedRules::new(rules)),
         }
     }
 

@@ -19,8 +19,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Command, Config, ConfigError};
 use crate::http::{self, HttpState};
+use crate::ingest::SharedRules;
 use crate::listen;
 use crate::registry::{self, Registry};
 use crate::telemetry::{ReloadOutcome, Telemetry};
@@ -32,6 +33,9 @@ type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 /// Runs tallyd as the command line asks; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    if let Some(Command::ImportMapping { file }) = &cli.command {
+        return import_mapping(file);
+    }
     let config = match Config::from_cli(&cli) {
         Ok(config) => config,
         Err(e) => {
@@ -47,12 +51,52 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let log = init_logging(&config.log.level);
+    warn_about_pending_features(&config);
     match serve(cli, config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
             eprintln!("tallyd: {message}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Says so when the configuration asks for something tallyd does not do yet.
+fn warn_about_pending_features(config: &Config) {
+    let summaries: Vec<usize> = (config.mapping.iter().enumerate())
+        .filter(|(_, rule)| rule.observer_type == Some(crate::rules::ObserverType::Summary))
+        .map(|(index, _)| index)
+        .collect();
+    if !summaries.is_empty() {
+        tracing::warn!(
+            rules = ?summaries,
+            "observer_type = \"summary\" is not implemented yet: these rules' observations are \
+             served as histograms (their quantiles are ignored)"
+        );
+    }
+}
+
+/// `tallyd import-mapping FILE`: the converted config on stdout, warnings on stderr.
+fn import_mapping(file: &std::path::Path) -> ExitCode {
+    let yaml = match std::fs::read_to_string(file) {
+        Ok(yaml) => yaml,
+        Err(e) => {
+            eprintln!("tallyd: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match crate::import::import_mapping(&yaml) {
+        Ok(imported) => {
+            for warning in &imported.warnings {
+                eprintln!("tallyd import-mapping: warning: {warning}");
+            }
+            print!("{}", imported.toml);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tallyd import-mapping: {}: {e}", file.display());
+            ExitCode::from(2)
         }
     }
 }
@@ -102,11 +146,13 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
     let registry = Arc::new(Registry::new(config.registry_settings()));
     let telemetry = Arc::new(Telemetry::default());
     let stop_receivers = Arc::new(AtomicBool::new(false));
+    let ingest = config.ingest_options(config.rule_set().map_err(|e| e.to_string())?);
+    let rules = Arc::clone(&ingest.rules);
     let receivers = listen::spawn_receivers(
         udp,
         Arc::clone(&registry),
         &telemetry,
-        config.ingest_options(),
+        ingest,
         Arc::clone(&stop_receivers),
     )
     .map_err(|e| format!("cannot start the UDP receivers: {e}"))?;
@@ -139,7 +185,7 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
             udp_addrs.join(" ")
         );
 
-        signals.serve(&cli, config, &log, &state).await;
+        signals.serve(&cli, config, &log, &state, &rules).await;
 
         tracing::info!("shutting down");
         notify_systemd("STOPPING=1");
@@ -188,14 +234,21 @@ impl Signals {
     }
 
     /// Serves signals until SIGTERM or SIGINT; SIGHUP reloads the configuration.
-    async fn serve(mut self, cli: &Cli, mut config: Config, log: &LogHandle, state: &HttpState) {
+    async fn serve(
+        mut self,
+        cli: &Cli,
+        mut config: Config,
+        log: &LogHandle,
+        state: &HttpState,
+        rules: &SharedRules,
+    ) {
         loop {
             tokio::select! {
                 _ = self.terminate.recv() => return,
                 _ = self.interrupt.recv() => return,
                 _ = self.hangup.recv() => {
                     notify_systemd("RELOADING=1");
-                    config = reload(cli, config, log, state);
+                    config = reload(cli, config, log, state, rules);
                     notify_systemd("READY=1");
                 }
             }
@@ -204,10 +257,27 @@ impl Signals {
 }
 
 /// Loads the configuration again and applies what can change while running (log level,
-/// exposition). A file that fails keeps `current` in force.
-fn reload(cli: &Cli, current: Config, log: &LogHandle, state: &HttpState) -> Config {
-    match Config::from_cli(cli) {
-        Ok(new) => {
+/// exposition, mapping rules). A file that fails keeps `current` in force.
+fn reload(
+    cli: &Cli,
+    current: Config,
+    log: &LogHandle,
+    state: &HttpState,
+    rules: &SharedRules,
+) -> Config {
+    match Config::from_cli(cli).and_then(|new| {
+        let rule_set = new.rule_set().map_err(|e| ConfigError::Invalid {
+            path: cli.config.clone().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        Ok((new, rule_set))
+    }) {
+        Ok((new, rule_set)) => {
+            if new.mapping != current.mapping {
+                warn_about_pending_features(&new);
+                rules.replace(rule_set);
+                tracing::info!(rules = new.mapping.len(), "mapping rules replaced");
+            }
             if let Err(e) = log.reload(EnvFilter::new(&new.log.level)) {
                 tracing::warn!("cannot apply the new log level: {e}");
             }

@@ -10,7 +10,7 @@
 //! the next lines repopulate it from the registry.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
@@ -21,17 +21,58 @@ use crate::protocol::{
     Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Value,
     parse_datagram,
 };
-use crate::registry::{Kind, Registry, Series, SeriesKeyBuf, Update};
+use crate::registry::{Kind, Registry, Series, SeriesKeyBuf, SeriesOptions, Update};
+use crate::rules::{Match, RuleCache, RuleSet};
 use crate::telemetry::{ReceiverStats, is_reserved_name};
 
 /// Ingest switches that outlive one datagram.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct IngestOptions {
     pub parse: ParseOptions,
     /// Export the DogStatsD `|c:` container id as the `container_id` label.
     pub container_id_label: bool,
     /// Most raw keys one thread caches before it starts over.
     pub cache_capacity: usize,
+    /// The mapping rules in force; a reload swaps them for every receive thread.
+    pub rules: Arc<SharedRules>,
+}
+
+/// The mapping rules in force, swappable while receive threads run. A thread checks the
+/// generation once per datagram (one relaxed load) and, when it moved, takes the new rules and
+/// forgets its cached series, since names may now map differently.
+#[derive(Debug)]
+pub struct SharedRules {
+    current: parking_lot::RwLock<Arc<RuleSet>>,
+    generation: AtomicU64,
+}
+
+impl SharedRules {
+    pub fn new(rules: RuleSet) -> Self {
+        SharedRules {
+            current: parking_lot::RwLock::new(Arc::new(rules)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Puts `rules` in force for every ingester, from its next datagram on.
+    pub fn replace(&self, rules: RuleSet) {
+        *self.current.write() = Arc::new(rules);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn current(&self) -> Arc<RuleSet> {
+        Arc::clone(&self.current.read())
+    }
+}
+
+impl Default for SharedRules {
+    fn default() -> Self {
+        SharedRules::new(RuleSet::empty())
+    }
 }
 
 impl Default for IngestOptions {
@@ -40,9 +81,13 @@ impl Default for IngestOptions {
             parse: ParseOptions::default(),
             container_id_label: true,
             cache_capacity: 100_000,
+            rules: Arc::default(),
         }
     }
 }
+
+/// Most mapping results one thread caches (by StatsD name and type).
+const RULE_CACHE_CAPACITY: usize = 10_000;
 
 /// Counts kept in plain integers on the hot path and added to the shared atomics per batch.
 #[derive(Debug, Default)]
@@ -67,41 +112,60 @@ pub struct Ingester {
 
 /// This thread's map from raw name+type+tags bytes to series, and the slow path behind it.
 struct SeriesCache {
-    map: HashMap<Box<[u8]>, Arc<Series>, ahash::RandomState>,
+    map: HashMap<Box<[u8]>, Cached, ahash::RandomState>,
     capacity: usize,
     raw_key: Vec<u8>,
     resolver: Resolver,
 }
 
-/// The slow path: canonical name and labels, then the registry. Its buffers are reused.
+/// A cached series and what its mapping rule multiplies values by.
+struct Cached {
+    series: Arc<Series>,
+    scale: f64,
+}
+
+/// The slow path: mapping, canonical name and labels, then the registry. Buffers are reused.
 struct Resolver {
     container_id_label: bool,
+    rules: Arc<RuleSet>,
+    rules_generation: u64,
+    rule_cache: RuleCache,
     series_key: SeriesKeyBuf,
     last_warning: Option<Instant>,
 }
 
 impl Ingester {
     pub fn new(registry: Arc<Registry>, stats: Arc<ReceiverStats>, options: IngestOptions) -> Self {
+        let cache = SeriesCache {
+            map: HashMap::default(),
+            capacity: options.cache_capacity,
+            raw_key: Vec::with_capacity(256),
+            resolver: Resolver {
+                container_id_label: options.container_id_label,
+                rules: options.rules.current(),
+                rules_generation: options.rules.generation(),
+                rule_cache: RuleCache::new(options.cache_capacity.min(RULE_CACHE_CAPACITY)),
+                series_key: SeriesKeyBuf::default(),
+                last_warning: None,
+            },
+        };
         Ingester {
             registry,
             stats,
             options,
             counts: LocalCounts::default(),
-            cache: SeriesCache {
-                map: HashMap::default(),
-                capacity: options.cache_capacity,
-                raw_key: Vec::with_capacity(256),
-                resolver: Resolver {
-                    container_id_label: options.container_id_label,
-                    series_key: SeriesKeyBuf::default(),
-                    last_warning: None,
-                },
-            },
+            cache,
         }
     }
 
     /// Parses one datagram and applies every sample in it.
     pub fn ingest(&mut self, datagram: &[u8]) {
+        let generation = self.options.rules.generation();
+        if generation != self.cache.resolver.rules_generation {
+            self.cache.resolver.rules = self.options.rules.current();
+            self.cache.resolver.rules_generation = generation;
+            self.cache.map.clear();
+        }
         self.counts.packets += 1;
         self.counts.bytes += datagram.len() as u64;
         let options = self.options.parse;
@@ -135,7 +199,7 @@ impl SeriesCache {
         registry: &Registry,
         sample: &Sample<'_>,
         now: u32,
-    ) -> Result<&Arc<Series>, Reason> {
+    ) -> Result<&Cached, Reason> {
         let raw_key = &mut self.raw_key;
         raw_key.clear();
         raw_key.extend_from_slice(sample.metric_type.wire().as_bytes());
@@ -154,26 +218,39 @@ impl SeriesCache {
         // `entry_ref` hashes once and copies the key only when it inserts.
         match self.map.entry_ref(raw_key.as_slice()) {
             EntryRef::Occupied(mut entry) => {
-                if !entry.get().touch(now) {
+                if !entry.get().series.touch(now) {
                     // Expiry removed it since we cached it: find (or create) its successor.
                     entry.insert(self.resolver.resolve(registry, sample)?);
                 }
                 Ok(entry.into_mut())
             }
             EntryRef::Vacant(entry) => {
-                let series = self.resolver.resolve(registry, sample)?;
+                let cached = self.resolver.resolve(registry, sample)?;
                 let key = entry.key().into();
-                Ok(entry.insert_with_key(key, series))
+                Ok(entry.insert_with_key(key, cached))
             }
         }
     }
 }
 
 impl Resolver {
-    fn resolve(&mut self, registry: &Registry, sample: &Sample<'_>) -> Result<Arc<Series>, Reason> {
+    fn resolve(&mut self, registry: &Registry, sample: &Sample<'_>) -> Result<Cached, Reason> {
         let kind = kind_of(sample.metric_type);
         let key = &mut self.series_key;
-        sanitize_name_into(sample.name, key.start(kind));
+        let mapped = match self
+            .rule_cache
+            .lookup(&self.rules, sample.name, sample.metric_type)
+        {
+            Match::NoMatch => None,
+            Match::Drop { .. } => return Err(Reason::DroppedByRule),
+            Match::Invalid { .. } => return Err(Reason::InvalidName),
+            Match::Mapped(mapped) => Some(mapped),
+        };
+        let rule = mapped.map(|m| self.rules.rule(m.rule));
+        match mapped {
+            Some(mapped) => key.start(kind).push_str(&mapped.name),
+            None => sanitize_name_into(sample.name, key.start(kind)),
+        }
         key.end_family();
         let family = key.family();
         if kind == Kind::Counter && family.len() > "_total".len() && family.ends_with("_total") {
@@ -183,6 +260,15 @@ impl Resolver {
         if key.family().is_empty() || is_reserved_name(key.family()) {
             return Err(Reason::InvalidName);
         }
+        // The last of two labels with one name wins: a rule's labels go after the tags unless
+        // the rule honours the sample's labels.
+        let honor_labels = rule.is_some_and(|r| r.honor_labels);
+        let rule_labels = mapped.map_or(&[][..], |m| &m.labels[..]);
+        if honor_labels {
+            for (name, value) in rule_labels {
+                key.push_label(|out| out.push_str(name), value);
+            }
+        }
         for (tag, value) in sample.tags.iter() {
             key.push_label(|out| label_name_into(tag, out), value);
         }
@@ -191,12 +277,27 @@ impl Resolver {
         {
             key.push_label(|out| out.push_str("container_id"), container);
         }
-        key.finish();
-        let resolved = registry.resolve(key);
-        if let Err(reason) = resolved {
-            self.warn(sample, reason);
+        if !honor_labels {
+            for (name, value) in rule_labels {
+                key.push_label(|out| out.push_str(name), value);
+            }
         }
-        resolved
+        if let Some(rule) = rule {
+            key.options = SeriesOptions {
+                buckets: rule.buckets.as_deref().map(Arc::from),
+                help: rule.help.as_deref().map(Arc::from),
+                ttl_secs: rule.ttl().map(|ttl| ttl.as_secs().max(1) as u32),
+            };
+        }
+        key.finish();
+        let scale = rule.and_then(|r| r.scale).unwrap_or(1.0);
+        match registry.resolve(key) {
+            Ok(series) => Ok(Cached { series, scale }),
+            Err(reason) => {
+                self.warn(sample, reason);
+                Err(reason)
+            }
+        }
     }
 
     /// Logs a refused new series, at most every 10 s per receiver; the counters have them all.
@@ -267,7 +368,11 @@ impl SampleSink for Ingester {
         let outcome = self
             .cache
             .lookup(registry, sample, registry.now_secs())
-            .and_then(|series| series.apply(update, registry.settings()));
+            .and_then(|cached| {
+                cached
+                    .series
+                    .apply(update.scaled(cached.scale), registry.settings())
+            });
         if let Err(reason) = outcome {
             self.reject(reason);
         }

@@ -430,6 +430,7 @@ pub fn spawn_receivers(
         let thread_stats = Arc::clone(&stats);
         let registry = Arc::clone(&registry);
         let stop = [Arc::clone(&shutdown), Arc::clone(&abort)];
+        let options = options.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("tallyd-udp-{index}"))
             .spawn(move || {

@@ -108,6 +108,20 @@ pub struct SeriesKeyBuf {
     /// (name start, name end, value start, value end) into `text`.
     labels: Vec<[u32; 4]>,
     key: String,
+    /// What a mapping rule says about the series, used only when it is created.
+    pub options: SeriesOptions,
+}
+
+/// Settings a mapping rule (or, later, a metric definition) gives a new series and its family.
+/// A family takes them from its first series; later series of the family share the family's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SeriesOptions {
+    /// Histogram bucket bounds instead of the registry default.
+    pub buckets: Option<Arc<[f64]>>,
+    /// The family's HELP text.
+    pub help: Option<Arc<str>>,
+    /// Idle time-to-live in seconds instead of the registry default (0 = never expire).
+    pub ttl_secs: Option<u32>,
 }
 
 impl SeriesKeyBuf {
@@ -117,6 +131,7 @@ impl SeriesKeyBuf {
         self.text.clear();
         self.labels.clear();
         self.key.clear();
+        self.options = SeriesOptions::default();
         self.family_len = 0;
         &mut self.text
     }
@@ -301,6 +316,8 @@ pub struct Series {
     created: f64,
     /// Registry-clock second of the last update, or [`DEAD`] once expiry removed the series.
     last_seen: AtomicU32,
+    /// Idle seconds after which expiry removes the series; 0 = never.
+    ttl_secs: u32,
     cell: Cell,
 }
 
@@ -320,6 +337,26 @@ pub enum Update {
     Observe { value: f64, weight: u64 },
     /// Set: a member (hashed), seen at `now` (seconds since registry start).
     Member { hash: u64, now: u32 },
+}
+
+impl Update {
+    /// The update with its value multiplied by `factor` (a mapping rule's `scale`). Counts
+    /// (weights) and set members are left alone.
+    pub fn scaled(self, factor: f64) -> Update {
+        if factor == 1.0 {
+            return self;
+        }
+        match self {
+            Update::Add(v) => Update::Add(v * factor),
+            Update::Set(v) => Update::Set(v * factor),
+            Update::Delta(v) => Update::Delta(v * factor),
+            Update::Observe { value, weight } => Update::Observe {
+                value: value * factor,
+                weight,
+            },
+            member @ Update::Member { .. } => member,
+        }
+    }
 }
 
 impl Series {
@@ -351,10 +388,12 @@ impl Series {
         }
     }
 
-    /// Claims the series for removal if it has been idle longer than `ttl` at `now`.
-    fn expire(&self, now: u32, ttl: u32) -> bool {
+    /// Claims the series for removal if it has been idle longer than its TTL at `now`.
+    fn expire(&self, now: u32) -> bool {
+        let ttl = self.ttl_secs;
         let seen = self.last_seen.load(Ordering::Relaxed);
-        seen != DEAD
+        ttl != 0
+            && seen != DEAD
             && seen.saturating_add(ttl) < now
             && self
                 .last_seen
@@ -420,7 +459,7 @@ impl Series {
 pub struct Family {
     name: Box<str>,
     kind: Kind,
-    help: Option<Box<str>>,
+    help: Option<Arc<str>>,
     buckets: Arc<[f64]>,
     series: RwLock<Vec<Arc<Series>>>,
 }
@@ -480,6 +519,8 @@ pub struct Registry {
     refused_global: AtomicU64,
     refused_per_metric: AtomicU64,
     expired: AtomicU64,
+    /// The shortest TTL of any series created so far (`u32::MAX`: none expires).
+    min_ttl: AtomicU32,
 }
 
 /// Which cap refused a new series.
@@ -516,6 +557,10 @@ impl Registry {
             refused_global: AtomicU64::new(0),
             refused_per_metric: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            min_ttl: AtomicU32::new(match settings.series_ttl_secs {
+                0 => u32::MAX,
+                ttl => ttl,
+            }),
             settings,
         }
     }
@@ -543,6 +588,17 @@ impl Registry {
             SeriesLimit::PerMetric => &self.refused_per_metric,
         }
         .load(Ordering::Relaxed)
+    }
+
+    /// True once any series can expire (a default TTL, or a mapping rule's).
+    pub fn expiry_enabled(&self) -> bool {
+        self.min_ttl.load(Ordering::Relaxed) != u32::MAX
+    }
+
+    /// How often expiry should sweep: often enough that a series outlives its TTL by at most
+    /// a quarter of it (between 1 and 30 seconds).
+    pub fn sweep_interval_secs(&self) -> u32 {
+        (self.min_ttl.load(Ordering::Relaxed) / 4).clamp(1, 30)
     }
 
     /// Series removed by expiry so far.
@@ -588,7 +644,7 @@ impl Registry {
         if let Some(series) = table.find(hash, matches) {
             return Ok(Arc::clone(series));
         }
-        let family = self.family(kind, key.family())?;
+        let family = self.family(kind, key.family(), &key.options)?;
         // Reserve a place under the global cap first; the reservation is exact even with
         // inserts racing in other shards.
         if self.series_count.fetch_add(1, Ordering::Relaxed) >= self.settings.max_series {
@@ -610,6 +666,16 @@ impl Registry {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             last_seen: AtomicU32::new(self.now_secs()),
+            ttl_secs: {
+                let ttl = key
+                    .options
+                    .ttl_secs
+                    .unwrap_or(self.settings.series_ttl_secs);
+                if ttl > 0 {
+                    self.min_ttl.fetch_min(ttl, Ordering::Relaxed);
+                }
+                ttl
+            },
             cell: match kind {
                 Kind::Counter => Cell::Counter(AtomicF64::default()),
                 Kind::Gauge => Cell::Gauge(AtomicF64::default()),
@@ -628,7 +694,12 @@ impl Registry {
 
     /// The family called `name`, created with `kind` if new; a type conflict if `name` (or one
     /// of the sample names it would expose) belongs to a family of another kind.
-    fn family(&self, kind: Kind, name: &str) -> Result<Arc<Family>, Reason> {
+    fn family(
+        &self,
+        kind: Kind,
+        name: &str,
+        options: &SeriesOptions,
+    ) -> Result<Arc<Family>, Reason> {
         if let Some(family) = self.families.read().by_name.get(name) {
             return if family.kind == kind {
                 Ok(Arc::clone(family))
@@ -659,8 +730,11 @@ impl Registry {
         let family = Arc::new(Family {
             name: name.into(),
             kind,
-            help: None,
-            buckets: Arc::clone(&self.settings.histogram_buckets),
+            help: options.help.clone(),
+            buckets: options
+                .buckets
+                .clone()
+                .unwrap_or_else(|| Arc::clone(&self.settings.histogram_buckets)),
             series: RwLock::default(),
         });
         for claimed in exposed {
@@ -678,8 +752,7 @@ impl Registry {
     /// reads that as a counter reset (its `rate()` copes); OpenMetrics scrapers also see the new
     /// `_created` timestamp. Without expiry, every series ever seen stays until restart.
     pub fn expire_idle(&self) -> usize {
-        let ttl = self.settings.series_ttl_secs;
-        if ttl == 0 {
+        if !self.expiry_enabled() {
             return 0;
         }
         let now = self.now_secs();
@@ -687,7 +760,7 @@ impl Registry {
         let mut removed: Vec<Arc<Series>> = Vec::new();
         for shard in self.shards.iter() {
             shard.write().retain(|series| {
-                if series.expire(now, ttl) {
+                if series.expire(now) {
                     removed.push(Arc::clone(series));
                     false
                 } else {
@@ -752,9 +825,6 @@ pub fn spawn_housekeeping(
     registry: Arc<Registry>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    // Sweep often enough that a series outlives its TTL by at most a quarter of it.
-    let ttl = registry.settings.series_ttl_secs;
-    let sweep_every = (ttl / 4).clamp(1, 30);
     std::thread::Builder::new()
         .name("tallyd-housekeeping".into())
         .spawn(move || {
@@ -763,7 +833,7 @@ pub fn spawn_housekeeping(
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 registry.tick();
                 let now = registry.now_secs();
-                if ttl > 0 && now - last_sweep >= sweep_every {
+                if registry.expiry_enabled() && now - last_sweep >= registry.sweep_interval_secs() {
                     last_sweep = now;
                     let removed = registry.expire_idle();
                     if removed > 0 {

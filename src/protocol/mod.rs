@@ -218,6 +218,8 @@ reasons! {
     /// A new series would pass the global or the per-metric series cap: the sample is refused
     /// (existing series keep updating). Details in `tallyd_series_refused_total{reason}`.
     SeriesLimit => "series_limit",
+    /// A mapping rule with `action = "drop"` matched: dropped as configured, counted to be seen.
+    DroppedByRule => "dropped_by_rule",
 }
 
 /// DogStatsD extensions that are recognised, counted and skipped.
