@@ -5,6 +5,7 @@
 //! file, line, column and key (the `toml` crate adds them). `config/tallyd.toml` documents every
 //! key with its default; a test keeps that file and [`Config::default`] in agreement.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use crate::http::HttpOptions;
 use crate::ingest::{IngestOptions, SharedRules};
 use crate::listen::{Spread, UdpOptions};
 use crate::protocol::ParseOptions;
-use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
+use crate::registry::{DEFAULT_BUCKETS, Definition, Kind, RegistrySettings, SeriesOptions};
 use crate::rules::{MappingRule, RuleSet};
 
 /// The command line.
@@ -74,6 +75,159 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
+    /// `[[metric]]` definitions, by final Prometheus name.
+    #[serde(rename = "metric")]
+    pub metrics: Vec<toml::Spanned<MetricDefinition>>,
+}
+
+/// `[[metric]]`: a metric declared up front, with its type, help, unit and label schema.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricDefinition {
+    /// The Prometheus name (after mapping); a counter may be written with or without `_total`.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: DefinedType,
+    pub help: Option<String>,
+    /// OpenMetrics unit; the name must end with `_<unit>` (before `_total` for counters).
+    pub unit: Option<String>,
+    /// The label schema: the only label names this metric keeps.
+    pub labels: Option<Vec<String>>,
+    /// Histogram buckets: a list, `{ linear = { start, width, count } }` or
+    /// `{ exponential = { start, factor, count } }`.
+    pub buckets: Option<BucketSpec>,
+    /// Remove a series of this metric idle this long (0 = never).
+    pub ttl_seconds: Option<u32>,
+    /// How the query side bins this metric's points (kept for it; no effect on /metrics).
+    pub aggregation: Option<Aggregation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefinedType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    Average,
+    Sum,
+    Min,
+    Max,
+    Last,
+    Count,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum BucketSpec {
+    List(Vec<f64>),
+    Linear { linear: Generator },
+    Exponential { exponential: Generator },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Generator {
+    pub start: f64,
+    #[serde(default)]
+    pub width: Option<f64>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    pub count: usize,
+}
+
+impl BucketSpec {
+    /// The bucket bounds, checked: finite, strictly increasing, 1 to 1000 of them.
+    pub fn bounds(&self) -> Result<Vec<f64>, String> {
+        let bounds: Vec<f64> = match self {
+            BucketSpec::List(list) => list.clone(),
+            BucketSpec::Linear { linear } => {
+                let width = linear.width.ok_or("linear buckets need `width`")?;
+                (0..linear.count)
+                    .map(|i| linear.start + width * i as f64)
+                    .collect()
+            }
+            BucketSpec::Exponential { exponential } => {
+                let factor = exponential
+                    .factor
+                    .ok_or("exponential buckets need `factor`")?;
+                if exponential.start <= 0.0 || factor <= 1.0 {
+                    return Err("exponential buckets need start > 0 and factor > 1".into());
+                }
+                (0..exponential.count)
+                    .map(|i| exponential.start * factor.powi(i as i32))
+                    .collect()
+            }
+        };
+        // Generated bounds are rounded to 15 significant digits, so 0.1 + 2 × 0.1 is written
+        // 0.3 rather than 0.30000000000000004.
+        let round = |b: f64| format!("{b:.14e}").parse().unwrap_or(b);
+        let bounds: Vec<f64> = match self {
+            BucketSpec::List(_) => bounds,
+            _ => bounds.into_iter().map(round).collect(),
+        };
+        if bounds.is_empty() || bounds.len() > 1000 {
+            return Err(format!("needs 1 to 1000 buckets, got {}", bounds.len()));
+        }
+        if let Some(bad) = bounds.iter().find(|b| !b.is_finite()) {
+            return Err(format!("bucket bounds must be finite, got {bad}"));
+        }
+        if let Some(pair) = bounds.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "bucket bounds must increase strictly, but {} is followed by {}",
+                pair[0], pair[1]
+            ));
+        }
+        Ok(bounds)
+    }
+}
+
+impl MetricDefinition {
+    /// The family name (counters without `_total`), or why the definition cannot be used.
+    fn check(&self) -> Result<String, String> {
+        if !crate::mapping::is_clean_name(&self.name) {
+            return Err(format!(
+                "name {:?} is not a metric name (letters, digits and `_`, not starting with a digit)",
+                self.name
+            ));
+        }
+        let family = match self.kind {
+            DefinedType::Counter => self.name.strip_suffix("_total").unwrap_or(&self.name),
+            _ => &self.name,
+        };
+        if family.is_empty() || crate::telemetry::is_reserved_name(family) {
+            return Err(format!("name {:?} is reserved", self.name));
+        }
+        if let Some(unit) = &self.unit
+            && !family.ends_with(&format!("_{unit}"))
+        {
+            return Err(format!(
+                "unit {unit:?} must end the name (OpenMetrics requires it): call it {family}_{unit}"
+            ));
+        }
+        if self.buckets.is_some() && self.kind != DefinedType::Histogram {
+            return Err("buckets are only for histograms".into());
+        }
+        if let Some(buckets) = &self.buckets {
+            buckets.bounds()?;
+        }
+        if let Some(labels) = &self.labels {
+            for label in labels {
+                let mut renamed = String::new();
+                crate::mapping::label_name_into(label, &mut renamed);
+                if renamed != *label {
+                    return Err(format!(
+                        "label {label:?} is not a usable label name (it would become {renamed:?})"
+                    ));
+                }
+            }
+        }
+        Ok(family.to_owned())
+    }
 }
 
 /// `[limits]`: the bounds on memory an operator chooses.
@@ -267,7 +421,69 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        config
+            .definitions_with_lines(text)
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
         Ok(config)
+    }
+
+    /// The `[[metric]]` definitions for the registry, by family name; an error names the
+    /// definition and, given the file's text, its line.
+    fn definitions_with_lines(
+        &self,
+        text: &str,
+    ) -> Result<HashMap<Box<str>, Arc<Definition>>, String> {
+        let mut out = HashMap::new();
+        for (index, spanned) in self.metrics.iter().enumerate() {
+            let definition = spanned.get_ref();
+            let line = text
+                .get(..spanned.span().start)
+                .map_or(0, |before| before.matches('\n').count() + 1);
+            let fail = |message: String| {
+                format!(
+                    "line {line}: metric[{index}] {:?}: {message}",
+                    definition.name
+                )
+            };
+            let family = definition.check().map_err(fail)?;
+            let kind = match definition.kind {
+                DefinedType::Counter => Kind::Counter,
+                DefinedType::Gauge => Kind::Gauge,
+                DefinedType::Histogram => Kind::Histogram,
+            };
+            let buckets = match &definition.buckets {
+                Some(spec) => Some(spec.bounds().map_err(fail)?.into()),
+                None => None,
+            };
+            let runtime = Definition {
+                kind,
+                labels: definition
+                    .labels
+                    .as_ref()
+                    .map(|labels| labels.iter().map(|l| l.as_str().into()).collect()),
+                options: SeriesOptions {
+                    buckets,
+                    help: definition.help.as_deref().map(Arc::from),
+                    unit: definition.unit.as_deref().map(Arc::from),
+                    ttl_secs: definition.ttl_seconds,
+                },
+            };
+            if out
+                .insert(family.clone().into_boxed_str(), Arc::new(runtime))
+                .is_some()
+            {
+                return Err(fail(format!("{family} is defined twice")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `[[metric]]` definitions for the registry (validated when the file was parsed).
+    pub fn definitions(&self) -> HashMap<Box<str>, Arc<Definition>> {
+        self.definitions_with_lines("").unwrap_or_default()
     }
 
     /// The compiled `[[mapping]]` rules.

@@ -144,6 +144,7 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
         .map_err(|e| format!("cannot read the HTTP listener's address: {e}"))?;
 
     let registry = Arc::new(Registry::new(config.registry_settings()));
+    registry.set_definitions(config.definitions());
     let telemetry = Arc::new(Telemetry::default());
     let stop_receivers = Arc::new(AtomicBool::new(false));
     let ingest = config.ingest_options(config.rule_set().map_err(|e| e.to_string())?);
@@ -273,6 +274,16 @@ fn reload(
         Ok((new, rule_set))
     }) {
         Ok((new, rule_set)) => {
+            if new.metrics != current.metrics {
+                let reset = state.registry.set_definitions(new.definitions());
+                if !reset.is_empty() {
+                    tracing::warn!(
+                        metrics = ?reset,
+                        "metric definitions changed: these metrics start afresh under the new \
+                         definition (their series were removed)"
+                    );
+                }
+            }
             if new.mapping != current.mapping {
                 warn_about_pending_features(&new);
                 rules.replace(rule_set);

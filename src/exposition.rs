@@ -314,12 +314,18 @@ fn render_family(
     let help = family.help().unwrap_or(DEFAULT_HELP);
     let start = out.len();
     let mut any = false;
+    // OpenMetrics names the unit after the descriptor; the text format has no UNIT line.
+    let unit = match (format, family.unit()) {
+        (Format::OpenMetrics, Some(unit)) if is_valid_unit(unit) => Some(unit),
+        _ => None,
+    };
     match family.kind() {
         Kind::Counter => {
             let names = counter_names(name, format, options.statsd_exporter_names);
             let plain = format == Format::Text && options.statsd_exporter_names;
             let total = if plain { "" } else { "_total" };
             write_descriptor(out, format, names.meta, names.meta_suffix, "counter", help);
+            write_unit(out, names.meta, unit);
             family.for_each_series(|series| {
                 let Cell::Counter(value) = series.cell() else {
                     return;
@@ -333,6 +339,7 @@ fn render_family(
         }
         Kind::Gauge | Kind::Set => {
             write_descriptor(out, format, name, "", "gauge", help);
+            write_unit(out, name, unit);
             family.for_each_series(|series| {
                 let value = match series.cell() {
                     Cell::Gauge(value) => value.get(),
@@ -345,6 +352,7 @@ fn render_family(
         }
         Kind::Histogram => {
             write_descriptor(out, format, name, "", "histogram", help);
+            write_unit(out, name, unit);
             let family_bounds = family.buckets();
             scratch.prepare_buckets(family_bounds, format);
             let mut own_le = Vec::new();
@@ -427,6 +435,22 @@ fn is_valid_metric_name(name: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Writers: one line shape each
+
+/// `# UNIT name unit` (OpenMetrics only; `unit` is `None` otherwise).
+fn write_unit(out: &mut Vec<u8>, name: &str, unit: Option<&str>) {
+    if let Some(unit) = unit {
+        out.extend_from_slice(b"# UNIT ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(unit.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// Units are written bare, so only name characters may appear in one.
+fn is_valid_unit(unit: &str) -> bool {
+    !unit.is_empty() && unit.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
 
 /// `# HELP` and `# TYPE` lines, in the order each format's reference clients write them.
 fn write_descriptor(

@@ -118,10 +118,12 @@ struct SeriesCache {
     resolver: Resolver,
 }
 
-/// A cached series and what its mapping rule multiplies values by.
+/// A cached series, what its mapping rule multiplies values by, and whether the metric's
+/// label schema drops some of the sample's tags (counted on every sample, not just the first).
 struct Cached {
     series: Arc<Series>,
     scale: f64,
+    drops_labels: bool,
 }
 
 /// The slow path: mapping, canonical name and labels, then the registry. Buffers are reused.
@@ -286,13 +288,35 @@ impl Resolver {
             key.options = SeriesOptions {
                 buckets: rule.buckets.as_deref().map(Arc::from),
                 help: rule.help.as_deref().map(Arc::from),
+                unit: None,
                 ttl_secs: rule.ttl().map(|ttl| ttl.as_secs().max(1) as u32),
             };
+        }
+        let mut drops_labels = false;
+        if let Some(definition) = registry.definition(key.family()) {
+            if definition.kind != kind {
+                self.warn(sample, Reason::TypeConflict);
+                return Err(Reason::TypeConflict);
+            }
+            if let Some(schema) = &definition.labels {
+                drops_labels = key.retain_labels(|name| schema.iter().any(|l| &**l == name)) > 0;
+            }
+            // The declaration wins over a rule for what both say.
+            let declared = &definition.options;
+            let options = &mut key.options;
+            options.buckets = declared.buckets.clone().or(options.buckets.take());
+            options.help = declared.help.clone().or(options.help.take());
+            options.unit = declared.unit.clone();
+            options.ttl_secs = declared.ttl_secs.or(options.ttl_secs);
         }
         key.finish();
         let scale = rule.and_then(|r| r.scale).unwrap_or(1.0);
         match registry.resolve(key) {
-            Ok(series) => Ok(Cached { series, scale }),
+            Ok(series) => Ok(Cached {
+                series,
+                scale,
+                drops_labels,
+            }),
             Err(reason) => {
                 self.warn(sample, reason);
                 Err(reason)
@@ -369,6 +393,9 @@ impl SampleSink for Ingester {
             .cache
             .lookup(registry, sample, registry.now_secs())
             .and_then(|cached| {
+                if cached.drops_labels {
+                    self.counts.errors[Reason::LabelNotInSchema as usize] += 1;
+                }
                 cached
                     .series
                     .apply(update.scaled(cached.scale), registry.settings())

@@ -120,6 +120,8 @@ pub struct SeriesOptions {
     pub buckets: Option<Arc<[f64]>>,
     /// The family's HELP text.
     pub help: Option<Arc<str>>,
+    /// The family's UNIT (OpenMetrics); the family name ends with `_<unit>`.
+    pub unit: Option<Arc<str>>,
     /// Idle time-to-live in seconds instead of the registry default (0 = never expire).
     pub ttl_secs: Option<u32>,
 }
@@ -165,6 +167,15 @@ impl SeriesKeyBuf {
 
     fn slice(&self, start: u32, end: u32) -> &str {
         &self.text[start as usize..end as usize]
+    }
+
+    /// Keeps only the labels whose name `keep` accepts; returns how many were dropped.
+    pub fn retain_labels(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let before = self.labels.len();
+        let text = &self.text;
+        self.labels
+            .retain(|l| keep(&text[l[0] as usize..l[1] as usize]));
+        before - self.labels.len()
     }
 
     /// Sorts the labels, keeps the last of duplicate names, and builds the key bytes.
@@ -460,6 +471,7 @@ pub struct Family {
     name: Box<str>,
     kind: Kind,
     help: Option<Arc<str>>,
+    unit: Option<Arc<str>>,
     buckets: Arc<[f64]>,
     series: RwLock<Vec<Arc<Series>>>,
 }
@@ -476,6 +488,10 @@ impl Family {
 
     pub fn help(&self) -> Option<&str> {
         self.help.as_deref()
+    }
+
+    pub fn unit(&self) -> Option<&str> {
+        self.unit.as_deref()
     }
 
     pub fn buckets(&self) -> &[f64] {
@@ -521,6 +537,20 @@ pub struct Registry {
     expired: AtomicU64,
     /// The shortest TTL of any series created so far (`u32::MAX`: none expires).
     min_ttl: AtomicU32,
+    /// Metric definitions (`[[metric]]`) by family name; replaced whole on reload.
+    definitions: RwLock<Arc<HashMap<Box<str>, Arc<Definition>>>>,
+}
+
+/// A declared metric (`[[metric]]` in the config): what its family is before any sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Definition {
+    pub kind: Kind,
+    /// The label schema: only these label names are kept (unknown tags are dropped and
+    /// counted); a label missing from a sample is simply absent (Prometheus reads that as
+    /// empty). `None` = any labels.
+    pub labels: Option<Arc<[Box<str>]>>,
+    /// Help, unit, buckets and TTL for the family and its series.
+    pub options: SeriesOptions,
 }
 
 /// Which cap refused a new series.
@@ -557,6 +587,7 @@ impl Registry {
             refused_global: AtomicU64::new(0),
             refused_per_metric: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            definitions: RwLock::default(),
             min_ttl: AtomicU32::new(match settings.series_ttl_secs {
                 0 => u32::MAX,
                 ttl => ttl,
@@ -588,6 +619,66 @@ impl Registry {
             SeriesLimit::PerMetric => &self.refused_per_metric,
         }
         .load(Ordering::Relaxed)
+    }
+
+    /// The definition of family `name`, if the config declares one.
+    pub fn definition(&self, name: &str) -> Option<Arc<Definition>> {
+        self.definitions.read().get(name).cloned()
+    }
+
+    /// Puts a new set of definitions in force. A family whose definition changed (type, help,
+    /// unit, buckets, labels or TTL) is removed with its series, so that its next sample
+    /// creates it afresh under the new definition: values restart from zero, as they would
+    /// after a restart, rather than mixing two shapes in one family. Families whose definition
+    /// is unchanged keep their series and values. Returns the names of the families removed.
+    pub fn set_definitions(&self, definitions: HashMap<Box<str>, Arc<Definition>>) -> Vec<String> {
+        let old = std::mem::replace(&mut *self.definitions.write(), Arc::new(definitions));
+        let new = self.definitions.read().clone();
+        let changed: Vec<String> = old
+            .iter()
+            .filter(|(name, definition)| new.get(*name) != Some(*definition))
+            .map(|(name, _)| name.to_string())
+            .chain(
+                new.keys()
+                    .filter(|name| !old.contains_key(*name))
+                    .map(|name| name.to_string()),
+            )
+            .collect();
+        changed
+            .into_iter()
+            .filter(|name| self.remove_family(name))
+            .collect()
+    }
+
+    /// Removes family `name` and all its series; false if there was none.
+    fn remove_family(&self, name: &str) -> bool {
+        let Some(family) = ({
+            let mut table = self.families.write();
+            let family = table.by_name.remove(name);
+            if family.is_some() {
+                table
+                    .claims
+                    .retain(|_, owner| !family.as_ref().is_some_and(|f| Arc::ptr_eq(owner, f)));
+            }
+            family
+        }) else {
+            return false;
+        };
+        let series = std::mem::take(&mut *family.series.write());
+        for series in &series {
+            // Cached handles learn the series is gone at their next touch.
+            series.last_seen.store(DEAD, Ordering::Release);
+            let hash = self.hasher.hash_one(&*series.key);
+            if let Ok(entry) = self
+                .shard(hash)
+                .write()
+                .find_entry(hash, |s| Arc::ptr_eq(s, series))
+            {
+                entry.remove();
+            }
+        }
+        self.series_count.fetch_sub(series.len(), Ordering::Relaxed);
+        true
     }
 
     /// True once any series can expire (a default TTL, or a mapping rule's).
@@ -731,6 +822,7 @@ impl Registry {
             name: name.into(),
             kind,
             help: options.help.clone(),
+            unit: options.unit.clone(),
             buckets: options
                 .buckets
                 .clone()

@@ -220,6 +220,9 @@ reasons! {
     SeriesLimit => "series_limit",
     /// A mapping rule with `action = "drop"` matched: dropped as configured, counted to be seen.
     DroppedByRule => "dropped_by_rule",
+    /// Tags whose names are not in the metric's declared `labels` (`[[metric]]`): those tags
+    /// are dropped, the sample is kept. Counted once per sample.
+    LabelNotInSchema => "label_not_in_schema",
 }
 
 /// DogStatsD extensions that are recognised, counted and skipped.
