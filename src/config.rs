@@ -72,6 +72,7 @@ pub struct Config {
     pub statsd: StatsdConfig,
     pub exposition: ExpositionConfig,
     pub limits: LimitsConfig,
+    pub lint: LintConfig,
     pub log: LogConfig,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
@@ -360,6 +361,14 @@ pub struct ExpositionConfig {
     pub statsd_exporter_names: bool,
 }
 
+/// `[lint]`: the naming lint (`--check-config` prints its findings with their lines).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LintConfig {
+    /// Refuse a configuration with naming warnings or errors, instead of only reporting them.
+    pub strict: bool,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -427,6 +436,22 @@ impl Config {
                 path: path.to_owned(),
                 message,
             })?;
+        if config.lint.strict {
+            let failing: Vec<String> = crate::lint::lint(text)
+                .into_iter()
+                .filter(|finding| finding.severity.fails_strict())
+                .map(|finding| format!("{}: {finding}", finding.severity))
+                .collect();
+            if !failing.is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "[lint] strict = true and the naming lint found:\n{}",
+                        failing.join("\n")
+                    ),
+                });
+            }
+        }
         Ok(config)
     }
 

@@ -43,7 +43,11 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let findings = lint_findings(&cli);
     if cli.check_config {
+        for finding in &findings {
+            println!("{}: {finding}", finding.severity);
+        }
         match &cli.config {
             Some(path) => println!("{}: configuration is valid", path.display()),
             None => println!("no --config given: the built-in defaults are valid"),
@@ -51,6 +55,9 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let log = init_logging(&config.log.level);
+    for finding in &findings {
+        tracing::warn!("naming lint: {}: {finding}", finding.severity);
+    }
     warn_about_pending_features(&config);
     match serve(cli, config, log) {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,6 +67,15 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// What the naming lint says about the config file (nothing without one).
+fn lint_findings(cli: &Cli) -> Vec<crate::lint::LintWarning> {
+    cli.config
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map(|text| crate::lint::lint(&text))
+        .unwrap_or_default()
 }
 
 /// Says so when the configuration asks for something tallyd does not do yet.

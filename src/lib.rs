@@ -17,6 +17,7 @@ pub mod exposition;
 pub mod http;
 pub mod import;
 pub mod ingest;
+pub mod lint;
 pub mod listen;
 pub mod mapping;
 pub mod protocol;

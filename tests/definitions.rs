@@ -119,3 +119,51 @@ fn a_reload_resets_a_changed_definition_and_keeps_unchanged_ones() {
         "{text}"
     );
 }
+
+const NAMING_MISTAKES: &str = "\
+[[metric]]
+name = \"Latency\"
+type = \"histogram\"
+help = \"Time.\"
+
+[[metric]]
+name = \"predictor_queue_depth_total\"
+type = \"gauge\"
+help = \"Waiting requests.\"
+";
+
+#[test]
+fn check_config_prints_naming_warnings_with_their_lines() {
+    let config = TempFile::new("naming.toml", NAMING_MISTAKES);
+    let output = run_tallyd(&[
+        "--config",
+        config.path().to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(r#"warning: line 2: metric[0].name "Latency": not snake_case"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"warning: line 7: metric[1].name "predictor_queue_depth_total": "_total" marks counters"#),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn strict_lint_turns_naming_warnings_into_a_refusal() {
+    let config = TempFile::new(
+        "strict.toml",
+        &format!("[lint]\nstrict = true\n\n{NAMING_MISTAKES}"),
+    );
+    let output = run_tallyd(&[
+        "--config",
+        config.path().to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 5: metric[0].name"), "{stderr}");
+}
