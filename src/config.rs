@@ -22,6 +22,7 @@ use crate::listen::{Spread, UdpOptions};
 use crate::protocol::ParseOptions;
 use crate::registry::{DEFAULT_BUCKETS, Definition, Kind, RegistrySettings, SeriesOptions};
 use crate::rules::{MappingRule, RuleSet};
+use crate::sketch::SummaryConfig;
 
 /// The command line.
 #[derive(Debug, Clone, Default, Parser)]
@@ -97,6 +98,11 @@ pub struct MetricDefinition {
     /// Histogram buckets: a list, `{ linear = { start, width, count } }` or
     /// `{ exponential = { start, factor, count } }`.
     pub buckets: Option<BucketSpec>,
+    /// Summary quantiles (default 0.5, 0.9, 0.99), over the last `max_age_seconds` (default
+    /// 600) in `age_buckets` steps (default 5).
+    pub quantiles: Option<Vec<f64>>,
+    pub max_age_seconds: Option<u32>,
+    pub age_buckets: Option<u32>,
     /// Remove a series of this metric idle this long (0 = never).
     pub ttl_seconds: Option<u32>,
     /// How the query side bins this metric's points (kept for it; no effect on /metrics).
@@ -109,6 +115,7 @@ pub enum DefinedType {
     Counter,
     Gauge,
     Histogram,
+    Summary,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -188,6 +195,23 @@ impl BucketSpec {
 }
 
 impl MetricDefinition {
+    /// The summary settings this definition asks for, quantiles in ascending order.
+    fn summary_config(&self) -> SummaryConfig {
+        let mut config = SummaryConfig::default();
+        if let Some(quantiles) = &self.quantiles {
+            let mut sorted = quantiles.clone();
+            sorted.sort_by(f64::total_cmp);
+            config.quantiles = sorted.into();
+        }
+        if let Some(max_age) = self.max_age_seconds {
+            config.max_age_secs = max_age;
+        }
+        if let Some(age_buckets) = self.age_buckets {
+            config.age_buckets = age_buckets;
+        }
+        config
+    }
+
     /// The family name (counters without `_total`), or why the definition cannot be used.
     fn check(&self) -> Result<String, String> {
         if !crate::mapping::is_clean_name(&self.name) {
@@ -215,6 +239,15 @@ impl MetricDefinition {
         }
         if let Some(buckets) = &self.buckets {
             buckets.bounds()?;
+        }
+        let summary_keys = self.quantiles.is_some()
+            || self.max_age_seconds.is_some()
+            || self.age_buckets.is_some();
+        if summary_keys && self.kind != DefinedType::Summary {
+            return Err("quantiles, max_age_seconds and age_buckets are only for summaries".into());
+        }
+        if self.kind == DefinedType::Summary {
+            self.summary_config().validate()?;
         }
         if let Some(labels) = &self.labels {
             for label in labels {
@@ -478,6 +511,7 @@ impl Config {
                 DefinedType::Counter => Kind::Counter,
                 DefinedType::Gauge => Kind::Gauge,
                 DefinedType::Histogram => Kind::Histogram,
+                DefinedType::Summary => Kind::Summary,
             };
             let buckets = match &definition.buckets {
                 Some(spec) => Some(spec.bounds().map_err(fail)?.into()),
@@ -494,6 +528,8 @@ impl Config {
                     help: definition.help.as_deref().map(Arc::from),
                     unit: definition.unit.as_deref().map(Arc::from),
                     ttl_secs: definition.ttl_seconds,
+                    summary: (definition.kind == DefinedType::Summary)
+                        .then(|| Arc::new(definition.summary_config())),
                 },
             };
             if out

@@ -387,6 +387,25 @@ fn render_family(
                 }
             });
         }
+        Kind::Summary => {
+            write_descriptor(out, format, name, "", "summary", help);
+            write_unit(out, name, unit);
+            family.for_each_series(|series| {
+                let Cell::Summary(summary) = series.cell() else {
+                    return;
+                };
+                any = true;
+                let labels = series.labels();
+                let (sum, count) = summary.read(|quantile, value| {
+                    write_quantile(out, name, labels, quantile, value, format);
+                });
+                write_sample(out, name, "_sum", labels, sum);
+                write_sample_u64(out, name, "_count", labels, count);
+                if format == Format::OpenMetrics {
+                    write_created(out, name, labels, series.created());
+                }
+            });
+        }
     }
     if !any {
         out.truncate(start);
@@ -531,6 +550,28 @@ fn write_sample(out: &mut Vec<u8>, name: &str, suffix: &str, labels: &str, value
 fn write_sample_u64(out: &mut Vec<u8>, name: &str, suffix: &str, labels: &str, value: u64) {
     write_series_start(out, name, suffix, labels);
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    out.push(b'\n');
+}
+
+/// `name{labels,quantile="q"} value`, the quantile spelled like a bucket bound.
+fn write_quantile(
+    out: &mut Vec<u8>,
+    name: &str,
+    labels: &str,
+    quantile: f64,
+    value: f64,
+    format: Format,
+) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'{');
+    if !labels.is_empty() {
+        out.extend_from_slice(labels.as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"quantile=\"");
+    write_le(out, quantile, format);
+    out.extend_from_slice(b"\"} ");
+    write_value(out, value);
     out.push(b'\n');
 }
 

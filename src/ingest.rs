@@ -22,7 +22,8 @@ use crate::protocol::{
     parse_datagram,
 };
 use crate::registry::{Kind, Registry, Series, SeriesKeyBuf, SeriesOptions, Update};
-use crate::rules::{Match, RuleCache, RuleSet};
+use crate::rules::{Match, ObserverType, RuleCache, RuleSet};
+use crate::sketch::SummaryConfig;
 use crate::telemetry::{ReceiverStats, is_reserved_name};
 
 /// Ingest switches that outlive one datagram.
@@ -284,16 +285,27 @@ impl Resolver {
                 key.push_label(|out| out.push_str(name), value);
             }
         }
+        let mut kind = kind;
         if let Some(rule) = rule {
+            let summary =
+                kind == Kind::Histogram && rule.observer_type == Some(ObserverType::Summary);
             key.options = SeriesOptions {
                 buckets: rule.buckets.as_deref().map(Arc::from),
                 help: rule.help.as_deref().map(Arc::from),
                 unit: None,
                 ttl_secs: rule.ttl().map(|ttl| ttl.as_secs().max(1) as u32),
+                summary: summary.then(|| Arc::new(rule_summary(rule.quantiles.as_deref()))),
             };
+            if summary {
+                kind = Kind::Summary;
+            }
         }
         let mut drops_labels = false;
         if let Some(definition) = registry.definition(key.family()) {
+            // A declared summary takes the observations a histogram would.
+            if kind == Kind::Histogram && definition.kind == Kind::Summary {
+                kind = Kind::Summary;
+            }
             if definition.kind != kind {
                 self.warn(sample, Reason::TypeConflict);
                 return Err(Reason::TypeConflict);
@@ -308,7 +320,9 @@ impl Resolver {
             options.help = declared.help.clone().or(options.help.take());
             options.unit = declared.unit.clone();
             options.ttl_secs = declared.ttl_secs.or(options.ttl_secs);
+            options.summary = declared.summary.clone().or(options.summary.take());
         }
+        key.set_kind(kind);
         key.finish();
         let scale = rule.and_then(|r| r.scale).unwrap_or(1.0);
         match registry.resolve(key) {
@@ -347,6 +361,18 @@ impl Resolver {
             reason.label()
         );
     }
+}
+
+/// A summary's settings from a rule's quantiles (ascending, as Prometheus lists them), with
+/// the default window.
+fn rule_summary(quantiles: Option<&[f64]>) -> SummaryConfig {
+    let mut config = SummaryConfig::default();
+    if let Some(quantiles) = quantiles {
+        let mut sorted = quantiles.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        config.quantiles = sorted.into();
+    }
+    config
 }
 
 /// The Prometheus kind a StatsD type is aggregated into.

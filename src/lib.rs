@@ -23,4 +23,5 @@ pub mod mapping;
 pub mod protocol;
 pub mod registry;
 pub mod rules;
+pub mod sketch;
 pub mod telemetry;

@@ -24,6 +24,7 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
 use crate::protocol::Reason;
+use crate::sketch::{SummaryConfig, SummaryState};
 
 /// The Prometheus default buckets, in seconds: what timers observe into unless configured.
 pub const DEFAULT_BUCKETS: &[f64] = &[
@@ -38,6 +39,8 @@ pub enum Kind {
     Histogram,
     /// A StatsD set: the number of distinct members seen in the recent window, exposed as a gauge.
     Set,
+    /// Quantiles over a sliding window (`crate::sketch`), with cumulative `_sum` and `_count`.
+    Summary,
 }
 
 impl Kind {
@@ -47,6 +50,7 @@ impl Kind {
             Kind::Gauge => 'g',
             Kind::Histogram => 'h',
             Kind::Set => 's',
+            Kind::Summary => 'q',
         }
     }
 
@@ -56,6 +60,7 @@ impl Kind {
             Kind::Counter => &["_total", "_created"],
             Kind::Gauge | Kind::Set => &[],
             Kind::Histogram => &["_bucket", "_sum", "_count", "_created"],
+            Kind::Summary => &["_sum", "_count", "_created"],
         }
     }
 }
@@ -124,9 +129,22 @@ pub struct SeriesOptions {
     pub unit: Option<Arc<str>>,
     /// Idle time-to-live in seconds instead of the registry default (0 = never expire).
     pub ttl_secs: Option<u32>,
+    /// Quantiles and window for summaries instead of the defaults.
+    pub summary: Option<Arc<SummaryConfig>>,
 }
 
 impl SeriesKeyBuf {
+    /// Changes the kind of the identity being built (before [`SeriesKeyBuf::finish`]), e.g.
+    /// when a rule or a definition makes an observation a summary rather than a histogram.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.kind = Some(kind);
+    }
+
+    /// The kind given to [`SeriesKeyBuf::start`] or [`SeriesKeyBuf::set_kind`].
+    pub fn kind(&self) -> Option<Kind> {
+        self.kind
+    }
+
     /// Starts a new identity; write the family name into the returned buffer.
     pub fn start(&mut self, kind: Kind) -> &mut String {
         self.kind = Some(kind);
@@ -307,6 +325,24 @@ pub struct SetCell {
     members: Mutex<HashMap<u64, u32, ahash::RandomState>>,
 }
 
+/// Summary state: a windowed quantile sketch behind a short lock, and the registry clock it
+/// rotates its window by.
+#[derive(Debug)]
+pub struct SummaryCell {
+    state: Mutex<SummaryState>,
+    clock: Arc<AtomicU32>,
+}
+
+impl SummaryCell {
+    /// Calls `quantile(q, value)` for each configured quantile over the current window (NaN
+    /// when the window is empty), and returns the cumulative `(sum, count)`.
+    pub fn read(&self, quantile: impl FnMut(f64, f64)) -> (f64, u64) {
+        let mut state = self.state.lock();
+        state.quantiles(self.clock.load(Ordering::Relaxed), quantile);
+        (state.sum(), state.count())
+    }
+}
+
 /// The state of one series.
 #[derive(Debug)]
 pub enum Cell {
@@ -314,6 +350,7 @@ pub enum Cell {
     Gauge(AtomicF64),
     Histogram(Box<HistogramCell>),
     Set(Box<SetCell>),
+    Summary(Box<SummaryCell>),
 }
 
 /// One series: its identity, its pre-escaped label text and its state.
@@ -438,6 +475,12 @@ impl Series {
             (Cell::Gauge(v), Update::Set(value)) => v.set(value),
             (Cell::Gauge(v), Update::Delta(delta)) => v.add(delta),
             (Cell::Histogram(h), Update::Observe { value, weight }) => h.observe(value, weight),
+            (Cell::Summary(summary), Update::Observe { value, weight }) => {
+                let now = summary.clock.load(Ordering::Relaxed);
+                if !summary.state.lock().observe(value, weight, now) {
+                    return Err(Reason::NonFiniteValue);
+                }
+            }
             (Cell::Set(set), Update::Member { hash, now }) => {
                 let mut members = set.members.lock();
                 if members.len() >= settings.max_set_members && !members.contains_key(&hash) {
@@ -473,6 +516,7 @@ pub struct Family {
     help: Option<Arc<str>>,
     unit: Option<Arc<str>>,
     buckets: Arc<[f64]>,
+    summary: Arc<SummaryConfig>,
     series: RwLock<Vec<Arc<Series>>>,
 }
 
@@ -496,6 +540,11 @@ impl Family {
 
     pub fn buckets(&self) -> &[f64] {
         &self.buckets
+    }
+
+    /// Quantiles and window of a summary family.
+    pub fn summary(&self) -> &SummaryConfig {
+        &self.summary
     }
 
     pub fn series_count(&self) -> usize {
@@ -530,7 +579,7 @@ pub struct Registry {
     epoch: Instant,
     /// Seconds since `epoch`, advanced by [`Registry::tick`]: a clock the hot path reads
     /// with one relaxed load instead of a system call.
-    clock: AtomicU32,
+    clock: Arc<AtomicU32>,
     series_count: AtomicUsize,
     refused_global: AtomicU64,
     refused_per_metric: AtomicU64,
@@ -582,7 +631,7 @@ impl Registry {
             hasher: ahash::RandomState::new(),
             families: RwLock::default(),
             epoch: Instant::now(),
-            clock: AtomicU32::new(0),
+            clock: Arc::new(AtomicU32::new(0)),
             series_count: AtomicUsize::new(0),
             refused_global: AtomicU64::new(0),
             refused_per_metric: AtomicU64::new(0),
@@ -776,6 +825,10 @@ impl Registry {
                 Kind::Set => Cell::Set(Box::new(SetCell {
                     members: Mutex::new(HashMap::default()),
                 })),
+                Kind::Summary => Cell::Summary(Box::new(SummaryCell {
+                    state: Mutex::new(SummaryState::new(&family.summary, self.now_secs())),
+                    clock: Arc::clone(&self.clock),
+                })),
             },
         });
         table.insert_unique(hash, Arc::clone(&series), |s| self.hasher.hash_one(&*s.key));
@@ -827,6 +880,7 @@ impl Registry {
                 .buckets
                 .clone()
                 .unwrap_or_else(|| Arc::clone(&self.settings.histogram_buckets)),
+            summary: options.summary.clone().unwrap_or_default(),
             series: RwLock::default(),
         });
         for claimed in exposed {

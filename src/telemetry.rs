@@ -279,7 +279,7 @@ impl Telemetry {
         }
         out.push(extensions);
 
-        let mut by_kind = [0usize; 4];
+        let mut by_kind = [0usize; 5];
         let families = registry.families();
         for family in &families {
             let index = match family.kind() {
@@ -287,6 +287,7 @@ impl Telemetry {
                 Kind::Gauge => 1,
                 Kind::Histogram => 2,
                 Kind::Set => 3,
+                Kind::Summary => 4,
             };
             by_kind[index] += family.series_count();
         }
@@ -295,7 +296,10 @@ impl Telemetry {
             Kind::Gauge,
             "Live series in the registry, by type.",
         );
-        for (kind, count) in ["counter", "gauge", "histogram", "set"].iter().zip(by_kind) {
+        for (kind, count) in ["counter", "gauge", "histogram", "set", "summary"]
+            .iter()
+            .zip(by_kind)
+        {
             series = series.with(format!("type=\"{kind}\""), count as f64);
         }
         out.push(series);
