@@ -221,7 +221,7 @@ impl MetricDefinition {
             ));
         }
         let family = match self.kind {
-            DefinedType::Counter => self.name.strip_suffix("_total").unwrap_or(&self.name),
+            DefinedType::Counter => crate::mapping::counter_family(&self.name),
             _ => &self.name,
         };
         if family.is_empty() || crate::telemetry::is_reserved_name(family) {
@@ -575,11 +575,11 @@ impl Config {
             config.http.listen = addr;
         }
         if let Some(level) = &cli.log_level {
-            tracing_subscriber::EnvFilter::try_new(level).map_err(|e| ConfigError::Invalid {
-                path: "--log-level".into(),
-                message: format!("invalid log filter {level:?}: {e}"),
-            })?;
-            config.log.level = level.clone();
+            config.log.level =
+                normalize_log_filter(level).map_err(|message| ConfigError::Invalid {
+                    path: "--log-level".into(),
+                    message,
+                })?;
         }
         Ok(config)
     }
@@ -723,10 +723,25 @@ fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
 }
 
 fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let level = String::deserialize(d)?;
-    tracing_subscriber::EnvFilter::try_new(&level)
-        .map_err(|e| serde::de::Error::custom(format!("invalid log filter {level:?}: {e}")))?;
-    Ok(level)
+    normalize_log_filter(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// Checks a `tracing` filter (`info,tallyd::listen=debug`) and returns it with the blanks
+/// around each directive removed, which is the form the daemon hands to `EnvFilter`.
+///
+/// Why trim here: tracing-subscriber 0.3.23 indexes a directive it trimmed with positions
+/// taken from the untrimmed text, and panics when leading blanks meet a non-ASCII character
+/// (`"info, é=debug"`, found by fuzz/). Without leading blanks the two texts agree.
+pub fn normalize_log_filter(level: &str) -> Result<String, String> {
+    let normalized = level
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing_subscriber::EnvFilter::try_new(&normalized)
+        .map_err(|e| format!("invalid log filter {level:?}: {e}"))?;
+    Ok(normalized)
 }
 
 #[cfg(test)]

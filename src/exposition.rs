@@ -22,6 +22,7 @@ use std::time::Instant;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
+use crate::mapping::counter_family;
 use crate::registry::{Cell, Family, Kind, Registry};
 use crate::telemetry::{SelfMetric, Telemetry, is_reserved_name};
 
@@ -277,8 +278,8 @@ struct Names<'a> {
 }
 
 fn counter_names(name: &str, format: Format, statsd_exporter_names: bool) -> Names<'_> {
-    // Counter families are stored without `_total`; strip one anyway so it is never doubled.
-    let base = name.strip_suffix("_total").unwrap_or(name);
+    // Families from the registry are already bare; tallyd's own counters are named in full.
+    let base = counter_family(name);
     match format {
         Format::OpenMetrics => Names {
             meta: base,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use hashbrown::hash_map::EntryRef;
 
-use crate::mapping::{label_name_into, sanitize_name_into};
+use crate::mapping::{counter_family, label_name_into, sanitize_name_into};
 use crate::protocol::{
     Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Value,
     parse_datagram,
@@ -255,10 +255,9 @@ impl Resolver {
             None => sanitize_name_into(sample.name, key.start(kind)),
         }
         key.end_family();
-        let family = key.family();
-        if kind == Kind::Counter && family.len() > "_total".len() && family.ends_with("_total") {
-            // `x_total` and `x` are one counter: its samples are called `x_total` either way.
-            key.truncate_family(family.len() - "_total".len());
+        if kind == Kind::Counter {
+            let family_len = counter_family(key.family()).len();
+            key.truncate_family(family_len);
         }
         if key.family().is_empty() || is_reserved_name(key.family()) {
             return Err(Reason::InvalidName);

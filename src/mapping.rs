@@ -24,6 +24,22 @@ pub fn sanitize_name_into(name: &str, out: &mut String) {
     }
 }
 
+/// The family name of a counter called `name`: without its trailing `_total`s, since every
+/// format appends one to a counter's samples. `x`, `x_total` and `x_total_total` are one
+/// counter; stripping only one would leave a family `x_total` whose OpenMetrics descriptor
+/// (the name without `_total`) collides with a family `x`. A name that is nothing but
+/// `_total` keeps it, so the family name is never empty.
+pub fn counter_family(name: &str) -> &str {
+    let mut family = name;
+    while let Some(base) = family.strip_suffix("_total") {
+        if base.is_empty() {
+            break;
+        }
+        family = base;
+    }
+    family
+}
+
 /// The sanitised form of `name` as a new string (for config and tests; the hot path uses
 /// [`sanitize_name_into`]).
 pub fn sanitize_name(name: &str) -> String {
@@ -60,6 +76,16 @@ mod tests {
         let mut out = String::new();
         label_name_into(key, &mut out);
         out
+    }
+
+    #[test]
+    fn a_counter_family_drops_every_trailing_total_but_never_becomes_empty() {
+        assert_eq!(counter_family("jobs"), "jobs");
+        assert_eq!(counter_family("jobs_total"), "jobs");
+        assert_eq!(counter_family("jobs_total_total"), "jobs");
+        assert_eq!(counter_family("_total"), "_total");
+        assert_eq!(counter_family("_total_total"), "_total");
+        assert_eq!(counter_family("totals_total"), "totals");
     }
 
     #[test]

@@ -909,7 +909,11 @@ mod tests {
         let mut values: Vec<_> = (0..30_000)
             .map(|_| {
                 let magnitude = 10f64.powf(rng.unit() * 8.0 - 4.0);
-                let sign = if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
+                let sign = if rng.next_u64().is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                };
                 (sign * magnitude, 1)
             })
             .collect();
