@@ -58,7 +58,6 @@ pub fn run(cli: Cli) -> ExitCode {
     for finding in &findings {
         tracing::warn!("naming lint: {}: {finding}", finding.severity);
     }
-    warn_about_pending_features(&config);
     match serve(cli, config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -76,21 +75,6 @@ fn lint_findings(cli: &Cli) -> Vec<crate::lint::LintWarning> {
         .and_then(|path| std::fs::read_to_string(path).ok())
         .map(|text| crate::lint::lint(&text))
         .unwrap_or_default()
-}
-
-/// Says so when the configuration asks for something tallyd does not do yet.
-fn warn_about_pending_features(config: &Config) {
-    let summaries: Vec<usize> = (config.mapping.iter().enumerate())
-        .filter(|(_, rule)| rule.observer_type == Some(crate::rules::ObserverType::Summary))
-        .map(|(index, _)| index)
-        .collect();
-    if !summaries.is_empty() {
-        tracing::warn!(
-            rules = ?summaries,
-            "observer_type = \"summary\" is not implemented yet: these rules' observations are \
-             served as histograms (their quantiles are ignored)"
-        );
-    }
 }
 
 /// `tallyd import-mapping FILE`: the converted config on stdout, warnings on stderr.
@@ -301,7 +285,6 @@ fn reload(
                 }
             }
             if new.mapping != current.mapping {
-                warn_about_pending_features(&new);
                 rules.replace(rule_set);
                 tracing::info!(rules = new.mapping.len(), "mapping rules replaced");
             }

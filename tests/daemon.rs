@@ -913,6 +913,7 @@ const EVERY_KIND: &str = concat!(
     "tokens:100:200|d\n",
     "users:alice|s\n",
     "users:bob|s\n",
+    "answer.seconds:120|ms|#model:v1\n",
     "boxed:1|c|c:abc123\n",
     "influx,k=v:1|g\n",
     "escaped:1|c|#path:C:\\dir \"quoted\"\n",
@@ -920,8 +921,11 @@ const EVERY_KIND: &str = concat!(
     "broken:oops|c\n",
 );
 
+/// Summaries need a declaration (or a rule); everything else is tallyd's default config.
+const SUMMARY_DECLARED: &str = "[[metric]]\nname = \"answer_seconds\"\ntype = \"summary\"\n";
+
 fn daemon_with_every_kind() -> Daemon {
-    let daemon = Daemon::start();
+    let daemon = Daemon::with_config(SUMMARY_DECLARED);
     daemon.send(&[EVERY_KIND]);
     daemon.wait_for(&[
         (r#"requests_total{model="v1",region="eu"}"#, 1.0),
@@ -932,6 +936,7 @@ fn daemon_with_every_kind() -> Daemon {
         ("payload_count", 1.0),
         ("tokens_count", 2.0),
         ("users", 2.0),
+        (r#"answer_seconds_count{model="v1"}"#, 1.0),
         (r#"boxed_total{container_id="abc123"}"#, 1.0),
         (r#"influx{k="v"}"#, 1.0),
         (r#"escaped_total{path="C:\\dir \"quoted\""}"#, 1.0),

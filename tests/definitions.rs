@@ -1,5 +1,5 @@
 //! Declared metrics (`[[metric]]`) through the real binary: HELP, UNIT, buckets, the label
-//! schema, the declared type, and what a reload does to a changed definition.
+//! schema, the declared type, summaries, and what a reload does to a changed definition.
 
 mod common;
 
@@ -166,4 +166,104 @@ fn strict_lint_turns_naming_warnings_into_a_refusal() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 5: metric[0].name"), "{stderr}");
+}
+
+/// The scraped value of `series`, which must be there.
+fn scraped(text: &str, series: &str) -> f64 {
+    value_of(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// `|value − exact| ≤ 1 %` of `exact`: the sketch's documented error bound (`src/sketch.rs`).
+fn assert_within_one_percent(value: f64, exact: f64, what: &str) {
+    assert!(
+        (value - exact).abs() <= 0.01 * exact.abs(),
+        "{what}: {value} is not within 1% of {exact}"
+    );
+}
+
+#[test]
+fn a_declared_summary_serves_windowed_quantiles_with_cumulative_sum_and_count() {
+    let daemon = Daemon::with_config(
+        r#"
+[[metric]]
+name = "answer_seconds"
+type = "summary"
+help = "Time to answer."
+unit = "seconds"
+quantiles = [0.99, 0.5, 1.0]
+"#,
+    );
+    // 1 ms … 100 ms, one observation each, as a timer.
+    let lines: String = (1..=100)
+        .map(|ms| format!("answer.seconds:{ms}|ms\n"))
+        .collect();
+    daemon.send(&[lines]);
+    let text = daemon.wait_for_value("answer_seconds_count", 100.0);
+    assert_eq!(declared_type(&text, "answer_seconds"), Some("summary"));
+    // Exact ranks: q = 0.5 → the 50th value (50 ms), q = 0.99 → the 99th, q = 1 → the maximum.
+    let median = scraped(&text, r#"answer_seconds{quantile="0.5"}"#);
+    assert_within_one_percent(median, 0.050, "p50");
+    let p99 = scraped(&text, r#"answer_seconds{quantile="0.99"}"#);
+    assert_within_one_percent(p99, 0.099, "p99");
+    assert_eq!(scraped(&text, r#"answer_seconds{quantile="1"}"#), 0.1);
+    assert_within_one_percent(scraped(&text, "answer_seconds_sum"), 5.05, "sum");
+    // Quantiles are listed in ascending order, as Prometheus client libraries do.
+    let order: Vec<usize> = ["0.5", "0.99", "1"]
+        .iter()
+        .map(|q| {
+            text.find(&format!("answer_seconds{{quantile=\"{q}\"}}"))
+                .unwrap()
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    let open = daemon.get("/metrics", &[OPENMETRICS]).text();
+    assert!(open.contains("# TYPE answer_seconds summary\n"), "{open}");
+    assert!(open.contains("# UNIT answer_seconds seconds\n"), "{open}");
+    assert!(open.contains("\nanswer_seconds_created "), "{open}");
+}
+
+#[test]
+fn a_mapping_rule_with_observer_type_summary_makes_a_summary_per_label_set() {
+    let daemon = Daemon::with_config(
+        r#"
+[[mapping]]
+match = "predictor.*.latency"
+name = "predictor_latency_seconds"
+labels = { model = "$1" }
+observer_type = "summary"
+quantiles = [0.9]
+"#,
+    );
+    daemon.send(&[
+        "predictor.fraud-v2.latency:250|ms\npredictor.fraud-v2.latency:250|ms\n\
+         predictor.fraud-v2.latency:500|ms\npredictor.churn.latency:40|ms|@0.5\n",
+    ]);
+    let text = daemon.wait_for(&[
+        (r#"predictor_latency_seconds_count{model="fraud-v2"}"#, 3.0),
+        // Sampled at 0.5: one observation of weight 2.
+        (r#"predictor_latency_seconds_count{model="churn"}"#, 2.0),
+    ]);
+    assert_eq!(
+        declared_type(&text, "predictor_latency_seconds"),
+        Some("summary")
+    );
+    let p90 = scraped(
+        &text,
+        r#"predictor_latency_seconds{model="fraud-v2",quantile="0.9"}"#,
+    );
+    assert_within_one_percent(p90, 0.25, "p90 of 250, 250, 500 ms");
+    let churn = scraped(
+        &text,
+        r#"predictor_latency_seconds{model="churn",quantile="0.9"}"#,
+    );
+    assert_within_one_percent(churn, 0.04, "p90 of churn");
+    assert_within_one_percent(
+        scraped(&text, r#"predictor_latency_seconds_sum{model="churn"}"#),
+        0.08,
+        "a weighted observation counts its weight in the sum",
+    );
+    assert!(
+        !text.contains("predictor_latency_seconds_bucket"),
+        "a summary has no buckets:\n{text}"
+    );
 }
