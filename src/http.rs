@@ -967,6 +967,55 @@ mod tests {
         assert_eq!(response.header("connection"), Some("close"));
     }
 
+    /// Sends `head` (a request line and headers, without the blank line) and returns what the
+    /// server answers before it closes.
+    async fn answer_to_headers(head: &[u8]) -> RawResponse {
+        let server = TestServer::start(HttpOptions::default()).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        // The server may answer and close before it has read everything: ignore write errors.
+        let _ = stream.write_all(head).await;
+        let _ = stream.write_all(b"\r\n").await;
+        // Closing with unread input makes a reset, which may follow the answer: keep what came.
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(Ok(n @ 1..)) =
+            tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await
+        {
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        RawResponse::parse(&bytes)
+    }
+
+    #[tokio::test]
+    async fn headers_larger_than_the_buffer_are_refused_with_431() {
+        let mut head = b"GET /metrics HTTP/1.1\r\nHost: test\r\nX-Junk: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', MAX_BUF_SIZE * 4));
+        head.extend_from_slice(b"\r\n");
+        let response = answer_to_headers(&head).await;
+        assert_eq!(response.status, 431);
+    }
+
+    #[tokio::test]
+    async fn more_headers_than_the_limit_are_refused_with_431() {
+        let mut head = b"GET /metrics HTTP/1.1\r\nHost: test\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        let response = answer_to_headers(&head).await;
+        assert_eq!(response.status, 431);
+    }
+
+    #[tokio::test]
+    async fn headers_within_the_limits_are_served() {
+        let mut head = b"GET /-/healthy HTTP/1.1\r\nHost: test\r\nConnection: close\r\n".to_vec();
+        for i in 0..MAX_HEADERS - 3 {
+            head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        let response = answer_to_headers(&head).await;
+        assert_eq!(response.status, 200);
+    }
+
     #[tokio::test]
     async fn keep_alive_serves_several_requests_on_one_connection() {
         let server = TestServer::start(HttpOptions::default()).await;
