@@ -1,0 +1,140 @@
+//! Arbitrary text into `Config::parse`: it must never panic, whatever the TOML.
+//!
+//! When the text is accepted, everything the daemon derives from a config is built the way the
+//! daemon builds it: every option struct (those call `Duration::from_secs_f64` and friends,
+//! which panic on values validation let through), the mapping rules (`rule_set`, which may
+//! refuse), the `[[metric]]` definitions, a registry and an ingester. One line of every type,
+//! and one line for each declared metric, are ingested, and both formats are rendered; each
+//! scrape must pass the strict `tallyd_fuzz::check_scrape` (declared HELP text and units from
+//! the file end up in it). Without mapping rules, declarations or a tight series cap, the `le`
+//! labels of the timer, `h` and `d` histograms must be the configured `histogram_buckets`, bit
+//! for bit, then `+Inf`.
+//!
+//! A refusal must carry a message that names the file.
+
+#![no_main]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use tallyd::config::{Config, DefinedType};
+use tallyd::exposition::{Format, render};
+use tallyd::ingest::Ingester;
+use tallyd::registry::Registry;
+use tallyd::telemetry::{ReceiverStats, Telemetry};
+use tallyd_fuzz::check_scrape;
+
+const PATH: &str = "fuzz.toml";
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let parsed = Config::parse(&text, Path::new(PATH));
+    let config = match parsed {
+        Ok(config) => config,
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains(PATH), "error without the file: {message}");
+            return;
+        }
+    };
+
+    let _ = config.udp_options();
+    let _ = config.http_options();
+    let exposition = config.exposition_options();
+    let mut settings = config.registry_settings();
+    assert!(settings.shards >= 1, "no shards");
+    let _ = config.restart_required_changes(&Config::default());
+    assert_eq!(
+        config.clone(),
+        config,
+        "a parsed config is not equal to itself"
+    );
+    let rules = match config.rule_set() {
+        Ok(rules) => rules,
+        Err(error) => {
+            let _ = error.to_string();
+            return;
+        }
+    };
+    let ingest = config.ingest_options(rules);
+    assert!(ingest.cache_capacity >= 1, "no cache");
+    let definitions = config.definitions();
+
+    // Build what the daemon builds. The shard count only sizes a table (the registry caps it
+    // at 4096); keep one input fast.
+    settings.shards = settings.shards.min(64);
+    let bounds: Vec<f64> = settings.histogram_buckets.to_vec();
+    let registry = Arc::new(Registry::new(settings));
+    let _ = registry.set_definitions(definitions);
+    let telemetry = Telemetry::default();
+    let stats = Arc::new(ReceiverStats::new("fuzz"));
+    let mut ingester = Ingester::new(Arc::clone(&registry), stats, ingest);
+    ingester.ingest(b"c:1|c\ng:2|g\nt:250|ms\nh:3|h|#k:v\nd:4|d\ns:x|s\na.b.c:1|c|#k:v\n");
+    let mut declared = String::new();
+    for metric in &config.metrics {
+        let metric = metric.get_ref();
+        let statsd_type = match metric.kind {
+            DefinedType::Counter => "c",
+            DefinedType::Gauge => "g",
+            DefinedType::Histogram | DefinedType::Summary => "h",
+        };
+        declared.push_str(&format!("{}:0.5|{statsd_type}|#k:v\n", metric.name));
+    }
+    ingester.ingest(declared.as_bytes());
+    ingester.flush_stats();
+
+    for format in [Format::Text, Format::OpenMetrics] {
+        let mut out = Vec::new();
+        render(&registry, &telemetry, format, exposition, &mut out);
+        if let Err(problem) = check_scrape(&out, format) {
+            panic!(
+                "{format:?} scrape is invalid: {problem}\n--- config ---\n{text}\n--- scrape ---\n{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        // Exactly the statsd buckets when nothing renames, redefines or refuses the series.
+        if config.mapping.is_empty() && config.metrics.is_empty() && config.limits.max_series >= 16
+        {
+            let text = std::str::from_utf8(&out).expect("checked UTF-8");
+            for series in ["t", "h", "d"] {
+                check_buckets(text, series, &bounds, format);
+            }
+        }
+    }
+});
+
+/// The `le` values of `name`'s buckets are the configured bounds, exactly, then `+Inf`.
+fn check_buckets(text: &str, name: &str, bounds: &[f64], format: Format) {
+    let prefix = format!("{name}_bucket{{");
+    let les: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(|rest| {
+            let start = rest.find("le=\"").expect("a bucket without le") + 4;
+            let end = start + rest[start..].find('"').expect("an unterminated le");
+            &rest[start..end]
+        })
+        .collect();
+    assert_eq!(
+        les.len(),
+        bounds.len() + 1,
+        "{format:?}: buckets of {name} vs {} bounds:\n{text}",
+        bounds.len()
+    );
+    assert_eq!(
+        les.last(),
+        Some(&"+Inf"),
+        "{format:?}: last bucket of {name}"
+    );
+    for (le, bound) in les.iter().zip(bounds) {
+        let read: f64 = le
+            .parse()
+            .unwrap_or_else(|_| panic!("{format:?}: le={le:?} is not a number"));
+        assert_eq!(
+            read.to_bits(),
+            bound.to_bits(),
+            "{format:?}: le={le:?} reads as {read}, the bound is {bound}"
+        );
+    }
+}
