@@ -298,21 +298,14 @@ fn case() -> impl Strategy<Value = Case> {
 /// Ingests the case and renders it; panics if any line was refused (the generator only writes
 /// well-formed lines).
 fn scrape(case: &Case, format: Format) -> String {
-    let registry = Arc::new(Registry::new(RegistrySettings::default()));
-    let telemetry = Telemetry::default();
-    let stats = Arc::new(ReceiverStats::new("x"));
     let options = IngestOptions {
         parse: ParseOptions {
             gauge_deltas: case.gauge_deltas,
         },
         ..IngestOptions::default()
     };
-    let mut ingester = Ingester::new(Arc::clone(&registry), Arc::clone(&stats), options);
     let datagrams = case.datagrams();
-    for datagram in &datagrams {
-        ingester.ingest(datagram.as_bytes());
-    }
-    ingester.flush_stats();
+    let (text, stats) = ingest_and_render(&datagrams, options, format);
     let refused: Vec<(&str, u64)> = Reason::ALL
         .iter()
         .map(|r| (r.label(), stats.errors[*r as usize].load(Ordering::Relaxed)))
@@ -322,7 +315,25 @@ fn scrape(case: &Case, format: Format) -> String {
         refused.is_empty(),
         "well-formed lines refused: {refused:?}\n{datagrams:#?}"
     );
+    text
+}
+
+/// Ingests the datagrams into a fresh registry and renders it; returns the scrape and the
+/// receiver's counts.
+fn ingest_and_render<D: AsRef<[u8]>>(
+    datagrams: &[D],
+    options: IngestOptions,
+    format: Format,
+) -> (String, Arc<ReceiverStats>) {
+    let registry = Arc::new(Registry::new(RegistrySettings::default()));
+    let stats = Arc::new(ReceiverStats::new("x"));
+    let mut ingester = Ingester::new(Arc::clone(&registry), Arc::clone(&stats), options);
+    for datagram in datagrams {
+        ingester.ingest(datagram.as_ref());
+    }
+    ingester.flush_stats();
     let mut out = Vec::new();
+    let telemetry = Telemetry::default();
     render(
         &registry,
         &telemetry,
@@ -330,7 +341,7 @@ fn scrape(case: &Case, format: Format) -> String {
         ExpositionOptions::default(),
         &mut out,
     );
-    String::from_utf8(out).expect("a scrape is UTF-8")
+    (String::from_utf8(out).expect("a scrape is UTF-8"), stats)
 }
 
 /// Checks a scrape against the case; `Err` explains the first difference.
@@ -586,29 +597,11 @@ fn a_log_filter_with_a_spaced_non_ascii_directive_does_not_panic() {
 /// so the counter is family `y`, refused as a type conflict.
 #[test]
 fn openmetrics_names_each_family_once() {
-    let registry = Arc::new(Registry::new(RegistrySettings::default()));
-    let telemetry = Telemetry::default();
-    let stats = Arc::new(ReceiverStats::new("x"));
-    let mut ingester = Ingester::new(
-        Arc::clone(&registry),
-        Arc::clone(&stats),
-        IngestOptions::default(),
-    );
-    ingester.ingest(b"y:1|g");
-    ingester.ingest(b"y_total_total:1|c");
-    ingester.flush_stats();
-    let conflicts = &stats.errors[Reason::TypeConflict as usize];
-    assert_eq!(conflicts.load(Ordering::Relaxed), 1);
     for format in [Format::Text, Format::OpenMetrics] {
-        let mut out = Vec::new();
-        render(
-            &registry,
-            &telemetry,
-            format,
-            ExpositionOptions::default(),
-            &mut out,
-        );
-        let text = String::from_utf8(out).unwrap();
+        let datagrams = ["y:1|g", "y_total_total:1|c"];
+        let (text, stats) = ingest_and_render(&datagrams, IngestOptions::default(), format);
+        let conflicts = &stats.errors[Reason::TypeConflict as usize];
+        assert_eq!(conflicts.load(Ordering::Relaxed), 1, "{text}");
         if let Err(problem) = check_scrape(text.as_bytes(), format) {
             panic!("{format:?}: {problem}\n{text}");
         }
