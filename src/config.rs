@@ -332,6 +332,8 @@ pub struct HttpConfig {
     #[serde(deserialize_with = "at_least_one")]
     pub max_concurrent_scrapes: usize,
     pub gzip: bool,
+    /// Serve `POST /-/reload` and `POST /-/quit` (statsd_exporter's `--web.enable-lifecycle`).
+    pub enable_lifecycle: bool,
 }
 
 impl Default for HttpConfig {
@@ -345,6 +347,7 @@ impl Default for HttpConfig {
             max_connections: defaults.max_connections,
             max_concurrent_scrapes: defaults.max_concurrent_scrapes,
             gzip: defaults.enable_gzip,
+            enable_lifecycle: false,
         }
     }
 }

@@ -20,7 +20,7 @@ use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Cli, Command, Config, ConfigError};
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, Lifecycle};
 use crate::ingest::SharedRules;
 use crate::listen;
 use crate::registry::{self, Registry};
@@ -161,6 +161,8 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
         registry::spawn_housekeeping(Arc::clone(&registry), Arc::clone(&stop_receivers))
             .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
 
+    // The daemon keeps a sender, so the receiver stays open whether the API is on or off.
+    let (lifecycle, lifecycle_requests) = tokio::sync::mpsc::channel::<Lifecycle>(8);
     let result = runtime.block_on(async {
         let ready = Arc::new(AtomicBool::new(false));
         let state = Arc::new(HttpState {
@@ -169,6 +171,7 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
             ready: Arc::clone(&ready),
             options: config.http_options(),
             exposition: RwLock::new(config.exposition_options()),
+            lifecycle: config.http.enable_lifecycle.then(|| lifecycle.clone()),
         });
         let listener = tokio::net::TcpListener::from_std(http_listener)
             .map_err(|e| format!("cannot use the HTTP listener: {e}"))?;
@@ -186,7 +189,13 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
             udp_addrs.join(" ")
         );
 
-        signals.serve(&cli, config, &log, &state, &rules).await;
+        let reloader = Reloader {
+            cli: &cli,
+            log: &log,
+            state: &state,
+            rules: &rules,
+        };
+        signals.serve(lifecycle_requests, reloader, config).await;
 
         tracing::info!("shutting down");
         notify_systemd("STOPPING=1");
@@ -234,81 +243,104 @@ impl Signals {
         })
     }
 
-    /// Serves signals until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+    /// Serves signals and lifecycle requests until SIGTERM, SIGINT or `POST /-/quit`; SIGHUP
+    /// and `POST /-/reload` reload the configuration.
     async fn serve(
         mut self,
-        cli: &Cli,
+        mut lifecycle: tokio::sync::mpsc::Receiver<Lifecycle>,
+        reloader: Reloader<'_>,
         mut config: Config,
-        log: &LogHandle,
-        state: &HttpState,
-        rules: &SharedRules,
     ) {
         loop {
-            tokio::select! {
+            let reply = tokio::select! {
                 _ = self.terminate.recv() => return,
                 _ = self.interrupt.recv() => return,
-                _ = self.hangup.recv() => {
-                    notify_systemd("RELOADING=1");
-                    config = reload(cli, config, log, state, rules);
-                    notify_systemd("READY=1");
-                }
+                _ = self.hangup.recv() => None,
+                request = lifecycle.recv() => match request {
+                    Some(Lifecycle::Reload(reply)) => Some(reply),
+                    Some(Lifecycle::Quit) | None => {
+                        tracing::info!("shutdown requested over HTTP (/-/quit)");
+                        return;
+                    }
+                },
+            };
+            notify_systemd("RELOADING=1");
+            let outcome;
+            (config, outcome) = reloader.reload(config);
+            notify_systemd("READY=1");
+            if let Some(reply) = reply {
+                // The requester may have gone; the reload stands either way.
+                let _ = reply.send(outcome);
             }
         }
     }
 }
 
-/// Loads the configuration again and applies what can change while running (log level,
-/// exposition, mapping rules). A file that fails keeps `current` in force.
-fn reload(
-    cli: &Cli,
-    current: Config,
-    log: &LogHandle,
-    state: &HttpState,
-    rules: &SharedRules,
-) -> Config {
-    match Config::from_cli(cli).and_then(|new| {
-        let rule_set = new.rule_set().map_err(|e| ConfigError::Invalid {
-            path: cli.config.clone().unwrap_or_default(),
-            message: e.to_string(),
-        })?;
-        Ok((new, rule_set))
-    }) {
-        Ok((new, rule_set)) => {
-            if new.metrics != current.metrics {
-                let reset = state.registry.set_definitions(new.definitions());
-                if !reset.is_empty() {
-                    tracing::warn!(
-                        metrics = ?reset,
-                        "metric definitions changed: these metrics start afresh under the new \
-                         definition (their series were removed)"
-                    );
-                }
-            }
-            if new.mapping != current.mapping {
-                rules.replace(rule_set);
-                tracing::info!(rules = new.mapping.len(), "mapping rules replaced");
-            }
-            if let Err(e) = log.reload(EnvFilter::new(&new.log.level)) {
-                tracing::warn!("cannot apply the new log level: {e}");
-            }
-            *state.exposition.write() = new.exposition_options();
-            let pending = current.restart_required_changes(&new);
-            if !pending.is_empty() {
-                tracing::warn!(
-                    sections = ?pending,
-                    "configuration reloaded; changes in these sections take effect on restart"
+/// What a reload reads and what it changes.
+struct Reloader<'a> {
+    cli: &'a Cli,
+    log: &'a LogHandle,
+    state: &'a HttpState,
+    rules: &'a SharedRules,
+}
+
+impl Reloader<'_> {
+    /// Loads the configuration again and applies what can change while running (log level,
+    /// exposition, mapping rules, metric definitions). A file that fails keeps `current` in
+    /// force; the error says why.
+    fn reload(&self, current: Config) -> (Config, Result<(), String>) {
+        let Reloader {
+            cli,
+            log,
+            state,
+            rules,
+        } = *self;
+        let loaded = Config::from_cli(cli).and_then(|new| {
+            let rule_set = new.rule_set().map_err(|e| ConfigError::Invalid {
+                path: cli.config.clone().unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+            Ok((new, rule_set))
+        });
+        let (new, rule_set) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(
+                    "configuration reload failed, keeping the running configuration: {e}"
                 );
-            } else {
-                tracing::info!("configuration reloaded");
+                state.telemetry.record_reload(ReloadOutcome::Failure);
+                return (current, Err(e.to_string()));
             }
-            state.telemetry.record_reload(ReloadOutcome::Success);
-            new
+        };
+        if new.metrics != current.metrics {
+            let reset = state.registry.set_definitions(new.definitions());
+            if !reset.is_empty() {
+                tracing::warn!(
+                    metrics = ?reset,
+                    "metric definitions changed: these metrics start afresh under the new \
+                     definition (their series were removed)"
+                );
+            }
         }
-        Err(e) => {
-            tracing::error!("configuration reload failed, keeping the running configuration: {e}");
-            state.telemetry.record_reload(ReloadOutcome::Failure);
-            current
+        if new.mapping != current.mapping {
+            rules.replace(rule_set);
+            tracing::info!(rules = new.mapping.len(), "mapping rules replaced");
         }
+        if let Err(e) = log.reload(EnvFilter::new(&new.log.level)) {
+            tracing::warn!("cannot apply the new log level: {e}");
+        }
+        *state.exposition.write() = new.exposition_options();
+        let pending = current.restart_required_changes(&new);
+        if !pending.is_empty() {
+            tracing::warn!(
+                sections = ?pending,
+                "configuration reloaded; changes in these sections take effect on restart"
+            );
+        } else {
+            tracing::info!("configuration reloaded");
+        }
+        state.telemetry.record_reload(ReloadOutcome::Success);
+        (new, Ok(()))
     }
 }
 

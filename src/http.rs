@@ -1,5 +1,6 @@
-//! The HTTP server (hyper 1, HTTP/1.1 only): `/metrics`, `/-/healthy`, `/-/ready` and a landing
-//! page, with every resource a client can hold bounded.
+//! The HTTP server (hyper 1, HTTP/1.1 only): `/metrics`, `/-/healthy`, `/-/ready`, a landing
+//! page and, when `[http] enable_lifecycle` is on, `POST /-/reload` and `POST /-/quit` (handed to
+//! the daemon as [`Lifecycle`] requests), with every resource a client can hold bounded.
 //!
 //! Limits, and what happens at each:
 //!
@@ -42,7 +43,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::exposition::{self, ExpositionOptions};
@@ -69,6 +70,18 @@ pub struct HttpState {
     pub options: HttpOptions,
     /// How /metrics is written; a reload may change it while the server runs.
     pub exposition: parking_lot::RwLock<ExpositionOptions>,
+    /// Where `/-/reload` and `/-/quit` send their requests; `None` while the lifecycle API is
+    /// off (they answer 403).
+    pub lifecycle: Option<mpsc::Sender<Lifecycle>>,
+}
+
+/// What the lifecycle endpoints ask of the daemon.
+#[derive(Debug)]
+pub enum Lifecycle {
+    /// Reload the configuration as SIGHUP does, and answer with the outcome.
+    Reload(oneshot::Sender<Result<(), String>>),
+    /// Shut down as SIGTERM does.
+    Quit,
 }
 
 /// Server limits and switches. A zero duration disables that timeout.
@@ -472,13 +485,13 @@ async fn route(
             }
         }
         "/" if get_or_head => landing_page(&server.state),
-        "/metrics" | "/-/healthy" | "/-/ready" | "/" => {
-            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            response
+        "/metrics" | "/-/healthy" | "/-/ready" | "/" => method_not_allowed("GET, HEAD"),
+        path @ ("/-/reload" | "/-/quit")
+            if matches!(*request.method(), Method::POST | Method::PUT) =>
+        {
+            lifecycle(&server.state, path == "/-/quit").await
         }
+        "/-/reload" | "/-/quit" => method_not_allowed("POST, PUT"),
         _ => plain(StatusCode::NOT_FOUND, "Not Found\n"),
     };
     if announces_body(request.headers()) {
@@ -491,6 +504,44 @@ async fn route(
     response
 }
 
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// `POST /-/reload` (answered once the daemon has tried: 200, or 500 with the reason the file
+/// was refused) and `POST /-/quit` (answered at once; shutdown follows).
+async fn lifecycle(state: &HttpState, quit: bool) -> Response<ResponseBody> {
+    let Some(daemon) = &state.lifecycle else {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "Lifecycle API is not enabled ([http] enable_lifecycle).\n",
+        );
+    };
+    let shutting_down = || plain(StatusCode::SERVICE_UNAVAILABLE, "Shutting down\n");
+    if quit {
+        return match daemon.send(Lifecycle::Quit).await {
+            Ok(()) => plain(StatusCode::OK, "Requesting termination... Goodbye!\n"),
+            Err(_) => shutting_down(),
+        };
+    }
+    let (reply, outcome) = oneshot::channel();
+    if daemon.send(Lifecycle::Reload(reply)).await.is_err() {
+        return shutting_down();
+    }
+    match outcome.await {
+        Ok(Ok(())) => plain(StatusCode::OK, "OK\n"),
+        Ok(Err(reason)) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload config: {reason}\n"),
+        ),
+        Err(_) => shutting_down(),
+    }
+}
+
 fn announces_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
@@ -498,7 +549,7 @@ fn announces_body(headers: &HeaderMap) -> bool {
             .is_some_and(|length| length.as_bytes() != b"0")
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::new(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -673,6 +724,20 @@ mod tests {
         }
 
         async fn start_with(registry: Registry, options: HttpOptions) -> TestServer {
+            Self::launch(registry, options, None).await
+        }
+
+        /// A server whose lifecycle endpoints send to `daemon`.
+        async fn with_lifecycle(daemon: mpsc::Sender<Lifecycle>) -> TestServer {
+            let registry = Registry::new(RegistrySettings::default());
+            Self::launch(registry, HttpOptions::default(), Some(daemon)).await
+        }
+
+        async fn launch(
+            registry: Registry,
+            options: HttpOptions,
+            lifecycle: Option<mpsc::Sender<Lifecycle>>,
+        ) -> TestServer {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let ready = Arc::new(AtomicBool::new(true));
@@ -682,6 +747,7 @@ mod tests {
                 ready: Arc::clone(&ready),
                 options,
                 exposition: Default::default(),
+                lifecycle,
             });
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(serve(listener, state, async {
@@ -948,6 +1014,64 @@ mod tests {
             .await;
         assert_eq!(response.status, 405);
         assert_eq!(response.header("allow"), Some("GET, HEAD"));
+    }
+
+    fn post(path: &str) -> String {
+        format!("POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn lifecycle_endpoints_are_forbidden_unless_enabled() {
+        let server = TestServer::start(HttpOptions::default()).await;
+        for path in ["/-/reload", "/-/quit"] {
+            let response = server.send(&post(path)).await;
+            assert_eq!(response.status, 403, "{path}");
+            assert!(response.text().contains("enable_lifecycle"), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_endpoints_take_post_and_put_only() {
+        let (daemon, _requests) = mpsc::channel(1);
+        let server = TestServer::with_lifecycle(daemon).await;
+        let response = server.get("/-/reload", "").await;
+        assert_eq!(response.status, 405);
+        assert_eq!(response.header("allow"), Some("POST, PUT"));
+    }
+
+    #[tokio::test]
+    async fn reload_answers_with_the_daemons_outcome() {
+        let (daemon, mut requests) = mpsc::channel(1);
+        let server = TestServer::with_lifecycle(daemon).await;
+        let outcomes = [Ok(()), Err("t.toml: line 3: unknown field `x`".to_string())];
+        let answer = tokio::spawn(async move {
+            for outcome in outcomes {
+                match requests.recv().await {
+                    Some(Lifecycle::Reload(reply)) => reply.send(outcome).unwrap(),
+                    other => panic!("expected a reload, got {other:?}"),
+                }
+            }
+        });
+        let ok = server.send(&post("/-/reload")).await;
+        assert_eq!((ok.status, ok.text()), (200, "OK\n"));
+        let put = "PUT /-/reload HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+        let failed = server.send(put).await;
+        assert_eq!(failed.status, 500);
+        assert!(
+            failed.text().contains("line 3: unknown field"),
+            "{}",
+            failed.text()
+        );
+        answer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quit_asks_the_daemon_to_shut_down() {
+        let (daemon, mut requests) = mpsc::channel(1);
+        let server = TestServer::with_lifecycle(daemon).await;
+        let response = server.send(&post("/-/quit")).await;
+        assert_eq!(response.status, 200);
+        assert!(matches!(requests.recv().await, Some(Lifecycle::Quit)));
     }
 
     #[tokio::test]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     ACCEPT_OPENMETRICS, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Daemon, TempFile,
-    assert_absent, declared_type, on_path, parse_exposition, repo_root, require, run_tallyd,
-    value_of,
+    assert_absent, declared_type, http_request, on_path, parse_exposition, repo_root, require,
+    run_tallyd, value_of,
 };
 
 /// `tallyd_sample_errors_total{reason="<reason>"}`
@@ -896,6 +896,60 @@ fn sighup_with_a_bad_file_keeps_serving_and_a_good_file_reloads() {
         (reloads("success"), 1.0),
         ("kept_total".into(), 2.0),
     ]);
+}
+
+const LIFECYCLE_ON: &str = "[http]\nenable_lifecycle = true\n";
+
+#[test]
+fn post_reload_applies_new_mapping_rules_and_answers_with_the_outcome() {
+    let daemon = Daemon::with_config(LIFECYCLE_ON);
+    daemon.send(&["predictor.fraud.latency:250|ms\n"]);
+    daemon.wait_for_value("predictor_fraud_latency_count", 1.0);
+
+    // A refused file: 500 with the reason, the running config stays.
+    daemon.config_file().write(&format!(
+        "{LIFECYCLE_ON}[[mapping]]\nmatch = \"predictor.*.latency\"\n"
+    ));
+    let refused = http_request(daemon.http, "POST", "/-/reload", &[]);
+    assert_eq!(refused.status, 500, "{}", refused.text());
+    assert!(refused.text().contains("name"), "{}", refused.text());
+    daemon.wait_for_value(&reloads("failure"), 1.0);
+
+    daemon.config_file().write(&format!(
+        "{LIFECYCLE_ON}[[mapping]]\nmatch = \"predictor.*.latency\"\n\
+         name = \"predictor_latency_seconds\"\nlabels = {{ model = \"$1\" }}\n"
+    ));
+    let reloaded = http_request(daemon.http, "POST", "/-/reload", &[]);
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    daemon.send(&["predictor.fraud.latency:250|ms\n"]);
+    daemon.wait_for(&[
+        (
+            r#"predictor_latency_seconds_count{model="fraud"}"#.to_string(),
+            1.0,
+        ),
+        ("predictor_fraud_latency_count".to_string(), 1.0),
+        (reloads("success"), 1.0),
+    ]);
+}
+
+#[test]
+fn lifecycle_endpoints_are_forbidden_by_default() {
+    let daemon = Daemon::start();
+    for path in ["/-/reload", "/-/quit"] {
+        assert_eq!(http_request(daemon.http, "POST", path, &[]).status, 403);
+    }
+    assert_eq!(daemon.get("/-/ready", &[]).status, 200);
+}
+
+#[test]
+fn post_quit_shuts_down_cleanly() {
+    let mut daemon = Daemon::with_config(LIFECYCLE_ON);
+    let response = http_request(daemon.http, "POST", "/-/quit", &[]);
+    assert_eq!(response.status, 200);
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("tallyd exits after /-/quit");
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
 }
 
 // ---------------------------------------------------------------------------------------------

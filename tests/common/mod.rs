@@ -492,6 +492,16 @@ pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
 
 /// `GET path` over a fresh connection (`Connection: close`), with these extra request headers.
 pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    http_request(addr, "GET", path, headers)
+}
+
+/// `METHOD path` without a body over a fresh connection (`Connection: close`).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     stream
@@ -500,7 +510,7 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Respo
     stream
         .set_write_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         write!(request, "{name}: {value}\r\n").unwrap();
     }
@@ -511,10 +521,10 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Respo
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("reading the response to GET {path}: {e}"));
+        .unwrap_or_else(|e| panic!("reading the response to {method} {path}: {e}"));
     parse_response(&raw).unwrap_or_else(|e| {
         panic!(
-            "GET {path}: malformed response ({e}):\n{}",
+            "{method} {path}: malformed response ({e}):\n{}",
             String::from_utf8_lossy(&raw)
         )
     })
