@@ -155,6 +155,17 @@ struct LineState {
     warning_after_sample: bool,
 }
 
+impl LineState {
+    /// A refusal or an extension is a line's one outcome: nothing may have come before it.
+    fn assert_no_outcome_yet(&self, what: &str) {
+        assert_eq!(
+            (self.samples, self.refusals, self.warnings, self.extensions),
+            (0, 0, 0, 0),
+            "{what} in a line that already had another outcome"
+        );
+    }
+}
+
 struct Checker<'l> {
     options: ParseOptions,
     /// In line mode, the line: every borrowed view must point into it.
@@ -262,16 +273,7 @@ impl SampleSink for Checker<'_> {
     fn reject(&mut self, reason: Reason) {
         let state = self.state();
         if refuses_line(reason) {
-            assert_eq!(
-                (
-                    state.samples,
-                    state.refusals,
-                    state.warnings,
-                    state.extensions
-                ),
-                (0, 0, 0, 0),
-                "refusal {reason:?} in a line that already had another outcome"
-            );
+            state.assert_no_outcome_yet(&format!("refusal {reason:?}"));
             state.refusals += 1;
         } else if keeps_line(reason) {
             assert_eq!(
@@ -297,16 +299,7 @@ impl SampleSink for Checker<'_> {
 
     fn extension(&mut self, kind: Extension) {
         let state = self.state();
-        assert_eq!(
-            (
-                state.samples,
-                state.refusals,
-                state.warnings,
-                state.extensions
-            ),
-            (0, 0, 0, 0),
-            "extension in a line that already had another outcome"
-        );
+        state.assert_no_outcome_yet("extension");
         state.extensions += 1;
         self.events.push(Event::Extension(kind));
     }
