@@ -108,6 +108,35 @@ fn ingest_datagram(c: &mut Criterion) {
     group.bench_function("20_known_lines_per_datagram", |b| {
         b.iter(|| ingester.ingest(black_box(&datagram)))
     });
+
+    // The miss path: series that exist in the registry but not in this thread's cache, as when
+    // more series are live than `cache_capacity` (1M series against the default 100k).
+    let registry = Arc::new(Registry::new(RegistrySettings::default()));
+    let stats = Arc::new(ReceiverStats::new("bench"));
+    let lines: Vec<Vec<u8>> = (0..4096)
+        .map(|i| format!("predictor.requests:1|c|#model:m{i},env:prod,region:eu\n").into_bytes())
+        .collect();
+    let mut warm = Ingester::new(
+        Arc::clone(&registry),
+        Arc::clone(&stats),
+        IngestOptions::default(),
+    );
+    for line in &lines {
+        warm.ingest(line);
+    }
+    let mut cold = Ingester::new(
+        registry,
+        stats,
+        IngestOptions {
+            cache_capacity: 1,
+            ..IngestOptions::default()
+        },
+    );
+    let mut next = lines.iter().cycle();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("one_line_of_a_known_series_not_in_the_cache", |b| {
+        b.iter(|| cold.ingest(black_box(next.next().unwrap())))
+    });
     group.finish();
 }
 

@@ -88,7 +88,10 @@ impl<'a> Tags<'a> {
     /// The usable `(key, value)` pairs in wire order; tags with an empty key or value are skipped.
     pub fn iter(&self) -> TagIter<'a> {
         TagIter {
-            rest: self.raw,
+            // One check for the whole section rather than one per key and value. The parser
+            // hands out only sections it has checked, so this never fails (if it did, the
+            // section would yield no tags).
+            rest: std::str::from_utf8(self.raw).unwrap_or(""),
             separator: match self.style {
                 TagStyle::DogStatsd => b':',
                 _ => b'=',
@@ -100,7 +103,7 @@ impl<'a> Tags<'a> {
 /// Iterator behind [`Tags::iter`].
 #[derive(Clone, Debug)]
 pub struct TagIter<'a> {
-    rest: &'a [u8],
+    rest: &'a str,
     separator: u8,
 }
 
@@ -109,23 +112,20 @@ impl<'a> Iterator for TagIter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.rest.is_empty() {
-            let (tag, rest) = match memchr::memchr(b',', self.rest) {
+            // Splitting at ASCII bytes (`,` and the separator) keeps every piece valid UTF-8.
+            let (tag, rest) = match memchr::memchr(b',', self.rest.as_bytes()) {
                 Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
-                None => (self.rest, &b""[..]),
+                None => (self.rest, ""),
             };
             self.rest = rest;
-            let Some(split) = memchr::memchr(self.separator, tag) else {
+            let Some(split) = memchr::memchr(self.separator, tag.as_bytes()) else {
                 continue;
             };
             let (key, value) = (&tag[..split], &tag[split + 1..]);
             if key.is_empty() || value.is_empty() {
                 continue;
             }
-            // The parser only hands out tag sections it has checked to be UTF-8, and both
-            // halves are split at an ASCII byte, so neither can fail here.
-            if let (Ok(key), Ok(value)) = (std::str::from_utf8(key), std::str::from_utf8(value)) {
-                return Some((key, value));
-            }
+            return Some((key, value));
         }
         None
     }
