@@ -59,6 +59,24 @@ fn the_documented_config_file_runs_the_daemon() {
     daemon.wait_for_value(r#"x_total{a="b"}"#, 1.0);
 }
 
+/// The README's first command is `cargo run --release -- --config config/tallyd.toml`: with two
+/// binaries in the package, `cargo run` must know to start the daemon.
+#[test]
+fn the_readme_cargo_run_command_starts_the_daemon() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--release", "--quiet", "--"])
+        .args(["--config", "config/tallyd.toml", "--check-config"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run cargo");
+    assert!(
+        output.status.success() && stdout_of(&output).contains("configuration is valid"),
+        "cargo run: {}\n{}",
+        output.status,
+        stderr_of(&output)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Counters
 
