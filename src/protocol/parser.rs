@@ -308,6 +308,11 @@ fn scan_name(line: &[u8]) -> Result<(usize, u8), Reason> {
     let mut seen = 0;
     for (i, &b) in line.iter().enumerate() {
         let class = NAME_CLASS[usize::from(b)];
+        // Most name bytes are letters, digits, `.` and `_`: one test and on. Without it the loop
+        // tested each class bit in turn, 13 instructions a byte.
+        if class == 0 {
+            continue;
+        }
         if class & NAME_END != 0 {
             return Ok((i, seen));
         }
