@@ -617,7 +617,7 @@ fn has_tag_field(body: &[u8]) -> bool {
 // Tags
 
 /// Tags dropped from a kept line, to be reported when it is delivered.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TagWarnings {
     without_value: u32,
     empty: u32,
@@ -640,7 +640,7 @@ impl TagWarnings {
 }
 
 /// What one pass over a tag section found.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TagScan {
     warnings: TagWarnings,
     /// A byte above 0x7f: the section must be checked for UTF-8.
@@ -669,22 +669,68 @@ static TAG_CLASS: [u8; 256] = {
 };
 
 /// Scan a tag section up to the next `|` (or the end) in one pass over its bytes: where it ends,
-/// and how many of its tags will be dropped. Tags are short, so a byte loop with a class table
-/// beats a `memchr` call per tag and per separator.
+/// and how many of its tags will be dropped. On x86-64, sections of 16 bytes or more (the usual
+/// `env:prod,service:web` already is) are read 16 bytes at a time with SSE2, part of the x86-64
+/// baseline: a few vector compares find every separator of a block, so the letters between them,
+/// most of a section, cost a fraction of an instruction each instead of the byte loop's eight.
+/// `memchr` per tag and per separator would cost more in dispatch than tags are long.
 fn scan_tags(input: &[u8], style: TagStyle) -> (usize, TagScan) {
     let separator = match style {
-        TagStyle::DogStatsd => TAG_COLON,
-        _ => TAG_EQUALS,
+        TagStyle::DogStatsd => b':',
+        _ => b'=',
     };
-    let mut warnings = TagWarnings::NONE;
-    let mut count = |start: usize, end: usize, separator_at: Option<usize>| match separator_at {
-        _ if start == end => {}
-        None => warnings.without_value += 1,
-        Some(at) if at == start || at + 1 == end => warnings.empty += 1,
-        Some(_) => {}
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if input.len() >= 16 {
+        debug_assert!(std::arch::is_x86_feature_detected!("sse2"));
+        // SAFETY: `scan_tags_sse2` needs nothing but SSE2, and this call is compiled only when
+        // the build targets SSE2 (every x86-64 target does: it is part of the baseline), so the
+        // CPU running this code has it (re-checked above in debug builds). The function itself
+        // is safe code: `unsafe` only vouches for the target feature.
+        return unsafe { scan_tags_sse2(input, separator) };
+    }
+    scan_tags_bytes(input, separator)
+}
+
+/// The tags dropped from a section, counted as its separators go by in order.
+struct TagCounter {
+    warnings: TagWarnings,
+    /// Where the current tag starts.
+    start: usize,
+    /// The current tag's first key/value separator.
+    separator_at: Option<usize>,
+}
+
+impl TagCounter {
+    const NEW: TagCounter = TagCounter {
+        warnings: TagWarnings::NONE,
+        start: 0,
+        separator_at: None,
     };
+
+    /// A key/value separator at `i`; only a tag's first one splits it.
+    #[inline(always)]
+    fn separator(&mut self, i: usize) {
+        self.separator_at = self.separator_at.or(Some(i));
+    }
+
+    /// The tag ending at `end` (a `,` or the section's end); an empty one is no tag.
+    #[inline(always)]
+    fn tag_end(&mut self, end: usize) {
+        match self.separator_at {
+            _ if self.start == end => {}
+            None => self.warnings.without_value += 1,
+            Some(at) if at == self.start || at + 1 == end => self.warnings.empty += 1,
+            Some(_) => {}
+        }
+        (self.start, self.separator_at) = (end + 1, None);
+    }
+}
+
+/// [`scan_tags`] one byte at a time, with a class table.
+fn scan_tags_bytes(input: &[u8], separator: u8) -> (usize, TagScan) {
+    let separator = TAG_CLASS[usize::from(separator)];
+    let mut counter = TagCounter::NEW;
     let mut high = 0;
-    let (mut start, mut separator_at) = (0, None);
     let mut end = input.len();
     for (i, &b) in input.iter().enumerate() {
         let class = TAG_CLASS[usize::from(b)];
@@ -692,20 +738,85 @@ fn scan_tags(input: &[u8], style: TagStyle) -> (usize, TagScan) {
             continue;
         }
         if class & TAG_COMMA != 0 {
-            count(start, i, separator_at);
-            (start, separator_at) = (i + 1, None);
+            counter.tag_end(i);
         } else if class & separator != 0 {
-            separator_at = separator_at.or(Some(i));
+            counter.separator(i);
         } else if class & TAG_END != 0 {
             end = i;
             break;
         }
         high |= class;
     }
-    count(start, end, separator_at);
+    counter.tag_end(end);
     let scan = TagScan {
-        warnings,
+        warnings: counter.warnings,
         non_ascii: high & TAG_HIGH != 0,
+    };
+    (end, scan)
+}
+
+/// [`scan_tags`] 16 bytes at a time, for sections of at least 16 bytes. Each block becomes bit
+/// masks (bit `k` for the block's byte `k`) of its commas, separators, `|` and high bytes; only the
+/// marked bytes are then visited, in order. The last block is the section's last 16 bytes, which
+/// overlap the block before: the bytes already seen are shifted out of its masks.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "sse2")]
+fn scan_tags_sse2(input: &[u8], separator: u8) -> (usize, TagScan) {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_set_epi64x, _mm_set1_epi8,
+    };
+    debug_assert!(input.len() >= 16);
+    // Two `u64`s rather than `_mm_loadu_si128`, which takes a raw pointer: no `unsafe`, and the
+    // compiler still emits one unaligned 16-byte load.
+    let block = |at: usize| {
+        let bytes: &[u8; 16] = input[at..at + 16].try_into().expect("sixteen bytes");
+        let (low, high) = bytes.split_at(8);
+        let half = |half: &[u8]| u64::from_le_bytes(half.try_into().expect("eight bytes"));
+        _mm_set_epi64x(half(high).cast_signed(), half(low).cast_signed())
+    };
+    let equal = |block: __m128i, byte: u8| {
+        _mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(byte.cast_signed()))).cast_unsigned()
+    };
+    let mut counter = TagCounter::NEW;
+    let mut high = 0;
+    let mut offset = 0;
+    let end = loop {
+        let (at, seen) = match input.len() - offset {
+            16.. => (offset, 0),
+            left => (input.len() - 16, 16 - left),
+        };
+        let block = block(at);
+        let commas = equal(block, b',') >> seen;
+        let pipes = equal(block, b'|') >> seen;
+        // Only the bytes before the first `|` belong to the section.
+        let section = match pipes {
+            0 => u32::MAX,
+            _ => (pipes & pipes.wrapping_neg()) - 1,
+        };
+        high |= (_mm_movemask_epi8(block).cast_unsigned() >> seen) & section;
+        let mut marks = (commas | equal(block, separator) >> seen) & section;
+        while marks != 0 {
+            let bit = marks.trailing_zeros();
+            let i = offset + bit as usize;
+            if commas & (1 << bit) != 0 {
+                counter.tag_end(i);
+            } else {
+                counter.separator(i);
+            }
+            marks &= marks - 1;
+        }
+        if pipes != 0 {
+            break offset + pipes.trailing_zeros() as usize;
+        }
+        offset += 16;
+        if offset >= input.len() {
+            break input.len();
+        }
+    };
+    counter.tag_end(end);
+    let scan = TagScan {
+        warnings: counter.warnings,
+        non_ascii: high != 0,
     };
     (end, scan)
 }
@@ -979,6 +1090,23 @@ mod tests {
                 parse_number(text.as_bytes()).map(f64::to_bits),
                 text.parse::<f64>().ok().map(f64::to_bits)
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// The SSE2 tag scan against the byte loop it replaces: same end, same counts, same UTF-8
+        /// flag, wherever the separators, `|` and high bytes fall relative to the 16-byte blocks.
+        #[test]
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        fn tag_scan_sse2_matches_byte_loop(
+            text in proptest::collection::vec(
+                proptest::sample::select(&b"ab:=,,|\xc3\xa9"[..]), 16..80),
+            influx: bool,
+        ) {
+            let separator = if influx { b'=' } else { b':' };
+            // SAFETY: this test is compiled only for targets with SSE2.
+            let sse2 = unsafe { scan_tags_sse2(&text, separator) };
+            proptest::prop_assert_eq!(sse2, scan_tags_bytes(&text, separator));
         }
     }
 
