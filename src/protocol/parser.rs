@@ -954,6 +954,11 @@ fn typed(
 /// caller decides what they mean.
 #[inline]
 fn parse_number(raw: &[u8]) -> Option<f64> {
+    // A lone digit (the `1` of most counters) is exact as it is; `fast_decimal`'s general loop
+    // costs about 40 instructions even for one byte.
+    if let &[digit @ b'0'..=b'9'] = raw {
+        return Some(f64::from(digit - b'0'));
+    }
     fast_decimal(raw).or_else(|| std::str::from_utf8(raw).ok()?.parse().ok())
 }
 
