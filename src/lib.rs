@@ -6,9 +6,12 @@
 //! - [`protocol`] splits a datagram into lines and parses each into borrowed [`protocol::Sample`]s;
 //! - [`ingest`] turns samples into series updates, caching the series handle per raw name+tags;
 //! - [`mapping`] names series the Prometheus way (sanitising, reserved labels);
-//! - [`registry`] holds series state in lock-sharded maps;
+//! - [`rules`] applies `[[mapping]]` rules (globs, regexes, captures), cached per thread;
+//! - [`registry`] holds series state in lock-sharded maps; [`sketch`] keeps a summary's
+//!   windowed quantiles;
 //! - [`exposition`] renders the registry for a scrape; [`http`] serves it;
-//! - [`config`] reads the TOML file and flags; [`telemetry`] holds tallyd's own metrics;
+//! - [`config`] reads the TOML file and flags; [`lint`] checks its metric names;
+//!   [`import`] converts statsd_exporter mapping files; [`telemetry`] holds tallyd's own metrics;
 //! - [`daemon`] wires it all together and runs until shutdown.
 
 pub mod config;
