@@ -412,7 +412,7 @@ impl Series {
     /// `false` means expiry has removed the series and the caller must resolve it again, so an
     /// update never lands in a series no scrape will see.
     ///
-    /// Expiry and this race on one word: expiry swaps an old `last_seen` for [`DEAD`] with a
+    /// Expiry and this race on one word: expiry swaps an old `last_seen` for a "dead" mark with a
     /// compare-exchange, and this refreshes it the same way, so exactly one of them wins.
     /// Within one second of the last touch it is a single relaxed load.
     pub fn touch(&self, now: u32) -> bool {
