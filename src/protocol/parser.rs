@@ -194,7 +194,12 @@ fn read_line<S: SampleSink>(
             let value = if first.metric_type == MetricType::Set {
                 set_member(first.values)?
             } else {
-                let number = parse_checked(first.values, first.metric_type)?;
+                // A lone digit is a finite number of any type, and `parse_number`, which would
+                // say so, is a call away.
+                let number = match first.values {
+                    &[digit @ b'0'..=b'9'] => f64::from(digit - b'0'),
+                    values => parse_checked(values, first.metric_type)?,
+                };
                 typed(number, first.values, first.metric_type, options)
             };
             tag_warnings.report(sink);
@@ -395,7 +400,12 @@ impl Segment<'_> {
     /// Whether the segment holds more than one value (a set's value is always one member).
     #[inline]
     fn is_packed(&self) -> bool {
-        self.metric_type != MetricType::Set && find(b':', self.values).is_some()
+        // A lone byte (the `1` of most counters) is tested here: the call to `find` costs more.
+        self.metric_type != MetricType::Set
+            && match self.values {
+                [only] => *only == b':',
+                values => find(b':', values).is_some(),
+            }
     }
 
     /// The segment's rate, or 1 after reporting an invalid one.
