@@ -647,7 +647,18 @@ impl TagWarnings {
         empty: 0,
     };
 
+    /// Report the dropped tags. Inline for the usual case of none, where the out-of-line loops
+    /// cost a call for nothing.
+    #[inline(always)]
     fn report(self, sink: &mut impl SampleSink) {
+        if self != TagWarnings::NONE {
+            self.report_some(sink);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn report_some(self, sink: &mut impl SampleSink) {
         for _ in 0..self.without_value {
             sink.reject(Reason::TagWithoutValue);
         }
