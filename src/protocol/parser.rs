@@ -313,16 +313,13 @@ static NAME_CLASS: [u8; 256] = {
 fn scan_name(line: &[u8]) -> Result<(usize, u8), Reason> {
     let mut seen = 0;
     let mut i = 0;
-    loop {
-        // Most name bytes are letters, digits, `.` and `_`: a tight loop skips them. Without the
-        // class-0 test the loop tested each class bit in turn, 13 instructions a byte; as a `for`
-        // over `enumerate` it still kept two counters, 9 a byte.
-        let Some(skip) = line[i..]
-            .iter()
-            .position(|&b| NAME_CLASS[usize::from(b)] != 0)
-        else {
-            break;
-        };
+    // Most name bytes are letters, digits, `.` and `_`: a tight loop skips them. Without the
+    // class-0 test the loop tested each class bit in turn, 13 instructions a byte; as a `for`
+    // over `enumerate` it still kept two counters, 9 a byte.
+    while let Some(skip) = line[i..]
+        .iter()
+        .position(|&b| NAME_CLASS[usize::from(b)] != 0)
+    {
         i += skip;
         let class = NAME_CLASS[usize::from(line[i])];
         if class & NAME_END != 0 {
