@@ -197,12 +197,7 @@ impl BucketSpec {
 impl MetricDefinition {
     /// The summary settings this definition asks for, quantiles in ascending order.
     fn summary_config(&self) -> SummaryConfig {
-        let mut config = SummaryConfig::default();
-        if let Some(quantiles) = &self.quantiles {
-            let mut sorted = quantiles.clone();
-            sorted.sort_by(f64::total_cmp);
-            config.quantiles = sorted.into();
-        }
+        let mut config = SummaryConfig::with_quantiles(self.quantiles.as_deref());
         if let Some(max_age) = self.max_age_seconds {
             config.max_age_secs = max_age;
         }

@@ -293,7 +293,8 @@ impl Resolver {
                 help: rule.help.as_deref().map(Arc::from),
                 unit: None,
                 ttl_secs: rule.ttl().map(|ttl| ttl.as_secs().max(1) as u32),
-                summary: summary.then(|| Arc::new(rule_summary(rule.quantiles.as_deref()))),
+                summary: summary
+                    .then(|| Arc::new(SummaryConfig::with_quantiles(rule.quantiles.as_deref()))),
             };
             if summary {
                 kind = Kind::Summary;
@@ -360,18 +361,6 @@ impl Resolver {
             reason.label()
         );
     }
-}
-
-/// A summary's settings from a rule's quantiles (ascending, as Prometheus lists them), with
-/// the default window.
-fn rule_summary(quantiles: Option<&[f64]>) -> SummaryConfig {
-    let mut config = SummaryConfig::default();
-    if let Some(quantiles) = quantiles {
-        let mut sorted = quantiles.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        config.quantiles = sorted.into();
-    }
-    config
 }
 
 /// The Prometheus kind a StatsD type is aggregated into.

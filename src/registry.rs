@@ -140,11 +140,6 @@ impl SeriesKeyBuf {
         self.kind = Some(kind);
     }
 
-    /// The kind given to [`SeriesKeyBuf::start`] or [`SeriesKeyBuf::set_kind`].
-    pub fn kind(&self) -> Option<Kind> {
-        self.kind
-    }
-
     /// Starts a new identity; write the family name into the returned buffer.
     pub fn start(&mut self, kind: Kind) -> &mut String {
         self.kind = Some(kind);
@@ -540,11 +535,6 @@ impl Family {
 
     pub fn buckets(&self) -> &[f64] {
         &self.buckets
-    }
-
-    /// Quantiles and window of a summary family.
-    pub fn summary(&self) -> &SummaryConfig {
-        &self.summary
     }
 
     pub fn series_count(&self) -> usize {

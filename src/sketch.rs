@@ -155,6 +155,18 @@ impl Default for SummaryConfig {
 }
 
 impl SummaryConfig {
+    /// The defaults with these quantiles, if given, put in ascending order (the order
+    /// Prometheus lists them in, and the one a single rank walk answers them in).
+    pub fn with_quantiles(quantiles: Option<&[f64]>) -> Self {
+        let mut config = SummaryConfig::default();
+        if let Some(quantiles) = quantiles {
+            let mut sorted = quantiles.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            config.quantiles = sorted.into();
+        }
+        config
+    }
+
     /// Checks every field; the message names the field and the bad value.
     pub fn validate(&self) -> Result<(), String> {
         for (i, q) in self.quantiles.iter().enumerate() {
