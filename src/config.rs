@@ -22,7 +22,7 @@ use crate::listen::{Spread, UdpOptions};
 use crate::protocol::ParseOptions;
 use crate::registry::{DEFAULT_BUCKETS, Definition, Kind, RegistrySettings, SeriesOptions};
 use crate::rules::{MappingRule, RuleSet};
-use crate::sketch::SummaryConfig;
+use crate::summary::SummaryConfig;
 
 /// The command line.
 #[derive(Debug, Clone, Default, Parser)]
@@ -209,14 +209,14 @@ impl MetricDefinition {
 
     /// The family name (counters without `_total`), or why the definition cannot be used.
     fn check(&self) -> Result<String, String> {
-        if !crate::mapping::is_clean_name(&self.name) {
+        if !crate::naming::is_clean_name(&self.name) {
             return Err(format!(
                 "name {:?} is not a metric name (letters, digits and `_`, not starting with a digit)",
                 self.name
             ));
         }
         let family = match self.kind {
-            DefinedType::Counter => crate::mapping::counter_family(&self.name),
+            DefinedType::Counter => crate::naming::counter_family(&self.name),
             _ => &self.name,
         };
         if family.is_empty() || crate::telemetry::is_reserved_name(family) {
@@ -247,7 +247,7 @@ impl MetricDefinition {
         if let Some(labels) = &self.labels {
             for label in labels {
                 let mut renamed = String::new();
-                crate::mapping::label_name_into(label, &mut renamed);
+                crate::naming::label_name_into(label, &mut renamed);
                 if renamed != *label {
                     return Err(format!(
                         "label {label:?} is not a usable label name (it would become {renamed:?})"

@@ -22,7 +22,7 @@ use std::time::Instant;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use crate::mapping::counter_family;
+use crate::naming::counter_family;
 use crate::registry::{Cell, Family, Kind, Registry};
 use crate::telemetry::{SelfMetric, Telemetry, is_reserved_name};
 

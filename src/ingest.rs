@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use hashbrown::hash_map::EntryRef;
 
-use crate::mapping::{counter_family, label_name_into, sanitize_name_into};
+use crate::naming::{counter_family, label_name_into, sanitize_name_into};
 use crate::protocol::{
     Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Value,
     parse_datagram,
 };
 use crate::registry::{Kind, Registry, Series, SeriesKeyBuf, SeriesOptions, Update};
 use crate::rules::{Match, ObserverType, RuleCache, RuleSet};
-use crate::sketch::SummaryConfig;
+use crate::summary::SummaryConfig;
 use crate::telemetry::{ReceiverStats, is_reserved_name};
 
 /// Ingest switches that outlive one datagram.

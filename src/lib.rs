@@ -5,9 +5,9 @@
 //! - [`listen`] receives UDP datagrams on every core;
 //! - [`protocol`] splits a datagram into lines and parses each into borrowed [`protocol::Sample`]s;
 //! - [`ingest`] turns samples into series updates, caching the series handle per raw name+tags;
-//! - [`mapping`] names series the Prometheus way (sanitising, reserved labels);
+//! - [`naming`] names series the Prometheus way (sanitising, reserved labels);
 //! - [`rules`] applies `[[mapping]]` rules (globs, regexes, captures), cached per thread;
-//! - [`registry`] holds series state in lock-sharded maps; [`sketch`] keeps a summary's
+//! - [`registry`] holds series state in lock-sharded maps; [`summary`] keeps a summary's
 //!   windowed quantiles;
 //! - [`exposition`] renders the registry for a scrape; [`http`] serves it;
 //! - [`config`] reads the TOML file and flags; [`lint`] checks its metric names;
@@ -22,9 +22,9 @@ pub mod import;
 pub mod ingest;
 pub mod lint;
 pub mod listen;
-pub mod mapping;
+pub mod naming;
 pub mod protocol;
 pub mod registry;
 pub mod rules;
-pub mod sketch;
+pub mod summary;
 pub mod telemetry;

@@ -39,7 +39,7 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::mapping::{label_name_into, sanitize_name};
+use crate::naming::{label_name_into, sanitize_name};
 
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -24,7 +24,7 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
 use crate::protocol::Reason;
-use crate::sketch::{SummaryConfig, SummaryState};
+use crate::summary::{SummaryConfig, SummaryState};
 
 /// The Prometheus default buckets, in seconds: what timers observe into unless configured.
 pub const DEFAULT_BUCKETS: &[f64] = &[

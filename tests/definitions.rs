@@ -173,7 +173,7 @@ fn scraped(text: &str, series: &str) -> f64 {
     value_of(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
-/// `|value − exact| ≤ 1 %` of `exact`: the sketch's documented error bound (`src/sketch.rs`).
+/// `|value − exact| ≤ 1 %` of `exact`: the sketch's documented error bound (`src/summary.rs`).
 fn assert_within_one_percent(value: f64, exact: f64, what: &str) {
     assert!(
         (value - exact).abs() <= 0.01 * exact.abs(),

@@ -39,7 +39,7 @@
 //! not exist is refused at load.
 //!
 //! **Results**: the expanded name is sanitised like an unmapped name
-//! ([`crate::mapping::sanitize_name_into`]); label names are sanitised (and reserved ones
+//! ([`crate::naming::sanitize_name_into`]); label names are sanitised (and reserved ones
 //! renamed) at load; label values are kept verbatim. A name that expands to the empty string
 //! gives [`Match::Invalid`]: the sample cannot be named (statsd_exporter drops it too).
 //!
@@ -73,7 +73,7 @@ use regex::{Regex, RegexSet};
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::mapping::{label_name_into, sanitize_name_into};
+use crate::naming::{label_name_into, sanitize_name_into};
 use crate::protocol::MetricType;
 use glob::{GlobPattern, GlobTrie};
 use template::{Captured, Groups, Place, Template};
@@ -242,7 +242,7 @@ pub enum Match {
 /// The Prometheus identity a rule gave a StatsD name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappedMetric {
-    /// Sanitised with [`crate::mapping::sanitize_name_into`].
+    /// Sanitised with [`crate::naming::sanitize_name_into`].
     pub name: String,
     /// The rule's labels: names sanitised (reserved ones renamed `exported_…`), sorted by name;
     /// values verbatim (possibly empty). Merging with the sample's tags is the caller's, by

@@ -1,4 +1,4 @@
-//! Summary sketch costs (`src/sketch.rs`): ns per `observe` in the steady state, and per
+//! Summary sketch costs (`src/summary.rs`): ns per `observe` in the steady state, and per
 //! quantile query (3 quantiles over a window of 5 sub-sketches): `cargo bench --bench sketch`.
 //!
 //! Before the timings it prints, for typical latency data, the bytes per summary series and
@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tallyd::sketch::{SummaryConfig, SummaryState};
+use tallyd::summary::{SummaryConfig, SummaryState};
 
 struct Counting;
 

@@ -1,4 +1,4 @@
-//! Turning a StatsD name and its tags into a Prometheus metric name and label names.
+//! Prometheus naming: turning a StatsD name and its tags into a metric name and label names.
 //!
 //! The rules are statsd_exporter's, so dashboards survive a migration: every character (not
 //! byte) outside `[A-Za-z0-9_]` becomes one `_`, except that a run of `-` becomes a single `_`;
