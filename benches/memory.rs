@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tallyd::ingest::{IngestOptions, Ingester};
+use tallyd::record::Recorder;
 use tallyd::registry::{Registry, RegistrySettings};
 use tallyd::telemetry::ReceiverStats;
 
@@ -47,7 +48,11 @@ fn measure(statsd_type: &str, value: &str) -> (f64, f64) {
     }));
     let stats = Arc::new(ReceiverStats::new("bench"));
     let before = LIVE.load(Ordering::Relaxed);
-    let mut ingester = Ingester::new(Arc::clone(&registry), stats, IngestOptions::default());
+    let mut ingester = Ingester::new(
+        Recorder::for_registry(&registry),
+        stats,
+        IngestOptions::default(),
+    );
     let mut line = String::new();
     for i in 0..SERIES {
         line.clear();

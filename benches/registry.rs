@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tallyd::ingest::{IngestOptions, Ingester};
+use tallyd::record::Recorder;
 use tallyd::registry::{Kind, Registry, RegistrySettings, SeriesKeyBuf, Update};
 use tallyd::telemetry::ReceiverStats;
 
@@ -84,7 +85,11 @@ fn ingest_datagram(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingest");
     let registry = Arc::new(Registry::new(RegistrySettings::default()));
     let stats = Arc::new(ReceiverStats::new("bench"));
-    let mut ingester = Ingester::new(registry, stats, IngestOptions::default());
+    let mut ingester = Ingester::new(
+        Recorder::for_registry(&registry),
+        stats,
+        IngestOptions::default(),
+    );
 
     let line = b"page.views:1|c|@0.5|#env:prod,service:web,version:1.2.3";
     ingester.ingest(line);
@@ -117,7 +122,7 @@ fn ingest_datagram(c: &mut Criterion) {
         .map(|i| format!("predictor.requests:1|c|#model:m{i},env:prod,region:eu\n").into_bytes())
         .collect();
     let mut warm = Ingester::new(
-        Arc::clone(&registry),
+        Recorder::for_registry(&registry),
         Arc::clone(&stats),
         IngestOptions::default(),
     );
@@ -125,7 +130,7 @@ fn ingest_datagram(c: &mut Criterion) {
         warm.ingest(line);
     }
     let mut cold = Ingester::new(
-        registry,
+        Recorder::for_registry(&registry),
         stats,
         IngestOptions {
             cache_capacity: 1,

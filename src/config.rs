@@ -15,12 +15,13 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Deserializer};
 
+use crate::definitions::{Aggregation, Definition};
 use crate::exposition::ExpositionOptions;
 use crate::http::HttpOptions;
 use crate::ingest::{IngestOptions, SharedRules};
 use crate::listen::{Spread, UdpOptions};
 use crate::protocol::ParseOptions;
-use crate::registry::{DEFAULT_BUCKETS, Definition, Kind, RegistrySettings, SeriesOptions};
+use crate::registry::{DEFAULT_BUCKETS, Kind, RegistrySettings, SeriesOptions};
 use crate::rules::{MappingRule, RuleSet};
 use crate::summary::SummaryConfig;
 
@@ -105,7 +106,8 @@ pub struct MetricDefinition {
     pub age_buckets: Option<u32>,
     /// Remove a series of this metric idle this long (0 = never).
     pub ttl_seconds: Option<u32>,
-    /// How the query side bins this metric's points (kept for it; no effect on /metrics).
+    /// How a query bins this metric's points by default ([`Definition::aggregation`]; no
+    /// effect on /metrics).
     pub aggregation: Option<Aggregation>,
 }
 
@@ -116,17 +118,6 @@ pub enum DefinedType {
     Gauge,
     Histogram,
     Summary,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Aggregation {
-    Average,
-    Sum,
-    Min,
-    Max,
-    Last,
-    Count,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -517,6 +508,7 @@ impl Config {
             };
             let runtime = Definition {
                 kind,
+                aggregation: definition.aggregation,
                 labels: definition
                     .labels
                     .as_ref()

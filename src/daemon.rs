@@ -20,9 +20,11 @@ use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Cli, Command, Config, ConfigError};
+use crate::definitions::Source;
 use crate::http::{self, HttpState, Lifecycle};
 use crate::ingest::SharedRules;
 use crate::listen;
+use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
@@ -144,14 +146,17 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
         .map_err(|e| format!("cannot read the HTTP listener's address: {e}"))?;
 
     let registry = Arc::new(Registry::new(config.registry_settings()));
-    registry.set_definitions(config.definitions());
+    let recorder = Arc::new(Recorder::new(Arc::clone(&registry), Arc::default()));
+    recorder
+        .replace_definitions(Source::File, config.definitions())
+        .map_err(|e| e.to_string())?;
     let telemetry = Arc::new(Telemetry::default());
     let stop_receivers = Arc::new(AtomicBool::new(false));
     let ingest = config.ingest_options(config.rule_set().map_err(|e| e.to_string())?);
     let rules = Arc::clone(&ingest.rules);
     let receivers = listen::spawn_receivers(
         udp,
-        Arc::clone(&registry),
+        Arc::clone(&recorder),
         &telemetry,
         ingest,
         Arc::clone(&stop_receivers),
@@ -193,6 +198,7 @@ fn serve(cli: Cli, config: Config, log: LogHandle) -> Result<(), String> {
             cli: &cli,
             log: &log,
             state: &state,
+            recorder: &recorder,
             rules: &rules,
         };
         signals.serve(lifecycle_requests, reloader, config).await;
@@ -281,6 +287,7 @@ struct Reloader<'a> {
     cli: &'a Cli,
     log: &'a LogHandle,
     state: &'a HttpState,
+    recorder: &'a Recorder,
     rules: &'a SharedRules,
 }
 
@@ -293,6 +300,7 @@ impl Reloader<'_> {
             cli,
             log,
             state,
+            recorder,
             rules,
         } = *self;
         let loaded = Config::from_cli(cli).and_then(|new| {
@@ -313,7 +321,18 @@ impl Reloader<'_> {
             }
         };
         if new.metrics != current.metrics {
-            let reset = state.registry.set_definitions(new.definitions());
+            // A name another source (the API) defines refuses the whole reload, as a bad file
+            // does; nothing has been applied yet at this point.
+            let reset = match recorder.replace_definitions(Source::File, new.definitions()) {
+                Ok(reset) => reset,
+                Err(e) => {
+                    tracing::error!(
+                        "configuration reload failed, keeping the running configuration: {e}"
+                    );
+                    state.telemetry.record_reload(ReloadOutcome::Failure);
+                    return (current, Err(e.to_string()));
+                }
+            };
             if !reset.is_empty() {
                 tracing::warn!(
                     metrics = ?reset,

@@ -2,8 +2,9 @@
 //!
 //! The per-line work for a series seen before is: parse (borrowed), copy the raw name, type,
 //! tags and container into a reused buffer, one hash lookup in this thread's cache, one atomic
-//! update. No allocation, no lock (sets aside). Only a miss takes the slow path: sanitise the
-//! name and tags into a canonical key and resolve it in the sharded [`Registry`].
+//! update. No allocation, no lock (sets aside). Only a miss takes the slow path: the StatsD
+//! side of naming (mapping rules, sanitising, the rule's labels and options), then the write
+//! seam ([`Recorder::series`]) for everything every input shares.
 //!
 //! The cache maps raw bytes, so `a:1|c|#x:1,y:2` and `a:1|c|#y:2,x:1` are two entries for one
 //! series; that costs memory, never correctness. It is bounded: when full it is cleared, and
@@ -16,15 +17,16 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use hashbrown::hash_map::EntryRef;
 
-use crate::naming::{counter_family, label_name_into, sanitize_name_into};
+use crate::naming::sanitize_name_into;
 use crate::protocol::{
     Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Value,
     parse_datagram,
 };
-use crate::registry::{Kind, Registry, Series, SeriesKeyBuf, SeriesOptions, Update};
+use crate::record::{Recorder, Refusal, SeriesHandle};
+use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
 use crate::rules::{Match, ObserverType, RuleCache, RuleSet};
 use crate::summary::SummaryConfig;
-use crate::telemetry::{ReceiverStats, is_reserved_name};
+use crate::telemetry::ReceiverStats;
 
 /// Ingest switches that outlive one datagram.
 #[derive(Clone, Debug)]
@@ -98,13 +100,14 @@ struct LocalCounts {
     lines: u64,
     samples: u64,
     errors: [u64; Reason::ALL.len()],
+    refusals: [u64; Refusal::ALL.len()],
     events: u64,
     service_checks: u64,
 }
 
 /// Turns datagrams into registry updates. Not shared: each receive thread owns one.
 pub struct Ingester {
-    registry: Arc<Registry>,
+    recorder: Arc<Recorder>,
     stats: Arc<ReceiverStats>,
     options: IngestOptions,
     counts: LocalCounts,
@@ -119,26 +122,26 @@ struct SeriesCache {
     resolver: Resolver,
 }
 
-/// A cached series, what its mapping rule multiplies values by, and whether the metric's
-/// label schema drops some of the sample's tags (counted on every sample, not just the first).
+/// A cached series and what its mapping rule multiplies values by.
 struct Cached {
-    series: Arc<Series>,
+    handle: SeriesHandle,
     scale: f64,
-    drops_labels: bool,
 }
 
-/// The slow path: mapping, canonical name and labels, then the registry. Buffers are reused.
+/// The slow path: mapping rules and sanitising, then the write seam. Buffers are reused.
 struct Resolver {
     container_id_label: bool,
     rules: Arc<RuleSet>,
     rules_generation: u64,
     rule_cache: RuleCache,
+    /// The family name being resolved.
+    name: String,
     series_key: SeriesKeyBuf,
     last_warning: Option<Instant>,
 }
 
 impl Ingester {
-    pub fn new(registry: Arc<Registry>, stats: Arc<ReceiverStats>, options: IngestOptions) -> Self {
+    pub fn new(recorder: Arc<Recorder>, stats: Arc<ReceiverStats>, options: IngestOptions) -> Self {
         let cache = SeriesCache {
             map: HashMap::default(),
             capacity: options.cache_capacity,
@@ -148,12 +151,13 @@ impl Ingester {
                 rules: options.rules.current(),
                 rules_generation: options.rules.generation(),
                 rule_cache: RuleCache::new(options.cache_capacity.min(RULE_CACHE_CAPACITY)),
+                name: String::with_capacity(64),
                 series_key: SeriesKeyBuf::default(),
                 last_warning: None,
             },
         };
         Ingester {
-            registry,
+            recorder,
             stats,
             options,
             counts: LocalCounts::default(),
@@ -192,6 +196,9 @@ impl Ingester {
         for (target, n) in self.stats.errors.iter().zip(counts.errors) {
             add(target, n);
         }
+        for (target, n) in self.stats.refusals.iter().zip(counts.refusals) {
+            add(target, n);
+        }
     }
 }
 
@@ -199,10 +206,10 @@ impl SeriesCache {
     /// The live series a sample belongs to, from the cache or the registry, touched at `now`.
     fn lookup(
         &mut self,
-        registry: &Registry,
+        recorder: &Recorder,
         sample: &Sample<'_>,
         now: u32,
-    ) -> Result<&Cached, Reason> {
+    ) -> Result<&Cached, Refusal> {
         let raw_key = &mut self.raw_key;
         raw_key.clear();
         raw_key.extend_from_slice(sample.metric_type.wire().as_bytes());
@@ -221,14 +228,14 @@ impl SeriesCache {
         // `entry_ref` hashes once and copies the key only when it inserts.
         match self.map.entry_ref(raw_key.as_slice()) {
             EntryRef::Occupied(mut entry) => {
-                if !entry.get().series.touch(now) {
+                if !entry.get().handle.touch(now) {
                     // Expiry removed it since we cached it: find (or create) its successor.
-                    entry.insert(self.resolver.resolve(registry, sample)?);
+                    entry.insert(self.resolver.resolve(recorder, sample)?);
                 }
                 Ok(entry.into_mut())
             }
             EntryRef::Vacant(entry) => {
-                let cached = self.resolver.resolve(registry, sample)?;
+                let cached = self.resolver.resolve(recorder, sample)?;
                 let key = entry.key().into();
                 Ok(entry.insert_with_key(key, cached))
             }
@@ -237,58 +244,48 @@ impl SeriesCache {
 }
 
 impl Resolver {
-    fn resolve(&mut self, registry: &Registry, sample: &Sample<'_>) -> Result<Cached, Reason> {
-        let kind = kind_of(sample.metric_type);
-        let key = &mut self.series_key;
+    /// The StatsD side of naming a new series: the mapping rule (or none), the sanitised name,
+    /// the labels in priority order (tags, container id, the rule's labels, the later winning)
+    /// and the rule's options; the write seam does the rest.
+    fn resolve(&mut self, recorder: &Recorder, sample: &Sample<'_>) -> Result<Cached, Refusal> {
+        let mut kind = kind_of(sample.metric_type);
         let mapped = match self
             .rule_cache
             .lookup(&self.rules, sample.name, sample.metric_type)
         {
             Match::NoMatch => None,
-            Match::Drop { .. } => return Err(Reason::DroppedByRule),
-            Match::Invalid { .. } => return Err(Reason::InvalidName),
+            Match::Drop { .. } => return Err(Refusal::DroppedByRule),
+            Match::Invalid { .. } => return Err(Refusal::InvalidName),
             Match::Mapped(mapped) => Some(mapped),
         };
         let rule = mapped.map(|m| self.rules.rule(m.rule));
+        self.name.clear();
         match mapped {
-            Some(mapped) => key.start(kind).push_str(&mapped.name),
-            None => sanitize_name_into(sample.name, key.start(kind)),
-        }
-        key.end_family();
-        if kind == Kind::Counter {
-            let family_len = counter_family(key.family()).len();
-            key.truncate_family(family_len);
-        }
-        if key.family().is_empty() || is_reserved_name(key.family()) {
-            return Err(Reason::InvalidName);
+            Some(mapped) => self.name.push_str(&mapped.name),
+            None => sanitize_name_into(sample.name, &mut self.name),
         }
         // The last of two labels with one name wins: a rule's labels go after the tags unless
         // the rule honours the sample's labels.
         let honor_labels = rule.is_some_and(|r| r.honor_labels);
-        let rule_labels = mapped.map_or(&[][..], |m| &m.labels[..]);
-        if honor_labels {
-            for (name, value) in rule_labels {
-                key.push_label(|out| out.push_str(name), value);
-            }
-        }
-        for (tag, value) in sample.tags.iter() {
-            key.push_label(|out| label_name_into(tag, out), value);
-        }
-        if self.container_id_label
-            && let Some(container) = sample.container_id
-        {
-            key.push_label(|out| out.push_str("container_id"), container);
-        }
-        if !honor_labels {
-            for (name, value) in rule_labels {
-                key.push_label(|out| out.push_str(name), value);
-            }
-        }
-        let mut kind = kind;
+        let rule_labels = mapped
+            .map_or(&[][..], |m| &m.labels[..])
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()));
+        let container = sample
+            .container_id
+            .filter(|_| self.container_id_label)
+            .map(|container| ("container_id", container));
+        let labels = rule_labels
+            .clone()
+            .filter(|_| honor_labels)
+            .chain(sample.tags.iter())
+            .chain(container)
+            .chain(rule_labels.filter(|_| !honor_labels));
+        let mut options = SeriesOptions::default();
         if let Some(rule) = rule {
             let summary =
                 kind == Kind::Histogram && rule.observer_type == Some(ObserverType::Summary);
-            key.options = SeriesOptions {
+            options = SeriesOptions {
                 buckets: rule.buckets.as_deref().map(Arc::from),
                 help: rule.help.as_deref().map(Arc::from),
                 unit: None,
@@ -300,46 +297,21 @@ impl Resolver {
                 kind = Kind::Summary;
             }
         }
-        let mut drops_labels = false;
-        if let Some(definition) = registry.definition(key.family()) {
-            // A declared summary takes the observations a histogram would.
-            if kind == Kind::Histogram && definition.kind == Kind::Summary {
-                kind = Kind::Summary;
-            }
-            if definition.kind != kind {
-                self.warn(sample, Reason::TypeConflict);
-                return Err(Reason::TypeConflict);
-            }
-            if let Some(schema) = &definition.labels {
-                drops_labels = key.retain_labels(|name| schema.iter().any(|l| &**l == name)) > 0;
-            }
-            // The declaration wins over a rule for what both say.
-            let declared = &definition.options;
-            let options = &mut key.options;
-            options.buckets = declared.buckets.clone().or(options.buckets.take());
-            options.help = declared.help.clone().or(options.help.take());
-            options.unit = declared.unit.clone();
-            options.ttl_secs = declared.ttl_secs.or(options.ttl_secs);
-            options.summary = declared.summary.clone().or(options.summary.take());
-        }
-        key.set_kind(kind);
-        key.finish();
         let scale = rule.and_then(|r| r.scale).unwrap_or(1.0);
-        match registry.resolve(key) {
-            Ok(series) => Ok(Cached {
-                series,
-                scale,
-                drops_labels,
-            }),
-            Err(reason) => {
-                self.warn(sample, reason);
-                Err(reason)
+        let resolved = recorder.series(&self.name, kind, labels, &options, &mut self.series_key);
+        match resolved {
+            Ok(handle) => Ok(Cached { handle, scale }),
+            Err(refusal) => {
+                if matches!(refusal, Refusal::TypeConflict | Refusal::SeriesLimit) {
+                    self.warn(sample, refusal);
+                }
+                Err(refusal)
             }
         }
     }
 
     /// Logs a refused new series, at most every 10 s per receiver; the counters have them all.
-    fn warn(&mut self, sample: &Sample<'_>, reason: Reason) {
+    fn warn(&mut self, sample: &Sample<'_>, reason: Refusal) {
         let now = Instant::now();
         if self
             .last_warning
@@ -349,8 +321,8 @@ impl Resolver {
         }
         self.last_warning = Some(now);
         let why = match reason {
-            Reason::TypeConflict => "the name is already registered with another type",
-            Reason::SeriesLimit => "a series limit ([limits] in the config) is reached",
+            Refusal::TypeConflict => "the name is already registered with another type",
+            Refusal::SeriesLimit => "a series limit ([limits] in the config) is reached",
             _ => "it cannot be registered",
         };
         tracing::warn!(
@@ -396,26 +368,24 @@ impl SampleSink for Ingester {
                 }
             }
             (MetricType::Set, Value::SetMember(member)) => Update::Member {
-                hash: self.registry.hasher().hash_one(member),
-                now: self.registry.now_secs(),
+                hash: self.recorder.registry().hasher().hash_one(member),
+                now: self.recorder.registry().now_secs(),
             },
             // The parser never pairs these; treat it as a malformed value rather than trust it.
             _ => return self.reject(Reason::InvalidValue),
         };
-        let registry = &self.registry;
+        let recorder = &*self.recorder;
         let outcome = self
             .cache
-            .lookup(registry, sample, registry.now_secs())
+            .lookup(recorder, sample, recorder.registry().now_secs())
             .and_then(|cached| {
-                if cached.drops_labels {
-                    self.counts.errors[Reason::LabelNotInSchema as usize] += 1;
+                if cached.handle.drops_labels() {
+                    self.counts.refusals[Refusal::LabelNotInSchema as usize] += 1;
                 }
-                cached
-                    .series
-                    .apply(update.scaled(cached.scale), registry.settings())
+                recorder.apply(&cached.handle, update.scaled(cached.scale))
             });
-        if let Err(reason) = outcome {
-            self.reject(reason);
+        if let Err(refusal) = outcome {
+            self.counts.refusals[refusal as usize] += 1;
         }
     }
 
@@ -441,18 +411,19 @@ const _: () = assert!(TagStyle::SignalFx as u8 == 4);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Cell, RegistrySettings};
+    use crate::read::{self, Value};
+    use crate::registry::{Registry, RegistrySettings};
 
     fn counter_value(registry: &Registry, family: &str) -> Vec<f64> {
-        let mut values = Vec::new();
-        for f in registry.families().iter().filter(|f| f.name() == family) {
-            f.for_each_series(|s| {
-                if let Cell::Counter(v) = s.cell() {
-                    values.push(v.get());
-                }
-            });
-        }
-        values
+        read::snapshot(registry)
+            .into_iter()
+            .filter(|f| f.name == family)
+            .flat_map(|f| f.series)
+            .filter_map(|s| match s.value {
+                Value::Counter(v) => Some(v),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -462,7 +433,11 @@ mod tests {
             ..RegistrySettings::default()
         }));
         let stats = Arc::new(ReceiverStats::new("test"));
-        let mut ingester = Ingester::new(Arc::clone(&registry), stats, IngestOptions::default());
+        let mut ingester = Ingester::new(
+            Recorder::for_registry(&registry),
+            stats,
+            IngestOptions::default(),
+        );
         ingester.ingest(b"hits:2|c|#a:b");
         // Let the series go idle past its TTL; the ingester still caches its handle.
         std::thread::sleep(Duration::from_millis(2100));
@@ -477,7 +452,11 @@ mod tests {
     fn counters_from_tags_in_any_order_land_in_one_series() {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
         let stats = Arc::new(ReceiverStats::new("test"));
-        let mut ingester = Ingester::new(Arc::clone(&registry), stats, IngestOptions::default());
+        let mut ingester = Ingester::new(
+            Recorder::for_registry(&registry),
+            stats,
+            IngestOptions::default(),
+        );
         ingester.ingest(b"hits:1|c|#a:1,b:2\nhits:1|c|#b:2,a:1\nhits_total:1|c|#a:1,b:2");
         assert_eq!(counter_value(&registry, "hits"), [3.0]);
     }
@@ -490,7 +469,7 @@ mod tests {
             cache_capacity: 2,
             ..IngestOptions::default()
         };
-        let mut ingester = Ingester::new(Arc::clone(&registry), stats, options);
+        let mut ingester = Ingester::new(Recorder::for_registry(&registry), stats, options);
         for _ in 0..3 {
             ingester.ingest(b"a:1|c\nb:1|c\nc:1|c\nd:1|c");
         }

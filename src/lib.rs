@@ -14,8 +14,32 @@
 //!   [`import`] converts statsd_exporter mapping files; [`telemetry`] holds tallyd's own metrics;
 //! - [`daemon`] wires it all together and runs until shutdown.
 
+/// A closed set of reasons: a `Copy` enum whose variants each carry the label they are exported
+/// under, with `ALL` (declaration order, so `reason as usize` indexes it) and `label()`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! closed_set {
+    ($(#[$enum_doc:meta])* $name:ident; $( $(#[$doc:meta])* $variant:ident => $label:literal, )*) => {
+        $(#[$enum_doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name { $( $(#[$doc])* $variant, )* }
+
+        impl $name {
+            /// Every variant, in declaration order (`variant as usize` indexes it).
+            pub const ALL: &'static [$name] = &[ $( $name::$variant, )* ];
+
+            /// The `reason` label value.
+            pub fn label(self) -> &'static str {
+                match self { $( $name::$variant => $label, )* }
+            }
+        }
+    };
+}
+
 pub mod config;
 pub mod daemon;
+pub mod definitions;
 pub mod exposition;
 pub mod http;
 pub mod import;
@@ -24,6 +48,8 @@ pub mod lint;
 pub mod listen;
 pub mod naming;
 pub mod protocol;
+pub mod read;
+pub mod record;
 pub mod registry;
 pub mod rules;
 pub mod summary;

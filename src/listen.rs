@@ -53,7 +53,7 @@ use serde::Deserialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::ingest::{IngestOptions, Ingester};
-use crate::registry::Registry;
+use crate::record::Recorder;
 use crate::telemetry::{ReceiverStats, Telemetry};
 
 /// How often a blocked receive returns on its own, so the thread notices shutdown and an idle
@@ -414,7 +414,7 @@ impl ReceiverHandles {
 /// `shutdown` is set; dropping the handles detaches them.
 pub fn spawn_receivers(
     listeners: Vec<BoundListener>,
-    registry: Arc<Registry>,
+    recorder: Arc<Recorder>,
     telemetry: &Telemetry,
     options: IngestOptions,
     shutdown: Arc<AtomicBool>,
@@ -428,13 +428,13 @@ pub fn spawn_receivers(
     for (index, listener) in listeners.into_iter().enumerate() {
         let stats = telemetry.add_receiver(listener.local_addr.to_string());
         let thread_stats = Arc::clone(&stats);
-        let registry = Arc::clone(&registry);
+        let recorder = Arc::clone(&recorder);
         let stop = [Arc::clone(&shutdown), Arc::clone(&abort)];
         let options = options.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("tallyd-udp-{index}"))
             .spawn(move || {
-                let ingester = Ingester::new(registry, Arc::clone(&thread_stats), options);
+                let ingester = Ingester::new(recorder, Arc::clone(&thread_stats), options);
                 Receiver::new(listener, ingester, thread_stats).run(&stop);
             });
         match spawned {
@@ -695,7 +695,7 @@ impl DropCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Cell, RegistrySettings};
+    use crate::registry::{Cell, Registry, RegistrySettings};
     use std::net::UdpSocket;
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -725,7 +725,7 @@ mod tests {
             let shutdown = Arc::new(AtomicBool::new(false));
             let handles = spawn_receivers(
                 listeners,
-                Arc::clone(&registry),
+                Recorder::for_registry(&registry),
                 &telemetry,
                 IngestOptions::default(),
                 Arc::clone(&shutdown),

@@ -8,7 +8,7 @@
 //!
 //! Families hold the type, help and buckets, and the list of their series for exposition. A
 //! name has one type: the first one seen wins, and a later sample of another type is refused
-//! with [`Reason::TypeConflict`] instead of producing a family a scraper would reject. The
+//! with [`Refusal::TypeConflict`] instead of producing a family a scraper would reject. The
 //! names a family will expose (`x_total`, `x_bucket`, ...) are claimed too, so a gauge called
 //! `x_total` cannot collide with the samples of counter `x`.
 //!
@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
-use crate::protocol::Reason;
+use crate::record::Refusal;
 use crate::summary::{SummaryConfig, SummaryState};
 
 /// The Prometheus default buckets, in seconds: what timers observe into unless configured.
@@ -74,7 +74,7 @@ pub struct RegistrySettings {
     pub histogram_buckets: Arc<[f64]>,
     /// How long a set member counts after it was last seen.
     pub set_window_secs: u32,
-    /// Most distinct members one set tracks; more are dropped with [`Reason::SetFull`].
+    /// Most distinct members one set tracks; more are dropped with [`Refusal::SetFull`].
     pub max_set_members: usize,
     /// Most live series in all; a new series beyond it is refused.
     pub max_series: usize,
@@ -383,6 +383,15 @@ pub enum Update {
 }
 
 impl Update {
+    /// The number the update carries (0 for a set member, which has none).
+    fn value(self) -> f64 {
+        match self {
+            Update::Add(v) | Update::Set(v) | Update::Delta(v) => v,
+            Update::Observe { value, .. } => value,
+            Update::Member { .. } => 0.0,
+        }
+    }
+
     /// The update with its value multiplied by `factor` (a mapping rule's `scale`). Counts
     /// (weights) and set members are left alone.
     pub fn scaled(self, factor: f64) -> Update {
@@ -464,8 +473,14 @@ impl Series {
 
     /// Applies `update`. Lock-free for every kind but sets; an update of the wrong kind for
     /// this series is ignored (the ingest path only builds matching ones).
-    pub fn apply(&self, update: Update, settings: &RegistrySettings) -> Result<(), Reason> {
+    pub fn apply(&self, update: Update, settings: &RegistrySettings) -> Result<(), Refusal> {
+        if !update.value().is_finite() {
+            return Err(Refusal::NonFiniteValue);
+        }
         match (&self.cell, update) {
+            (Cell::Counter(_), Update::Add(delta)) if delta < 0.0 => {
+                return Err(Refusal::NegativeCounter);
+            }
             (Cell::Counter(v), Update::Add(delta)) => v.add(delta),
             (Cell::Gauge(v), Update::Set(value)) => v.set(value),
             (Cell::Gauge(v), Update::Delta(delta)) => v.add(delta),
@@ -473,7 +488,7 @@ impl Series {
             (Cell::Summary(summary), Update::Observe { value, weight }) => {
                 let now = summary.clock.load(Ordering::Relaxed);
                 if !summary.state.lock().observe(value, weight, now) {
-                    return Err(Reason::NonFiniteValue);
+                    return Err(Refusal::NonFiniteValue);
                 }
             }
             (Cell::Set(set), Update::Member { hash, now }) => {
@@ -482,7 +497,7 @@ impl Series {
                     let oldest_kept = now.saturating_sub(settings.set_window_secs);
                     members.retain(|_, seen| *seen >= oldest_kept);
                     if members.len() >= settings.max_set_members {
-                        return Err(Reason::SetFull);
+                        return Err(Refusal::SetFull);
                     }
                 }
                 members.insert(hash, now);
@@ -576,20 +591,6 @@ pub struct Registry {
     expired: AtomicU64,
     /// The shortest TTL of any series created so far (`u32::MAX`: none expires).
     min_ttl: AtomicU32,
-    /// Metric definitions (`[[metric]]`) by family name; replaced whole on reload.
-    definitions: RwLock<Arc<HashMap<Box<str>, Arc<Definition>>>>,
-}
-
-/// A declared metric (`[[metric]]` in the config): what its family is before any sample.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Definition {
-    pub kind: Kind,
-    /// The label schema: only these label names are kept (unknown tags are dropped and
-    /// counted); a label missing from a sample is simply absent (Prometheus reads that as
-    /// empty). `None` = any labels.
-    pub labels: Option<Arc<[Box<str>]>>,
-    /// Help, unit, buckets and TTL for the family and its series.
-    pub options: SeriesOptions,
 }
 
 /// Which cap refused a new series.
@@ -626,7 +627,6 @@ impl Registry {
             refused_global: AtomicU64::new(0),
             refused_per_metric: AtomicU64::new(0),
             expired: AtomicU64::new(0),
-            definitions: RwLock::default(),
             min_ttl: AtomicU32::new(match settings.series_ttl_secs {
                 0 => u32::MAX,
                 ttl => ttl,
@@ -660,37 +660,9 @@ impl Registry {
         .load(Ordering::Relaxed)
     }
 
-    /// The definition of family `name`, if the config declares one.
-    pub fn definition(&self, name: &str) -> Option<Arc<Definition>> {
-        self.definitions.read().get(name).cloned()
-    }
-
-    /// Puts a new set of definitions in force. A family whose definition changed (type, help,
-    /// unit, buckets, labels or TTL) is removed with its series, so that its next sample
-    /// creates it afresh under the new definition: values restart from zero, as they would
-    /// after a restart, rather than mixing two shapes in one family. Families whose definition
-    /// is unchanged keep their series and values. Returns the names of the families removed.
-    pub fn set_definitions(&self, definitions: HashMap<Box<str>, Arc<Definition>>) -> Vec<String> {
-        let old = std::mem::replace(&mut *self.definitions.write(), Arc::new(definitions));
-        let new = self.definitions.read().clone();
-        let changed: Vec<String> = old
-            .iter()
-            .filter(|(name, definition)| new.get(*name) != Some(*definition))
-            .map(|(name, _)| name.to_string())
-            .chain(
-                new.keys()
-                    .filter(|name| !old.contains_key(*name))
-                    .map(|name| name.to_string()),
-            )
-            .collect();
-        changed
-            .into_iter()
-            .filter(|name| self.remove_family(name))
-            .collect()
-    }
-
-    /// Removes family `name` and all its series; false if there was none.
-    fn remove_family(&self, name: &str) -> bool {
+    /// Removes family `name` and all its series; false if there was none. Handles kept by
+    /// inputs learn it at their next [`Series::touch`].
+    pub fn remove_family(&self, name: &str) -> bool {
         let Some(family) = ({
             let mut table = self.families.write();
             let family = table.by_name.remove(name);
@@ -755,7 +727,7 @@ impl Registry {
     }
 
     /// The series for `key`, created if new. Does not allocate when the series exists.
-    pub fn resolve(&self, key: &SeriesKeyBuf) -> Result<Arc<Series>, Reason> {
+    pub fn resolve(&self, key: &SeriesKeyBuf) -> Result<Arc<Series>, Refusal> {
         let kind = key.kind.expect("SeriesKeyBuf::start was called");
         let hash = self.hasher.hash_one(key.key());
         let shard = self.shard(hash);
@@ -767,7 +739,7 @@ impl Registry {
             // At the cap, refuse before any write lock: under a flood of new names this is
             // the common path and must stay cheap.
             self.refused_global.fetch_add(1, Ordering::Relaxed);
-            return Err(Reason::SeriesLimit);
+            return Err(Refusal::SeriesLimit);
         }
         let mut table = shard.write();
         // Another thread may have inserted it between our two locks.
@@ -780,14 +752,14 @@ impl Registry {
         if self.series_count.fetch_add(1, Ordering::Relaxed) >= self.settings.max_series {
             self.series_count.fetch_sub(1, Ordering::Relaxed);
             self.refused_global.fetch_add(1, Ordering::Relaxed);
-            return Err(Reason::SeriesLimit);
+            return Err(Refusal::SeriesLimit);
         }
         let mut family_series = family.series.write();
         if family_series.len() >= self.settings.max_series_per_metric {
             drop(family_series);
             self.series_count.fetch_sub(1, Ordering::Relaxed);
             self.refused_per_metric.fetch_add(1, Ordering::Relaxed);
-            return Err(Reason::SeriesLimit);
+            return Err(Refusal::SeriesLimit);
         }
         let series = Arc::new(Series {
             key: key.key().into(),
@@ -833,12 +805,12 @@ impl Registry {
         kind: Kind,
         name: &str,
         options: &SeriesOptions,
-    ) -> Result<Arc<Family>, Reason> {
+    ) -> Result<Arc<Family>, Refusal> {
         if let Some(family) = self.families.read().by_name.get(name) {
             return if family.kind == kind {
                 Ok(Arc::clone(family))
             } else {
-                Err(Reason::TypeConflict)
+                Err(Refusal::TypeConflict)
             };
         }
         let mut table = self.families.write();
@@ -846,7 +818,7 @@ impl Registry {
             return if family.kind == kind {
                 Ok(Arc::clone(family))
             } else {
-                Err(Reason::TypeConflict)
+                Err(Refusal::TypeConflict)
             };
         }
         let exposed = std::iter::once(name.to_owned()).chain(
@@ -859,7 +831,7 @@ impl Registry {
             .iter()
             .any(|n| table.claims.contains_key(n.as_str()))
         {
-            return Err(Reason::TypeConflict);
+            return Err(Refusal::TypeConflict);
         }
         let family = Arc::new(Family {
             name: name.into(),
@@ -1031,7 +1003,7 @@ mod tests {
         let registry = registry();
         registry.resolve(&key(Kind::Counter, "x", &[])).unwrap();
         let err = registry.resolve(&key(Kind::Gauge, "x", &[("a", "b")]));
-        assert_eq!(err.unwrap_err(), Reason::TypeConflict);
+        assert_eq!(err.unwrap_err(), Refusal::TypeConflict);
     }
 
     #[test]
@@ -1039,9 +1011,9 @@ mod tests {
         let registry = registry();
         registry.resolve(&key(Kind::Counter, "x", &[])).unwrap();
         let err = registry.resolve(&key(Kind::Gauge, "x_total", &[]));
-        assert_eq!(err.unwrap_err(), Reason::TypeConflict);
+        assert_eq!(err.unwrap_err(), Refusal::TypeConflict);
         let err = registry.resolve(&key(Kind::Histogram, "x_total", &[]));
-        assert_eq!(err.unwrap_err(), Reason::TypeConflict);
+        assert_eq!(err.unwrap_err(), Refusal::TypeConflict);
     }
 
     #[test]
@@ -1105,7 +1077,7 @@ mod tests {
         let a = registry.resolve(&key(Kind::Counter, "a", &[])).unwrap();
         registry.resolve(&key(Kind::Gauge, "b", &[])).unwrap();
         let refused = registry.resolve(&key(Kind::Counter, "c", &[]));
-        assert_eq!(refused.unwrap_err(), Reason::SeriesLimit);
+        assert_eq!(refused.unwrap_err(), Refusal::SeriesLimit);
         assert_eq!(registry.refused(SeriesLimit::Global), 1);
         assert_eq!(registry.series_count(), 2);
         let again = registry.resolve(&key(Kind::Counter, "a", &[])).unwrap();
@@ -1121,7 +1093,7 @@ mod tests {
                 .unwrap();
         }
         let refused = registry.resolve(&key(Kind::Counter, "hot", &[("id", "3")]));
-        assert_eq!(refused.unwrap_err(), Reason::SeriesLimit);
+        assert_eq!(refused.unwrap_err(), Refusal::SeriesLimit);
         assert_eq!(registry.refused(SeriesLimit::PerMetric), 1);
         registry
             .resolve(&key(Kind::Counter, "calm", &[("id", "3")]))

@@ -2,7 +2,8 @@
 //!
 //! Receive threads count into their own [`ReceiverStats`] (relaxed atomics on a cache line of
 //! their own, flushed once per batch), so counting costs the hot path nothing shared. A scrape
-//! adds them up in [`Telemetry::collect`].
+//! adds them up in [`Telemetry::collect`], and outputs read them through the same read seam as
+//! the registry's metrics ([`Telemetry::visit`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::protocol::{Extension, Reason};
-use crate::registry::{AtomicF64, Kind, Registry, SeriesLimit, escape_label_value};
+use crate::read::{FamilyView, Labels, SeriesView, ValueView, Visitor};
+use crate::record::Refusal;
+use crate::registry::{AtomicF64, Kind, Registry, SeriesLimit};
 
 /// Counters of one receive thread. Aligned so two threads never share a cache line.
 #[repr(align(128))]
@@ -23,8 +26,10 @@ pub struct ReceiverStats {
     pub bytes: AtomicU64,
     pub lines: AtomicU64,
     pub samples: AtomicU64,
-    /// Indexed by `Reason as usize`.
+    /// Lines refused by the grammar, indexed by `Reason as usize`.
     pub errors: Box<[AtomicU64]>,
+    /// Samples the write seam refused, indexed by `Refusal as usize`.
+    pub refusals: Box<[AtomicU64]>,
     pub events: AtomicU64,
     pub service_checks: AtomicU64,
     /// Datagrams longer than the receive buffer, cut short by the kernel and refused whole.
@@ -43,11 +48,41 @@ impl ReceiverStats {
             lines: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             errors: Reason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            refusals: Refusal::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             events: AtomicU64::new(0),
             service_checks: AtomicU64::new(0),
             oversized: AtomicU64::new(0),
             kernel_drops: AtomicU64::new(0),
         }
+    }
+
+    /// Every `tallyd_sample_errors_total` reason with this receiver's count, in the order of
+    /// [`sample_error_labels`].
+    pub fn sample_errors(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> =
+            sample_error_labels().into_iter().map(|l| (l, 0)).collect();
+        let counts = Reason::ALL
+            .iter()
+            .map(|r| (r.label(), &self.errors[*r as usize]))
+            .chain(
+                Refusal::ALL
+                    .iter()
+                    .map(|r| (r.label(), &self.refusals[*r as usize])),
+            );
+        for (label, count) in counts {
+            if let Some((_, sum)) = out.iter_mut().find(|(l, _)| *l == label) {
+                *sum += count.load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    /// This receiver's count of `tallyd_sample_errors_total{reason=label}`.
+    pub fn sample_error(&self, label: &str) -> u64 {
+        self.sample_errors()
+            .into_iter()
+            .find(|(l, _)| *l == label)
+            .map_or(0, |(_, n)| n)
     }
 
     pub fn extension(&self, kind: Extension) -> &AtomicU64 {
@@ -56,6 +91,19 @@ impl ReceiverStats {
             Extension::ServiceCheck => &self.service_checks,
         }
     }
+}
+
+/// The `reason` labels of `tallyd_sample_errors_total`: the grammar's reasons, then the write
+/// seam's; a label both share (`non_finite_value`, `negative_counter`) is one series that counts
+/// both.
+pub fn sample_error_labels() -> Vec<&'static str> {
+    let mut labels: Vec<&'static str> = Reason::ALL.iter().map(|r| r.label()).collect();
+    for refusal in Refusal::ALL {
+        if !labels.contains(&refusal.label()) {
+            labels.push(refusal.label());
+        }
+    }
+    labels
 }
 
 /// Outcome label of a configuration reload.
@@ -93,7 +141,7 @@ impl Default for Telemetry {
     }
 }
 
-/// One self-metric family for a scrape: label text is pre-escaped, like a registry series.
+/// One self-metric family for a scrape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelfMetric {
     /// For counters, without `_total`.
@@ -101,6 +149,9 @@ pub struct SelfMetric {
     pub help: &'static str,
     /// `Counter` or `Gauge`.
     pub kind: Kind,
+    /// The one label name of a family with labels.
+    pub label: Option<&'static str>,
+    /// `(label value, value)`; the label value is unused without a label name.
     pub samples: Vec<(String, f64)>,
 }
 
@@ -110,12 +161,20 @@ impl SelfMetric {
             name,
             help,
             kind,
+            label: None,
             samples: Vec::new(),
         }
     }
 
-    fn with(mut self, labels: String, value: f64) -> Self {
-        self.samples.push((labels, value));
+    fn labelled(name: &'static str, kind: Kind, help: &'static str, label: &'static str) -> Self {
+        SelfMetric {
+            label: Some(label),
+            ..Self::new(name, kind, help)
+        }
+    }
+
+    fn with(mut self, label_value: impl Into<String>, value: f64) -> Self {
+        self.samples.push((label_value.into(), value));
         self
     }
 
@@ -202,8 +261,8 @@ impl Telemetry {
                 }
             }
             sums.into_iter()
-                .map(|(listener, v)| (format!("listener=\"{listener}\""), v as f64))
-                .collect::<Vec<_>>()
+                .map(|(listener, v)| (listener, v as f64))
+                .collect::<Vec<(String, f64)>>()
         };
         let total = |read: &dyn Fn(&ReceiverStats) -> u64| -> f64 {
             receivers.iter().map(|r| read(r)).sum::<u64>() as f64
@@ -213,34 +272,38 @@ impl Telemetry {
         let mut out = vec![
             SelfMetric {
                 samples: per_listener(&|r| load(&r.packets)),
-                ..SelfMetric::new(
+                ..SelfMetric::labelled(
                     "tallyd_udp_packets",
                     Kind::Counter,
                     "UDP datagrams received, per listener.",
+                    "listener",
                 )
             },
             SelfMetric {
                 samples: per_listener(&|r| load(&r.bytes)),
-                ..SelfMetric::new(
+                ..SelfMetric::labelled(
                     "tallyd_udp_bytes",
                     Kind::Counter,
                     "UDP payload bytes received, per listener.",
+                    "listener",
                 )
             },
             SelfMetric {
                 samples: per_listener(&|r| load(&r.kernel_drops)),
-                ..SelfMetric::new(
+                ..SelfMetric::labelled(
                     "tallyd_udp_kernel_drops",
                     Kind::Counter,
                     "Datagrams the kernel dropped because the socket's receive buffer was full (SO_RXQ_OVFL), per listener.",
+                    "listener",
                 )
             },
             SelfMetric {
                 samples: per_listener(&|r| load(&r.oversized)),
-                ..SelfMetric::new(
+                ..SelfMetric::labelled(
                     "tallyd_udp_oversized_datagrams",
                     Kind::Counter,
                     "Datagrams longer than the receive buffer, refused whole, per listener.",
+                    "listener",
                 )
             },
             SelfMetric::single(
@@ -257,25 +320,32 @@ impl Telemetry {
             ),
         ];
 
-        let mut errors = SelfMetric::new(
+        let mut errors = SelfMetric::labelled(
             "tallyd_sample_errors",
             Kind::Counter,
             "Lines refused, or parts of lines dropped, by reason.",
+            "reason",
         );
-        for reason in Reason::ALL {
-            let value = total(&|r| load(&r.errors[*reason as usize]));
-            errors = errors.with(format!("reason=\"{}\"", reason.label()), value);
+        errors.samples = sample_error_labels()
+            .into_iter()
+            .map(|label| (label.into(), 0.0))
+            .collect();
+        for receiver in &receivers {
+            for (slot, (_, count)) in errors.samples.iter_mut().zip(receiver.sample_errors()) {
+                slot.1 += count as f64;
+            }
         }
         out.push(errors);
 
-        let mut extensions = SelfMetric::new(
+        let mut extensions = SelfMetric::labelled(
             "tallyd_extensions_skipped",
             Kind::Counter,
             "DogStatsD events and service checks received and skipped, by kind.",
+            "kind",
         );
         for kind in [Extension::Event, Extension::ServiceCheck] {
             let value = total(&|r| load(r.extension(kind)));
-            extensions = extensions.with(format!("kind=\"{}\"", kind.label()), value);
+            extensions = extensions.with(kind.label(), value);
         }
         out.push(extensions);
 
@@ -291,30 +361,32 @@ impl Telemetry {
             };
             by_kind[index] += family.series_count();
         }
-        let mut series = SelfMetric::new(
+        let mut series = SelfMetric::labelled(
             "tallyd_series",
             Kind::Gauge,
             "Live series in the registry, by type.",
+            "type",
         );
         for (kind, count) in ["counter", "gauge", "histogram", "set", "summary"]
             .iter()
             .zip(by_kind)
         {
-            series = series.with(format!("type=\"{kind}\""), count as f64);
+            series = series.with(*kind, count as f64);
         }
         out.push(series);
         out.push(
-            SelfMetric::new(
+            SelfMetric::labelled(
                 "tallyd_series_refused",
                 Kind::Counter,
                 "New series refused because a series cap ([limits]) was reached, by cap.",
+                "reason",
             )
             .with(
-                format!("reason=\"{}\"", SeriesLimit::Global.label()),
+                SeriesLimit::Global.label(),
                 registry.refused(SeriesLimit::Global) as f64,
             )
             .with(
-                format!("reason=\"{}\"", SeriesLimit::PerMetric.label()),
+                SeriesLimit::PerMetric.label(),
                 registry.refused(SeriesLimit::PerMetric) as f64,
             ),
         );
@@ -324,15 +396,14 @@ impl Telemetry {
             "Series removed after being idle longer than [limits] series_ttl_seconds.",
             registry.expired() as f64,
         ));
-        let mut top = SelfMetric::new(
+        let mut top = SelfMetric::labelled(
             "tallyd_family_series",
             Kind::Gauge,
             "Live series of the metrics with the most series (the top 10 only), by metric.",
+            "family",
         );
         for (family, count) in registry.top_families(TOP_FAMILIES) {
-            let mut name = String::new();
-            escape_label_value(family.name(), &mut name);
-            top = top.with(format!("family=\"{name}\""), count as f64);
+            top = top.with(family.name(), count as f64);
         }
         out.push(top);
         out.push(SelfMetric::single(
@@ -343,19 +414,14 @@ impl Telemetry {
         ));
 
         out.push(
-            SelfMetric::new(
+            SelfMetric::labelled(
                 "tallyd_config_reloads",
                 Kind::Counter,
                 "Configuration reloads, by outcome.",
+                "outcome",
             )
-            .with(
-                "outcome=\"success\"".into(),
-                self.reloads(ReloadOutcome::Success) as f64,
-            )
-            .with(
-                "outcome=\"failure\"".into(),
-                self.reloads(ReloadOutcome::Failure) as f64,
-            ),
+            .with("success", self.reloads(ReloadOutcome::Success) as f64)
+            .with("failure", self.reloads(ReloadOutcome::Failure) as f64),
         );
         out.push(SelfMetric::single(
             "tallyd_scrapes",
@@ -370,15 +436,52 @@ impl Telemetry {
             self.scrape_seconds.get(),
         ));
         out.push(
-            SelfMetric::new(
+            SelfMetric::labelled(
                 "tallyd_build_info",
                 Kind::Gauge,
                 "tallyd's version, as a label; the value is always 1.",
+                "version",
             )
-            .with(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1.0),
+            .with(env!("CARGO_PKG_VERSION"), 1.0),
         );
         out.extend(process_metrics(self.started_unix));
         out
+    }
+}
+
+impl Telemetry {
+    /// Visits tallyd's own metrics through the read seam, as [`Registry::visit`] does the
+    /// registry's. `registry` is the one they describe.
+    pub fn visit(&self, registry: &Registry, visitor: &mut impl Visitor) {
+        for metric in self.collect(registry) {
+            if metric.samples.is_empty() {
+                continue;
+            }
+            let family = FamilyView {
+                name: metric.name,
+                kind: metric.kind,
+                help: Some(metric.help),
+                unit: None,
+                buckets: &[],
+            };
+            if !visitor.family(&family) {
+                continue;
+            }
+            for (label_value, value) in &metric.samples {
+                let pair = metric.label.map(|name| (name, label_value.as_str()));
+                let pairs = pair.as_slice();
+                let series = SeriesView {
+                    labels: Labels::Pairs(pairs),
+                    created: None,
+                    value: match metric.kind {
+                        Kind::Counter => ValueView::Counter(*value),
+                        _ => ValueView::Gauge(*value),
+                    },
+                };
+                visitor.series(&family, &series);
+            }
+            visitor.end_family(&family);
+        }
     }
 }
 

@@ -16,14 +16,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use tallyd::exposition::{ExpositionOptions, Format, render};
 use tallyd::ingest::{IngestOptions, Ingester};
-use tallyd::protocol::{ParseOptions, Reason};
+use tallyd::protocol::ParseOptions;
+use tallyd::record::Recorder;
 use tallyd::registry::{Registry, RegistrySettings};
 use tallyd::telemetry::{ReceiverStats, Telemetry};
 
@@ -306,9 +306,9 @@ fn scrape(case: &Case, format: Format) -> String {
     };
     let datagrams = case.datagrams();
     let (text, stats) = ingest_and_render(&datagrams, options, format);
-    let refused: Vec<(&str, u64)> = Reason::ALL
-        .iter()
-        .map(|r| (r.label(), stats.errors[*r as usize].load(Ordering::Relaxed)))
+    let refused: Vec<(&str, u64)> = stats
+        .sample_errors()
+        .into_iter()
         .filter(|(_, n)| *n > 0)
         .collect();
     assert!(
@@ -327,7 +327,11 @@ fn ingest_and_render<D: AsRef<[u8]>>(
 ) -> (String, Arc<ReceiverStats>) {
     let registry = Arc::new(Registry::new(RegistrySettings::default()));
     let stats = Arc::new(ReceiverStats::new("x"));
-    let mut ingester = Ingester::new(Arc::clone(&registry), Arc::clone(&stats), options);
+    let mut ingester = Ingester::new(
+        Recorder::for_registry(&registry),
+        Arc::clone(&stats),
+        options,
+    );
     for datagram in datagrams {
         ingester.ingest(datagram.as_ref());
     }
@@ -600,8 +604,7 @@ fn openmetrics_names_each_family_once() {
     for format in [Format::Text, Format::OpenMetrics] {
         let datagrams = ["y:1|g", "y_total_total:1|c"];
         let (text, stats) = ingest_and_render(&datagrams, IngestOptions::default(), format);
-        let conflicts = &stats.errors[Reason::TypeConflict as usize];
-        assert_eq!(conflicts.load(Ordering::Relaxed), 1, "{text}");
+        assert_eq!(stats.sample_error("type_conflict"), 1, "{text}");
         if let Err(problem) = check_scrape(text.as_bytes(), format) {
             panic!("{format:?}: {problem}\n{text}");
         }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tallyd::config::{Config, DefinedType};
 use tallyd::exposition::{Format, render};
+use tallyd::definitions::Source;
 use tallyd::ingest::Ingester;
+use tallyd::record::Recorder;
 use tallyd::registry::Registry;
 use tallyd::telemetry::{ReceiverStats, Telemetry};
 use tallyd_fuzz::check_scrape;
@@ -66,10 +68,13 @@ fuzz_target!(|data: &[u8]| {
     settings.shards = settings.shards.min(64);
     let bounds: Vec<f64> = settings.histogram_buckets.to_vec();
     let registry = Arc::new(Registry::new(settings));
-    let _ = registry.set_definitions(definitions);
+    let recorder = Arc::new(Recorder::new(Arc::clone(&registry), Arc::default()));
+    recorder
+        .replace_definitions(Source::File, definitions)
+        .expect("the file is the only source");
     let telemetry = Telemetry::default();
     let stats = Arc::new(ReceiverStats::new("fuzz"));
-    let mut ingester = Ingester::new(Arc::clone(&registry), stats, ingest);
+    let mut ingester = Ingester::new(recorder, stats, ingest);
     ingester.ingest(b"c:1|c\ng:2|g\nt:250|ms\nh:3|h|#k:v\nd:4|d\ns:x|s\na.b.c:1|c|#k:v\n");
     let mut declared = String::new();
     for metric in &config.metrics {

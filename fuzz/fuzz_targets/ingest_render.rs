@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use tallyd::exposition::{ExpositionOptions, Format, render};
+use tallyd::record::Recorder;
 use tallyd::ingest::{IngestOptions, Ingester};
 use tallyd::protocol::ParseOptions;
 use tallyd::registry::{Registry, RegistrySettings};
@@ -61,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
     let registry = Arc::new(Registry::new(settings));
     let telemetry = Telemetry::default();
     let stats = telemetry.add_receiver("127.0.0.1:8125");
-    let mut ingester = Ingester::new(Arc::clone(&registry), Arc::clone(&stats), ingest);
+    let mut ingester = Ingester::new(Recorder::for_registry(&registry), Arc::clone(&stats), ingest);
     let mut lines = 0u64;
     for datagram in rest.split(|&b| b == 0) {
         ingester.ingest(datagram);

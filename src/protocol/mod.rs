@@ -159,27 +159,11 @@ impl Default for ParseOptions {
     }
 }
 
-macro_rules! reasons {
-    ($( $(#[$doc:meta])* $variant:ident => $label:literal, )*) => {
-        /// Why a line (or part of one) could not be used. A closed set: each is exported as
-        /// `tallyd_sample_errors_total{reason="<label>"}`.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum Reason { $( $(#[$doc])* $variant, )* }
-
-        impl Reason {
-            /// Every reason, in declaration order (`reason as usize` indexes it).
-            pub const ALL: &'static [Reason] = &[ $( Reason::$variant, )* ];
-
-            /// The `reason` label value.
-            pub fn label(self) -> &'static str {
-                match self { $( Reason::$variant => $label, )* }
-            }
-        }
-    };
-}
-
-reasons! {
+crate::closed_set! {
+    /// Why a line (or part of one) could not be used: the StatsD grammar's reasons. A closed
+    /// set, each exported as `tallyd_sample_errors_total{reason="<label>"}`; why a well-formed
+    /// sample was not recorded is [`crate::record::Refusal`].
+    Reason;
     /// No `:` between name and value.
     /// The line is refused.
     MissingColon => "missing_colon",
@@ -209,20 +193,6 @@ reasons! {
     TagWithoutValue => "tag_without_value",
     /// A tag with an empty value (`k:`) or empty key: the tag is dropped, the line kept.
     EmptyTagValue => "empty_tag_value",
-    /// Same name already registered with another type: the sample is refused.
-    TypeConflict => "type_conflict",
-    /// A name that is empty after sanitising, or that takes tallyd's own `tallyd_` prefix.
-    InvalidName => "invalid_name",
-    /// A set already holds its maximum number of distinct members: the new member is dropped.
-    SetFull => "set_full",
-    /// A new series would pass the global or the per-metric series cap: the sample is refused
-    /// (existing series keep updating). Details in `tallyd_series_refused_total{reason}`.
-    SeriesLimit => "series_limit",
-    /// A mapping rule with `action = "drop"` matched: dropped as configured, counted to be seen.
-    DroppedByRule => "dropped_by_rule",
-    /// Tags whose names are not in the metric's declared `labels` (`[[metric]]`): those tags
-    /// are dropped, the sample is kept. Counted once per sample.
-    LabelNotInSchema => "label_not_in_schema",
 }
 
 /// DogStatsD extensions that are recognised, counted and skipped.
