@@ -1,377 +1,150 @@
-//! The UDP receive path: binding the StatsD sockets, one receive thread per socket, and the
-//! accounting of what the kernel refused (full receive buffer, datagrams cut short).
+//! Receiving StatsD: one OS thread per bound socket, whatever the transport, each feeding its
+//! own [`Ingester`] and counting into its own [`ReceiverStats`]; and the handles that stop and
+//! join those threads.
 //!
-//! Every listen address gets `receivers_per_listener` sockets joined with `SO_REUSEPORT`, each
-//! read by its own OS thread with batched `recvmmsg` into buffers allocated once per thread.
-//! A thread owns one [`Ingester`], so the hot path shares nothing but the registry's atomics.
+//! The transports live beside this file, one module each:
 //!
-//! ## How datagrams are shared among the receivers
+//! - [`udp`]: datagrams on a `SO_REUSEPORT` group per address, read with batched `recvmmsg`.
+//! - `unix` (Unix datagram sockets) and `tcp` (newline-delimited streams) are next. Each adds
+//!   a variant to [`Listener`] (with a `From` for its bound type), its arms in
+//!   [`Listener::label`], [`Listener::transport`] and [`Listener::receive`], and a
+//!   `receive_loop(listener, &mut Intake, &Stop)` of its own. Threads, stats registration,
+//!   panic isolation, stop and join stay here, written once.
 //!
-//! The kernel's default for a `SO_REUSEPORT` group hashes the sender's address and port, so a
-//! single busy client socket (a common shape: one predictor process, one StatsD client) always
-//! lands on one receiver and uses one core however many there are. With [`Spread::Random`]
-//! (the default) a three-instruction classic BPF program attached with
-//! `SO_ATTACH_REUSEPORT_CBPF` picks a receiver at random for every datagram instead.
+//! A receive thread shares nothing on its hot path but the registry's atomics: the ingester,
+//! its series cache and the receive buffers belong to the thread and are allocated once when
+//! it starts, so receiving and ingesting a datagram for known series allocates nothing.
 //!
-//! The price: datagrams from one client may be applied out of order, since two of them can be
-//! in two threads at once. Counters, histograms and sets are commutative and do not care; two
-//! updates of the same gauge (a set, or a set and a `+`/`-` delta) sent in separate datagrams
-//! microseconds apart may be applied in either order. Lines within one datagram keep their order. [`Spread::Source`] keeps per-client order at the cost of per-client parallelism. If
-//! the program cannot be attached (an old kernel, a seccomp filter), tallyd logs a warning and
-//! falls back to source hashing.
-//!
-//! ## Why the port is probed first
-//!
-//! Sockets with `SO_REUSEPORT` owned by the same user silently *join* an existing group on
-//! their port instead of failing, so a second tallyd started by mistake would take half of the
-//! first one's traffic. Before binding its group, [`bind`] binds a plain socket (no
-//! `SO_REUSEPORT`) to the address: that fails if anything holds the port, and for port 0 it
-//! picks a port no group uses. The probe is closed just before the group binds; a process
-//! grabbing the same port in that instant is the only case it misses.
-//!
-//! ## Drop accounting
-//!
-//! - Datagrams longer than `max_datagram_bytes` are cut short by the kernel (`MSG_TRUNC`);
-//!   they are refused whole, never parsed, and counted in [`ReceiverStats::oversized`].
-//! - Datagrams the kernel dropped because a socket's receive buffer was full are reported by
-//!   `SO_RXQ_OVFL`: every datagram queued after a drop carries the socket's cumulative drop
-//!   count, which the receiver stores in [`ReceiverStats::kernel_drops`]. The figure therefore
-//!   moves when the next datagram after a burst of drops is read, not at the drop itself. Each
-//!   receiver has its own socket, so each reports its own socket's count.
+//! Stopping is polled, not signalled: every transport's blocking call returns on its own at
+//! least every 200 ms (a socket receive timeout), and the loop checks [`Stop`] in between.
 
 use std::io;
-use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-
 use crate::ingest::{IngestOptions, Ingester};
 use crate::registry::Registry;
 use crate::telemetry::{ReceiverStats, Telemetry};
 
-/// How often a blocked receive returns on its own, so the thread notices shutdown and an idle
-/// thread still publishes its counts.
-const RECEIVE_TIMEOUT: Duration = Duration::from_millis(200);
+pub mod udp;
 
-/// Most messages one `recvmmsg` call takes (the kernel's `UIO_MAXIOV`).
-const MAX_BATCH: usize = 1024;
+#[cfg(test)]
+mod test_support;
 
-/// The largest UDP payload (IPv6 jumbograms aside).
-const MAX_DATAGRAM: usize = 65535;
+pub use udp::{BoundListener, Spread, UdpOptions, bind};
 
 /// Least time between two log lines about the same kind of trouble, per thread.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Roughly what the kernel charges a receive buffer for one small datagram (the `skb` and its
-/// bookkeeping, not the payload), used only to tell the operator what a buffer size means.
-const CHARGE_PER_SMALL_DATAGRAM: usize = 800;
-
-/// The UDP listeners and how their receive threads work.
-#[derive(Clone, Debug)]
-pub struct UdpOptions {
-    /// Addresses to receive on; IPv4 and IPv6, port 0 picks a free port.
-    pub listen: Vec<SocketAddr>,
-    /// Sockets (and threads) per address; 0 means one per available core.
-    pub receivers_per_listener: usize,
-    /// Requested `SO_RCVBUF` per socket. Linux doubles it for bookkeeping and caps it at
-    /// `net.core.rmem_max` unless tallyd may use `SO_RCVBUFFORCE` (`CAP_NET_ADMIN`).
-    pub receive_buffer_bytes: usize,
-    /// Longest datagram accepted; longer ones are refused whole and counted. Clamped to
-    /// 1..=65535.
-    pub max_datagram_bytes: usize,
-    /// Datagrams fetched per `recvmmsg` call. Clamped to 1..=1024.
-    pub batch: usize,
-    /// How datagrams are shared among the receivers of one address.
-    pub spread: Spread,
-}
-
-impl Default for UdpOptions {
-    fn default() -> Self {
-        UdpOptions {
-            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 8125))],
-            receivers_per_listener: 0,
-            receive_buffer_bytes: 8 << 20,
-            max_datagram_bytes: MAX_DATAGRAM,
-            batch: 32,
-            spread: Spread::default(),
-        }
-    }
-}
-
-/// How the kernel chooses the receiver of a datagram among the sockets of one address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Spread {
-    /// Each datagram goes to a receiver picked at random, so one busy client uses every core;
-    /// one client's datagrams may be applied out of order (see the module documentation).
-    #[default]
-    Random,
-    /// The kernel's `SO_REUSEPORT` hash of the sender's address and port: one client socket
-    /// always lands on the same receiver.
-    Source,
-}
-
-impl Spread {
-    fn label(self) -> &'static str {
-        match self {
-            Spread::Random => "random",
-            Spread::Source => "source",
-        }
-    }
-}
-
-/// One bound socket, not yet read. [`bind`] makes them; [`spawn_receivers`] starts one thread
-/// per socket.
+/// A bound socket of any transport, not yet read; [`spawn_receivers`] gives it a thread.
 #[derive(Debug)]
-pub struct BoundListener {
-    socket: Socket,
-    local_addr: SocketAddr,
-    receive_buffer_bytes: usize,
-    spread: Spread,
-    max_datagram_bytes: usize,
-    batch: usize,
+pub enum Listener {
+    /// One socket of a UDP listen address's reuse-port group.
+    Udp(udp::BoundListener),
 }
 
-impl BoundListener {
-    /// The address actually bound (with the port the kernel chose when asked for port 0). All
-    /// sockets of one listen address report the same.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The receive buffer the kernel granted, as `SO_RCVBUF` reads it back: the budget it
-    /// charges datagrams against, which on Linux is twice the size that was set.
-    pub fn receive_buffer_bytes(&self) -> usize {
-        self.receive_buffer_bytes
-    }
-
-    /// The spread in force for this socket's group: [`Spread::Source`] if [`Spread::Random`]
-    /// was asked for but the kernel refused the program.
-    pub fn spread(&self) -> Spread {
-        self.spread
+impl From<udp::BoundListener> for Listener {
+    fn from(listener: udp::BoundListener) -> Self {
+        Listener::Udp(listener)
     }
 }
 
-/// Binds every socket of every listen address, so that a port in use is reported (with its
-/// address) before anything starts. Nothing is read until [`spawn_receivers`].
-pub fn bind(options: &UdpOptions) -> io::Result<Vec<BoundListener>> {
-    let receivers = match options.receivers_per_listener {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let mut bound = Vec::with_capacity(options.listen.len() * receivers);
-    for &addr in &options.listen {
-        bound.extend(bind_group(addr, receivers, options)?);
+impl Listener {
+    /// The `listener` label of this socket's receive counters: its address as an operator
+    /// would write it in the config.
+    pub fn label(&self) -> String {
+        match self {
+            Listener::Udp(udp) => udp.local_addr().to_string(),
+        }
     }
-    Ok(bound)
+
+    /// The transport's short name, for thread names and messages.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Listener::Udp(_) => "udp",
+        }
+    }
+
+    /// Runs this transport's receive loop on the calling thread until `stop` is requested.
+    fn receive(self, intake: &mut Intake, stop: &Stop) {
+        match self {
+            Listener::Udp(udp) => udp::receive_loop(udp, intake, stop),
+        }
+    }
 }
 
-/// Binds `receivers` sockets sharing one address and port.
-fn bind_group(
-    addr: SocketAddr,
-    receivers: usize,
-    options: &UdpOptions,
-) -> io::Result<Vec<BoundListener>> {
-    let name_error = |what: &str, e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen for StatsD on UDP {addr}: {what}{e}"),
-        )
-    };
+/// When receive threads should end: the daemon's shutdown, or a later thread of the same
+/// [`spawn_receivers`] call failing to start (so no thread outlives a failed start).
+#[derive(Clone, Debug)]
+struct Stop {
+    shutdown: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+}
 
-    // The probe: fails if anything holds the port, reuse-port group or not; for port 0 it
-    // picks a port that no group uses.
-    let port = {
-        let probe = new_socket(addr).map_err(|e| name_error("", e))?;
-        probe
-            .bind(&SockAddr::from(addr))
-            .map_err(|e| name_error("", e))?;
-        local_port(&probe).map_err(|e| name_error("cannot read the bound port: ", e))?
-    };
-    let mut group_addr = addr;
-    group_addr.set_port(port);
+impl Stop {
+    fn requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
+    }
+}
 
-    let max_datagram_bytes = options.max_datagram_bytes.clamp(1, MAX_DATAGRAM);
-    let batch = options.batch.clamp(1, MAX_BATCH);
-    let mut sockets = Vec::with_capacity(receivers);
-    for i in 0..receivers {
-        let socket = new_socket(group_addr).map_err(|e| name_error("", e))?;
-        socket
-            .set_reuse_port(true)
-            .map_err(|e| name_error("cannot set SO_REUSEPORT: ", e))?;
-        socket
-            .set_read_timeout(Some(RECEIVE_TIMEOUT))
-            .map_err(|e| name_error("cannot set SO_RCVTIMEO: ", e))?;
-        let buffer = set_receive_buffer(&socket, options.receive_buffer_bytes);
-        if let Err(e) = set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
-            && i == 0
+/// What a receive loop hands its datagrams to: the thread's ingester behind a panic guard,
+/// and the thread's counters for what the transport itself accounts (oversized, kernel drops).
+struct Intake {
+    ingester: Ingester,
+    stats: Arc<ReceiverStats>,
+    panic_log: LogLimit,
+}
+
+impl Intake {
+    /// Ingests one datagram (or, for a stream, a run of whole lines).
+    fn ingest(&mut self, datagram: &[u8]) {
+        let ingester = &mut self.ingester;
+        // A parser bug must cost one datagram, not the thread (and with it, the socket).
+        if catch_unwind(AssertUnwindSafe(|| ingester.ingest(datagram))).is_err()
+            && self.panic_log.allow()
         {
-            tracing::warn!(
-                "cannot enable SO_RXQ_OVFL on UDP {group_addr} ({e}); kernel receive drops \
-                 will not be counted"
+            tracing::error!(
+                listener = self.stats.listener.as_str(),
+                "a datagram made the parser panic and was skipped; this is a bug in tallyd, \
+                 please report it (logged at most every {}s per receiver)",
+                LOG_INTERVAL.as_secs()
             );
         }
-        socket
-            .bind(&SockAddr::from(group_addr))
-            .map_err(|e| name_error(&format!("socket {} of {receivers}: ", i + 1), e))?;
-        sockets.push((socket, buffer));
     }
 
-    let mut spread = options.spread;
-    if spread == Spread::Random && receivers > 1 {
-        // Attaching to one socket sets the program for its whole group.
-        if let Err(e) = attach_random_spread(&sockets[0].0, receivers) {
-            tracing::warn!(
-                "cannot attach the random-spread program to UDP {group_addr} ({e}); datagrams \
-                 are spread by sender address instead, so one busy client uses one receiver"
-            );
-            spread = Spread::Source;
+    fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// Publishes the ingester's thread-local counts; loops call it once per batch or wake-up,
+    /// so the shared atomics are touched per batch, not per line.
+    fn flush(&mut self) {
+        self.ingester.flush_stats();
+    }
+}
+
+/// Rate limit for one kind of log line in one thread: at most one per [`LOG_INTERVAL`].
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Instant>,
+}
+
+impl LogLimit {
+    /// True (and remembers now) if nothing was logged in the last [`LOG_INTERVAL`].
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL)
+        {
+            self.last = Some(now);
+            true
+        } else {
+            false
         }
-    }
-
-    let granted = sockets.iter().map(|(_, b)| *b).min().unwrap_or(0);
-    report_receive_buffer(group_addr, options.receive_buffer_bytes, granted);
-    tracing::info!(
-        "listening for StatsD on UDP {group_addr}: {receivers} receiver(s), spread {}, \
-         receive buffer {granted} bytes per socket as the kernel reports it ({} requested; \
-         room for about {} small datagrams)",
-        spread.label(),
-        options.receive_buffer_bytes,
-        granted / CHARGE_PER_SMALL_DATAGRAM
-    );
-
-    Ok(sockets
-        .into_iter()
-        .map(|(socket, receive_buffer_bytes)| BoundListener {
-            socket,
-            local_addr: group_addr,
-            receive_buffer_bytes,
-            spread,
-            max_datagram_bytes,
-            batch,
-        })
-        .collect())
-}
-
-/// A blocking UDP socket for `addr`'s family; IPv6 sockets are IPv6-only, so `[::]:8125` and
-/// `0.0.0.0:8125` can both be bound.
-fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    Ok(socket)
-}
-
-fn local_port(socket: &Socket) -> io::Result<u16> {
-    socket
-        .local_addr()?
-        .as_socket()
-        .map(|a| a.port())
-        .ok_or_else(|| io::Error::other("the socket has no IP address"))
-}
-
-/// Sets the receive buffer: `SO_RCVBUFFORCE` first (not capped by `net.core.rmem_max`, needs
-/// `CAP_NET_ADMIN`), else `SO_RCVBUF`. Returns what the kernel reports back (0 if unreadable).
-fn set_receive_buffer(socket: &Socket, requested: usize) -> usize {
-    // The kernel doubles the value into an int; larger requests would overflow it.
-    let value = requested.min(i32::MAX as usize / 2) as libc::c_int;
-    if set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value).is_err()
-        && let Err(e) = socket.set_recv_buffer_size(value as usize)
-    {
-        tracing::warn!("cannot set SO_RCVBUF to {requested} bytes: {e}");
-    }
-    socket.recv_buffer_size().unwrap_or(0)
-}
-
-/// Logs a warning when the kernel granted less than asked. Linux reports twice the size that
-/// was set (the extra half is its bookkeeping allowance), so a request was honoured in full
-/// when the reported size is at least twice the request.
-fn report_receive_buffer(addr: SocketAddr, requested: usize, granted: usize) {
-    let expected = requested.min(i32::MAX as usize / 2) * 2;
-    if granted < expected {
-        let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
-        tracing::warn!(
-            "the kernel capped the receive buffer of UDP {addr}: {requested} bytes requested, \
-             {granted} granted (Linux reads back twice the size set, so a full grant reads \
-             {expected}); requests are capped at net.core.rmem_max = {rmem_max}: raise that \
-             sysctl or give tallyd CAP_NET_ADMIN"
-        );
-    }
-}
-
-/// Attaches to `socket`'s reuse-port group a classic BPF program that sends each datagram to
-/// socket number `random() % receivers`: `ld #rand; mod #receivers; ret a`. The number indexes
-/// the group's sockets in the order they were bound.
-fn attach_random_spread(socket: &Socket, receivers: usize) -> io::Result<()> {
-    let receivers = u32::try_from(receivers).map_err(io::Error::other)?;
-    let op = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let mut program = [
-        op(
-            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-            (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
-        ),
-        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, receivers),
-        op(libc::BPF_RET | libc::BPF_A, 0),
-    ];
-    let fprog = libc::sock_fprog {
-        len: program.len() as libc::c_ushort,
-        filter: program.as_mut_ptr(),
-    };
-    set_option(
-        socket,
-        libc::SOL_SOCKET,
-        libc::SO_ATTACH_REUSEPORT_CBPF,
-        &fprog,
-    )
-}
-
-fn set_int_option(
-    socket: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    set_option(socket, level, name, &value)
-}
-
-/// `setsockopt` for options socket2 does not offer. The kernel copies `size_of::<T>()` bytes
-/// from `value` (and, for a BPF program, the instructions it points to) during the call.
-fn set_option<T>(
-    socket: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` is a live reference to `size_of::<T>()` readable bytes for the whole
-    // call and the kernel only reads from it; a wrong type for the option makes the kernel
-    // return an error, it cannot make it write into our memory.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -409,33 +182,47 @@ impl ReceiverHandles {
     }
 }
 
-/// Starts one receive thread (`tallyd-udp-N`) per bound socket, each registering its own
-/// counters with `telemetry` under the `listener` label of its address. The threads run until
-/// `shutdown` is set; dropping the handles detaches them.
-pub fn spawn_receivers(
-    listeners: Vec<BoundListener>,
+/// Starts one receive thread (`tallyd-<transport>-N`, N its index in
+/// [`ReceiverHandles::stats`]) per bound socket, each registering its own counters with
+/// `telemetry` under the `listener` label of its address. The threads run until `shutdown` is
+/// set; dropping the handles detaches them.
+pub fn spawn_receivers<L: Into<Listener>>(
+    listeners: impl IntoIterator<Item = L>,
     registry: Arc<Registry>,
     telemetry: &Telemetry,
     options: IngestOptions,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<ReceiverHandles> {
-    // Stops the threads already started if a later one cannot be.
-    let abort = Arc::new(AtomicBool::new(false));
-    let mut handles = ReceiverHandles {
-        threads: Vec::with_capacity(listeners.len()),
-        stats: Vec::with_capacity(listeners.len()),
+    // All a thread needs to build its ingester; everything below is transport and ingest
+    // agnostic. Built on the thread, so its cache is first touched by the core that uses it.
+    let new_ingester = move |stats: Arc<ReceiverStats>| {
+        Ingester::new(Arc::clone(&registry), stats, options.clone())
     };
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let stats = telemetry.add_receiver(listener.local_addr.to_string());
+    let stop = Stop {
+        shutdown,
+        abort: Arc::new(AtomicBool::new(false)),
+    };
+    let listeners = listeners.into_iter();
+    let mut handles = ReceiverHandles {
+        threads: Vec::with_capacity(listeners.size_hint().0),
+        stats: Vec::with_capacity(listeners.size_hint().0),
+    };
+    for (index, listener) in listeners.map(Into::into).enumerate() {
+        let name = format!("tallyd-{}-{index}", listener.transport());
+        let stats = telemetry.add_receiver(listener.label());
         let thread_stats = Arc::clone(&stats);
-        let registry = Arc::clone(&registry);
-        let stop = [Arc::clone(&shutdown), Arc::clone(&abort)];
-        let options = options.clone();
+        let new_ingester = new_ingester.clone();
+        let thread_stop = stop.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("tallyd-udp-{index}"))
+            .name(name.clone())
             .spawn(move || {
-                let ingester = Ingester::new(registry, Arc::clone(&thread_stats), options);
-                Receiver::new(listener, ingester, thread_stats).run(&stop);
+                let mut intake = Intake {
+                    ingester: new_ingester(Arc::clone(&thread_stats)),
+                    stats: thread_stats,
+                    panic_log: LogLimit::default(),
+                };
+                listener.receive(&mut intake, &thread_stop);
+                intake.flush();
             });
         match spawned {
             Ok(thread) => {
@@ -443,389 +230,28 @@ pub fn spawn_receivers(
                 handles.stats.push(stats);
             }
             Err(e) => {
-                abort.store(true, Ordering::Relaxed);
+                stop.abort.store(true, Ordering::Relaxed);
                 handles.join();
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("cannot start UDP receive thread tallyd-udp-{index}: {e}"),
+                    format!("cannot start receive thread {name}: {e}"),
                 ));
             }
         }
     }
-    tracing::debug!("{} UDP receive thread(s) started", handles.len());
+    tracing::debug!("{} receive thread(s) started", handles.len());
     Ok(handles)
-}
-
-/// Control-message space for one datagram. `SO_RXQ_OVFL` needs `CMSG_SPACE(4)` (24 bytes on
-/// 64-bit Linux); the rest leaves room should another option ever add a message.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct ControlSlot([u8; 64]);
-
-// SAFETY: CMSG_LEN and CMSG_SPACE are arithmetic on their argument; nothing is dereferenced.
-const CMSG_DATA_OFFSET: usize = unsafe { libc::CMSG_LEN(0) } as usize;
-// SAFETY: as above.
-const _: () = assert!(unsafe { libc::CMSG_SPACE(4) } as usize <= size_of::<ControlSlot>());
-const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= 8);
-
-/// One thread's socket, ingester and receive buffers, allocated once and reused for every
-/// batch: `batch` slots of `max_datagram_bytes` (2 MiB at the defaults; the pages are only
-/// touched as datagrams that size arrive), and the `recvmmsg` headers that point into them.
-struct Receiver {
-    socket: Socket,
-    ingester: Ingester,
-    stats: Arc<ReceiverStats>,
-    slot_len: usize,
-    data: Vec<u8>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
-    control: Vec<ControlSlot>,
-    drops: DropCounter,
-    last_error_log: Option<Instant>,
-    last_panic_log: Option<Instant>,
-}
-
-impl Receiver {
-    fn new(listener: BoundListener, ingester: Ingester, stats: Arc<ReceiverStats>) -> Self {
-        let batch = listener.batch;
-        Receiver {
-            socket: listener.socket,
-            ingester,
-            stats,
-            slot_len: listener.max_datagram_bytes,
-            data: vec![0; batch * listener.max_datagram_bytes],
-            iovecs: (0..batch)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
-            // SAFETY: mmsghdr is integers and raw pointers (plus padding on some libcs), for
-            // which all-zero bytes are a valid value: null pointers, zero lengths.
-            headers: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            control: vec![ControlSlot([0; 64]); batch],
-            drops: DropCounter::default(),
-            last_error_log: None,
-            last_panic_log: None,
-        }
-    }
-
-    fn run(mut self, stop: &[Arc<AtomicBool>]) {
-        while !stop.iter().any(|flag| flag.load(Ordering::Relaxed)) {
-            match self.receive() {
-                Ok(received) => self.process(received),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    if should_log(&mut self.last_error_log) {
-                        tracing::warn!(
-                            listener = self.stats.listener.as_str(),
-                            "UDP receive failed: {e} (logged at most every {}s per receiver)",
-                            LOG_INTERVAL.as_secs()
-                        );
-                    }
-                    // Whatever it is, don't spin on it.
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            // Once per batch, and on every timeout so an idle thread still publishes.
-            self.ingester.flush_stats();
-        }
-        self.ingester.flush_stats();
-    }
-
-    /// One `recvmmsg`: blocks (up to the socket's receive timeout) for the first datagram,
-    /// then takes whatever else is queued, up to the batch size, without waiting.
-    fn receive(&mut self) -> io::Result<usize> {
-        // The headers are re-pointed at the buffers on every call: it costs a few stores per
-        // slot, and the kernel overwrites the control length and flags anyway.
-        let data = self.data.as_mut_ptr();
-        let slots = self
-            .headers
-            .iter_mut()
-            .zip(self.iovecs.iter_mut())
-            .zip(self.control.iter_mut());
-        for (i, ((header, iovec), control)) in slots.enumerate() {
-            iovec.iov_base = data.wrapping_add(i * self.slot_len).cast();
-            iovec.iov_len = self.slot_len;
-            let msg = &mut header.msg_hdr;
-            msg.msg_name = std::ptr::null_mut();
-            msg.msg_namelen = 0;
-            msg.msg_iov = iovec;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.0.as_mut_ptr().cast();
-            msg.msg_controllen = size_of::<ControlSlot>() as _;
-            msg.msg_flags = 0;
-            header.msg_len = 0;
-        }
-        // SAFETY: every header points at one iovec and one control slot of its own, and every
-        // iovec at a distinct `slot_len`-byte slot of `data`; all are owned by `self`, which
-        // outlives the call, and nothing else touches them during it. vlen is the number of
-        // headers.
-        let received = unsafe {
-            libc::recvmmsg(
-                self.socket.as_raw_fd(),
-                self.headers.as_mut_ptr(),
-                self.headers.len() as libc::c_uint,
-                libc::MSG_WAITFORONE as _,
-                std::ptr::null_mut(),
-            )
-        };
-        if received < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(received as usize)
-        }
-    }
-
-    /// Ingests the first `received` datagrams of the last batch.
-    fn process(&mut self, received: usize) {
-        let mut oversized = 0;
-        let mut drops = None;
-        for (i, header) in self.headers.iter().take(received).enumerate() {
-            // size_t on glibc, socklen_t on musl.
-            #[allow(clippy::unnecessary_cast)]
-            let control_len =
-                (header.msg_hdr.msg_controllen as usize).min(size_of::<ControlSlot>());
-            if let Some(count) = rxq_ovfl(&self.control[i].0[..control_len]) {
-                drops = Some(count);
-            }
-            let len = header.msg_len as usize;
-            if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > self.slot_len {
-                // Cut short by the kernel: the rest of the datagram is gone, and parsing the
-                // remainder would apply some lines and mangle the one at the cut.
-                oversized += 1;
-                continue;
-            }
-            let datagram = &self.data[i * self.slot_len..][..len];
-            let ingester = &mut self.ingester;
-            // A parser bug must cost one datagram, not the thread (and with it, the socket).
-            if catch_unwind(AssertUnwindSafe(|| ingester.ingest(datagram))).is_err()
-                && should_log(&mut self.last_panic_log)
-            {
-                tracing::error!(
-                    listener = self.stats.listener.as_str(),
-                    "a datagram made the parser panic and was skipped; this is a bug in \
-                     tallyd, please report it (logged at most every {}s per receiver)",
-                    LOG_INTERVAL.as_secs()
-                );
-            }
-        }
-        if oversized > 0 {
-            self.stats.oversized.fetch_add(oversized, Ordering::Relaxed);
-        }
-        if let Some(count) = drops {
-            let total = self.drops.update(count);
-            self.stats.kernel_drops.store(total, Ordering::Relaxed);
-        }
-    }
-}
-
-/// True (and remembers now) if nothing was logged in the last [`LOG_INTERVAL`].
-fn should_log(last: &mut Option<Instant>) -> bool {
-    let now = Instant::now();
-    if last.is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL) {
-        *last = Some(now);
-        true
-    } else {
-        false
-    }
-}
-
-/// The `SO_RXQ_OVFL` drop count in a datagram's control messages, if there is one (the kernel
-/// attaches it only once the socket has dropped something). `control` is the part the kernel
-/// filled (`msg_controllen` bytes). Malformed headers end the walk; nothing is read out of
-/// bounds.
-fn rxq_ovfl(control: &[u8]) -> Option<u32> {
-    let align = |len: usize| len.next_multiple_of(size_of::<usize>());
-    let mut found = None;
-    let mut offset = 0;
-    while control.len().saturating_sub(offset) >= size_of::<libc::cmsghdr>() {
-        // SAFETY: the bytes from `offset` hold a whole cmsghdr (checked just above);
-        // read_unaligned has no alignment requirement, and a cmsghdr is integers, valid for
-        // any bytes.
-        let header = unsafe {
-            control
-                .as_ptr()
-                .add(offset)
-                .cast::<libc::cmsghdr>()
-                .read_unaligned()
-        };
-        // size_t on glibc, socklen_t on musl.
-        #[allow(clippy::unnecessary_cast)]
-        let len = header.cmsg_len as usize;
-        if len < CMSG_DATA_OFFSET || len > control.len() - offset {
-            break;
-        }
-        if header.cmsg_level == libc::SOL_SOCKET
-            && header.cmsg_type == libc::SO_RXQ_OVFL
-            && let Some(bytes) =
-                control[offset..offset + len].get(CMSG_DATA_OFFSET..CMSG_DATA_OFFSET + 4)
-        {
-            found = Some(u32::from_ne_bytes(bytes.try_into().expect("4 bytes")));
-        }
-        offset += align(len);
-    }
-    found
-}
-
-/// Extends the kernel's 32-bit cumulative drop count to 64 bits. The count never decreases, so
-/// a smaller value than the last means it wrapped.
-#[derive(Debug, Default)]
-struct DropCounter {
-    wraps: u64,
-    last: u32,
-}
-
-impl DropCounter {
-    fn update(&mut self, count: u32) -> u64 {
-        if count < self.last {
-            self.wraps += 1;
-        }
-        self.last = count;
-        (self.wraps << 32) | u64::from(count)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{Daemon, client, eventually, options};
     use super::*;
-    use crate::registry::{Cell, RegistrySettings};
-    use std::net::UdpSocket;
-
-    const WAIT: Duration = Duration::from_secs(5);
-
-    /// A running set of receivers on one address, with the registry they feed.
-    struct Daemon {
-        addr: SocketAddr,
-        registry: Arc<Registry>,
-        telemetry: Telemetry,
-        shutdown: Arc<AtomicBool>,
-        handles: Option<ReceiverHandles>,
-        stats: Vec<Arc<ReceiverStats>>,
-        spread: Spread,
-    }
-
-    impl Daemon {
-        fn start(options: UdpOptions) -> io::Result<Daemon> {
-            let listeners = bind(&options)?;
-            Ok(Daemon::spawn(listeners))
-        }
-
-        fn spawn(listeners: Vec<BoundListener>) -> Daemon {
-            let addr = listeners[0].local_addr();
-            let spread = listeners[0].spread();
-            let registry = Arc::new(Registry::new(RegistrySettings::default()));
-            let telemetry = Telemetry::default();
-            let shutdown = Arc::new(AtomicBool::new(false));
-            let handles = spawn_receivers(
-                listeners,
-                Arc::clone(&registry),
-                &telemetry,
-                IngestOptions::default(),
-                Arc::clone(&shutdown),
-            )
-            .expect("spawn receivers");
-            Daemon {
-                addr,
-                registry,
-                telemetry,
-                shutdown,
-                stats: handles.stats().to_vec(),
-                handles: Some(handles),
-                spread,
-            }
-        }
-
-        fn stats(&self) -> &[Arc<ReceiverStats>] {
-            &self.stats
-        }
-
-        fn total(&self, read: impl Fn(&ReceiverStats) -> u64) -> u64 {
-            self.stats().iter().map(|s| read(s)).sum()
-        }
-
-        fn packets(&self) -> u64 {
-            self.total(|s| s.packets.load(Ordering::Relaxed))
-        }
-
-        fn counter(&self, name: &str) -> Option<f64> {
-            let family = self
-                .registry
-                .families()
-                .into_iter()
-                .find(|f| f.name() == name)?;
-            let mut sum = 0.0;
-            family.for_each_series(|series| {
-                if let Cell::Counter(value) = series.cell() {
-                    sum += value.get();
-                }
-            });
-            Some(sum)
-        }
-
-        fn stop(&mut self) -> Duration {
-            self.shutdown.store(true, Ordering::SeqCst);
-            let started = Instant::now();
-            if let Some(handles) = self.handles.take() {
-                handles.join();
-            }
-            started.elapsed()
-        }
-    }
-
-    impl Drop for Daemon {
-        fn drop(&mut self) {
-            self.stop();
-        }
-    }
-
-    fn options(listen: &str, receivers: usize) -> UdpOptions {
-        UdpOptions {
-            listen: vec![listen.parse().unwrap()],
-            receivers_per_listener: receivers,
-            ..UdpOptions::default()
-        }
-    }
-
-    /// Polls `condition` until it holds or [`WAIT`] passes; returns whether it held.
-    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if condition() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn client(to: SocketAddr) -> UdpSocket {
-        let local: SocketAddr = if to.is_ipv6() {
-            "[::1]:0".parse().unwrap()
-        } else {
-            "127.0.0.1:0".parse().unwrap()
-        };
-        let socket = UdpSocket::bind(local).unwrap();
-        socket.connect(to).unwrap();
-        socket
-    }
-
-    fn ipv6_loopback_available() -> bool {
-        UdpSocket::bind("[::1]:0").is_ok()
-    }
 
     #[test]
     fn counters_from_many_datagrams_add_up_exactly() {
         let daemon = Daemon::start(options("127.0.0.1:0", 2)).unwrap();
-        let clients: Vec<UdpSocket> = (0..8).map(|_| client(daemon.addr)).collect();
+        let clients: Vec<_> = (0..8).map(|_| client(daemon.addr)).collect();
         for round in 0..250 {
             for socket in &clients {
                 socket.send(b"listen_hits:1|c\nlisten_hits:2|c\n").unwrap();
@@ -846,135 +272,6 @@ mod tests {
     }
 
     #[test]
-    fn random_spread_shares_one_hot_client_among_receivers() {
-        let daemon = Daemon::start(UdpOptions {
-            spread: Spread::Random,
-            ..options("127.0.0.1:0", 2)
-        })
-        .unwrap();
-        if daemon.spread != Spread::Random {
-            eprintln!("skipped: this kernel refused SO_ATTACH_REUSEPORT_CBPF");
-            return;
-        }
-        let socket = client(daemon.addr);
-        for _ in 0..2000 {
-            socket.send(b"listen_hot:1|c").unwrap();
-        }
-        assert!(eventually(|| daemon.packets() == 2000));
-        let busy = daemon
-            .stats()
-            .iter()
-            .filter(|s| s.packets.load(Ordering::Relaxed) > 0)
-            .count();
-        assert_eq!(busy, 2, "one client socket reached only one receiver");
-        assert_eq!(daemon.counter("listen_hot"), Some(2000.0));
-    }
-
-    #[test]
-    fn source_spread_keeps_one_client_on_one_receiver() {
-        let daemon = Daemon::start(UdpOptions {
-            spread: Spread::Source,
-            ..options("127.0.0.1:0", 2)
-        })
-        .unwrap();
-        let socket = client(daemon.addr);
-        for _ in 0..500 {
-            socket.send(b"listen_source:1|c").unwrap();
-        }
-        assert!(eventually(|| daemon.packets() == 500));
-        let busy = daemon
-            .stats()
-            .iter()
-            .filter(|s| s.packets.load(Ordering::Relaxed) > 0)
-            .count();
-        assert_eq!(busy, 1);
-    }
-
-    #[test]
-    fn oversized_datagram_is_counted_and_not_ingested() {
-        let daemon = Daemon::start(UdpOptions {
-            max_datagram_bytes: 512,
-            ..options("127.0.0.1:0", 2)
-        })
-        .unwrap();
-        let socket = client(daemon.addr);
-        let line = b"listen_big:1|c\n";
-        let big: Vec<u8> = line.iter().copied().cycle().take(1000).collect();
-        socket.send(&big).unwrap();
-        // Exactly the limit is accepted: 32 lines of 16 bytes.
-        let edge: Vec<u8> = b"listen_edge:1|c\n".repeat(32);
-        assert_eq!(edge.len(), 512);
-        socket.send(&edge).unwrap();
-        assert!(eventually(|| daemon
-            .total(|s| s.oversized.load(Ordering::Relaxed))
-            == 1
-            && daemon.counter("listen_edge") == Some(32.0)));
-        assert_eq!(daemon.counter("listen_big"), None);
-        assert_eq!(
-            daemon.packets(),
-            1,
-            "only the datagram that fit counts as received"
-        );
-    }
-
-    #[test]
-    fn ipv6_loopback_works() {
-        if !ipv6_loopback_available() {
-            eprintln!("skipped: no IPv6 on the loopback interface");
-            return;
-        }
-        let daemon = Daemon::start(options("[::1]:0", 2)).unwrap();
-        assert!(daemon.addr.is_ipv6());
-        assert_ne!(daemon.addr.port(), 0);
-        let socket = client(daemon.addr);
-        for _ in 0..100 {
-            socket.send(b"listen_v6:1|c").unwrap();
-        }
-        assert!(eventually(|| daemon.counter("listen_v6") == Some(100.0)));
-        assert_eq!(daemon.telemetry.listeners(), vec![daemon.addr.to_string()]);
-    }
-
-    #[test]
-    fn ipv4_and_ipv6_wildcards_share_a_port() {
-        if !ipv6_loopback_available() {
-            eprintln!("skipped: no IPv6 on the loopback interface");
-            return;
-        }
-        // Another test may take the chosen port on IPv6 in between; try a few ports.
-        for _ in 0..5 {
-            let v4 = bind(&options("0.0.0.0:0", 2)).unwrap();
-            let port = v4[0].local_addr().port();
-            match bind(&options(&format!("[::]:{port}"), 2)) {
-                Ok(v6) => {
-                    assert_eq!(v6[0].local_addr().port(), port);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("[::] never bound beside 0.0.0.0 on the same port");
-    }
-
-    #[test]
-    fn every_socket_of_a_listener_shares_the_first_port() {
-        let listeners = bind(&options("127.0.0.1:0", 3)).unwrap();
-        assert_eq!(listeners.len(), 3);
-        let first = listeners[0].local_addr();
-        assert_ne!(first.port(), 0);
-        for listener in &listeners {
-            assert_eq!(listener.local_addr(), first);
-            assert_eq!(local_port(&listener.socket).unwrap(), first.port());
-        }
-    }
-
-    #[test]
-    fn zero_receivers_means_one_per_core() {
-        let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(bind(&options("127.0.0.1:0", 0)).unwrap().len(), cores);
-    }
-
-    #[test]
     fn shutdown_joins_promptly_and_publishes_counts() {
         let mut daemon = Daemon::start(options("127.0.0.1:0", 2)).unwrap();
         let socket = client(daemon.addr);
@@ -988,161 +285,23 @@ mod tests {
     }
 
     #[test]
-    fn binding_a_port_in_use_names_the_address() {
-        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = bind(&options(&addr.to_string(), 2)).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
-        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    fn threads_are_named_after_transport_and_index_and_labelled_by_address() {
+        let first = bind(&options("127.0.0.1:0", 1)).unwrap();
+        let second = bind(&options("127.0.0.1:0", 1)).unwrap();
+        let addrs = [first[0].local_addr(), second[0].local_addr()];
+        let daemon = Daemon::spawn(first.into_iter().chain(second).collect());
+        let labels: Vec<String> = daemon.stats().iter().map(|s| s.listener.clone()).collect();
+        assert_eq!(labels, addrs.map(|a| a.to_string()));
+        let names = daemon.thread_names();
+        assert_eq!(names, ["tallyd-udp-0", "tallyd-udp-1"]);
     }
 
     #[test]
-    fn a_second_group_cannot_join_a_running_one() {
-        // SO_REUSEPORT alone would let this bind succeed and steal half the traffic.
-        let first = bind(&options("127.0.0.1:0", 2)).unwrap();
-        let addr = first[0].local_addr();
-        let err = bind(&options(&addr.to_string(), 2)).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
-        assert!(err.to_string().contains(&addr.to_string()), "{err}");
-    }
-
-    #[test]
-    fn receive_buffer_size_is_reported() {
-        let listeners = bind(&UdpOptions {
-            receive_buffer_bytes: 1 << 20,
-            ..options("127.0.0.1:0", 1)
-        })
-        .unwrap();
-        let granted = listeners[0].receive_buffer_bytes();
-        // At least what SO_RCVBUF grants anyone (Linux's minimum is a few KiB), at most the
-        // doubled request.
-        assert!(granted > 0 && granted <= 2 << 20, "{granted}");
-    }
-
-    /// The drop count of the sockets bound to `port` in /proc/net/udp, if readable.
-    fn proc_udp_drops(port: u16) -> Option<u64> {
-        let table = std::fs::read_to_string("/proc/net/udp").ok()?;
-        let suffix = format!(":{port:04X}");
-        let mut total = None;
-        for line in table.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(1).is_some_and(|local| local.ends_with(&suffix)) {
-                let drops: u64 = fields.last()?.parse().ok()?;
-                *total.get_or_insert(0) += drops;
-            }
-        }
-        total
-    }
-
-    #[test]
-    fn kernel_drops_are_counted_from_rxq_ovfl() {
-        let listeners = bind(&UdpOptions {
-            receive_buffer_bytes: 4096,
-            ..options("127.0.0.1:0", 1)
-        })
-        .unwrap();
-        let addr = listeners[0].local_addr();
-        // Nobody reads yet: the tiny buffer fills after a few datagrams, the rest are dropped.
-        let flood = client(addr);
-        const SENT: u64 = 500;
-        for _ in 0..SENT {
-            flood.send(b"listen_flood:1|c").unwrap();
-        }
-        let daemon = Daemon::spawn(listeners);
-        // The count rides on datagrams queued after the drops, so send more until one arrives
-        // and every datagram is accounted for (the first ones may be dropped too, while the
-        // receiver has not yet drained the full buffer).
-        let trigger = client(addr);
-        let dropped = || daemon.total(|s| s.kernel_drops.load(Ordering::Relaxed));
-        let mut sent = SENT;
-        let settled = eventually(|| {
-            trigger.send(b"listen_trigger:1|c").unwrap();
-            sent += 1;
-            std::thread::sleep(Duration::from_millis(5));
-            dropped() > 0 && daemon.packets() + dropped() == sent
-        });
-        let drops = dropped();
-        assert!(
-            settled,
-            "sent {sent}, received {}, dropped {drops}",
-            daemon.packets()
-        );
-        let kept = daemon.counter("listen_flood").unwrap_or(0.0) as u64;
-        assert!(kept > 0, "the buffer held nothing");
-        assert!(drops <= SENT + 5, "{drops}");
-        if let Some(kernel) = proc_udp_drops(addr.port()) {
-            assert_eq!(drops, kernel, "/proc/net/udp disagrees");
-        }
-    }
-
-    fn control_message(level: libc::c_int, kind: libc::c_int, data: &[u8]) -> Vec<u8> {
-        let len = CMSG_DATA_OFFSET + data.len();
-        let mut out = vec![0u8; len.next_multiple_of(size_of::<usize>())];
-        // SAFETY: all-zero bytes are a valid cmsghdr (integers and padding).
-        let mut header: libc::cmsghdr = unsafe { std::mem::zeroed() };
-        header.cmsg_len = len as _;
-        header.cmsg_level = level;
-        header.cmsg_type = kind;
-        // SAFETY: `out` has room for a cmsghdr (len >= CMSG_LEN(0) >= its size);
-        // write_unaligned has no alignment requirement.
-        unsafe {
-            out.as_mut_ptr()
-                .cast::<libc::cmsghdr>()
-                .write_unaligned(header)
-        };
-        out[CMSG_DATA_OFFSET..len].copy_from_slice(data);
-        out
-    }
-
-    #[test]
-    fn rxq_ovfl_reads_the_drop_count() {
-        let message = control_message(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &1234u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&message), Some(1234));
-    }
-
-    #[test]
-    fn rxq_ovfl_finds_the_count_after_another_message() {
-        let mut control = control_message(libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[7; 16]);
-        control.extend(control_message(
-            libc::SOL_SOCKET,
-            libc::SO_RXQ_OVFL,
-            &9u32.to_ne_bytes(),
-        ));
-        assert_eq!(rxq_ovfl(&control), Some(9));
-    }
-
-    #[test]
-    fn rxq_ovfl_ignores_other_and_malformed_messages() {
-        assert_eq!(rxq_ovfl(&[]), None);
-        let other = control_message(libc::SOL_IP, libc::SO_RXQ_OVFL, &5u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&other), None);
-        // Too short to hold the count.
-        let short = control_message(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &[1, 2]);
-        assert_eq!(rxq_ovfl(&short), None);
-        // A length running past the buffer ends the walk.
-        let mut long = control_message(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &5u32.to_ne_bytes());
-        long.truncate(CMSG_DATA_OFFSET + 2);
-        assert_eq!(rxq_ovfl(&long), None);
-        // A zero length must not loop forever.
-        let zero = vec![0u8; 64];
-        assert_eq!(rxq_ovfl(&zero), None);
-    }
-
-    #[test]
-    fn drop_counter_survives_the_kernel_counter_wrapping() {
-        let mut counter = DropCounter::default();
-        assert_eq!(counter.update(5), 5);
-        assert_eq!(counter.update(u32::MAX), u64::from(u32::MAX));
-        assert_eq!(counter.update(3), (1 << 32) + 3);
-        assert_eq!(counter.update(3), (1 << 32) + 3);
-    }
-
-    #[test]
-    fn spread_defaults_to_random() {
-        assert_eq!(UdpOptions::default().spread, Spread::Random);
-        assert_eq!(
-            UdpOptions::default().listen,
-            vec!["127.0.0.1:8125".parse().unwrap()]
-        );
+    fn log_limit_allows_one_line_per_interval() {
+        let mut limit = LogLimit::default();
+        assert!(limit.allow());
+        assert!(!limit.allow());
+        limit.last = Some(Instant::now() - LOG_INTERVAL);
+        assert!(limit.allow());
     }
 }
