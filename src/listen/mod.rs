@@ -7,16 +7,17 @@
 //! - [`udp`]: datagrams on a `SO_REUSEPORT` group per address, read with batched `recvmmsg`.
 //! - `unix` (Unix datagram sockets) and `tcp` (newline-delimited streams) are next. Each adds
 //!   a variant to [`Listener`] (with a `From` for its bound type), its arms in
-//!   [`Listener::label`], [`Listener::transport`] and [`Listener::receive`], and a
+//!   [`Listener::label`], [`Listener::transport`] and `Listener::receive`, and a
 //!   `receive_loop(listener, &mut Intake, &Stop)` of its own. Threads, stats registration,
-//!   panic isolation, stop and join stay here, written once.
+//!   panic isolation, stop and join stay here, written once. A Unix datagram loop can read
+//!   with [`udp::BatchReceiver`], which takes any datagram socket.
 //!
 //! A receive thread shares nothing on its hot path but the registry's atomics: the ingester,
 //! its series cache and the receive buffers belong to the thread and are allocated once when
 //! it starts, so receiving and ingesting a datagram for known series allocates nothing.
 //!
 //! Stopping is polled, not signalled: every transport's blocking call returns on its own at
-//! least every 200 ms (a socket receive timeout), and the loop checks [`Stop`] in between.
+//! least every 200 ms (a socket receive timeout), and the loop checks its `Stop` in between.
 
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};

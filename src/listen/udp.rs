@@ -4,7 +4,7 @@
 //! buffer, datagrams cut short).
 //!
 //! Every listen address gets `receivers_per_listener` sockets joined with `SO_REUSEPORT`; the
-//! parent module gives each its own thread, which runs [`receive_loop`].
+//! parent module gives each its own thread, which runs `receive_loop`.
 //!
 //! ## How datagrams are shared among the receivers
 //!
