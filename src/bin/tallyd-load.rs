@@ -4,8 +4,9 @@
 //! `send` writes a JSON object on stdout describing exactly what the kernel accepted (datagrams,
 //! lines, lines per type, the sum of every counter increment, optionally per series), so the
 //! end-to-end benchmark computes loss instead of guessing it. `floor` binds a UDP socket,
-//! receives with `recvmmsg` the way tallyd does, adds up counter values with a minimal scan and
-//! reports its CPU per line; see `benches/README.md`.
+//! receives with tallyd's own batch receiver (`tallyd::listen::udp::BatchReceiver`: `recvmmsg`,
+//! `SO_RXQ_OVFL`), adds up counter values with a minimal scan instead of ingesting, and reports
+//! its CPU per line; see `benches/README.md`.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tallyd::listen::udp::{self, BatchReceiver, Datagram};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -709,53 +711,36 @@ fn parse_number(text: &[u8]) -> f64 {
     value
 }
 
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct ControlSlot([u8; 64]);
-
+/// The floor's receive loop is tallyd's: the same [`BatchReceiver`] (one `recvmmsg` per batch
+/// into buffers allocated once, `SO_RXQ_OVFL` drop counts), with [`scan`] where tallyd ingests.
 fn floor(args: FloorArgs) -> Result<(), String> {
-    let batch = args.batch.clamp(1, 1024);
-    let slot_len = args.max_datagram.clamp(1, 65535);
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
+    // One plain socket: the floor measures one receiver, so tallyd's reuse-port group and its
+    // port probe have nothing to do here.
     let socket = UdpSocket::bind(args.listen).map_err(|e| format!("bind {}: {e}", args.listen))?;
-    let fd = socket.as_raw_fd();
     // As tallyd does: SO_RCVBUFFORCE (not capped by net.core.rmem_max, needs CAP_NET_ADMIN),
     // else SO_RCVBUF.
-    let size = args.rcvbuf.min(i32::MAX as usize) as libc::c_int;
-    if set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
-        set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size)
-            .map_err(|e| format!("SO_RCVBUF: {e}"))?;
-    }
-    set_int_option(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
-        .map_err(|e| format!("SO_RXQ_OVFL: {e}"))?;
+    let granted =
+        udp::set_receive_buffer(&socket, args.rcvbuf).map_err(|e| format!("SO_RCVBUF: {e}"))?;
+    udp::enable_drop_reports(&socket).map_err(|e| format!("SO_RXQ_OVFL: {e}"))?;
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| e.to_string())?;
-    let granted = get_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0);
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     eprintln!("floor ready: udp {local} (SO_RCVBUF granted {granted})");
 
-    let mut data = vec![0u8; batch * slot_len];
-    let mut iovecs: Vec<libc::iovec> = (0..batch)
-        .map(|_| libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        })
-        .collect();
-    // SAFETY: all-zero mmsghdr is valid.
-    let mut headers: Vec<libc::mmsghdr> =
-        (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
-    let mut control = vec![ControlSlot([0; 64]); batch];
+    let batch = args.batch.clamp(1, udp::MAX_BATCH);
+    let mut receiver = BatchReceiver::new(batch, args.max_datagram);
 
     let mut result = Scan::default();
     let mut datagrams: u64 = 0;
     let mut bytes: u64 = 0;
     let mut calls: u64 = 0;
-    let mut drops: u32 = 0;
+    let mut drops: u64 = 0;
     let started = Instant::now();
     let mut first_at: Option<Instant> = None;
     let mut last_at = Instant::now();
@@ -775,56 +760,25 @@ fn floor(args: FloorArgs) -> Result<(), String> {
         {
             break;
         }
-        let base = data.as_mut_ptr();
-        for i in 0..batch {
-            iovecs[i].iov_base = base.wrapping_add(i * slot_len).cast();
-            iovecs[i].iov_len = slot_len;
-            let msg = &mut headers[i].msg_hdr;
-            msg.msg_name = std::ptr::null_mut();
-            msg.msg_namelen = 0;
-            msg.msg_iov = &mut iovecs[i];
-            msg.msg_iovlen = 1;
-            msg.msg_control = control[i].0.as_mut_ptr().cast();
-            msg.msg_controllen = size_of::<ControlSlot>() as _;
-            msg.msg_flags = 0;
-            headers[i].msg_len = 0;
-        }
-        // SAFETY: headers point at distinct slots of `data`, iovecs and control slots that
-        // outlive the call.
-        let received = unsafe {
-            libc::recvmmsg(
-                fd,
-                headers.as_mut_ptr(),
-                batch as libc::c_uint,
-                libc::MSG_WAITFORONE as _,
-                std::ptr::null_mut(),
-            )
+        let received = receiver.receive(&socket, |datagram| {
+            // A truncated datagram is scanned as far as it got: the floor only measures the
+            // cost of receiving and looking at the bytes.
+            let (Datagram::Whole(bytes_in) | Datagram::Truncated(bytes_in)) = datagram;
+            datagrams += 1;
+            bytes += bytes_in.len() as u64;
+            scan(bytes_in, &mut result);
+        });
+        let batch = match received {
+            Ok(batch) => batch,
+            Err(e) if udp::is_timeout(&e) => continue,
+            Err(e) => return Err(format!("recvmmsg: {e}")),
         };
-        if received < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => {
-                    continue;
-                }
-                _ => return Err(format!("recvmmsg: {e}")),
-            }
-        }
         calls += 1;
         let now = Instant::now();
         first_at.get_or_insert(now);
         last_at = now;
-        for (i, header) in headers.iter().take(received as usize).enumerate() {
-            let len = (header.msg_len as usize).min(slot_len);
-            #[allow(clippy::unnecessary_cast)]
-            let control_len = (header.msg_hdr.msg_controllen as usize).min(64);
-            if let Some(count) = rxq_ovfl(&control[i].0[..control_len]) {
-                drops = count;
-            }
-            datagrams += 1;
-            bytes += len as u64;
-            scan(&data[i * slot_len..][..len], &mut result);
+        if let Some(total) = batch.kernel_drops {
+            drops = total;
         }
     }
     let cpu = rusage(libc::RUSAGE_THREAD);
@@ -846,7 +800,7 @@ fn floor(args: FloorArgs) -> Result<(), String> {
         .u64("counter_lines", result.counter_lines)
         .u64("counter_sum", result.counter_sum as u64)
         .f64("other_sum", result.other_sum)
-        .u64("kernel_drops", u64::from(drops))
+        .u64("kernel_drops", drops)
         .f64("cpu_user_s", cpu.user - cpu_start.user)
         .f64("cpu_sys_s", cpu.system - cpu_start.system)
         .f64("cpu_s", cpu_s)
@@ -864,37 +818,6 @@ fn floor(args: FloorArgs) -> Result<(), String> {
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "{}", out.finish()).map_err(|e| e.to_string())?;
     Ok(())
-}
-
-fn rxq_ovfl(control: &[u8]) -> Option<u32> {
-    let header_len = size_of::<libc::cmsghdr>();
-    // SAFETY: arithmetic only.
-    let data_offset = unsafe { libc::CMSG_LEN(0) } as usize;
-    let mut offset = 0;
-    let mut found = None;
-    while control.len().saturating_sub(offset) >= header_len {
-        // SAFETY: a whole cmsghdr lies at `offset`; read_unaligned has no alignment needs.
-        let header = unsafe {
-            control
-                .as_ptr()
-                .add(offset)
-                .cast::<libc::cmsghdr>()
-                .read_unaligned()
-        };
-        #[allow(clippy::unnecessary_cast)]
-        let len = header.cmsg_len as usize;
-        if len < data_offset || len > control.len() - offset {
-            break;
-        }
-        if header.cmsg_level == libc::SOL_SOCKET
-            && header.cmsg_type == libc::SO_RXQ_OVFL
-            && let Some(bytes) = control[offset..offset + len].get(data_offset..data_offset + 4)
-        {
-            found = Some(u32::from_ne_bytes(bytes.try_into().unwrap()));
-        }
-        offset += len.next_multiple_of(size_of::<usize>());
-    }
-    found
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -927,44 +850,6 @@ fn set_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an integer; 1 ns makes short sleeps accurate.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
-    }
-}
-
-fn set_int_option(fd: i32, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the option value is one c_int that lives across the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn get_int_option(fd: i32, level: i32, name: i32) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len live across the call and are the sizes passed.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            name,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -1,9 +1,10 @@
-//! The UDP receive path: binding the StatsD sockets, one receive thread per socket, and the
-//! accounting of what the kernel refused (full receive buffer, datagrams cut short).
+//! UDP: binding a listen address's `SO_REUSEPORT` group of sockets, the batch receiver that
+//! reads one of them with `recvmmsg` (shared with `tallyd-load floor`, so the floor measures the
+//! same receive code tallyd runs), and the accounting of what the kernel refused (full receive
+//! buffer, datagrams cut short).
 //!
-//! Every listen address gets `receivers_per_listener` sockets joined with `SO_REUSEPORT`, each
-//! read by its own OS thread with batched `recvmmsg` into buffers allocated once per thread.
-//! A thread owns one [`Ingester`], so the hot path shares nothing but the registry's atomics.
+//! Every listen address gets `receivers_per_listener` sockets joined with `SO_REUSEPORT`; the
+//! parent module gives each its own thread, which runs `receive_loop`.
 //!
 //! ## How datagrams are shared among the receivers
 //!
@@ -16,7 +17,8 @@
 //! The price: datagrams from one client may be applied out of order, since two of them can be
 //! in two threads at once. Counters, histograms and sets are commutative and do not care; two
 //! updates of the same gauge (a set, or a set and a `+`/`-` delta) sent in separate datagrams
-//! microseconds apart may be applied in either order. Lines within one datagram keep their order. [`Spread::Source`] keeps per-client order at the cost of per-client parallelism. If
+//! microseconds apart may be applied in either order. Lines within one datagram keep their
+//! order. [`Spread::Source`] keeps per-client order at the cost of per-client parallelism. If
 //! the program cannot be attached (an old kernel, a seccomp filter), tallyd logs a warning and
 //! falls back to source hashing.
 //!
@@ -38,36 +40,31 @@
 //!   count, which the receiver stores in [`ReceiverStats::kernel_drops`]. The figure therefore
 //!   moves when the next datagram after a burst of drops is read, not at the drop itself. Each
 //!   receiver has its own socket, so each reports its own socket's count.
+//!
+//! [`ReceiverStats::oversized`]: crate::telemetry::ReceiverStats::oversized
+//! [`ReceiverStats::kernel_drops`]: crate::telemetry::ReceiverStats::kernel_drops
 
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde::Deserialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::ingest::{IngestOptions, Ingester};
-use crate::record::Recorder;
-use crate::telemetry::{ReceiverStats, Telemetry};
+use super::{Intake, LOG_INTERVAL, LogLimit, Stop};
 
 /// How often a blocked receive returns on its own, so the thread notices shutdown and an idle
 /// thread still publishes its counts.
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Most messages one `recvmmsg` call takes (the kernel's `UIO_MAXIOV`).
-const MAX_BATCH: usize = 1024;
+pub const MAX_BATCH: usize = 1024;
 
 /// The largest UDP payload (IPv6 jumbograms aside).
-const MAX_DATAGRAM: usize = 65535;
-
-/// Least time between two log lines about the same kind of trouble, per thread.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub const MAX_DATAGRAM: usize = 65535;
 
 /// Roughly what the kernel charges a receive buffer for one small datagram (the `skb` and its
 /// bookkeeping, not the payload), used only to tell the operator what a buffer size means.
@@ -129,6 +126,8 @@ impl Spread {
 
 /// One bound socket, not yet read. [`bind`] makes them; [`spawn_receivers`] starts one thread
 /// per socket.
+///
+/// [`spawn_receivers`]: super::spawn_receivers
 #[derive(Debug)]
 pub struct BoundListener {
     socket: Socket,
@@ -161,6 +160,8 @@ impl BoundListener {
 
 /// Binds every socket of every listen address, so that a port in use is reported (with its
 /// address) before anything starts. Nothing is read until [`spawn_receivers`].
+///
+/// [`spawn_receivers`]: super::spawn_receivers
 pub fn bind(options: &UdpOptions) -> io::Result<Vec<BoundListener>> {
     let receivers = match options.receivers_per_listener {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -209,8 +210,17 @@ fn bind_group(
         socket
             .set_read_timeout(Some(RECEIVE_TIMEOUT))
             .map_err(|e| name_error("cannot set SO_RCVTIMEO: ", e))?;
-        let buffer = set_receive_buffer(&socket, options.receive_buffer_bytes);
-        if let Err(e) = set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
+        let buffer = match set_receive_buffer(&socket, options.receive_buffer_bytes) {
+            Ok(granted) => granted,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot set SO_RCVBUF to {} bytes: {e}",
+                    options.receive_buffer_bytes
+                );
+                receive_buffer_size(&socket).unwrap_or(0)
+            }
+        };
+        if let Err(e) = enable_drop_reports(&socket)
             && i == 0
         {
             tracing::warn!(
@@ -278,17 +288,26 @@ fn local_port(socket: &Socket) -> io::Result<u16> {
         .ok_or_else(|| io::Error::other("the socket has no IP address"))
 }
 
-/// Sets the receive buffer: `SO_RCVBUFFORCE` first (not capped by `net.core.rmem_max`, needs
-/// `CAP_NET_ADMIN`), else `SO_RCVBUF`. Returns what the kernel reports back (0 if unreadable).
-fn set_receive_buffer(socket: &Socket, requested: usize) -> usize {
+/// Sets a socket's receive buffer: `SO_RCVBUFFORCE` first (not capped by
+/// `net.core.rmem_max`, needs `CAP_NET_ADMIN`), else `SO_RCVBUF`. Returns the size the kernel
+/// reports back, which on Linux is twice the size set (see [`BoundListener::receive_buffer_bytes`]).
+pub fn set_receive_buffer(socket: &impl AsFd, requested: usize) -> io::Result<usize> {
     // The kernel doubles the value into an int; larger requests would overflow it.
     let value = requested.min(i32::MAX as usize / 2) as libc::c_int;
-    if set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value).is_err()
-        && let Err(e) = socket.set_recv_buffer_size(value as usize)
-    {
-        tracing::warn!("cannot set SO_RCVBUF to {requested} bytes: {e}");
-    }
-    socket.recv_buffer_size().unwrap_or(0)
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value)
+        .or_else(|_| set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUF, value))?;
+    receive_buffer_size(socket)
+}
+
+/// `SO_RCVBUF` as the kernel reports it.
+pub fn receive_buffer_size(socket: &impl AsFd) -> io::Result<usize> {
+    get_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUF).map(|n| n.max(0) as usize)
+}
+
+/// Asks the kernel to attach the socket's cumulative drop count (`SO_RXQ_OVFL`) to the
+/// datagrams it queues after a drop; [`BatchReceiver`] reads it back.
+pub fn enable_drop_reports(socket: &impl AsFd) -> io::Result<()> {
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
 }
 
 /// Logs a warning when the kernel granted less than asked. Linux reports twice the size that
@@ -339,8 +358,9 @@ fn attach_random_spread(socket: &Socket, receivers: usize) -> io::Result<()> {
     )
 }
 
-fn set_int_option(
-    socket: &Socket,
+/// `setsockopt` of an `int` option.
+pub fn set_int_option(
+    socket: &impl AsFd,
     level: libc::c_int,
     name: libc::c_int,
     value: libc::c_int,
@@ -348,10 +368,36 @@ fn set_int_option(
     set_option(socket, level, name, &value)
 }
 
+/// `getsockopt` of an `int` option.
+pub fn get_int_option(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live for the whole call and `len` is `value`'s size, so
+    // the kernel writes at most that many bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `setsockopt` for options socket2 does not offer. The kernel copies `size_of::<T>()` bytes
 /// from `value` (and, for a BPF program, the instructions it points to) during the call.
 fn set_option<T>(
-    socket: &Socket,
+    socket: &impl AsFd,
     level: libc::c_int,
     name: libc::c_int,
     value: &T,
@@ -361,7 +407,7 @@ fn set_option<T>(
     // return an error, it cannot make it write into our memory.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            socket.as_fd().as_raw_fd(),
             level,
             name,
             (value as *const T).cast(),
@@ -375,85 +421,54 @@ fn set_option<T>(
     }
 }
 
-/// The running receive threads.
-#[derive(Debug)]
-pub struct ReceiverHandles {
-    threads: Vec<JoinHandle<()>>,
-    stats: Vec<Arc<ReceiverStats>>,
-}
-
-impl ReceiverHandles {
-    /// Waits for every thread to end. Set the shutdown flag first: a thread notices it within
-    /// about 200 ms, publishes its last counts and returns.
-    pub fn join(self) {
-        for thread in self.threads {
-            let name = thread.thread().name().unwrap_or("?").to_owned();
-            if thread.join().is_err() {
-                tracing::error!("receive thread {name} panicked");
+/// The body of one UDP receive thread: batches from `listener`'s socket into `intake` until
+/// `stop` is requested. The socket's receive timeout bounds how long that takes to notice.
+pub(super) fn receive_loop(listener: BoundListener, intake: &mut Intake, stop: &Stop) {
+    let mut receiver = BatchReceiver::new(listener.batch, listener.max_datagram_bytes);
+    let mut error_log = LogLimit::default();
+    while !stop.requested() {
+        let mut oversized = 0;
+        let received = receiver.receive(&listener.socket, |datagram| match datagram {
+            Datagram::Whole(bytes) => intake.ingest(bytes),
+            // The rest of the datagram is gone, and parsing the remainder would apply some
+            // lines and mangle the one at the cut: refuse it whole.
+            Datagram::Truncated(_) => oversized += 1,
+        });
+        match received {
+            Ok(batch) => {
+                let stats = intake.stats();
+                if oversized > 0 {
+                    stats.oversized.fetch_add(oversized, Ordering::Relaxed);
+                }
+                if let Some(total) = batch.kernel_drops {
+                    stats.kernel_drops.store(total, Ordering::Relaxed);
+                }
             }
-        }
-    }
-
-    /// Each thread's counters, in thread order (the same objects the telemetry holds).
-    pub fn stats(&self) -> &[Arc<ReceiverStats>] {
-        &self.stats
-    }
-
-    /// The number of receive threads.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-}
-
-/// Starts one receive thread (`tallyd-udp-N`) per bound socket, each registering its own
-/// counters with `telemetry` under the `listener` label of its address. The threads run until
-/// `shutdown` is set; dropping the handles detaches them.
-pub fn spawn_receivers(
-    listeners: Vec<BoundListener>,
-    recorder: Arc<Recorder>,
-    telemetry: &Telemetry,
-    options: IngestOptions,
-    shutdown: Arc<AtomicBool>,
-) -> io::Result<ReceiverHandles> {
-    // Stops the threads already started if a later one cannot be.
-    let abort = Arc::new(AtomicBool::new(false));
-    let mut handles = ReceiverHandles {
-        threads: Vec::with_capacity(listeners.len()),
-        stats: Vec::with_capacity(listeners.len()),
-    };
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let stats = telemetry.add_receiver(listener.local_addr.to_string());
-        let thread_stats = Arc::clone(&stats);
-        let recorder = Arc::clone(&recorder);
-        let stop = [Arc::clone(&shutdown), Arc::clone(&abort)];
-        let options = options.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("tallyd-udp-{index}"))
-            .spawn(move || {
-                let ingester = Ingester::new(recorder, Arc::clone(&thread_stats), options);
-                Receiver::new(listener, ingester, thread_stats).run(&stop);
-            });
-        match spawned {
-            Ok(thread) => {
-                handles.threads.push(thread);
-                handles.stats.push(stats);
-            }
+            Err(e) if is_timeout(&e) => {}
             Err(e) => {
-                abort.store(true, Ordering::Relaxed);
-                handles.join();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot start UDP receive thread tallyd-udp-{index}: {e}"),
-                ));
+                if error_log.allow() {
+                    tracing::warn!(
+                        listener = intake.stats().listener.as_str(),
+                        "UDP receive failed: {e} (logged at most every {}s per receiver)",
+                        LOG_INTERVAL.as_secs()
+                    );
+                }
+                // Whatever it is, don't spin on it.
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // Once per batch, and on every timeout so an idle thread still publishes.
+        intake.flush();
     }
-    tracing::debug!("{} UDP receive thread(s) started", handles.len());
-    Ok(handles)
+}
+
+/// True for the errors a receive with a timeout returns when nothing came, or when a signal
+/// interrupted it: try again.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// Control-message space for one datagram. `SO_RXQ_OVFL` needs `CMSG_SPACE(4)` (24 bytes on
@@ -468,32 +483,53 @@ const CMSG_DATA_OFFSET: usize = unsafe { libc::CMSG_LEN(0) } as usize;
 const _: () = assert!(unsafe { libc::CMSG_SPACE(4) } as usize <= size_of::<ControlSlot>());
 const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= 8);
 
-/// One thread's socket, ingester and receive buffers, allocated once and reused for every
-/// batch: `batch` slots of `max_datagram_bytes` (2 MiB at the defaults; the pages are only
-/// touched as datagrams that size arrive), and the `recvmmsg` headers that point into them.
-struct Receiver {
-    socket: Socket,
-    ingester: Ingester,
-    stats: Arc<ReceiverStats>,
+/// One datagram of a batch, as [`BatchReceiver::receive`] hands it over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datagram<'a> {
+    /// The whole datagram.
+    Whole(&'a [u8]),
+    /// A datagram longer than a slot, cut short by the kernel (`MSG_TRUNC`): only the bytes
+    /// that fit; the rest is lost.
+    Truncated(&'a [u8]),
+}
+
+/// What one [`BatchReceiver::receive`] call took besides the datagrams themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Datagrams received (whole and truncated), at least 1.
+    pub datagrams: usize,
+    /// The socket's cumulative kernel drop count, widened to 64 bits, if a datagram of this
+    /// batch carried one (see [`enable_drop_reports`]).
+    pub kernel_drops: Option<u64>,
+}
+
+/// The `recvmmsg` machinery for one socket: `batch` data slots of `slot_len` bytes, and the
+/// iovecs, message headers and control-message slots that point into them, all allocated once
+/// in [`BatchReceiver::new`] and reused by every call, so receiving allocates nothing. At the
+/// defaults (32 × 65535) that is 2 MiB of slots, whose pages the kernel only touches as
+/// datagrams that large arrive.
+///
+/// It owns buffers, not a socket: the caller passes the socket to each
+/// [`receive`](Self::receive), so one type serves tallyd's receive threads and the load tool's
+/// floor. One receiver per socket, though: it keeps that socket's drop count.
+pub struct BatchReceiver {
     slot_len: usize,
     data: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
     control: Vec<ControlSlot>,
     drops: DropCounter,
-    last_error_log: Option<Instant>,
-    last_panic_log: Option<Instant>,
 }
 
-impl Receiver {
-    fn new(listener: BoundListener, ingester: Ingester, stats: Arc<ReceiverStats>) -> Self {
-        let batch = listener.batch;
-        Receiver {
-            socket: listener.socket,
-            ingester,
-            stats,
-            slot_len: listener.max_datagram_bytes,
-            data: vec![0; batch * listener.max_datagram_bytes],
+impl BatchReceiver {
+    /// Buffers for `batch` datagrams (clamped to 1..=[`MAX_BATCH`]) of up to `slot_len` bytes
+    /// (clamped to 1..=[`MAX_DATAGRAM`]); longer ones arrive [`Datagram::Truncated`].
+    pub fn new(batch: usize, slot_len: usize) -> Self {
+        let batch = batch.clamp(1, MAX_BATCH);
+        let slot_len = slot_len.clamp(1, MAX_DATAGRAM);
+        BatchReceiver {
+            slot_len,
+            data: vec![0; batch * slot_len],
             iovecs: (0..batch)
                 .map(|_| libc::iovec {
                     iov_base: std::ptr::null_mut(),
@@ -505,45 +541,46 @@ impl Receiver {
             headers: (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect(),
             control: vec![ControlSlot([0; 64]); batch],
             drops: DropCounter::default(),
-            last_error_log: None,
-            last_panic_log: None,
         }
     }
 
-    fn run(mut self, stop: &[Arc<AtomicBool>]) {
-        while !stop.iter().any(|flag| flag.load(Ordering::Relaxed)) {
-            match self.receive() {
-                Ok(received) => self.process(received),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    if should_log(&mut self.last_error_log) {
-                        tracing::warn!(
-                            listener = self.stats.listener.as_str(),
-                            "UDP receive failed: {e} (logged at most every {}s per receiver)",
-                            LOG_INTERVAL.as_secs()
-                        );
-                    }
-                    // Whatever it is, don't spin on it.
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+    /// One `recvmmsg` on `socket`: blocks (up to the socket's receive timeout, if it has one)
+    /// for the first datagram, then takes whatever else is queued, up to the batch size,
+    /// without waiting; hands `each` every datagram in arrival order. A timeout is an error
+    /// for which [`is_timeout`] holds.
+    pub fn receive(
+        &mut self,
+        socket: &impl AsFd,
+        mut each: impl FnMut(Datagram<'_>),
+    ) -> io::Result<Batch> {
+        let received = self.recvmmsg(socket)?;
+        let mut drops = None;
+        for (i, header) in self.headers.iter().take(received).enumerate() {
+            // size_t on glibc, socklen_t on musl.
+            #[allow(clippy::unnecessary_cast)]
+            let control_len =
+                (header.msg_hdr.msg_controllen as usize).min(size_of::<ControlSlot>());
+            if let Some(count) = rxq_ovfl(&self.control[i].0[..control_len]) {
+                drops = Some(count);
             }
-            // Once per batch, and on every timeout so an idle thread still publishes.
-            self.ingester.flush_stats();
+            let slot = &self.data[i * self.slot_len..][..self.slot_len];
+            let len = header.msg_len as usize;
+            if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > self.slot_len {
+                each(Datagram::Truncated(&slot[..len.min(self.slot_len)]));
+            } else {
+                each(Datagram::Whole(&slot[..len]));
+            }
         }
-        self.ingester.flush_stats();
+        Ok(Batch {
+            datagrams: received,
+            kernel_drops: drops.map(|count| self.drops.update(count)),
+        })
     }
 
-    /// One `recvmmsg`: blocks (up to the socket's receive timeout) for the first datagram,
-    /// then takes whatever else is queued, up to the batch size, without waiting.
-    fn receive(&mut self) -> io::Result<usize> {
+    fn recvmmsg(&mut self, socket: &impl AsFd) -> io::Result<usize> {
         // The headers are re-pointed at the buffers on every call: it costs a few stores per
-        // slot, and the kernel overwrites the control length and flags anyway.
+        // slot, keeps the struct free of self-references while it is not receiving, and the
+        // kernel overwrites the control length and flags anyway.
         let data = self.data.as_mut_ptr();
         let slots = self
             .headers
@@ -569,7 +606,7 @@ impl Receiver {
         // headers.
         let received = unsafe {
             libc::recvmmsg(
-                self.socket.as_raw_fd(),
+                socket.as_fd().as_raw_fd(),
                 self.headers.as_mut_ptr(),
                 self.headers.len() as libc::c_uint,
                 libc::MSG_WAITFORONE as _,
@@ -581,59 +618,6 @@ impl Receiver {
         } else {
             Ok(received as usize)
         }
-    }
-
-    /// Ingests the first `received` datagrams of the last batch.
-    fn process(&mut self, received: usize) {
-        let mut oversized = 0;
-        let mut drops = None;
-        for (i, header) in self.headers.iter().take(received).enumerate() {
-            // size_t on glibc, socklen_t on musl.
-            #[allow(clippy::unnecessary_cast)]
-            let control_len =
-                (header.msg_hdr.msg_controllen as usize).min(size_of::<ControlSlot>());
-            if let Some(count) = rxq_ovfl(&self.control[i].0[..control_len]) {
-                drops = Some(count);
-            }
-            let len = header.msg_len as usize;
-            if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > self.slot_len {
-                // Cut short by the kernel: the rest of the datagram is gone, and parsing the
-                // remainder would apply some lines and mangle the one at the cut.
-                oversized += 1;
-                continue;
-            }
-            let datagram = &self.data[i * self.slot_len..][..len];
-            let ingester = &mut self.ingester;
-            // A parser bug must cost one datagram, not the thread (and with it, the socket).
-            if catch_unwind(AssertUnwindSafe(|| ingester.ingest(datagram))).is_err()
-                && should_log(&mut self.last_panic_log)
-            {
-                tracing::error!(
-                    listener = self.stats.listener.as_str(),
-                    "a datagram made the parser panic and was skipped; this is a bug in \
-                     tallyd, please report it (logged at most every {}s per receiver)",
-                    LOG_INTERVAL.as_secs()
-                );
-            }
-        }
-        if oversized > 0 {
-            self.stats.oversized.fetch_add(oversized, Ordering::Relaxed);
-        }
-        if let Some(count) = drops {
-            let total = self.drops.update(count);
-            self.stats.kernel_drops.store(total, Ordering::Relaxed);
-        }
-    }
-}
-
-/// True (and remembers now) if nothing was logged in the last [`LOG_INTERVAL`].
-fn should_log(last: &mut Option<Instant>) -> bool {
-    let now = Instant::now();
-    if last.is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL) {
-        *last = Some(now);
-        true
-    } else {
-        false
     }
 }
 
@@ -694,155 +678,77 @@ impl DropCounter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::registry::{Cell, Registry, RegistrySettings};
     use std::net::UdpSocket;
 
-    const WAIT: Duration = Duration::from_secs(5);
+    use super::super::test_support::{
+        Daemon, client, eventually, ipv6_loopback_available, options,
+    };
+    use super::*;
 
-    /// A running set of receivers on one address, with the registry they feed.
-    struct Daemon {
-        addr: SocketAddr,
-        registry: Arc<Registry>,
-        telemetry: Telemetry,
-        shutdown: Arc<AtomicBool>,
-        handles: Option<ReceiverHandles>,
-        stats: Vec<Arc<ReceiverStats>>,
-        spread: Spread,
-    }
-
-    impl Daemon {
-        fn start(options: UdpOptions) -> io::Result<Daemon> {
-            let listeners = bind(&options)?;
-            Ok(Daemon::spawn(listeners))
-        }
-
-        fn spawn(listeners: Vec<BoundListener>) -> Daemon {
-            let addr = listeners[0].local_addr();
-            let spread = listeners[0].spread();
-            let registry = Arc::new(Registry::new(RegistrySettings::default()));
-            let telemetry = Telemetry::default();
-            let shutdown = Arc::new(AtomicBool::new(false));
-            let handles = spawn_receivers(
-                listeners,
-                Recorder::for_registry(&registry),
-                &telemetry,
-                IngestOptions::default(),
-                Arc::clone(&shutdown),
-            )
-            .expect("spawn receivers");
-            Daemon {
-                addr,
-                registry,
-                telemetry,
-                shutdown,
-                stats: handles.stats().to_vec(),
-                handles: Some(handles),
-                spread,
-            }
-        }
-
-        fn stats(&self) -> &[Arc<ReceiverStats>] {
-            &self.stats
-        }
-
-        fn total(&self, read: impl Fn(&ReceiverStats) -> u64) -> u64 {
-            self.stats().iter().map(|s| read(s)).sum()
-        }
-
-        fn packets(&self) -> u64 {
-            self.total(|s| s.packets.load(Ordering::Relaxed))
-        }
-
-        fn counter(&self, name: &str) -> Option<f64> {
-            let family = self
-                .registry
-                .families()
-                .into_iter()
-                .find(|f| f.name() == name)?;
-            let mut sum = 0.0;
-            family.for_each_series(|series| {
-                if let Cell::Counter(value) = series.cell() {
-                    sum += value.get();
-                }
-            });
-            Some(sum)
-        }
-
-        fn stop(&mut self) -> Duration {
-            self.shutdown.store(true, Ordering::SeqCst);
-            let started = Instant::now();
-            if let Some(handles) = self.handles.take() {
-                handles.join();
-            }
-            started.elapsed()
-        }
-    }
-
-    impl Drop for Daemon {
-        fn drop(&mut self) {
-            self.stop();
-        }
-    }
-
-    fn options(listen: &str, receivers: usize) -> UdpOptions {
-        UdpOptions {
-            listen: vec![listen.parse().unwrap()],
-            receivers_per_listener: receivers,
-            ..UdpOptions::default()
-        }
-    }
-
-    /// Polls `condition` until it holds or [`WAIT`] passes; returns whether it held.
-    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if condition() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn client(to: SocketAddr) -> UdpSocket {
-        let local: SocketAddr = if to.is_ipv6() {
-            "[::1]:0".parse().unwrap()
-        } else {
-            "127.0.0.1:0".parse().unwrap()
-        };
-        let socket = UdpSocket::bind(local).unwrap();
-        socket.connect(to).unwrap();
+    /// Sends `datagrams` to a fresh socket and receives them in one batch of `batch` slots of
+    /// `slot_len` bytes; returns what the receiver handed over, as owned bytes.
+    fn receive_batch(datagrams: &[&[u8]], batch: usize, slot_len: usize) -> Vec<(bool, Vec<u8>)> {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
-    }
-
-    fn ipv6_loopback_available() -> bool {
-        UdpSocket::bind("[::1]:0").is_ok()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let sender = client(socket.local_addr().unwrap());
+        for datagram in datagrams {
+            sender.send(datagram).unwrap();
+        }
+        let mut receiver = BatchReceiver::new(batch, slot_len);
+        let mut seen = Vec::new();
+        while seen.len() < datagrams.len() {
+            let batch = receiver
+                .receive(&socket, |d| match d {
+                    Datagram::Whole(b) => seen.push((true, b.to_vec())),
+                    Datagram::Truncated(b) => seen.push((false, b.to_vec())),
+                })
+                .unwrap();
+            assert!(batch.datagrams >= 1);
+            assert_eq!(batch.kernel_drops, None);
+        }
+        seen
     }
 
     #[test]
-    fn counters_from_many_datagrams_add_up_exactly() {
-        let daemon = Daemon::start(options("127.0.0.1:0", 2)).unwrap();
-        let clients: Vec<UdpSocket> = (0..8).map(|_| client(daemon.addr)).collect();
-        for round in 0..250 {
-            for socket in &clients {
-                socket.send(b"listen_hits:1|c\nlisten_hits:2|c\n").unwrap();
-            }
-            if round % 50 == 0 {
-                // Don't outrun two receivers on a busy two-core machine.
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        assert!(
-            eventually(|| daemon.counter("listen_hits") == Some(6000.0)),
-            "counter is {:?}, packets {}",
-            daemon.counter("listen_hits"),
-            daemon.packets()
+    fn batch_receiver_hands_over_datagrams_in_order() {
+        let seen = receive_batch(&[b"a:1|c", b"b:2|c\n", b""], 8, 64);
+        assert_eq!(
+            seen,
+            [
+                (true, b"a:1|c".to_vec()),
+                (true, b"b:2|c\n".to_vec()),
+                (true, Vec::new())
+            ]
         );
-        assert_eq!(daemon.packets(), 2000);
-        assert_eq!(daemon.total(|s| s.kernel_drops.load(Ordering::Relaxed)), 0);
+    }
+
+    #[test]
+    fn batch_receiver_marks_datagrams_longer_than_a_slot_truncated() {
+        let long = [b'x'; 100];
+        let seen = receive_batch(&[&long, &long[..16], &long[..17]], 2, 16);
+        assert_eq!(
+            seen,
+            [
+                (false, long[..16].to_vec()),
+                (true, long[..16].to_vec()),
+                (false, long[..16].to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_receiver_timeout_is_a_timeout() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut receiver = BatchReceiver::new(4, 64);
+        let err = receiver
+            .receive(&socket, |_| panic!("nothing was sent"))
+            .unwrap_err();
+        assert!(is_timeout(&err), "{err}");
     }
 
     #[test]
@@ -972,19 +878,6 @@ mod tests {
     fn zero_receivers_means_one_per_core() {
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(bind(&options("127.0.0.1:0", 0)).unwrap().len(), cores);
-    }
-
-    #[test]
-    fn shutdown_joins_promptly_and_publishes_counts() {
-        let mut daemon = Daemon::start(options("127.0.0.1:0", 2)).unwrap();
-        let socket = client(daemon.addr);
-        for _ in 0..10 {
-            socket.send(b"listen_bye:1|c").unwrap();
-        }
-        assert!(eventually(|| daemon.counter("listen_bye") == Some(10.0)));
-        let took = daemon.stop();
-        assert!(took < Duration::from_secs(1), "join took {took:?}");
-        assert_eq!(daemon.packets(), 10);
     }
 
     #[test]

@@ -1,0 +1,308 @@
+//! Receiving StatsD: one OS thread per bound socket, whatever the transport, each feeding its
+//! own [`Ingester`] and counting into its own [`ReceiverStats`]; and the handles that stop and
+//! join those threads.
+//!
+//! The transports live beside this file, one module each:
+//!
+//! - [`udp`]: datagrams on a `SO_REUSEPORT` group per address, read with batched `recvmmsg`.
+//! - `unix` (Unix datagram sockets) and `tcp` (newline-delimited streams) are next. Each adds
+//!   a variant to [`Listener`] (with a `From` for its bound type), its arms in
+//!   [`Listener::label`], [`Listener::transport`] and `Listener::receive`, and a
+//!   `receive_loop(listener, &mut Intake, &Stop)` of its own. Threads, stats registration,
+//!   panic isolation, stop and join stay here, written once. A Unix datagram loop can read
+//!   with [`udp::BatchReceiver`], which takes any datagram socket.
+//!
+//! A receive thread shares nothing on its hot path but the registry's atomics: the ingester,
+//! its series cache and the receive buffers belong to the thread and are allocated once when
+//! it starts, so receiving and ingesting a datagram for known series allocates nothing.
+//!
+//! Stopping is polled, not signalled: every transport's blocking call returns on its own at
+//! least every 200 ms (a socket receive timeout), and the loop checks its `Stop` in between.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::ingest::{IngestOptions, Ingester};
+use crate::record::Recorder;
+use crate::telemetry::{ReceiverStats, Telemetry};
+
+pub mod udp;
+
+#[cfg(test)]
+mod test_support;
+
+pub use udp::{BoundListener, Spread, UdpOptions, bind};
+
+/// Least time between two log lines about the same kind of trouble, per thread.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A bound socket of any transport, not yet read; [`spawn_receivers`] gives it a thread.
+#[derive(Debug)]
+pub enum Listener {
+    /// One socket of a UDP listen address's reuse-port group.
+    Udp(udp::BoundListener),
+}
+
+impl From<udp::BoundListener> for Listener {
+    fn from(listener: udp::BoundListener) -> Self {
+        Listener::Udp(listener)
+    }
+}
+
+impl Listener {
+    /// The `listener` label of this socket's receive counters: its address as an operator
+    /// would write it in the config.
+    pub fn label(&self) -> String {
+        match self {
+            Listener::Udp(udp) => udp.local_addr().to_string(),
+        }
+    }
+
+    /// The transport's short name, for thread names and messages.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Listener::Udp(_) => "udp",
+        }
+    }
+
+    /// Runs this transport's receive loop on the calling thread until `stop` is requested.
+    fn receive(self, intake: &mut Intake, stop: &Stop) {
+        match self {
+            Listener::Udp(udp) => udp::receive_loop(udp, intake, stop),
+        }
+    }
+}
+
+/// When receive threads should end: the daemon's shutdown, or a later thread of the same
+/// [`spawn_receivers`] call failing to start (so no thread outlives a failed start).
+#[derive(Clone, Debug)]
+struct Stop {
+    shutdown: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
+    }
+}
+
+/// What a receive loop hands its datagrams to: the thread's ingester behind a panic guard,
+/// and the thread's counters for what the transport itself accounts (oversized, kernel drops).
+struct Intake {
+    ingester: Ingester,
+    stats: Arc<ReceiverStats>,
+    panic_log: LogLimit,
+}
+
+impl Intake {
+    /// Ingests one datagram (or, for a stream, a run of whole lines).
+    fn ingest(&mut self, datagram: &[u8]) {
+        let ingester = &mut self.ingester;
+        // A parser bug must cost one datagram, not the thread (and with it, the socket).
+        if catch_unwind(AssertUnwindSafe(|| ingester.ingest(datagram))).is_err()
+            && self.panic_log.allow()
+        {
+            tracing::error!(
+                listener = self.stats.listener.as_str(),
+                "a datagram made the parser panic and was skipped; this is a bug in tallyd, \
+                 please report it (logged at most every {}s per receiver)",
+                LOG_INTERVAL.as_secs()
+            );
+        }
+    }
+
+    fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// Publishes the ingester's thread-local counts; loops call it once per batch or wake-up,
+    /// so the shared atomics are touched per batch, not per line.
+    fn flush(&mut self) {
+        self.ingester.flush_stats();
+    }
+}
+
+/// Rate limit for one kind of log line in one thread: at most one per [`LOG_INTERVAL`].
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Instant>,
+}
+
+impl LogLimit {
+    /// True (and remembers now) if nothing was logged in the last [`LOG_INTERVAL`].
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL)
+        {
+            self.last = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The running receive threads.
+#[derive(Debug)]
+pub struct ReceiverHandles {
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<ReceiverStats>>,
+}
+
+impl ReceiverHandles {
+    /// Waits for every thread to end. Set the shutdown flag first: a thread notices it within
+    /// about 200 ms, publishes its last counts and returns.
+    pub fn join(self) {
+        for thread in self.threads {
+            let name = thread.thread().name().unwrap_or("?").to_owned();
+            if thread.join().is_err() {
+                tracing::error!("receive thread {name} panicked");
+            }
+        }
+    }
+
+    /// Each thread's counters, in thread order (the same objects the telemetry holds).
+    pub fn stats(&self) -> &[Arc<ReceiverStats>] {
+        &self.stats
+    }
+
+    /// The number of receive threads.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+}
+
+/// Starts one receive thread (`tallyd-<transport>-N`, N its index in
+/// [`ReceiverHandles::stats`]) per bound socket, each registering its own counters with
+/// `telemetry` under the `listener` label of its address. The threads run until `shutdown` is
+/// set; dropping the handles detaches them.
+pub fn spawn_receivers<L: Into<Listener>>(
+    listeners: impl IntoIterator<Item = L>,
+    recorder: Arc<Recorder>,
+    telemetry: &Telemetry,
+    options: IngestOptions,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<ReceiverHandles> {
+    // All a thread needs to build its ingester; everything below is transport and ingest
+    // agnostic. Built on the thread, so its cache is first touched by the core that uses it.
+    let new_ingester = move |stats: Arc<ReceiverStats>| {
+        Ingester::new(Arc::clone(&recorder), stats, options.clone())
+    };
+    let stop = Stop {
+        shutdown,
+        abort: Arc::new(AtomicBool::new(false)),
+    };
+    let listeners = listeners.into_iter();
+    let mut handles = ReceiverHandles {
+        threads: Vec::with_capacity(listeners.size_hint().0),
+        stats: Vec::with_capacity(listeners.size_hint().0),
+    };
+    for (index, listener) in listeners.map(Into::into).enumerate() {
+        let name = format!("tallyd-{}-{index}", listener.transport());
+        let stats = telemetry.add_receiver(listener.label());
+        let thread_stats = Arc::clone(&stats);
+        let new_ingester = new_ingester.clone();
+        let thread_stop = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let mut intake = Intake {
+                    ingester: new_ingester(Arc::clone(&thread_stats)),
+                    stats: thread_stats,
+                    panic_log: LogLimit::default(),
+                };
+                listener.receive(&mut intake, &thread_stop);
+                intake.flush();
+            });
+        match spawned {
+            Ok(thread) => {
+                handles.threads.push(thread);
+                handles.stats.push(stats);
+            }
+            Err(e) => {
+                stop.abort.store(true, Ordering::Relaxed);
+                handles.join();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot start receive thread {name}: {e}"),
+                ));
+            }
+        }
+    }
+    tracing::debug!("{} receive thread(s) started", handles.len());
+    Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{Daemon, client, eventually, options};
+    use super::*;
+
+    #[test]
+    fn counters_from_many_datagrams_add_up_exactly() {
+        let daemon = Daemon::start(options("127.0.0.1:0", 2)).unwrap();
+        let clients: Vec<_> = (0..8).map(|_| client(daemon.addr)).collect();
+        for round in 0..250 {
+            for socket in &clients {
+                socket.send(b"listen_hits:1|c\nlisten_hits:2|c\n").unwrap();
+            }
+            if round % 50 == 0 {
+                // Don't outrun two receivers on a busy two-core machine.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        assert!(
+            eventually(|| daemon.counter("listen_hits") == Some(6000.0)),
+            "counter is {:?}, packets {}",
+            daemon.counter("listen_hits"),
+            daemon.packets()
+        );
+        assert_eq!(daemon.packets(), 2000);
+        assert_eq!(daemon.total(|s| s.kernel_drops.load(Ordering::Relaxed)), 0);
+    }
+
+    #[test]
+    fn shutdown_joins_promptly_and_publishes_counts() {
+        let mut daemon = Daemon::start(options("127.0.0.1:0", 2)).unwrap();
+        let socket = client(daemon.addr);
+        for _ in 0..10 {
+            socket.send(b"listen_bye:1|c").unwrap();
+        }
+        assert!(eventually(|| daemon.counter("listen_bye") == Some(10.0)));
+        let took = daemon.stop();
+        assert!(took < Duration::from_secs(1), "join took {took:?}");
+        assert_eq!(daemon.packets(), 10);
+    }
+
+    #[test]
+    fn threads_are_named_after_transport_and_index_and_labelled_by_address() {
+        let first = bind(&options("127.0.0.1:0", 1)).unwrap();
+        let second = bind(&options("127.0.0.1:0", 1)).unwrap();
+        let addrs = [first[0].local_addr(), second[0].local_addr()];
+        let daemon = Daemon::spawn(first.into_iter().chain(second).collect());
+        let labels: Vec<String> = daemon.stats().iter().map(|s| s.listener.clone()).collect();
+        assert_eq!(labels, addrs.map(|a| a.to_string()));
+        let names = daemon.thread_names();
+        assert_eq!(names, ["tallyd-udp-0", "tallyd-udp-1"]);
+    }
+
+    #[test]
+    fn log_limit_allows_one_line_per_interval() {
+        let mut limit = LogLimit::default();
+        assert!(limit.allow());
+        assert!(!limit.allow());
+        limit.last = Some(Instant::now() - LOG_INTERVAL);
+        assert!(limit.allow());
+    }
+}
