@@ -489,7 +489,7 @@ impl Defaults {
         let buckets = non_empty(histogram.buckets.take())
             .or_else(|| non_empty(d.buckets))
             .unwrap_or_else(|| PROMETHEUS_DEFAULT_BUCKETS.to_vec());
-        check_buckets(&buckets).map_err(bad)?;
+        crate::validate::buckets(&buckets).map_err(bad)?;
         let objectives = non_empty(summary.quantiles.take()).or_else(|| non_empty(d.quantiles));
         if let Some(objectives) = &objectives {
             objective_warnings("defaults", objectives, warnings);
@@ -580,22 +580,12 @@ fn non_empty<T>(list: Option<Vec<T>>) -> Option<Vec<T>> {
     list.filter(|l| !l.is_empty())
 }
 
-fn check_buckets(buckets: &[f64]) -> Result<(), String> {
-    if buckets.iter().any(|b| !b.is_finite()) || buckets.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(format!(
-            "buckets must be finite and strictly increasing, got {buckets:?}"
-        ));
-    }
-    Ok(())
-}
-
 fn quantiles_of(objectives: &[Objective]) -> Result<Vec<f64>, String> {
     let mut quantiles: Vec<f64> = objectives.iter().map(|o| o.quantile).collect();
-    if let Some(bad) = quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
-        return Err(format!("quantiles are between 0 and 1, got {bad}"));
-    }
     quantiles.sort_by(f64::total_cmp);
+    // statsd_exporter takes a quantile listed twice; so do we, once.
     quantiles.dedup();
+    crate::validate::quantiles(&quantiles)?;
     Ok(quantiles)
 }
 
@@ -919,7 +909,7 @@ fn observer_options(
             let buckets = non_empty(m.buckets.clone())
                 .or_else(|| non_empty(histogram_buckets))
                 .unwrap_or_else(|| defaults.buckets.clone());
-            check_buckets(&buckets)?;
+            crate::validate::buckets(&buckets)?;
             rule.buckets = Some(buckets);
         }
         ObserverType::Summary => {

@@ -50,16 +50,16 @@ pub struct SharedRules {
 }
 
 impl SharedRules {
-    pub fn new(rules: RuleSet) -> Self {
+    pub fn new(rules: Arc<RuleSet>) -> Self {
         SharedRules {
-            current: parking_lot::RwLock::new(Arc::new(rules)),
+            current: parking_lot::RwLock::new(rules),
             generation: AtomicU64::new(0),
         }
     }
 
     /// Puts `rules` in force for every ingester, from its next datagram on.
-    pub fn replace(&self, rules: RuleSet) {
-        *self.current.write() = Arc::new(rules);
+    pub fn replace(&self, rules: Arc<RuleSet>) {
+        *self.current.write() = rules;
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -74,7 +74,7 @@ impl SharedRules {
 
 impl Default for SharedRules {
     fn default() -> Self {
-        SharedRules::new(RuleSet::empty())
+        SharedRules::new(Arc::new(RuleSet::empty()))
     }
 }
 

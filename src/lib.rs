@@ -52,5 +52,7 @@ pub mod read;
 pub mod record;
 pub mod registry;
 pub mod rules;
+pub mod runtime;
 pub mod summary;
 pub mod telemetry;
+pub mod validate;

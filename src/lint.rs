@@ -40,6 +40,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::naming::{label_name_into, sanitize_name};
+use crate::registry::Kind;
 
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -172,29 +173,6 @@ impl Lines {
 }
 
 /// The Prometheus type a name is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-    Summary,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-            Kind::Summary => "summary",
-        }
-    }
-
-    fn observes(self) -> bool {
-        matches!(self, Kind::Histogram | Kind::Summary)
-    }
-}
-
 /// Base units Prometheus recommends, and `info` (of `*_info` metrics): suffixes that do not
 /// count as a word of the name.
 const BASE_UNITS: &[&str] = &[
@@ -767,7 +745,7 @@ impl Linter {
                     Severity::Warning,
                     format!(
                         "\"_total\" marks counters, but this is a {}: call it \"{prefix}{stem}\"",
-                        kind.as_str()
+                        kind.name()
                     ),
                 );
             }

@@ -31,8 +31,11 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// What a family is, as Prometheus will see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a family is: the one metric-kind enum, used by every input, definition and output.
+/// (The StatsD type letters, `protocol::MetricType`, are the wire's own; sets are exposed as
+/// gauges.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     Counter,
     Gauge,
@@ -44,6 +47,32 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Counter,
+        Kind::Gauge,
+        Kind::Histogram,
+        Kind::Set,
+        Kind::Summary,
+    ];
+
+    /// The kind's name in config files and labels: `counter`, `gauge`, `histogram`, `set`,
+    /// `summary`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+            Kind::Set => "set",
+            Kind::Summary => "summary",
+        }
+    }
+
+    /// True for the kinds that take observations (histograms and summaries).
+    pub fn observes(self) -> bool {
+        matches!(self, Kind::Histogram | Kind::Summary)
+    }
+
     fn key_letter(self) -> char {
         match self {
             Kind::Counter => 'c',
@@ -928,16 +957,16 @@ impl Registry {
     }
 }
 
-/// Starts the thread that keeps the registry clock and expires idle series, until `stop`.
+/// Starts the thread that keeps the registry clock and expires idle series, until `stop` is cancelled.
 pub fn spawn_housekeeping(
     registry: Arc<Registry>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("tallyd-housekeeping".into())
         .spawn(move || {
             let mut last_sweep = 0;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.is_cancelled() {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 registry.tick();
                 let now = registry.now_secs();

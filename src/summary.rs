@@ -169,14 +169,7 @@ impl SummaryConfig {
 
     /// Checks every field; the message names the field and the bad value.
     pub fn validate(&self) -> Result<(), String> {
-        for (i, q) in self.quantiles.iter().enumerate() {
-            if !(0.0..=1.0).contains(q) {
-                return Err(format!("quantiles are between 0 and 1, got {q}"));
-            }
-            if self.quantiles[..i].contains(q) {
-                return Err(format!("quantile {q} is listed twice"));
-            }
-        }
+        crate::validate::quantiles(&self.quantiles)?;
         if self.age_buckets == 0 || self.age_buckets > MAX_AGE_BUCKETS {
             return Err(format!(
                 "age_buckets is between 1 and {MAX_AGE_BUCKETS}, got {}",

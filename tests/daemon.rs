@@ -239,7 +239,7 @@ fn packed_counter_values_each_add() {
 
 #[test]
 fn histogram_buckets_are_configurable() {
-    let daemon = Daemon::with_config("[statsd]\nhistogram_buckets = [1.0, 2.0]\n");
+    let daemon = Daemon::with_config("[aggregation]\nhistogram_buckets = [1.0, 2.0]\n");
     daemon.send(&["custom:1.5|h\n"]);
     let text = daemon.wait_for(&[
         (r#"custom_bucket{le="1"}"#, 0.0),
@@ -265,6 +265,7 @@ fn a_set_is_a_gauge_of_distinct_members() {
     assert_eq!(declared_type(&text, "users"), Some("gauge"), "{text}");
 }
 
+/// The key's old place (`[statsd]`, before `[aggregation]`) still works.
 #[test]
 fn a_full_set_drops_new_members_and_counts_them() {
     let daemon = Daemon::with_config("[statsd]\nmax_set_members = 2\n");
@@ -819,7 +820,8 @@ fn sigint_exits_0_within_a_few_seconds() {
     assert_exits_cleanly_on(libc::SIGINT);
 }
 
-/// config/tallyd.toml: "Keys under [udp], [http] and [statsd] take effect on restart", so the
+/// config/tallyd.toml: "Keys under [udp], [http], [statsd], [aggregation] and [limits] take
+/// effect on restart", so the
 /// `[exposition]` switch takes effect on reload.
 #[test]
 fn sighup_applies_a_new_exposition_setting() {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tallyd::config::Config;
+use tallyd::config::Settings;
 use tallyd::import::{ImportError, Imported, import_mapping};
 use tallyd::protocol::MetricType;
 use tallyd::rules::{MappingRule, Match, MetricClass, ObserverType, RuleSet};
@@ -45,11 +45,8 @@ fn import(fixture: &str) -> (Imported, RuleSet) {
         parsed, imported.rules,
         "{fixture}: the TOML and Imported::rules differ"
     );
-    match Config::parse(text, Path::new(fixture)) {
-        Ok(_) => {}
-        // Until the lead adds `mapping` to Config; then this arm goes unused.
-        Err(e) if e.to_string().contains("unknown field `mapping`") => {}
-        Err(e) => panic!("{fixture}: {e}"),
+    if let Err(e) = Settings::parse(text, Path::new(fixture)) {
+        panic!("{fixture}: {e}");
     }
     let set = RuleSet::new(&parsed).unwrap();
     (imported, set)

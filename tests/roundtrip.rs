@@ -589,9 +589,9 @@ fn a_log_filter_with_a_spaced_non_ascii_directive_does_not_panic() {
     for level in ["info, é=debug", " é=", "warn,\tü[span]=trace"] {
         let text = format!("[log]\nlevel = {level:?}\n");
         let outcome = std::panic::catch_unwind(|| {
-            tallyd::config::Config::parse(&text, std::path::Path::new("t.toml")).is_ok()
+            tallyd::config::Settings::parse(&text, std::path::Path::new("t.toml")).is_ok()
         });
-        assert!(outcome.is_ok(), "Config::parse panicked on {text:?}");
+        assert!(outcome.is_ok(), "Settings::parse panicked on {text:?}");
     }
 }
 

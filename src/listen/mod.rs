@@ -22,9 +22,10 @@
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::ingest::{IngestOptions, Ingester};
 use crate::record::Recorder;
@@ -77,17 +78,16 @@ impl Listener {
     }
 }
 
-/// When receive threads should end: the daemon's shutdown, or a later thread of the same
-/// [`spawn_receivers`] call failing to start (so no thread outlives a failed start).
+/// When receive threads should end: a child of the daemon's shutdown token, cancelled on its
+/// own when a later thread of the same [`spawn_receivers`] call fails to start (so no thread
+/// outlives a failed start).
 #[derive(Clone, Debug)]
-struct Stop {
-    shutdown: Arc<AtomicBool>,
-    abort: Arc<AtomicBool>,
-}
+struct Stop(CancellationToken);
 
 impl Stop {
+    /// One relaxed-cost check per batch or receive timeout.
     fn requested(&self) -> bool {
-        self.shutdown.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
+        self.0.is_cancelled()
     }
 }
 
@@ -157,7 +157,7 @@ pub struct ReceiverHandles {
 }
 
 impl ReceiverHandles {
-    /// Waits for every thread to end. Set the shutdown flag first: a thread notices it within
+    /// Waits for every thread to end. Cancel the shutdown token first: a thread notices it within
     /// about 200 ms, publishes its last counts and returns.
     pub fn join(self) {
         for thread in self.threads {
@@ -186,23 +186,20 @@ impl ReceiverHandles {
 /// Starts one receive thread (`tallyd-<transport>-N`, N its index in
 /// [`ReceiverHandles::stats`]) per bound socket, each registering its own counters with
 /// `telemetry` under the `listener` label of its address. The threads run until `shutdown` is
-/// set; dropping the handles detaches them.
+/// cancelled; dropping the handles detaches them.
 pub fn spawn_receivers<L: Into<Listener>>(
     listeners: impl IntoIterator<Item = L>,
     recorder: Arc<Recorder>,
     telemetry: &Telemetry,
     options: IngestOptions,
-    shutdown: Arc<AtomicBool>,
+    shutdown: &CancellationToken,
 ) -> io::Result<ReceiverHandles> {
     // All a thread needs to build its ingester; everything below is transport and ingest
     // agnostic. Built on the thread, so its cache is first touched by the core that uses it.
     let new_ingester = move |stats: Arc<ReceiverStats>| {
         Ingester::new(Arc::clone(&recorder), stats, options.clone())
     };
-    let stop = Stop {
-        shutdown,
-        abort: Arc::new(AtomicBool::new(false)),
-    };
+    let stop = Stop(shutdown.child_token());
     let listeners = listeners.into_iter();
     let mut handles = ReceiverHandles {
         threads: Vec::with_capacity(listeners.size_hint().0),
@@ -231,7 +228,7 @@ pub fn spawn_receivers<L: Into<Listener>>(
                 handles.stats.push(stats);
             }
             Err(e) => {
-                stop.abort.store(true, Ordering::Relaxed);
+                stop.0.cancel();
                 handles.join();
                 return Err(io::Error::new(
                     e.kind(),
@@ -269,7 +266,10 @@ mod tests {
             daemon.packets()
         );
         assert_eq!(daemon.packets(), 2000);
-        assert_eq!(daemon.total(|s| s.kernel_drops.load(Ordering::Relaxed)), 0);
+        assert_eq!(
+            daemon.total(|s| s.kernel_drops.load(std::sync::atomic::Ordering::Relaxed)),
+            0
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use super::{BoundListener, ReceiverHandles, Spread, UdpOptions, bind, spawn_receivers};
 use crate::ingest::IngestOptions;
@@ -20,7 +22,7 @@ pub(super) struct Daemon {
     pub(super) addr: SocketAddr,
     registry: Arc<Registry>,
     pub(super) telemetry: Telemetry,
-    shutdown: Arc<AtomicBool>,
+    shutdown: CancellationToken,
     handles: Option<ReceiverHandles>,
     stats: Vec<Arc<ReceiverStats>>,
     pub(super) spread: Spread,
@@ -37,13 +39,13 @@ impl Daemon {
         let spread = listeners[0].spread();
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
         let telemetry = Telemetry::default();
-        let shutdown = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
         let handles = spawn_receivers(
             listeners,
             Recorder::for_registry(&registry),
             &telemetry,
             IngestOptions::default(),
-            Arc::clone(&shutdown),
+            &shutdown,
         )
         .expect("spawn receivers");
         Daemon {
@@ -95,7 +97,7 @@ impl Daemon {
     }
 
     pub(super) fn stop(&mut self) -> Duration {
-        self.shutdown.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
         let started = Instant::now();
         if let Some(handles) = self.handles.take() {
             handles.join();

@@ -410,13 +410,13 @@ fn compile(rule: &MappingRule) -> Result<Compiled, String> {
 
 fn check_options(rule: &MappingRule) -> Result<(), String> {
     if let Some(buckets) = &rule.buckets {
-        check_buckets(buckets)?;
+        crate::validate::buckets(buckets)?;
     }
     if let Some(quantiles) = &rule.quantiles {
-        check_quantiles(quantiles)?;
+        crate::validate::quantiles(quantiles)?;
     }
     if let Some(ttl) = rule.ttl_seconds {
-        check_ttl(ttl)?;
+        crate::validate::ttl_seconds(ttl)?;
     }
     if let Some(scale) = rule.scale {
         check_scale(scale)?;
@@ -445,49 +445,6 @@ fn check_options(rule: &MappingRule) -> Result<(), String> {
             Err("`quantiles` has no effect with observer_type = \"histogram\"".into())
         }
         _ => Ok(()),
-    }
-}
-
-fn check_buckets(bounds: &[f64]) -> Result<(), String> {
-    if bounds.is_empty() {
-        return Err("needs at least one bucket bound".into());
-    }
-    if let Some(bad) = bounds.iter().find(|b| !b.is_finite()) {
-        return Err(format!(
-            "bucket bounds must be finite (+Inf is always added), got {bad}"
-        ));
-    }
-    if let Some(pair) = bounds.windows(2).find(|w| w[0] >= w[1]) {
-        return Err(format!(
-            "bucket bounds must increase strictly, but {} is followed by {}",
-            pair[0], pair[1]
-        ));
-    }
-    Ok(())
-}
-
-fn check_quantiles(quantiles: &[f64]) -> Result<(), String> {
-    if quantiles.is_empty() {
-        return Err("needs at least one quantile".into());
-    }
-    if let Some(bad) = quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
-        return Err(format!("quantiles are between 0 and 1, got {bad}"));
-    }
-    for (i, q) in quantiles.iter().enumerate() {
-        if quantiles[..i].contains(q) {
-            return Err(format!("quantile {q} is listed twice"));
-        }
-    }
-    Ok(())
-}
-
-fn check_ttl(ttl: f64) -> Result<(), String> {
-    if (0.0..=1e9).contains(&ttl) {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be a number of seconds, 0 (never expires) or more, got {ttl}"
-        ))
     }
 }
 
@@ -571,16 +528,18 @@ impl Partial {
             Field::ObserverType => self.observer_type = Some(ObserverType::deserialize(d)?),
             Field::Buckets => {
                 self.buckets = Some(checked(Vec::deserialize(d)?, |b: &Vec<f64>| {
-                    check_buckets(b)
+                    crate::validate::buckets(b)
                 })?)
             }
             Field::Quantiles => {
                 self.quantiles = Some(checked(Vec::deserialize(d)?, |q: &Vec<f64>| {
-                    check_quantiles(q)
+                    crate::validate::quantiles(q)
                 })?)
             }
             Field::TtlSeconds => {
-                self.ttl_seconds = Some(checked(f64::deserialize(d)?, |t| check_ttl(*t))?)
+                self.ttl_seconds = Some(checked(f64::deserialize(d)?, |t| {
+                    crate::validate::ttl_seconds(*t)
+                })?)
             }
             Field::Scale => self.scale = Some(checked(f64::deserialize(d)?, |s| check_scale(*s))?),
             Field::Help => self.help = Some(String::deserialize(d)?),

@@ -1,0 +1,47 @@
+//! The command line: the flags that override the file's common keys, and the subcommands that
+//! do a job and exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The command line.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "tallyd",
+    version,
+    about = "StatsD/DogStatsD over UDP in, Prometheus /metrics out."
+)]
+pub struct Cli {
+    /// The TOML configuration file. Without it, the built-in defaults (those documented in
+    /// config/tallyd.toml) apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// UDP address to receive StatsD on (repeat for several); replaces `udp.listen`.
+    #[arg(long = "udp-listen", value_name = "ADDR")]
+    pub udp_listen: Vec<SocketAddr>,
+    /// Address of the HTTP server (/metrics); replaces `http.listen`.
+    #[arg(long = "http-listen", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive);
+    /// replaces `log.level`.
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Validate the configuration, print the outcome and exit (0 valid, 2 invalid).
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands that do a job and exit instead of running the daemon.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Convert a statsd_exporter mapping file (YAML) to a complete tallyd config on stdout;
+    /// options with no tallyd equivalent are reported on stderr.
+    ImportMapping {
+        /// The statsd_exporter mapping YAML file.
+        file: PathBuf,
+    },
+}

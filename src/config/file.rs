@@ -1,0 +1,307 @@
+//! The file as written: one serde tree, `deny_unknown_fields` everywhere, a `Default` per
+//! section. Every check that can name a key runs inside deserialisation, so a refusal carries
+//! the file, line, column and key (the `toml` crate adds them). `config/tallyd.toml` documents
+//! every key with its default; a test keeps that file and [`Config::default`] in agreement.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Deserializer};
+
+use super::metric::MetricDefinition;
+use crate::http::HttpOptions;
+use crate::ingest::IngestOptions;
+use crate::listen::{Spread, UdpOptions};
+use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
+use crate::rules::MappingRule;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub udp: UdpConfig,
+    pub http: HttpConfig,
+    pub statsd: StatsdConfig,
+    pub aggregation: AggregationConfig,
+    pub exposition: ExpositionConfig,
+    pub limits: LimitsConfig,
+    pub lint: LintConfig,
+    pub log: LogConfig,
+    /// `[[mapping]]` rules, first match in file order wins (see `rules`).
+    pub mapping: Vec<MappingRule>,
+    /// `[[metric]]` definitions, by final Prometheus name.
+    #[serde(rename = "metric")]
+    pub metrics: Vec<toml::Spanned<MetricDefinition>>,
+}
+
+/// `[limits]`: the bounds on memory an operator chooses.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_series: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_series_per_metric: usize,
+    /// 0 keeps series until restart.
+    pub series_ttl_seconds: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let registry = RegistrySettings::default();
+        LimitsConfig {
+            max_series: registry.max_series,
+            max_series_per_metric: registry.max_series_per_metric,
+            series_ttl_seconds: registry.series_ttl_secs,
+        }
+    }
+}
+
+/// `[udp]`: the StatsD listeners.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Receive threads (and sockets) per address; 0 = one per core.
+    pub receivers: usize,
+    pub receive_buffer_bytes: usize,
+    #[serde(deserialize_with = "datagram_size")]
+    pub max_datagram_bytes: usize,
+    #[serde(deserialize_with = "batch_size")]
+    pub batch: usize,
+    pub spread: Spread,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        let defaults = UdpOptions::default();
+        UdpConfig {
+            listen: defaults.listen,
+            receivers: defaults.receivers_per_listener,
+            receive_buffer_bytes: defaults.receive_buffer_bytes,
+            max_datagram_bytes: defaults.max_datagram_bytes,
+            batch: defaults.batch,
+            spread: defaults.spread,
+        }
+    }
+}
+
+/// `[http]`: the server for /metrics and the health endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "positive_seconds")]
+    pub header_read_timeout_seconds: f64,
+    #[serde(deserialize_with = "positive_seconds")]
+    pub request_timeout_seconds: f64,
+    #[serde(deserialize_with = "positive_seconds")]
+    pub idle_timeout_seconds: f64,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_connections: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_concurrent_scrapes: usize,
+    pub gzip: bool,
+    /// Serve `POST /-/reload` and `POST /-/quit` (statsd_exporter's `--web.enable-lifecycle`).
+    pub enable_lifecycle: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let defaults = HttpOptions::default();
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
+            header_read_timeout_seconds: defaults.header_read_timeout.as_secs_f64(),
+            request_timeout_seconds: defaults.request_timeout.as_secs_f64(),
+            idle_timeout_seconds: defaults.idle_timeout.as_secs_f64(),
+            max_connections: defaults.max_connections,
+            max_concurrent_scrapes: defaults.max_concurrent_scrapes,
+            gzip: defaults.enable_gzip,
+            enable_lifecycle: false,
+        }
+    }
+}
+
+/// `[statsd]`: how StatsD lines are read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsdConfig {
+    /// Etsy semantics: a gauge value with a leading `+`/`-` is a delta. `false` gives the
+    /// DogStatsD agent's meaning (always absolute).
+    pub gauge_deltas: bool,
+    /// Export the DogStatsD `|c:` container id as label `container_id`.
+    pub container_id_label: bool,
+    #[serde(deserialize_with = "at_least_one")]
+    pub cache_capacity: usize,
+    /// Deprecated here: `[aggregation] histogram_buckets`.
+    #[serde(deserialize_with = "some_buckets")]
+    pub histogram_buckets: Option<Vec<f64>>,
+    /// Deprecated here: `[aggregation] set_window_seconds`.
+    #[serde(deserialize_with = "some_at_least_one_u32")]
+    pub set_window_seconds: Option<u32>,
+    /// Deprecated here: `[aggregation] max_set_members`.
+    #[serde(deserialize_with = "some_at_least_one")]
+    pub max_set_members: Option<usize>,
+    /// Deprecated here: `[aggregation] shards`.
+    #[serde(deserialize_with = "some_usize")]
+    pub shards: Option<usize>,
+}
+
+impl Default for StatsdConfig {
+    fn default() -> Self {
+        let ingest = IngestOptions::default();
+        StatsdConfig {
+            gauge_deltas: ingest.parse.gauge_deltas,
+            container_id_label: ingest.container_id_label,
+            cache_capacity: ingest.cache_capacity,
+            histogram_buckets: None,
+            set_window_seconds: None,
+            max_set_members: None,
+            shards: None,
+        }
+    }
+}
+
+/// `[aggregation]`: how samples from every input (StatsD today, HTTP next) are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregationConfig {
+    #[serde(deserialize_with = "buckets")]
+    pub histogram_buckets: Vec<f64>,
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub set_window_seconds: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_set_members: usize,
+    /// 0 = 16 per core.
+    pub shards: usize,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        let registry = RegistrySettings::default();
+        AggregationConfig {
+            histogram_buckets: DEFAULT_BUCKETS.to_vec(),
+            set_window_seconds: registry.set_window_secs,
+            max_set_members: registry.max_set_members,
+            shards: 0,
+        }
+    }
+}
+
+/// `[exposition]`: how /metrics is written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpositionConfig {
+    /// Serve counters under statsd_exporter's names (no `_total`) in the 0.0.4 text format.
+    pub statsd_exporter_names: bool,
+}
+
+/// `[lint]`: the naming lint (`--check-config` prints its findings with their lines).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LintConfig {
+    /// Refuse a configuration with naming warnings or errors, instead of only reporting them.
+    pub strict: bool,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    #[serde(deserialize_with = "log_filter")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be a number of seconds above 0 and at most 86400, got {value}"
+        )))
+    }
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn datagram_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        n @ 512..=65535 => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 512 and 65535 bytes, got {n}"
+        ))),
+    }
+}
+
+fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        n @ 1..=1024 => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 1 and 1024 datagrams, got {n}"
+        ))),
+    }
+}
+
+fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let bounds = Vec::<f64>::deserialize(d)?;
+    crate::validate::buckets(&bounds).map_err(serde::de::Error::custom)?;
+    Ok(bounds)
+}
+
+fn some_buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+    buckets(d).map(Some)
+}
+
+fn some_at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    at_least_one_u32(d).map(Some)
+}
+
+fn some_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    at_least_one(d).map(Some)
+}
+
+fn some_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    usize::deserialize(d).map(Some)
+}
+
+fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    normalize_log_filter(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// Checks a `tracing` filter (`info,tallyd::listen=debug`) and returns it with the blanks
+/// around each directive removed, which is the form the daemon hands to `EnvFilter`.
+///
+/// Why trim here: tracing-subscriber 0.3.23 indexes a directive it trimmed with positions
+/// taken from the untrimmed text, and panics when leading blanks meet a non-ASCII character
+/// (`"info, é=debug"`, found by fuzz/). Without leading blanks the two texts agree.
+pub fn normalize_log_filter(level: &str) -> Result<String, String> {
+    let normalized = level
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing_subscriber::EnvFilter::try_new(&normalized)
+        .map_err(|e| format!("invalid log filter {level:?}: {e}"))?;
+    Ok(normalized)
+}

@@ -1,0 +1,170 @@
+//! The configuration, in three steps (ripgrep's low-level → high-level arguments):
+//!
+//! - `cli.rs`: the command line ([`Cli`]), whose flags override the file's common keys;
+//! - `file.rs`: the file as written ([`Config`]), one serde tree whose every key
+//!   `config/tallyd.toml` documents; `metric.rs` holds its `[[metric]]` tables;
+//! - `settings.rs`: [`Settings`], the file validated and built once into what the daemon runs
+//!   on (rules compiled, definitions built, lint run), or a [`ConfigError`] naming the key and
+//!   its line.
+
+mod cli;
+mod file;
+mod metric;
+mod settings;
+
+pub use cli::{Cli, Command};
+pub use file::{
+    AggregationConfig, Config, ExpositionConfig, HttpConfig, LimitsConfig, LintConfig, LogConfig,
+    StatsdConfig, UdpConfig, normalize_log_filter,
+};
+pub use metric::{BucketSpec, Generator, MetricDefinition};
+pub use settings::{ConfigError, Settings};
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::listen::Spread;
+
+    fn settings(text: &str) -> Result<Settings, String> {
+        Settings::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        settings(text).map(|settings| settings.file)
+    }
+
+    #[test]
+    fn the_documented_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tallyd.toml");
+        let settings = Settings::load(&path).unwrap();
+        assert_eq!(settings.file, Config::default());
+        assert!(
+            settings.deprecations.is_empty(),
+            "{:?}",
+            settings.deprecations
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name_and_line() {
+        let err = parse("[udp]\nlisten = [\"127.0.0.1:8125\"]\nlisen = 1\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_refused() {
+        let err = parse("[udpp]\n").unwrap_err();
+        assert!(err.contains("udpp"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_with_its_line() {
+        let err = parse("\n[http]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unsorted_buckets_are_refused_with_the_offending_pair() {
+        let err = parse("[aggregation]\nhistogram_buckets = [1.0, 0.5]\n").unwrap_err();
+        assert!(err.contains("1 is followed by 0.5"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused() {
+        let err = parse("[log]\nlevel = \"info,[\"\n").unwrap_err();
+        assert!(err.contains("invalid log filter"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let err = parse("[http]\nidle_timeout_seconds = 0\n").unwrap_err();
+        assert!(err.contains("above 0"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli {
+            udp_listen: vec!["127.0.0.1:9999".parse().unwrap()],
+            http_listen: Some("127.0.0.1:9998".parse().unwrap()),
+            log_level: Some("debug".into()),
+            ..Cli::default()
+        };
+        let settings = Settings::from_cli(&cli).unwrap();
+        assert_eq!(settings.udp.listen, cli.udp_listen);
+        assert_eq!(settings.http_listen, cli.http_listen.unwrap());
+        assert_eq!(settings.log_level, "debug");
+    }
+
+    #[test]
+    fn spread_accepts_its_two_names_only() {
+        assert_eq!(
+            parse("[udp]\nspread = \"source\"\n").unwrap().udp.spread,
+            Spread::Source
+        );
+        assert!(parse("[udp]\nspread = \"roundrobin\"\n").is_err());
+    }
+
+    #[test]
+    fn the_old_statsd_keys_still_work_with_a_deprecation_notice() {
+        let old = settings(
+            "[statsd]\nhistogram_buckets = [1.0, 2.0]\nset_window_seconds = 5\n\
+             max_set_members = 7\nshards = 8\n",
+        )
+        .unwrap();
+        assert_eq!(&*old.registry.histogram_buckets, &[1.0, 2.0]);
+        assert_eq!(old.registry.set_window_secs, 5);
+        assert_eq!(old.registry.max_set_members, 7);
+        assert_eq!(old.registry.shards, 8);
+        assert_eq!(old.deprecations.len(), 4, "{:?}", old.deprecations);
+        assert!(old.deprecations[0].contains("[aggregation]"));
+        let new = settings(
+            "[aggregation]\nhistogram_buckets = [1.0, 2.0]\nset_window_seconds = 5\n\
+             max_set_members = 7\nshards = 8\n",
+        )
+        .unwrap();
+        assert_eq!(
+            new.registry.histogram_buckets,
+            old.registry.histogram_buckets
+        );
+        assert_eq!(new.registry.shards, 8);
+        assert!(new.deprecations.is_empty());
+    }
+
+    #[test]
+    fn a_key_in_both_its_old_and_new_place_is_refused() {
+        let err = parse("[statsd]\nshards = 8\n[aggregation]\nshards = 4\n").unwrap_err();
+        assert!(
+            err.contains("[statsd] shards and [aggregation] shards"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rules_and_definitions_are_built_once_with_the_settings() {
+        let settings = settings(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"a_total\"\n\
+             [[metric]]\nname = \"jobs_total\"\ntype = \"counter\"\nhelp = \"Jobs.\"\n",
+        )
+        .unwrap();
+        assert_eq!(settings.rules.len(), 1);
+        let jobs = &settings.definitions["jobs"];
+        assert_eq!(jobs.kind, crate::registry::Kind::Counter);
+        assert_eq!(jobs.options.help.as_deref(), Some("Jobs."));
+    }
+
+    #[test]
+    fn a_set_cannot_be_declared() {
+        let err = parse("[[metric]]\nname = \"users\"\ntype = \"set\"\n").unwrap_err();
+        assert!(err.contains("cannot be declared"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,315 @@
+//! Running tallyd as a library: bind its sockets ([`Listeners::bind`]), then [`run`] them with a
+//! set of [`Settings`] until a [`CancellationToken`] is cancelled. The binary (`daemon`) adds
+//! only what belongs to a process: flags, logging, signals and exit codes. Tests bind
+//! `127.0.0.1:0`, run tallyd in-process and cancel their own token.
+//!
+//! What runs: one receive thread per UDP socket (`listen`), a housekeeping thread (registry
+//! clock and expiry), and the HTTP server on the caller's tokio runtime. One token stops them
+//! all: the receive threads notice it within their receive timeout, the server drains its
+//! connections (bounded by `http::SHUTDOWN_GRACE`), then `run` joins the threads and returns.
+//!
+//! Reloads ([`Lifecycle::Reload`], sent by SIGHUP or `POST /-/reload`) build new settings with
+//! the caller's [`Control::reload`] and apply what can change while running: mapping rules,
+//! metric definitions, exposition options and the log filter. A configuration that fails leaves
+//! the running one in force, and says why.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Settings};
+use crate::definitions::{Definitions, Source};
+use crate::http::{self, HttpState, Lifecycle};
+use crate::ingest::SharedRules;
+use crate::listen::{self, BoundListener};
+use crate::record::Recorder;
+use crate::registry::{self, Registry};
+use crate::telemetry::{ReloadOutcome, Telemetry};
+
+/// How long shutdown waits for the HTTP server to drain.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Every socket tallyd serves, bound and not yet read.
+#[derive(Debug)]
+pub struct Listeners {
+    pub udp: Vec<BoundListener>,
+    pub http: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds every address the settings name, so that a port in use is reported (with its
+    /// address) before anything starts.
+    pub fn bind(settings: &Settings) -> Result<Listeners, String> {
+        let udp = listen::bind(&settings.udp).map_err(|e| e.to_string())?;
+        let addr = settings.http_listen;
+        let http = std::net::TcpListener::bind(addr)
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+            .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+        Ok(Listeners { udp, http })
+    }
+
+    /// The UDP addresses bound (with the ports the kernel chose for port 0), each once.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for listener in &self.udp {
+            if !addrs.contains(&listener.local_addr()) {
+                addrs.push(listener.local_addr());
+            }
+        }
+        addrs
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+}
+
+/// Builds the settings a reload puts in force.
+pub type ReloadSettings = Box<dyn FnMut() -> Result<Settings, ConfigError> + Send>;
+
+/// Puts a new log filter in force.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// How the caller steers a running tallyd.
+pub struct Control {
+    /// Cancelled to stop; `run` cancels it itself on `POST /-/quit`.
+    pub shutdown: CancellationToken,
+    /// Reload and quit requests (SIGHUP from the binary, `/-/reload` and `/-/quit` from HTTP).
+    /// `run` hands a clone of the sender to the HTTP server when `[http] enable_lifecycle` is
+    /// on.
+    pub requests: (mpsc::Sender<Lifecycle>, mpsc::Receiver<Lifecycle>),
+    /// Builds the settings a reload puts in force (the binary reads its file again).
+    pub reload: ReloadSettings,
+    /// Puts a new log filter in force (the binary owns the subscriber); an error is logged.
+    pub set_log_level: SetLogLevel,
+}
+
+impl Control {
+    /// A control whose reloads fail (there is no file to read again) and which leaves logging
+    /// alone: what a test needs.
+    pub fn new(shutdown: CancellationToken) -> Control {
+        Control {
+            shutdown,
+            requests: mpsc::channel(8),
+            reload: Box::new(|| {
+                Err(ConfigError::Invalid {
+                    path: "(none)".into(),
+                    message: "this tallyd has no configuration file to reload".into(),
+                })
+            }),
+            set_log_level: Box::new(|_| Ok(())),
+        }
+    }
+}
+
+/// The parts a reload changes.
+struct Running {
+    settings: Settings,
+    state: Arc<HttpState>,
+    recorder: Arc<Recorder>,
+    rules: Arc<SharedRules>,
+}
+
+/// Serves `listeners` with `settings` until `control.shutdown` is cancelled (or `/-/quit`),
+/// then stops everything it started and returns. Errors are what kept it from starting.
+pub async fn run(
+    listeners: Listeners,
+    settings: Settings,
+    mut control: Control,
+) -> Result<(), String> {
+    let shutdown = control.shutdown.clone();
+    let udp_addrs = listeners.udp_addrs();
+    let http_addr = listeners
+        .http_addr()
+        .map_err(|e| format!("cannot read the HTTP listener's address: {e}"))?;
+
+    let registry = Arc::new(Registry::new(settings.registry.clone()));
+    let recorder = Arc::new(Recorder::new(
+        Arc::clone(&registry),
+        Arc::new(Definitions::default()),
+    ));
+    recorder
+        .replace_definitions(Source::File, settings.definitions.clone())
+        .map_err(|e| e.to_string())?;
+    let telemetry = Arc::new(Telemetry::default());
+    let rules = Arc::new(SharedRules::new(Arc::clone(&settings.rules)));
+    let receivers = listen::spawn_receivers(
+        listeners.udp,
+        Arc::clone(&recorder),
+        &telemetry,
+        settings.ingest_options(Arc::clone(&rules)),
+        &shutdown,
+    )
+    .map_err(|e| format!("cannot start the UDP receivers: {e}"))?;
+    let housekeeping = registry::spawn_housekeeping(Arc::clone(&registry), shutdown.clone())
+        .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(HttpState {
+        registry: Arc::clone(&registry),
+        telemetry: Arc::clone(&telemetry),
+        ready: Arc::clone(&ready),
+        options: settings.http.clone(),
+        exposition: RwLock::new(settings.exposition),
+        lifecycle: settings
+            .enable_lifecycle
+            .then(|| control.requests.0.clone()),
+    });
+    let served = tokio::net::TcpListener::from_std(listeners.http)
+        .map_err(|e| format!("cannot use the HTTP listener: {e}"));
+    let server = match served {
+        Ok(listener) => Some(tokio::spawn(http::serve(
+            listener,
+            Arc::clone(&state),
+            shutdown.clone().cancelled_owned(),
+        ))),
+        Err(e) => {
+            tracing::error!("{e}");
+            shutdown.cancel();
+            None
+        }
+    };
+
+    if server.is_some() {
+        ready.store(true, Ordering::SeqCst);
+        notify_systemd("READY=1");
+        // Tests and scripts read the bound ports (port 0 picks one) from this line.
+        let udp: Vec<String> = udp_addrs.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            "tallyd {} ready: udp {} http {http_addr}",
+            env!("CARGO_PKG_VERSION"),
+            udp.join(" ")
+        );
+    }
+
+    let mut running = Running {
+        settings,
+        state,
+        recorder,
+        rules,
+    };
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            request = control.requests.1.recv() => request,
+        };
+        match request {
+            Some(Lifecycle::Reload(reply)) => {
+                notify_systemd("RELOADING=1");
+                let outcome = running.reload(&mut control);
+                notify_systemd("READY=1");
+                // The requester may have gone; the reload stands either way.
+                let _ = reply.send(outcome);
+            }
+            Some(Lifecycle::Quit) => {
+                tracing::info!("shutdown requested over HTTP (/-/quit)");
+                shutdown.cancel();
+            }
+            // The control holds a sender, so this does not happen; stop waiting on it if it does.
+            None => shutdown.cancelled().await,
+        }
+    }
+
+    tracing::info!("shutting down");
+    notify_systemd("STOPPING=1");
+    ready.store(false, Ordering::SeqCst);
+    if let Some(server) = server {
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
+            Err(_) => tracing::warn!("HTTP server did not stop within {SHUTDOWN_GRACE:?}"),
+            _ => {}
+        }
+    }
+    // The receive threads notice the token within their receive timeout (200 ms).
+    tokio::task::spawn_blocking(move || {
+        receivers.join();
+        let _ = housekeeping.join();
+    })
+    .await
+    .map_err(|e| format!("joining the receive threads failed: {e}"))?;
+    Ok(())
+}
+
+impl Running {
+    /// Builds the settings again and applies what can change while running (log level,
+    /// exposition, mapping rules, metric definitions). Settings that fail keep the running
+    /// ones in force; the error says why.
+    fn reload(&mut self, control: &mut Control) -> Result<(), String> {
+        let telemetry = &self.state.telemetry;
+        let failed = |e: String| {
+            tracing::error!("configuration reload failed, keeping the running configuration: {e}");
+            telemetry.record_reload(ReloadOutcome::Failure);
+            Err(e)
+        };
+        let new = match (control.reload)() {
+            Ok(new) => new,
+            Err(e) => return failed(e.to_string()),
+        };
+        // Definitions first: a name another source (the API) defines refuses the whole
+        // reload, as a bad file does, before anything else is applied.
+        if new.definitions != self.settings.definitions {
+            match self
+                .recorder
+                .replace_definitions(Source::File, new.definitions.clone())
+            {
+                Ok(reset) if !reset.is_empty() => tracing::warn!(
+                    metrics = ?reset,
+                    "metric definitions changed: these metrics start afresh under the new \
+                     definition (their series were removed)"
+                ),
+                Ok(_) => {}
+                Err(e) => return failed(e.to_string()),
+            }
+        }
+        if new.file.mapping != self.settings.file.mapping {
+            self.rules.replace(Arc::clone(&new.rules));
+            tracing::info!(rules = new.file.mapping.len(), "mapping rules replaced");
+        }
+        if let Err(e) = (control.set_log_level)(&new.log_level) {
+            tracing::warn!("cannot apply the new log level: {e}");
+        }
+        for notice in &new.deprecations {
+            tracing::warn!("{notice}");
+        }
+        *self.state.exposition.write() = new.exposition;
+        let pending = self.settings.restart_required_changes(&new);
+        if pending.is_empty() {
+            tracing::info!("configuration reloaded");
+        } else {
+            tracing::warn!(
+                sections = ?pending,
+                "configuration reloaded; changes in these sections take effect on restart"
+            );
+        }
+        telemetry.record_reload(ReloadOutcome::Success);
+        self.settings = new;
+        Ok(())
+    }
+}
+
+/// Tells systemd about a state change (`Type=notify`); a no-op outside systemd.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            socket.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd ({state}): {e}");
+    }
+}
