@@ -1,0 +1,200 @@
+//! `GET /metrics` (and `HEAD`): negotiates the format and the compression, waits for one of
+//! `max_concurrent_scrapes` render slots, renders on the blocking pool (never on the reactor)
+//! and hands the rendered buffer to the response as it is.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::get;
+use hyper::StatusCode;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::Semaphore;
+
+use super::{HttpOptions, HttpState, plain, read_only};
+use crate::exposition;
+
+/// The `/metrics` route. Its render slots are made here, once per server: further scrapes wait
+/// for a slot (inside their `request_timeout`).
+pub(super) fn routes(options: &HttpOptions) -> Router<Arc<HttpState>> {
+    let slots = Arc::new(Semaphore::new(options.max_concurrent_scrapes.max(1)));
+    // The whole request rather than a `HeaderMap` extractor, which would copy the headers.
+    let handler = move |State(state): State<Arc<HttpState>>, request: Request| {
+        let slots = Arc::clone(&slots);
+        async move { metrics(&state, slots, request.headers()).await }
+    };
+    Router::new().route("/metrics", get(handler).fallback(read_only))
+}
+
+async fn metrics(state: &HttpState, slots: Arc<Semaphore>, headers: &HeaderMap) -> Response {
+    let format = exposition::negotiate(header_list(headers, header::ACCEPT).as_deref());
+    let compress = state.options.enable_gzip
+        && exposition::gzip_allowed(header_list(headers, header::ACCEPT_ENCODING).as_deref());
+    // The semaphore is never closed.
+    let Ok(permit) = slots.acquire_owned().await else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "Shutting down\n");
+    };
+    let registry = Arc::clone(&state.registry);
+    let telemetry = Arc::clone(&state.telemetry);
+    let options = *state.exposition.read();
+    let rendered = tokio::task::spawn_blocking(move || {
+        // Held until the render ends, even if the client has gone meanwhile.
+        let _permit = permit;
+        let mut body = Vec::new();
+        exposition::render(&registry, &telemetry, format, options, &mut body);
+        if compress {
+            exposition::gzip(&body)
+        } else {
+            body
+        }
+    })
+    .await;
+    let body = match rendered {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!("rendering /metrics failed: {e}");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "Rendering failed\n");
+        }
+    };
+    // `Bytes::from(Vec)` takes the buffer over: the body is never copied.
+    let mut response = Response::new(Body::from(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
+    if compress {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+/// All values of a header, joined with commas (a list header may be split over several lines).
+fn header_list(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    let mut joined: Option<String> = None;
+    for value in headers.get_all(name) {
+        let Ok(value) = value.to_str() else { continue };
+        match &mut joined {
+            Some(joined) => {
+                joined.push(',');
+                joined.push_str(value);
+            }
+            None => joined = Some(value.to_owned()),
+        }
+    }
+    joined
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::super::testing::{
+        PROMETHEUS_ACCEPT, TestServer, registry_with_gauges, stable_lines,
+    };
+    use crate::http::HttpOptions;
+
+    #[tokio::test]
+    async fn metrics_serves_text_without_an_accept_header() {
+        let server = TestServer::start(HttpOptions::default()).await;
+        let response = server.get("/metrics", "").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        assert_eq!(response.header("vary"), Some("Accept, Accept-Encoding"));
+        assert_eq!(response.header("content-encoding"), None);
+        assert!(
+            response
+                .text()
+                .contains("\n# TYPE tallyd_build_info gauge\n")
+        );
+        assert!(!response.text().contains("# EOF"));
+    }
+
+    #[tokio::test]
+    async fn metrics_serves_open_metrics_to_prometheus() {
+        let server = TestServer::start(HttpOptions::default()).await;
+        let response = server
+            .get("/metrics", &format!("Accept: {PROMETHEUS_ACCEPT}\r\n"))
+            .await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        );
+        assert!(response.text().ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn metrics_serves_text_to_a_text_accept_header() {
+        let server = TestServer::start(HttpOptions::default()).await;
+        let response = server
+            .get("/metrics", "Accept: text/plain;version=0.0.4\r\n")
+            .await;
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+    }
+
+    #[tokio::test]
+    async fn gzip_body_decompresses_to_the_same_text() {
+        let server =
+            TestServer::start_with(registry_with_gauges(100, 4), HttpOptions::default()).await;
+        let plain = server.get("/metrics", "").await;
+        let zipped = server
+            .get("/metrics", "Accept-Encoding: gzip, deflate\r\n")
+            .await;
+        assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+        assert_eq!(
+            zipped.header("content-length"),
+            Some(zipped.body.len().to_string().as_str())
+        );
+        let mut decoded = String::new();
+        flate2::read::GzDecoder::new(&zipped.body[..])
+            .read_to_string(&mut decoded)
+            .unwrap();
+        assert!(zipped.body.len() < decoded.len());
+        assert_eq!(stable_lines(&decoded), stable_lines(plain.text()));
+    }
+
+    #[tokio::test]
+    async fn gzip_is_not_used_when_refused_or_disabled() {
+        let server = TestServer::start(HttpOptions::default()).await;
+        let refused = server
+            .get("/metrics", "Accept-Encoding: gzip;q=0\r\n")
+            .await;
+        assert_eq!(refused.header("content-encoding"), None);
+        let disabled = TestServer::start(HttpOptions {
+            enable_gzip: false,
+            ..HttpOptions::default()
+        })
+        .await;
+        let response = disabled.get("/metrics", "Accept-Encoding: gzip\r\n").await;
+        assert_eq!(response.header("content-encoding"), None);
+        assert!(response.text().contains("tallyd_build_info"));
+    }
+
+    #[tokio::test]
+    async fn head_metrics_sends_headers_without_a_body() {
+        let server = TestServer::start(HttpOptions::default()).await;
+        let response = server
+            .send("HEAD /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        assert!(response.body.is_empty());
+    }
+}
