@@ -33,11 +33,9 @@ pub fn buckets(bounds: &[f64]) -> Result<(), String> {
     Ok(())
 }
 
-/// Summary quantiles: at least one, each between 0 and 1, none twice.
+/// Summary quantiles: each between 0 and 1, none twice. None at all is allowed: the summary
+/// then serves only `_sum` and `_count`, as Prometheus clients' summaries do by default.
 pub fn quantiles(quantiles: &[f64]) -> Result<(), String> {
-    if quantiles.is_empty() {
-        return Err("needs at least one quantile".into());
-    }
     for (i, q) in quantiles.iter().enumerate() {
         if !(0.0..=1.0).contains(q) {
             return Err(format!("quantiles are between 0 and 1, got {q}"));
@@ -82,7 +80,7 @@ mod tests {
     #[test]
     fn quantiles_must_be_between_0_and_1_and_listed_once() {
         assert!(quantiles(&[0.5, 0.99, 1.0, 0.0]).is_ok());
-        assert!(quantiles(&[]).is_err());
+        assert!(quantiles(&[]).is_ok());
         assert!(quantiles(&[1.5]).unwrap_err().contains("between 0 and 1"));
         assert!(quantiles(&[f64::NAN]).is_err());
         assert!(quantiles(&[0.5, 0.5]).unwrap_err().contains("twice"));

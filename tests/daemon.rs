@@ -1,16 +1,19 @@
-//! End-to-end tests of the `tallyd` binary: StatsD datagrams in over UDP, Prometheus text out
-//! over HTTP, and the process's life (flags, exit codes, signals).
+//! End-to-end tests of tallyd: StatsD datagrams in over UDP, Prometheus text out over HTTP, and
+//! the process's life (flags, exit codes, signals, readiness).
 //!
-//! Each test states one behaviour of DESIGN.md §3–§6 and checks it on a real daemon on free
-//! ports: send one datagram, then poll `/metrics` until the expected series hold (UDP is
-//! asynchronous) and compare exact values. Helpers live in `common`.
+//! Each test states one behaviour of DESIGN.md §3–§6 and checks it on free loopback ports: send
+//! one datagram, then poll `/metrics` until the expected series hold (UDP is asynchronous) and
+//! compare exact values. What only needs the sockets runs tallyd in-process (`InProcess`: the
+//! library's `runtime::run`, stopped by the test's own token); what needs the process — flags,
+//! exit codes, signals, the log, the README's commands, real Prometheus parsers against the
+//! binary — runs the real binary (`Daemon`). Helpers live in `common`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{
-    ACCEPT_OPENMETRICS, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Daemon, TempFile,
+    ACCEPT_OPENMETRICS, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Daemon, InProcess, TempFile,
     assert_absent, declared_type, http_request, on_path, parse_exposition, repo_root, require,
     run_tallyd, value_of,
 };
@@ -42,7 +45,7 @@ fn stdout_of(output: &std::process::Output) -> String {
 
 #[test]
 fn a_tagged_counter_is_served_with_a_total_suffix() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["x:1|c|#a:b\n"]);
     let text = daemon.wait_for_value(r#"x_total{a="b"}"#, 1.0);
     assert!(
@@ -82,21 +85,21 @@ fn the_readme_cargo_run_command_starts_the_daemon() {
 
 #[test]
 fn a_counter_adds_every_increment() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["hits:1|c\nhits:2|c\n"]);
     daemon.wait_for_value("hits_total", 3.0);
 }
 
 #[test]
 fn a_sampled_counter_adds_value_divided_by_rate() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["sampled:1|c|@0.1\n"]);
     daemon.wait_for_value("sampled_total", 10.0);
 }
 
 #[test]
 fn a_name_already_ending_in_total_is_not_suffixed_twice() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["jobs_total:1|c\n"]);
     let text = daemon.wait_for_value("jobs_total", 1.0);
     assert_absent(&text, &["jobs_total_total"]);
@@ -104,7 +107,7 @@ fn a_name_already_ending_in_total_is_not_suffixed_twice() {
 
 #[test]
 fn a_negative_counter_is_refused_and_counted() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["down:-1|c\nup:1|c\n"]);
     let text = daemon.wait_for(&[(errors("negative_counter"), 1.0), ("up_total".into(), 1.0)]);
     assert_absent(&text, &["down_total"]);
@@ -115,21 +118,21 @@ fn a_negative_counter_is_refused_and_counted() {
 
 #[test]
 fn a_gauge_takes_the_last_value() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["depth:5|g\ndepth:7|g\n"]);
     daemon.wait_for_value("depth", 7.0);
 }
 
 #[test]
 fn a_signed_gauge_value_adds_to_the_gauge_by_default() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["level:10|g\nlevel:+5|g\nlevel:-3|g\n"]);
     daemon.wait_for_value("level", 12.0);
 }
 
 #[test]
 fn a_signed_gauge_value_is_absolute_when_gauge_deltas_is_off() {
-    let daemon = Daemon::with_config("[statsd]\ngauge_deltas = false\n");
+    let daemon = InProcess::with_config("[statsd]\ngauge_deltas = false\n");
     daemon.send(&["level:10|g\nlevel:+5|g\nlevel:-3|g\n"]);
     daemon.wait_for_value("level", -3.0);
 }
@@ -139,7 +142,7 @@ fn a_signed_gauge_value_is_absolute_when_gauge_deltas_is_off() {
 
 #[test]
 fn a_timer_observes_seconds_into_the_default_buckets() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["infer:250|ms\n"]);
     let text = daemon.wait_for(&[
         (r#"infer_bucket{le="0.005"}"#, 0.0),
@@ -167,7 +170,7 @@ fn a_timer_observes_seconds_into_the_default_buckets() {
 
 #[test]
 fn a_histogram_value_is_observed_unchanged() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["size:3|h\n"]);
     daemon.wait_for(&[
         (r#"size_bucket{le="2.5"}"#, 0.0),
@@ -180,7 +183,7 @@ fn a_histogram_value_is_observed_unchanged() {
 
 #[test]
 fn a_distribution_value_is_observed_unchanged() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["tokens:0.3|d\n"]);
     daemon.wait_for(&[
         (r#"tokens_bucket{le="0.25"}"#, 0.0),
@@ -193,7 +196,7 @@ fn a_distribution_value_is_observed_unchanged() {
 
 #[test]
 fn a_sampled_timer_is_one_observation_weighted_one_over_rate() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["lat:500|ms|@0.25\n"]);
     daemon.wait_for(&[
         (r#"lat_bucket{le="0.25"}"#, 0.0),
@@ -207,7 +210,7 @@ fn a_sampled_timer_is_one_observation_weighted_one_over_rate() {
 #[test]
 fn a_sampled_observation_weight_is_rounded() {
     // 1 / 0.3 = 3.33…, rounded to 3.
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["batch:1|h|@0.3\n"]);
     daemon.wait_for(&[
         (r#"batch_bucket{le="1"}"#, 3.0),
@@ -218,7 +221,7 @@ fn a_sampled_observation_weight_is_rounded() {
 
 #[test]
 fn packed_values_are_one_observation_each() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["sizes:1:2:3|h\n"]);
     daemon.wait_for(&[
         (r#"sizes_bucket{le="0.5"}"#, 0.0),
@@ -232,14 +235,14 @@ fn packed_values_are_one_observation_each() {
 
 #[test]
 fn packed_counter_values_each_add() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["packed:1:2:4|c\n"]);
     daemon.wait_for_value("packed_total", 7.0);
 }
 
 #[test]
 fn histogram_buckets_are_configurable() {
-    let daemon = Daemon::with_config("[aggregation]\nhistogram_buckets = [1.0, 2.0]\n");
+    let daemon = InProcess::with_config("[aggregation]\nhistogram_buckets = [1.0, 2.0]\n");
     daemon.send(&["custom:1.5|h\n"]);
     let text = daemon.wait_for(&[
         (r#"custom_bucket{le="1"}"#, 0.0),
@@ -259,7 +262,7 @@ fn histogram_buckets_are_configurable() {
 
 #[test]
 fn a_set_is_a_gauge_of_distinct_members() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["users:alice|s\nusers:bob|s\nusers:alice|s\n"]);
     let text = daemon.wait_for_value("users", 2.0);
     assert_eq!(declared_type(&text, "users"), Some("gauge"), "{text}");
@@ -268,7 +271,7 @@ fn a_set_is_a_gauge_of_distinct_members() {
 /// The key's old place (`[statsd]`, before `[aggregation]`) still works.
 #[test]
 fn a_full_set_drops_new_members_and_counts_them() {
-    let daemon = Daemon::with_config("[statsd]\nmax_set_members = 2\n");
+    let daemon = InProcess::with_config("[statsd]\nmax_set_members = 2\n");
     daemon.send(&["seen:a|s\nseen:b|s\nseen:c|s\n"]);
     daemon.wait_for(&[("seen".to_owned(), 2.0), (errors("set_full"), 1.0)]);
 }
@@ -278,35 +281,35 @@ fn a_full_set_drops_new_members_and_counts_them() {
 
 #[test]
 fn dots_and_dashes_in_a_name_become_underscores() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["a.b-c:1|c\n"]);
     daemon.wait_for_value("a_b_c_total", 1.0);
 }
 
 #[test]
 fn a_run_of_dashes_in_a_name_becomes_one_underscore() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["fraud--v2:1|c\n"]);
     daemon.wait_for_value("fraud_v2_total", 1.0);
 }
 
 #[test]
 fn a_name_starting_with_a_digit_gets_an_underscore_prefix() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["9lives:1|c\n"]);
     daemon.wait_for_value("_9lives_total", 1.0);
 }
 
 #[test]
 fn tag_keys_are_sanitised_like_names() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["tagged:1|c|#model.version:v1,team-name:ml\n"]);
     daemon.wait_for_value(r#"tagged_total{model_version="v1",team_name="ml"}"#, 1.0);
 }
 
 #[test]
 fn reserved_tag_keys_are_exported_under_another_name() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["reserved:1|h|#le:a,quantile:b,__x:c\n"]);
     daemon.wait_for_value(
         r#"reserved_count{exported_le="a",exported_quantile="b",exported___x="c"}"#,
@@ -316,14 +319,14 @@ fn reserved_tag_keys_are_exported_under_another_name() {
 
 #[test]
 fn a_tag_value_may_contain_colons() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["fetch:1|c|#url:http://example.com:8080/x\n"]);
     daemon.wait_for_value(r#"fetch_total{url="http://example.com:8080/x"}"#, 1.0);
 }
 
 #[test]
 fn the_last_of_duplicate_tag_keys_wins() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["dup:1|c|#a:first,a:second\n"]);
     let text = daemon.wait_for_value(r#"dup_total{a="second"}"#, 1.0);
     assert_eq!(
@@ -338,7 +341,7 @@ fn the_last_of_duplicate_tag_keys_wins() {
 
 #[test]
 fn a_valueless_tag_is_dropped_and_counted() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["flagged:1|c|#canary,a:b\n"]);
     daemon.wait_for(&[
         (r#"flagged_total{a="b"}"#.to_owned(), 1.0),
@@ -348,7 +351,7 @@ fn a_valueless_tag_is_dropped_and_counted() {
 
 #[test]
 fn an_empty_tag_value_is_dropped_and_counted() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["emptied:1|c|#k:,a:b\n"]);
     daemon.wait_for(&[
         (r#"emptied_total{a="b"}"#.to_owned(), 1.0),
@@ -358,28 +361,28 @@ fn an_empty_tag_value_is_dropped_and_counted() {
 
 #[test]
 fn influxdb_name_tags_become_labels() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["influx,k=v,k2=v2:1|c\n"]);
     daemon.wait_for_value(r#"influx_total{k="v",k2="v2"}"#, 1.0);
 }
 
 #[test]
 fn librato_name_tags_become_labels() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["librato#k=v,k2=v2:1|c\n"]);
     daemon.wait_for_value(r#"librato_total{k="v",k2="v2"}"#, 1.0);
 }
 
 #[test]
 fn signalfx_name_tags_become_labels() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["signalfx[k=v,k2=v2]:1|c\n"]);
     daemon.wait_for_value(r#"signalfx_total{k="v",k2="v2"}"#, 1.0);
 }
 
 #[test]
 fn name_tags_mixed_with_dogstatsd_tags_refuse_the_line() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["mixed,k=v:1|c|#a:b\nafter:1|c\n"]);
     let text = daemon.wait_for(&[(errors("malformed_tags"), 1.0), ("after_total".into(), 1.0)]);
     assert_absent(&text, &["mixed_total"]);
@@ -387,21 +390,21 @@ fn name_tags_mixed_with_dogstatsd_tags_refuse_the_line() {
 
 #[test]
 fn a_container_id_becomes_the_container_id_label() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["boxed:1|c|#a:b|c:abc123\n"]);
     daemon.wait_for_value(r#"boxed_total{a="b",container_id="abc123"}"#, 1.0);
 }
 
 #[test]
 fn the_container_id_label_can_be_turned_off() {
-    let daemon = Daemon::with_config("[statsd]\ncontainer_id_label = false\n");
+    let daemon = InProcess::with_config("[statsd]\ncontainer_id_label = false\n");
     daemon.send(&["boxed:1|c|c:abc123\n"]);
     daemon.wait_for_value("boxed_total", 1.0);
 }
 
 #[test]
 fn an_empty_container_id_refuses_the_line() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["boxed:1|c|c:\nafter:1|c\n"]);
     let text = daemon.wait_for(&[
         (errors("empty_container_id"), 1.0),
@@ -412,7 +415,7 @@ fn an_empty_container_id_refuses_the_line() {
 
 #[test]
 fn timestamp_external_data_and_cardinality_fields_are_ignored() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["modern:1|c|#a:b|T1700000000|e:it-false,cn-app|card:high\n"]);
     daemon.wait_for_value(r#"modern_total{a="b"}"#, 1.0);
 }
@@ -422,7 +425,7 @@ fn timestamp_external_data_and_cardinality_fields_are_ignored() {
 
 #[test]
 fn events_and_service_checks_are_skipped_and_counted() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["_e{5,4}:title|text|#a:b\n_sc|model.up|0|#a:b\nafter:1|c\n"]);
     daemon.wait_for(&[
         (skipped("event"), 1.0),
@@ -433,7 +436,7 @@ fn events_and_service_checks_are_skipped_and_counted() {
 
 #[test]
 fn a_bad_line_in_a_datagram_spares_its_neighbours() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["before:1|c\nbroken:oops|c\nafter:2|c\n"]);
     let text = daemon.wait_for(&[
         ("before_total".to_owned(), 1.0),
@@ -445,7 +448,7 @@ fn a_bad_line_in_a_datagram_spares_its_neighbours() {
 
 #[test]
 fn malformed_lines_are_counted_by_reason() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&[concat!(
         "no_colon|c\n",
         "no_type:1\n",
@@ -475,7 +478,7 @@ fn malformed_lines_are_counted_by_reason() {
 
 #[test]
 fn non_finite_values_are_refused() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["nan_gauge:NaN|g\ninf_histogram:+Inf|h\nafter:1|c\n"]);
     let text = daemon.wait_for(&[
         (errors("non_finite_value"), 2.0),
@@ -486,7 +489,7 @@ fn non_finite_values_are_refused() {
 
 #[test]
 fn an_invalid_sample_rate_counts_as_one_and_is_counted() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["too_high:1|c|@2\nnot_a_rate:1|c|@abc\n"]);
     daemon.wait_for(&[
         ("too_high_total".to_owned(), 1.0),
@@ -497,14 +500,14 @@ fn an_invalid_sample_rate_counts_as_one_and_is_counted() {
 
 #[test]
 fn invalid_utf8_refuses_the_line() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&[b"bad\xffname:1|c\nafter:1|c\n".as_slice()]);
     daemon.wait_for(&[(errors("invalid_utf8"), 1.0), ("after_total".into(), 1.0)]);
 }
 
 #[test]
 fn a_type_conflict_is_refused_and_the_scrape_still_succeeds() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["clash:1|c\nclash:2|g\nclash:3|ms\n"]);
     // `wait_for` scrapes and insists on 200 every time.
     let text = daemon.wait_for(&[
@@ -524,7 +527,7 @@ fn a_type_conflict_is_refused_and_the_scrape_still_succeeds() {
 
 #[test]
 fn packets_bytes_lines_samples_and_series_are_counted() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     let datagram = "one:1|c\ntwo:1:2|h\n";
     daemon.send(&[datagram]);
     let listener = daemon.udp[0];
@@ -570,7 +573,7 @@ fn packets_bytes_lines_samples_and_series_are_counted() {
 
 #[test]
 fn statsd_exporter_names_drop_the_total_suffix_in_text_format_only() {
-    let daemon = Daemon::with_config("[exposition]\nstatsd_exporter_names = true\n");
+    let daemon = InProcess::with_config("[exposition]\nstatsd_exporter_names = true\n");
     daemon.send(&["legacy:1|c\n"]);
     let text = daemon.wait_for_value("legacy", 1.0);
     assert_absent(&text, &["legacy_total"]);
@@ -590,7 +593,7 @@ fn statsd_exporter_names_drop_the_total_suffix_in_text_format_only() {
 
 #[test]
 fn metrics_defaults_to_the_text_format() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["plain:1|c\n"]);
     daemon.wait_for_value("plain_total", 1.0);
     let response = daemon.get("/metrics", &[]);
@@ -609,7 +612,7 @@ fn metrics_defaults_to_the_text_format() {
 
 #[test]
 fn metrics_serves_openmetrics_to_a_prometheus_accept_header() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["open:1|c|#a:b\n"]);
     daemon.wait_for_value(r#"open_total{a="b"}"#, 1.0);
     let response = daemon.get("/metrics", &[("Accept", ACCEPT_OPENMETRICS)]);
@@ -629,7 +632,7 @@ fn metrics_serves_openmetrics_to_a_prometheus_accept_header() {
 
 #[test]
 fn metrics_serves_openmetrics_to_a_bare_openmetrics_accept() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     let response = daemon.get("/metrics", &[("Accept", "application/openmetrics-text")]);
     assert_eq!(response.status, 200);
     assert_eq!(
@@ -641,7 +644,7 @@ fn metrics_serves_openmetrics_to_a_bare_openmetrics_accept() {
 
 #[test]
 fn metrics_is_gzipped_when_the_scraper_accepts_gzip() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     daemon.send(&["zipped:1|c\n"]);
     daemon.wait_for_value("zipped_total", 1.0);
     let response = daemon.get("/metrics", &[("Accept-Encoding", "gzip")]);
@@ -662,7 +665,7 @@ fn metrics_is_gzipped_when_the_scraper_accepts_gzip() {
 
 #[test]
 fn the_landing_page_shows_the_version_and_links_to_metrics() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     let response = daemon.get("/", &[]);
     assert_eq!(response.status, 200);
     let content_type = response.header("content-type").unwrap_or_default();
@@ -683,13 +686,13 @@ fn the_landing_page_shows_the_version_and_links_to_metrics() {
 
 #[test]
 fn healthy_answers_200() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     assert_eq!(daemon.get("/-/healthy", &[]).status, 200);
 }
 
 #[test]
 fn ready_answers_200_once_listening() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     assert_eq!(daemon.get("/-/ready", &[]).status, 200);
 }
 
@@ -954,7 +957,7 @@ fn post_reload_applies_new_mapping_rules_and_answers_with_the_outcome() {
 
 #[test]
 fn lifecycle_endpoints_are_forbidden_by_default() {
-    let daemon = Daemon::start();
+    let daemon = InProcess::start();
     for path in ["/-/reload", "/-/quit"] {
         assert_eq!(http_request(daemon.http, "POST", path, &[]).status, 403);
     }
@@ -970,6 +973,90 @@ fn post_quit_shuts_down_cleanly() {
         .wait_exit(Duration::from_secs(10))
         .expect("tallyd exits after /-/quit");
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The library runtime, driven in-process
+
+#[test]
+fn run_returns_promptly_once_its_token_is_cancelled() {
+    let mut tallyd = InProcess::start();
+    tallyd.send(&["x:1|c\n"]);
+    tallyd.wait_for_value("x_total", 1.0);
+    let started = Instant::now();
+    tallyd.shutdown_token().cancel();
+    let outcome = tallyd
+        .wait_stopped(Duration::from_secs(5))
+        .expect("run returns within 5 s of the cancel");
+    assert_eq!(outcome, Ok(()));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_reload_request_puts_the_settings_the_control_loads_in_force() {
+    let reloaded =
+        "[[mapping]]\nmatch = \"app.*.hits\"\nname = \"app_hits\"\nlabels = { app = \"$1\" }\n";
+    let mut requests = None;
+    let tallyd = InProcess::with_control("", |control| {
+        control.reload = Box::new(move || {
+            tallyd::config::Settings::parse(reloaded, std::path::Path::new("reloaded.toml"))
+        });
+        requests = Some(control.requests.0.clone());
+    });
+    tallyd.send(&["app.web.hits:1|c\n"]);
+    tallyd.wait_for_value("app_web_hits_total", 1.0);
+
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    requests
+        .expect("the control's sender")
+        .blocking_send(tallyd::http::Lifecycle::Reload(reply))
+        .expect("tallyd takes requests");
+    assert_eq!(outcome.blocking_recv(), Ok(Ok(())));
+    tallyd.send(&["app.web.hits:1|c\n"]);
+    tallyd.wait_for(&[
+        (r#"app_hits_total{app="web"}"#, 1.0),
+        (&reloads("success"), 1.0),
+    ]);
+}
+
+#[test]
+fn a_reload_that_fails_keeps_the_running_settings_and_says_why() {
+    let mut requests = None;
+    let tallyd = InProcess::with_control(
+        "[[mapping]]\nmatch = \"a.*\"\nname = \"mapped\"\n",
+        |control| {
+            requests = Some(control.requests.0.clone());
+        },
+    );
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    requests
+        .expect("the control's sender")
+        .blocking_send(tallyd::http::Lifecycle::Reload(reply))
+        .expect("tallyd takes requests");
+    let refused = outcome.blocking_recv().expect("an answer");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("no configuration file")),
+        "{refused:?}"
+    );
+    tallyd.send(&["a.b:1|c\n"]);
+    tallyd.wait_for(&[("mapped_total", 1.0), (&reloads("failure"), 1.0)]);
+}
+
+#[test]
+fn post_quit_ends_run_in_process() {
+    let mut tallyd = InProcess::with_config(LIFECYCLE_ON);
+    let response = http_request(tallyd.http, "POST", "/-/quit", &[]);
+    assert_eq!(response.status, 200);
+    let outcome = tallyd
+        .wait_stopped(Duration::from_secs(10))
+        .expect("run returns after /-/quit");
+    assert_eq!(outcome, Ok(()));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-//! Arbitrary text into `Config::parse`: it must never panic, whatever the TOML.
+//! Arbitrary text into `Settings::parse`: it must never panic, whatever the TOML.
 //!
-//! When the text is accepted, everything the daemon derives from a config is built the way the
-//! daemon builds it: every option struct (those call `Duration::from_secs_f64` and friends,
-//! which panic on values validation let through), the mapping rules (`rule_set`, which may
-//! refuse), the `[[metric]]` definitions, a registry and an ingester. One line of every type,
+//! When the text is accepted, `Settings` has built everything the daemon derives from a config
+//! (every option struct, which calls `Duration::from_secs_f64` and friends that panic on values
+//! validation let through; the mapping rules; the `[[metric]]` definitions); the fuzzer then
+//! builds a registry and an ingester the way the runtime does. One line of every type,
 //! and one line for each declared metric, are ingested, and both formats are rendered; each
 //! scrape must pass the strict `tallyd_fuzz::check_scrape` (declared HELP text and units from
 //! the file end up in it). Without mapping rules, declarations or a tight series cap, the `le`
@@ -18,12 +18,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tallyd::config::{Config, DefinedType};
+use tallyd::config::Settings;
 use tallyd::exposition::{Format, render};
 use tallyd::definitions::Source;
 use tallyd::ingest::Ingester;
 use tallyd::record::Recorder;
-use tallyd::registry::Registry;
+use tallyd::ingest::SharedRules;
+use tallyd::registry::{Kind, Registry};
 use tallyd::telemetry::{ReceiverStats, Telemetry};
 use tallyd_fuzz::check_scrape;
 
@@ -31,7 +32,7 @@ const PATH: &str = "fuzz.toml";
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let parsed = Config::parse(&text, Path::new(PATH));
+    let parsed = Settings::parse(&text, Path::new(PATH));
     let config = match parsed {
         Ok(config) => config,
         Err(error) => {
@@ -41,27 +42,18 @@ fuzz_target!(|data: &[u8]| {
         }
     };
 
-    let _ = config.udp_options();
-    let _ = config.http_options();
-    let exposition = config.exposition_options();
-    let mut settings = config.registry_settings();
+    let exposition = config.exposition;
+    let mut settings = config.registry.clone();
     assert!(settings.shards >= 1, "no shards");
-    let _ = config.restart_required_changes(&Config::default());
+    let _ = config.restart_required_changes(&config);
     assert_eq!(
-        config.clone(),
-        config,
+        config.file.clone(),
+        config.file,
         "a parsed config is not equal to itself"
     );
-    let rules = match config.rule_set() {
-        Ok(rules) => rules,
-        Err(error) => {
-            let _ = error.to_string();
-            return;
-        }
-    };
-    let ingest = config.ingest_options(rules);
+    let ingest = config.ingest_options(Arc::new(SharedRules::new(Arc::clone(&config.rules))));
     assert!(ingest.cache_capacity >= 1, "no cache");
-    let definitions = config.definitions();
+    let definitions = config.definitions.clone();
 
     // Build what the daemon builds. The shard count only sizes a table (the registry caps it
     // at 4096); keep one input fast.
@@ -77,12 +69,13 @@ fuzz_target!(|data: &[u8]| {
     let mut ingester = Ingester::new(recorder, stats, ingest);
     ingester.ingest(b"c:1|c\ng:2|g\nt:250|ms\nh:3|h|#k:v\nd:4|d\ns:x|s\na.b.c:1|c|#k:v\n");
     let mut declared = String::new();
-    for metric in &config.metrics {
+    for metric in &config.file.metrics {
         let metric = metric.get_ref();
         let statsd_type = match metric.kind {
-            DefinedType::Counter => "c",
-            DefinedType::Gauge => "g",
-            DefinedType::Histogram | DefinedType::Summary => "h",
+            Kind::Counter => "c",
+            Kind::Gauge => "g",
+            Kind::Set => "s",
+            Kind::Histogram | Kind::Summary => "h",
         };
         declared.push_str(&format!("{}:0.5|{statsd_type}|#k:v\n", metric.name));
     }
@@ -99,7 +92,9 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         // Exactly the statsd buckets when nothing renames, redefines or refuses the series.
-        if config.mapping.is_empty() && config.metrics.is_empty() && config.limits.max_series >= 16
+        if config.file.mapping.is_empty()
+            && config.file.metrics.is_empty()
+            && config.file.limits.max_series >= 16
         {
             let text = std::str::from_utf8(&out).expect("checked UTF-8");
             for series in ["t", "h", "d"] {

@@ -1,6 +1,9 @@
-//! Helpers shared by the integration tests: run the real `tallyd` binary on free ports, send it
-//! StatsD datagrams, scrape it over a small HTTP/1.1 client, and compare scraped series with what
-//! a test expects, printing a readable table (and the daemon's log) when they differ.
+//! Helpers shared by the integration tests: run tallyd on free ports — in-process through the
+//! library's runtime ([`InProcess`]), or as the real binary ([`Daemon`]) where a test needs
+//! signals, the log or the process — send it StatsD datagrams, scrape it over a small HTTP/1.1
+//! client, and compare scraped series with what a test expects, printing a readable table (and
+//! the daemon's log) when they differ. Both kinds dereference to [`Endpoints`], which holds
+//! everything that only talks to the sockets.
 //!
 //! Everything here uses the standard library and the crate's own dependencies (`flate2`, `libc`):
 //! no HTTP client crate, no temp-file crate.
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// How long a daemon may take to bind its listeners and log its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long [`Daemon::wait_for`] polls before it gives up. UDP is asynchronous: a datagram that
+/// How long [`Endpoints::wait_for`] polls before it gives up. UDP is asynchronous: a datagram that
 /// `send_to` accepted is processed a little later, so tests poll instead of sleeping.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -101,11 +104,123 @@ fn thread_tag() -> String {
 /// failing, its log is printed so the failure explains itself.
 pub struct Daemon {
     child: Child,
-    /// The UDP address(es) from the ready line; [`Daemon::send`] uses the first.
-    pub udp: Vec<SocketAddr>,
-    pub http: SocketAddr,
+    endpoints: Endpoints,
     log: Arc<Mutex<String>>,
     config: Option<TempFile>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Endpoints;
+
+    fn deref(&self) -> &Endpoints {
+        &self.endpoints
+    }
+}
+
+/// Where a running tallyd listens, and what a test does through its sockets alone.
+pub struct Endpoints {
+    /// The UDP address(es) bound; [`Endpoints::send`] uses the first.
+    pub udp: Vec<SocketAddr>,
+    pub http: SocketAddr,
+}
+
+/// tallyd running in this process (`tallyd::runtime::run` on a thread of its own), on free
+/// loopback ports. Stopped (and joined) on drop.
+pub struct InProcess {
+    endpoints: Endpoints,
+    shutdown: tokio_util::sync::CancellationToken,
+    thread: Option<thread::JoinHandle<Result<(), String>>>,
+}
+
+impl std::ops::Deref for InProcess {
+    type Target = Endpoints;
+
+    fn deref(&self) -> &Endpoints {
+        &self.endpoints
+    }
+}
+
+impl InProcess {
+    /// tallyd on the built-in defaults.
+    pub fn start() -> InProcess {
+        InProcess::with_config("")
+    }
+
+    /// tallyd with this configuration text; the listen addresses are free loopback ports.
+    pub fn with_config(toml: &str) -> InProcess {
+        InProcess::with_control(toml, |_| {})
+    }
+
+    /// As [`InProcess::with_config`], letting the test adjust the [`tallyd::runtime::Control`]
+    /// (to make reloads load other settings, say) before tallyd runs.
+    pub fn with_control(
+        toml: &str,
+        adjust: impl FnOnce(&mut tallyd::runtime::Control),
+    ) -> InProcess {
+        use tallyd::config::Settings;
+        use tallyd::runtime::{Control, Listeners, run};
+        let mut settings =
+            Settings::parse(toml, Path::new("in-process.toml")).unwrap_or_else(|e| panic!("{e}"));
+        settings.udp.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        settings.http_listen = "127.0.0.1:0".parse().unwrap();
+        let listeners = Listeners::bind(&settings).expect("bind free loopback ports");
+        let endpoints = Endpoints {
+            udp: listeners.udp_addrs(),
+            http: listeners.http_addr().expect("the HTTP address"),
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut control = Control::new(shutdown.clone());
+        adjust(&mut control);
+        let thread = thread::Builder::new()
+            .name("tallyd-in-process".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(run(listeners, settings, control))
+            })
+            .expect("start tallyd's thread");
+        InProcess {
+            endpoints,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// The token that stops this tallyd.
+    pub fn shutdown_token(&self) -> &tokio_util::sync::CancellationToken {
+        &self.shutdown
+    }
+
+    /// Waits up to `timeout` for `run` to return (after the token is cancelled, or on its
+    /// own); `None` if it is still running.
+    pub fn wait_stopped(&mut self, timeout: Duration) -> Option<Result<(), String>> {
+        let deadline = Instant::now() + timeout;
+        let thread = self.thread.take()?;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                self.thread = Some(thread);
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err("tallyd's thread panicked".into())),
+        )
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Daemon {
@@ -187,8 +302,7 @@ impl Daemon {
         };
         Daemon {
             child,
-            udp,
-            http,
+            endpoints: Endpoints { udp, http },
             log,
             config,
         }
@@ -210,6 +324,30 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's, which we
+        // have not reaped yet, so it cannot name another process.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Endpoints {
     /// Sends each datagram, as given, to the daemon's (first) UDP address, in order, from one
     /// socket.
     pub fn send<D: AsRef<[u8]>>(&self, datagrams: &[D]) {
@@ -240,7 +378,7 @@ impl Daemon {
     }
 
     /// Polls `/metrics` until `series` (e.g. `x_total{a="b"}`) has exactly `expected`; returns
-    /// the last scrape. See [`Daemon::wait_for`].
+    /// the last scrape. See [`Endpoints::wait_for`].
     pub fn wait_for_value(&self, series: &str, expected: f64) -> String {
         self.wait_for(&[(series, expected)])
     }
@@ -272,28 +410,6 @@ impl Daemon {
                 );
             }
             thread::sleep(POLL_INTERVAL);
-        }
-    }
-
-    /// Sends a signal to the daemon.
-    pub fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's, which we
-        // have not reaped yet, so it cannot name another process.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
-    }
-
-    /// Waits up to `timeout` for the daemon to exit on its own.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
         }
     }
 }
