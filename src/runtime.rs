@@ -166,7 +166,7 @@ pub async fn run(
         Ok(listener) => Some(tokio::spawn(http::serve(
             listener,
             Arc::clone(&state),
-            shutdown.clone().cancelled_owned(),
+            shutdown.clone(),
         ))),
         Err(e) => {
             tracing::error!("{e}");

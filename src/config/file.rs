@@ -42,6 +42,7 @@ pub struct LimitsConfig {
     #[serde(deserialize_with = "at_least_one")]
     pub max_series_per_metric: usize,
     /// 0 keeps series until restart.
+    #[serde(deserialize_with = "ttl_seconds")]
     pub series_ttl_seconds: u32,
 }
 
@@ -266,6 +267,12 @@ fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
     let bounds = Vec::<f64>::deserialize(d)?;
     crate::validate::buckets(&bounds).map_err(serde::de::Error::custom)?;
     Ok(bounds)
+}
+
+fn ttl_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let ttl = u32::deserialize(d)?;
+    crate::validate::ttl_seconds(f64::from(ttl)).map_err(serde::de::Error::custom)?;
+    Ok(ttl)
 }
 
 fn some_buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {

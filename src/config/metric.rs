@@ -130,6 +130,9 @@ impl MetricDefinition {
                 "unit {unit:?} must end the name (OpenMetrics requires it): call it {family}_{unit}"
             ));
         }
+        if let Some(ttl) = self.ttl_seconds {
+            crate::validate::ttl_seconds(f64::from(ttl)).map_err(|e| format!("ttl_seconds {e}"))?;
+        }
         if self.buckets.is_some() && self.kind != Kind::Histogram {
             return Err("buckets are only for histograms".into());
         }

@@ -19,7 +19,6 @@
 //! already buffered and closes, so a huge upload costs us nothing. Under `/api` a body is read
 //! up to [`api::DEFAULT_BODY_LIMIT`] and refused with 413 beyond it.
 
-use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -33,6 +32,7 @@ use hyper::StatusCode;
 use hyper::header::{self, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::exposition::ExpositionOptions;
 use crate::registry::Registry;
@@ -102,13 +102,13 @@ impl Default for HttpOptions {
     }
 }
 
-/// Serves HTTP on `listener` until `shutdown` completes, then drains live connections for at
+/// Serves HTTP on `listener` until `shutdown` is cancelled, then drains live connections for at
 /// most [`SHUTDOWN_GRACE`] and returns. Accept errors (such as running out of file
 /// descriptors) are logged and retried, so today this always returns `Ok`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<HttpState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> io::Result<()> {
     let router = routes(&state);
     server::run(listener, &state.options, router, shutdown).await

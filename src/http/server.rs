@@ -25,7 +25,6 @@
 //! [`SHUTDOWN_GRACE`], then drop whatever is left.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,8 +41,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::{HttpOptions, SHUTDOWN_GRACE, api};
@@ -61,13 +61,14 @@ struct Server {
     builder: http1::Builder,
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains live connections for
-/// at most [`SHUTDOWN_GRACE`].
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains live connections for
+/// at most [`SHUTDOWN_GRACE`]. Every connection watches the same token: on cancel it finishes
+/// the exchange in flight (hyper's graceful shutdown) and closes.
 pub(super) async fn run(
     listener: TcpListener,
     options: &HttpOptions,
     router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> io::Result<()> {
     let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut builder = http1::Builder::new();
@@ -82,12 +83,10 @@ pub(super) async fn run(
         router,
         builder,
     });
-    let (stop, stopping) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = shutdown.cancelled() => break,
             // Reap finished connections so the set does not grow.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
@@ -95,7 +94,7 @@ pub(super) async fn run(
                     Ok(permit) => {
                         let _ = stream.set_nodelay(true);
                         let server = Arc::clone(&server);
-                        let stopping = stopping.clone();
+                        let stopping = shutdown.clone();
                         tasks.spawn(async move {
                             serve_connection(stream, server, stopping).await;
                             drop(permit);
@@ -113,7 +112,6 @@ pub(super) async fn run(
         }
     }
     drop(listener);
-    let _ = stop.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -141,11 +139,7 @@ fn refuse(stream: TcpStream) {
     tracing::debug!("HTTP connection limit reached; refused a connection");
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    server: Arc<Server>,
-    mut stopping: watch::Receiver<bool>,
-) {
+async fn serve_connection(stream: TcpStream, server: Arc<Server>, stopping: CancellationToken) {
     let options = &server.options;
     let watchdog = Arc::new(Watchdog::new(
         nonzero(options.request_timeout),
@@ -182,7 +176,7 @@ async fn serve_connection(
         .builder
         .serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(connection);
-    let mut shutting_down = *stopping.borrow();
+    let mut shutting_down = stopping.is_cancelled();
     if shutting_down {
         connection.as_mut().graceful_shutdown();
     }
@@ -199,7 +193,7 @@ async fn serve_connection(
                 watchdog.expire();
                 return;
             }
-            _ = stopping.changed(), if !shutting_down => {
+            _ = stopping.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 connection.as_mut().graceful_shutdown();
             }

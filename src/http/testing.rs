@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{HttpOptions, HttpState, Lifecycle, serve, server};
 use crate::registry::{Kind, Registry, RegistrySettings, SeriesKeyBuf, Update};
@@ -24,7 +25,7 @@ pub(super) const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version
 pub(super) struct TestServer {
     pub(super) addr: SocketAddr,
     pub(super) ready: Arc<AtomicBool>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     task: JoinHandle<io::Result<()>>,
 }
 
@@ -59,14 +60,12 @@ impl TestServer {
             exposition: Default::default(),
             lifecycle,
         });
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, state, async {
-            let _ = stopped.await;
-        }));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, state, stop.clone()));
         TestServer {
             addr,
             ready,
-            stop: Some(stop),
+            stop,
             task,
         }
     }
@@ -75,17 +74,15 @@ impl TestServer {
     pub(super) async fn with_router(router: Router) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone();
         let task = tokio::spawn(async move {
-            server::run(listener, &HttpOptions::default(), router, async {
-                let _ = stopped.await;
-            })
-            .await
+            server::run(listener, &HttpOptions::default(), router, shutdown).await
         });
         TestServer {
             addr,
             ready: Arc::new(AtomicBool::new(true)),
-            stop: Some(stop),
+            stop,
             task,
         }
     }
@@ -107,7 +104,7 @@ impl TestServer {
     /// Stops the server; returns how long `serve` took to return.
     pub(super) async fn shut_down(mut self) -> Duration {
         let started = Instant::now();
-        let _ = self.stop.take().unwrap().send(());
+        self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), &mut self.task)
             .await
             .expect("serve returns")
