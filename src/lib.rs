@@ -1,18 +1,29 @@
-//! tallyd: a StatsD / DogStatsD agent that serves Prometheus.
+//! tallyd: a metrics agent for model-serving hosts — StatsD / DogStatsD in, Prometheus out.
 //!
-//! The data path, one module per step:
+//! One way in, one way out:
 //!
-//! - [`listen`] receives UDP datagrams on every core;
-//! - [`protocol`] splits a datagram into lines and parses each into borrowed [`protocol::Sample`]s;
-//! - [`ingest`] turns samples into series updates, caching the series handle per raw name+tags;
-//! - [`naming`] names series the Prometheus way (sanitising, reserved labels);
-//! - [`rules`] applies `[[mapping]]` rules (globs, regexes, captures), cached per thread;
-//! - [`registry`] holds series state in lock-sharded maps; [`summary`] keeps a summary's
-//!   windowed quantiles;
-//! - [`exposition`] renders the registry for a scrape; [`http`] serves it;
-//! - [`config`] reads the TOML file and flags; [`lint`] checks its metric names;
-//!   [`import`] converts statsd_exporter mapping files; [`telemetry`] holds tallyd's own metrics;
-//! - [`daemon`] wires it all together and runs until shutdown.
+//! ```text
+//!  listen (udp; tcp, unix next) → protocol → ingest (rules, naming) ─┐
+//!  (HTTP inputs next) ────────────────────────────────────────────────┼→ record ─→ registry
+//!                                                                     │  (write seam)   │
+//!  http (/metrics: exposition) ← read (read seam) ← registry, telemetry ────────────────┘
+//! ```
+//!
+//! - **In**: [`listen`] receives datagrams on every core; [`protocol`] parses lines into
+//!   borrowed samples; [`ingest`] does StatsD's own naming ([`rules`] for `[[mapping]]`,
+//!   [`naming`] for sanitising) and caches series handles per raw line shape; [`record`] is the
+//!   write seam every input calls: label pairs and an update in, definitions ([`definitions`]),
+//!   reserved names, type conflicts and limits applied, a series handle or a refusal out.
+//! - **Kept**: [`registry`] holds series in lock-sharded maps; [`summary`] keeps a summary's
+//!   windowed quantiles.
+//! - **Out**: [`read`] is the read seam (family metadata, label pairs, value views) over the
+//!   registry and [`telemetry`]'s own metrics; [`exposition`] writes it for a scrape and
+//!   [`http`] serves it (axum routes inside our own hyper accept loop; `http::api` holds the
+//!   REST API's problem documents, body limits and auth hook).
+//! - **Running**: [`config`] turns flags and the TOML file into validated settings
+//!   ([`validate`] holds the checks every source shares; [`lint`] the naming lint; [`import`]
+//!   converts statsd_exporter mapping files); [`runtime`] binds and runs everything until a
+//!   cancellation token fires; [`daemon`] is the process around it (flags, logging, signals).
 
 /// A closed set of reasons: a `Copy` enum whose variants each carry the label they are exported
 /// under, with `ALL` (declaration order, so `reason as usize` indexes it) and `label()`.

@@ -6,11 +6,11 @@
 //!
 //! - this file: the shared state and options, and the route table (one axum [`Router`] built
 //!   once per server);
-//! - [`server`]: connections — hyper's HTTP/1.1 on our own accept loop, the connection cap,
+//! - `server`: connections — hyper's HTTP/1.1 on our own accept loop, the connection cap,
 //!   the header, request and idle timeouts, graceful drain. axum only routes: `axum::serve` has
 //!   neither a connection cap nor a header timeout;
-//! - [`scrape`]: `/metrics` — negotiation, the render slots, gzip;
-//! - [`admin`]: health, readiness, the landing page and the lifecycle endpoints;
+//! - `scrape`: `/metrics` — negotiation, the render slots, gzip;
+//! - `admin`: health, readiness, the landing page and the lifecycle endpoints;
 //! - [`api`]: the building blocks of the REST API under `/api` (problem documents, JSON and
 //!   query extractors with bounded bodies, the authentication hook). No public route yet.
 //!

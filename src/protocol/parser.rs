@@ -62,6 +62,10 @@
 //! lone-digit value and `0.d`/`0.dd` rates), byte loops rather than `memchr` for the few-byte
 //! runs inside a line, and no `Result<Value, _>` round trips through memory on the single-value
 //! path.
+//!
+//! It is one file (over our usual 800 lines) on purpose: these fast paths hand each other their
+//! positions on the per-line path, and they are checked by reading them together; the grammar's
+//! table of cases lives in `tests/protocol.rs`.
 
 use memchr::{memchr, memchr_iter, memchr2, memchr3};
 use nom::{
