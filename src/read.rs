@@ -337,15 +337,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::definitions::Definitions;
     use crate::record::Recorder;
     use crate::registry::{RegistrySettings, Update, escape_label_value};
 
-    fn recorder() -> Recorder {
-        Recorder::new(
-            Arc::new(Registry::new(RegistrySettings::default())),
-            Arc::new(Definitions::default()),
-        )
+    fn recorder() -> Arc<Recorder> {
+        Recorder::for_registry(&Arc::new(Registry::new(RegistrySettings::default())))
     }
 
     proptest! {

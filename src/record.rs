@@ -238,11 +238,8 @@ mod tests {
     use crate::read::{self, Value};
     use crate::registry::RegistrySettings;
 
-    fn recorder() -> Recorder {
-        Recorder::new(
-            Arc::new(Registry::new(RegistrySettings::default())),
-            Arc::default(),
-        )
+    fn recorder() -> Arc<Recorder> {
+        Recorder::for_registry(&Arc::new(Registry::new(RegistrySettings::default())))
     }
 
     /// Every series of `family` as (label pairs, value), through the read seam.
