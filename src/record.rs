@@ -125,17 +125,17 @@ impl Recorder {
         update: Update,
     ) -> Result<SeriesHandle, Refusal> {
         KEY.with_borrow_mut(|key| {
-            // A series removed between the lookup and the touch is looked up once more: the
-            // second lookup creates its successor, which nothing else can have marked.
-            for _ in 0..2 {
-                let handle =
-                    self.series(family, kind, labels.clone(), &SeriesOptions::default(), key)?;
-                if handle.touch(self.registry.now_secs()) {
-                    self.apply(&handle, update)?;
-                    return Ok(handle);
-                }
+            let options = SeriesOptions::default();
+            let now = self.registry.now_secs();
+            let mut handle = self.series(family, kind, labels.clone(), &options, key)?;
+            if !handle.touch(now) {
+                // Removed (expiry, a changed definition) between the lookup and the touch: a
+                // second lookup creates its successor.
+                handle = self.series(family, kind, labels, &options, key)?;
+                handle.touch(now);
             }
-            Err(Refusal::SeriesLimit)
+            self.apply(&handle, update)?;
+            Ok(handle)
         })
     }
 

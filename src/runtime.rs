@@ -128,6 +128,8 @@ pub async fn run(
         .http_addr()
         .map_err(|e| format!("cannot read the HTTP listener's address: {e}"))?;
 
+    let http_listener = tokio::net::TcpListener::from_std(listeners.http)
+        .map_err(|e| format!("cannot use the HTTP listener: {e}"))?;
     let registry = Arc::new(Registry::new(settings.registry.clone()));
     let recorder = Arc::new(Recorder::new(
         Arc::clone(&registry),
@@ -146,8 +148,15 @@ pub async fn run(
         &shutdown,
     )
     .map_err(|e| format!("cannot start the UDP receivers: {e}"))?;
-    let housekeeping = registry::spawn_housekeeping(Arc::clone(&registry), shutdown.clone())
-        .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
+    let housekeeping = match registry::spawn_housekeeping(Arc::clone(&registry), shutdown.clone()) {
+        Ok(thread) => thread,
+        Err(e) => {
+            // Nothing may outlive a failed start.
+            shutdown.cancel();
+            receivers.join();
+            return Err(format!("cannot start the housekeeping thread: {e}"));
+        }
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = Arc::new(HttpState {
@@ -160,32 +169,20 @@ pub async fn run(
             .enable_lifecycle
             .then(|| control.requests.0.clone()),
     });
-    let served = tokio::net::TcpListener::from_std(listeners.http)
-        .map_err(|e| format!("cannot use the HTTP listener: {e}"));
-    let server = match served {
-        Ok(listener) => Some(tokio::spawn(http::serve(
-            listener,
-            Arc::clone(&state),
-            shutdown.clone(),
-        ))),
-        Err(e) => {
-            tracing::error!("{e}");
-            shutdown.cancel();
-            None
-        }
-    };
-
-    if server.is_some() {
-        ready.store(true, Ordering::SeqCst);
-        notify_systemd("READY=1");
-        // Tests and scripts read the bound ports (port 0 picks one) from this line.
-        let udp: Vec<String> = udp_addrs.iter().map(ToString::to_string).collect();
-        tracing::info!(
-            "tallyd {} ready: udp {} http {http_addr}",
-            env!("CARGO_PKG_VERSION"),
-            udp.join(" ")
-        );
-    }
+    let server = tokio::spawn(http::serve(
+        http_listener,
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
+    ready.store(true, Ordering::SeqCst);
+    notify_systemd("READY=1");
+    // Tests and scripts read the bound ports (port 0 picks one) from this line.
+    let udp: Vec<String> = udp_addrs.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        "tallyd {} ready: udp {} http {http_addr}",
+        env!("CARGO_PKG_VERSION"),
+        udp.join(" ")
+    );
 
     let mut running = Running {
         settings,
@@ -218,12 +215,10 @@ pub async fn run(
     tracing::info!("shutting down");
     notify_systemd("STOPPING=1");
     ready.store(false, Ordering::SeqCst);
-    if let Some(server) = server {
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-            Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
-            Err(_) => tracing::warn!("HTTP server did not stop within {SHUTDOWN_GRACE:?}"),
-            _ => {}
-        }
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
+        Err(_) => tracing::warn!("HTTP server did not stop within {SHUTDOWN_GRACE:?}"),
+        _ => {}
     }
     // The receive threads notice the token within their receive timeout (200 ms).
     tokio::task::spawn_blocking(move || {
