@@ -1,7 +1,6 @@
 //! The unit and suffix tables: Prometheus' base units, the non-base units and the base unit to
 //! use instead, the suffixes of histogram and summary series; and a name's words without them.
 
-/// The Prometheus type a name is for.
 /// Base units Prometheus recommends, and `info` (of `*_info` metrics): suffixes that do not
 /// count as a word of the name.
 const BASE_UNITS: &[&str] = &[
