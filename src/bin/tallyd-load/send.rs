@@ -24,7 +24,7 @@ struct Sent {
     refused: u64,
 }
 
-/// A datagram being built: where its bytes sit in the arena and which lines it holds.
+/// A datagram being built: its bytes and the lines it holds.
 struct Slot {
     data: Vec<u8>,
     lines: Vec<LineRecord>,
