@@ -22,7 +22,7 @@ use std::time::Instant;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use crate::naming::counter_family;
+use crate::naming::{counter_family, is_metric_name};
 use crate::read::{FamilyView, Labels, SeriesView, ValueView, Visitor};
 use crate::registry::{Kind, Registry};
 use crate::telemetry::{Telemetry, is_reserved_name};
@@ -326,7 +326,7 @@ fn counter_names(name: &str, format: Format, statsd_exporter_names: bool) -> Nam
 
 impl Visitor for TextWriter<'_> {
     fn family(&mut self, family: &FamilyView<'_>) -> bool {
-        if !is_valid_metric_name(family.name) {
+        if !is_metric_name(family.name) {
             return false;
         }
         let format = self.format;
@@ -434,13 +434,6 @@ fn escaped_labels<'a>(labels: &Labels<'a>, buffer: &'a mut String) -> &'a str {
             buffer
         }
     }
-}
-
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`: what both text parsers accept as a metric name.
-fn is_valid_metric_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':'))
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
 // ---------------------------------------------------------------------------------------------

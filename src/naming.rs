@@ -92,12 +92,34 @@ pub fn label_name_into(key: &str, out: &mut String) {
 
 /// True when `name` needs no sanitising (the common case; lets callers skip a copy).
 pub fn is_clean_name(name: &str) -> bool {
+    is_name(name, &CLEAN_NAME_BYTES)
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`: a metric name both text formats (and Prometheus) accept. The
+/// write seam checks every new series' family with it, so it is a table lookup per byte.
+pub fn is_metric_name(name: &str) -> bool {
+    is_name(name, &METRIC_NAME_BYTES)
+}
+
+fn is_name(name: &str, table: &[bool; 256]) -> bool {
     let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && !bytes[0].is_ascii_digit()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    !bytes.is_empty() && !bytes[0].is_ascii_digit() && bytes.iter().all(|&b| table[usize::from(b)])
+}
+
+/// Bytes of a sanitised name: `[A-Za-z0-9_]`.
+static CLEAN_NAME_BYTES: [bool; 256] = name_bytes(false);
+/// Bytes of a metric name: `[A-Za-z0-9_:]` (recording rules use `:`).
+static METRIC_NAME_BYTES: [bool; 256] = name_bytes(true);
+
+const fn name_bytes(colon: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || (colon && c == b':');
+        b += 1;
+    }
+    table
 }
 
 #[cfg(test)]
@@ -167,6 +189,17 @@ mod tests {
         assert_eq!(label("__name__"), "exported___name__");
         assert_eq!(label("model"), "model");
         assert_eq!(label("model.version"), "model_version");
+    }
+
+    #[test]
+    fn metric_names_may_hold_colons_but_not_start_with_a_digit() {
+        for good in ["a", "_x", ":rule:x", "job:requests:rate5m", "A_9"] {
+            assert!(is_metric_name(good), "{good}");
+        }
+        for bad in ["", "9x", "a.b", "a-b", "é", "a b", "a\n"] {
+            assert!(!is_metric_name(bad), "{bad:?}");
+        }
+        assert!(!is_clean_name("a:b"));
     }
 
     #[test]

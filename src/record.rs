@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::definitions::{Definition, DefinitionError, Definitions, Source};
-use crate::naming::{counter_family, label_name_into};
+use crate::naming::{counter_family, is_metric_name, label_name_into};
 use crate::registry::{Kind, Registry, Series, SeriesKeyBuf, SeriesOptions, Update};
 use crate::telemetry::is_reserved_name;
 
@@ -223,13 +223,6 @@ impl Recorder {
     pub fn reset_family(&self, name: &str) -> bool {
         self.registry.remove_family(name)
     }
-}
-
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`: a name both text formats can carry.
-fn is_metric_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':'))
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
 #[cfg(test)]

@@ -975,6 +975,41 @@ fn post_quit_shuts_down_cleanly() {
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
 }
 
+/// `Type=notify`: systemd learns READY=1 once every listener is bound (the ready line has been
+/// logged by then), RELOADING=1 then READY=1 around a SIGHUP reload, and STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).expect("bind a notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut daemon = Daemon::start_with_env(
+        &[],
+        Some(TempFile::new("notify.toml", "")),
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    );
+    assert_eq!(next(), "READY=1");
+    daemon.signal(libc::SIGHUP);
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(next(), "STOPPING=1");
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("tallyd exits");
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    let _ = std::fs::remove_file(&path);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The library runtime, driven in-process
 

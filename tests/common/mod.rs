@@ -237,7 +237,17 @@ impl Daemon {
 
     /// Starts tallyd with extra arguments and an optional config file.
     pub fn start_with(extra_args: &[&str], config: Option<TempFile>) -> Daemon {
+        Daemon::start_with_env(extra_args, config, &[])
+    }
+
+    /// [`Daemon::start_with`] with extra environment variables (`NOTIFY_SOCKET`, say).
+    pub fn start_with_env(
+        extra_args: &[&str],
+        config: Option<TempFile>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let mut command = Command::new(tallyd_bin());
+        command.envs(env.iter().copied());
         if let Some(file) = &config {
             command.arg("--config").arg(file.path());
         }
