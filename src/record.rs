@@ -218,6 +218,30 @@ impl Recorder {
             .collect())
     }
 
+    /// Adds or replaces the definition of `name` for `source` (the API's one-at-a-time change).
+    /// If it differs from the one it replaces, the family starts afresh under it.
+    pub fn define(
+        &self,
+        source: Source,
+        name: &str,
+        definition: Definition,
+    ) -> Result<(), DefinitionError> {
+        let previous = self.definitions.insert(source, name, definition.clone())?;
+        if previous.as_deref() != Some(&definition) {
+            self.reset_family(name);
+        }
+        Ok(())
+    }
+
+    /// Removes the definition of `name`, which `source` must own, and the family's series with
+    /// it: a deleted metric leaves `/metrics` at once (a later sample creates it afresh,
+    /// undeclared).
+    pub fn undefine(&self, source: Source, name: &str) -> Result<(), DefinitionError> {
+        self.definitions.remove(source, name)?;
+        self.reset_family(name);
+        Ok(())
+    }
+
     /// Starts family `name` afresh: it and its series are removed, and its next sample creates
     /// it again (under its definition as it then stands). False if there was no such family.
     pub fn reset_family(&self, name: &str) -> bool {
@@ -335,10 +359,7 @@ mod tests {
     }
 
     fn define(recorder: &Recorder, name: &str, definition: Definition) {
-        recorder
-            .definitions()
-            .insert(Source::Api, name, definition)
-            .unwrap();
+        recorder.define(Source::Api, name, definition).unwrap();
     }
 
     #[test]
@@ -378,6 +399,45 @@ mod tests {
         assert_eq!(family.series[0].labels, pairs(&[("model", "a")]));
         let refused = recorder.record("latency_seconds", Kind::Gauge, [], Update::Set(1.0));
         assert_eq!(refused.unwrap_err(), Refusal::TypeConflict);
+    }
+
+    #[test]
+    fn redefining_a_metric_starts_it_afresh_and_undefining_removes_its_series() {
+        let recorder = recorder();
+        let gauge = |help: &str| Definition {
+            kind: Kind::Gauge,
+            labels: None,
+            options: SeriesOptions {
+                help: Some(help.into()),
+                ..SeriesOptions::default()
+            },
+            aggregation: None,
+        };
+        define(&recorder, "depth", gauge("Depth."));
+        recorder
+            .record("depth", Kind::Gauge, [("q", "a")], Update::Set(3.0))
+            .unwrap();
+        // The same definition again keeps the series.
+        define(&recorder, "depth", gauge("Depth."));
+        assert_eq!(values(&recorder, "depth").len(), 1);
+        // Another one starts the family afresh.
+        define(&recorder, "depth", gauge("Queue depth."));
+        assert!(values(&recorder, "depth").is_empty());
+        recorder
+            .record("depth", Kind::Gauge, [("q", "a")], Update::Set(4.0))
+            .unwrap();
+        recorder.undefine(Source::Api, "depth").unwrap();
+        assert!(values(&recorder, "depth").is_empty());
+        assert!(recorder.definitions().get("depth").is_none());
+        // A file's definition is not the API's to change.
+        recorder
+            .replace_definitions(
+                Source::File,
+                [("fixed".into(), Arc::new(gauge("F.")))].into(),
+            )
+            .unwrap();
+        assert!(recorder.undefine(Source::Api, "fixed").is_err());
+        assert!(recorder.define(Source::Api, "fixed", gauge("G.")).is_err());
     }
 
     #[test]

@@ -349,29 +349,20 @@ impl Telemetry {
         }
         out.push(extensions);
 
-        let mut by_kind = [0usize; 5];
         let families = registry.families();
-        for family in &families {
-            let index = match family.kind() {
-                Kind::Counter => 0,
-                Kind::Gauge => 1,
-                Kind::Histogram => 2,
-                Kind::Set => 3,
-                Kind::Summary => 4,
-            };
-            by_kind[index] += family.series_count();
-        }
         let mut series = SelfMetric::labelled(
             "tallyd_series",
             Kind::Gauge,
             "Live series in the registry, by type.",
             "type",
         );
-        for (kind, count) in ["counter", "gauge", "histogram", "set", "summary"]
-            .iter()
-            .zip(by_kind)
-        {
-            series = series.with(*kind, count as f64);
+        for kind in Kind::ALL {
+            let count: usize = families
+                .iter()
+                .filter(|family| family.kind() == kind)
+                .map(|family| family.series_count())
+                .sum();
+            series = series.with(kind.name(), count as f64);
         }
         out.push(series);
         out.push(
