@@ -231,10 +231,11 @@ impl Definitions {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn gauge(help: &str) -> Definition {
+    /// A gauge definition told apart by its help (for tests here and in `record`).
+    pub(crate) fn gauge(help: &str) -> Definition {
         Definition {
             kind: Kind::Gauge,
             labels: None,

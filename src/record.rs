@@ -404,15 +404,7 @@ mod tests {
     #[test]
     fn redefining_a_metric_starts_it_afresh_and_undefining_removes_its_series() {
         let recorder = recorder();
-        let gauge = |help: &str| Definition {
-            kind: Kind::Gauge,
-            labels: None,
-            options: SeriesOptions {
-                help: Some(help.into()),
-                ..SeriesOptions::default()
-            },
-            aggregation: None,
-        };
+        let gauge = crate::definitions::tests::gauge;
         define(&recorder, "depth", gauge("Depth."));
         recorder
             .record("depth", Kind::Gauge, [("q", "a")], Update::Set(3.0))
