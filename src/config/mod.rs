@@ -15,7 +15,7 @@ mod settings;
 pub use cli::{Cli, Command};
 pub use file::{
     AggregationConfig, Config, ExpositionConfig, HttpConfig, LimitsConfig, LintConfig, LogConfig,
-    StatsdConfig, UdpConfig, normalize_log_filter,
+    StatsdConfig, TcpConfig, UdpConfig, UnixConfig, normalize_log_filter,
 };
 pub use metric::{BucketSpec, Generator, MetricDefinition};
 pub use settings::{ConfigError, Settings};
