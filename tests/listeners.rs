@@ -273,7 +273,7 @@ fn unix_datagrams_are_received_and_counted() {
     let dir = SocketDir::new("datagrams");
     let path = dir.path();
     let tallyd = InProcess::with_config(&unix_config(&path));
-    assert_eq!(tallyd.unix, [path.clone()]);
+    assert_eq!(tallyd.unix, std::slice::from_ref(&path));
     let client = UnixDatagram::unbound().unwrap();
     client
         .send_to(b"unix_hits:1|c\nunix_depth:3|g", &path)
@@ -316,7 +316,7 @@ fn the_daemon_removes_its_socket_on_sigterm() {
     let path = dir.path();
     let path_text = path.display().to_string();
     let mut daemon = Daemon::start_with(&["--unix-listen", &path_text], None);
-    assert_eq!(daemon.unix, [path.clone()]);
+    assert_eq!(daemon.unix, std::slice::from_ref(&path));
     UnixDatagram::unbound()
         .unwrap()
         .send_to(b"unix_flag:1|c\n", &path)
