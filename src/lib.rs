@@ -10,10 +10,11 @@
 //! ```
 //!
 //! - **In**: [`listen`] receives UDP datagrams on every core, TCP lines and Unix datagrams;
-//!   [`protocol`] parses lines into borrowed samples; [`ingest`] does StatsD's own naming ([`rules`] for `[[mapping]]`,
-//!   [`naming`] for sanitising) and caches series handles per raw line shape; [`record`] is the
-//!   write seam every input calls: label pairs and an update in, definitions ([`definitions`]),
-//!   reserved names, type conflicts and limits applied, a series handle or a refusal out.
+//!   [`protocol`] parses lines into borrowed samples; [`ingest`] does StatsD's own naming
+//!   ([`rules`] for `[[mapping]]`, [`naming`] for sanitising) and caches series handles per raw
+//!   line shape; [`record`] is the write seam every input calls: label pairs and an update in,
+//!   definitions ([`definitions`]), reserved names, type conflicts and limits applied, a series
+//!   handle or a refusal out.
 //! - **Kept**: [`registry`] holds series in lock-sharded maps; [`summary`] keeps a summary's
 //!   windowed quantiles.
 //! - **Out**: [`read`] is the read seam (family metadata, label pairs, value views) over the
