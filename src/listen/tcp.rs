@@ -33,6 +33,9 @@
 //! which the parser splits on `\n` and whose `\r\n` it tolerates. At end of stream (a peer that
 //! half-closes or closes), a final line without `\n` is ingested too. On shutdown, open
 //! connections are closed and their unterminated tails dropped.
+//!
+//! [`Ingester`]: crate::ingest::Ingester
+//! [`ReceiverStats`]: crate::telemetry::ReceiverStats
 
 use std::cell::{Cell, RefCell};
 use std::io;
