@@ -3,17 +3,18 @@
 //! One way in, one way out:
 //!
 //! ```text
-//!  listen (udp; tcp, unix next) → protocol → ingest (rules, naming) ─┐
+//!  listen (udp, tcp, unix)     → protocol → ingest (rules, naming) ─┐
 //!  (HTTP inputs next) ────────────────────────────────────────────────┼→ record ─→ registry
 //!                                                                     │  (write seam)   │
 //!  http (/metrics: exposition) ← read (read seam) ← registry, telemetry ────────────────┘
 //! ```
 //!
-//! - **In**: [`listen`] receives datagrams on every core; [`protocol`] parses lines into
-//!   borrowed samples; [`ingest`] does StatsD's own naming ([`rules`] for `[[mapping]]`,
-//!   [`naming`] for sanitising) and caches series handles per raw line shape; [`record`] is the
-//!   write seam every input calls: label pairs and an update in, definitions ([`definitions`]),
-//!   reserved names, type conflicts and limits applied, a series handle or a refusal out.
+//! - **In**: [`listen`] receives UDP datagrams on every core, TCP lines and Unix datagrams;
+//!   [`protocol`] parses lines into borrowed samples; [`ingest`] does StatsD's own naming
+//!   ([`rules`] for `[[mapping]]`, [`naming`] for sanitising) and caches series handles per raw
+//!   line shape; [`record`] is the write seam every input calls: label pairs and an update in,
+//!   definitions ([`definitions`]), reserved names, type conflicts and limits applied, a series
+//!   handle or a refusal out.
 //! - **Kept**: [`registry`] holds series in lock-sharded maps; [`summary`] keeps a summary's
 //!   windowed quantiles.
 //! - **Out**: [`read`] is the read seam (family metadata, label pairs, value views) over the

@@ -3,7 +3,7 @@
 //! only what belongs to a process: flags, logging, signals and exit codes. Tests bind
 //! `127.0.0.1:0`, run tallyd in-process and cancel their own token.
 //!
-//! What runs: one receive thread per UDP socket (`listen`), a housekeeping thread (registry
+//! What runs: one receive thread per UDP socket, TCP listen address and Unix socket (`listen`), a housekeeping thread (registry
 //! clock and expiry), and the HTTP server on the caller's tokio runtime. One token stops them
 //! all: the receive threads notice it within their receive timeout, the server drains its
 //! connections (bounded by `http::SHUTDOWN_GRACE`), then `run` joins the threads and returns.
@@ -14,6 +14,7 @@
 //! the running one in force, and says why.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -26,7 +27,7 @@ use crate::config::{ConfigError, Settings};
 use crate::definitions::{Definitions, Source};
 use crate::http::{self, HttpState, Lifecycle};
 use crate::ingest::SharedRules;
-use crate::listen::{self, BoundListener};
+use crate::listen::{self, BoundListener, Listener, tcp, unix};
 use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::telemetry::{ReloadOutcome, Telemetry};
@@ -38,6 +39,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Listeners {
     pub udp: Vec<BoundListener>,
+    pub tcp: Vec<tcp::TcpListener>,
+    /// Unix sockets; each removes its file when dropped.
+    pub unix: Vec<unix::UnixListener>,
     pub http: std::net::TcpListener,
 }
 
@@ -46,11 +50,18 @@ impl Listeners {
     /// address) before anything starts.
     pub fn bind(settings: &Settings) -> Result<Listeners, String> {
         let udp = listen::bind(&settings.udp).map_err(|e| e.to_string())?;
+        let tcp = tcp::bind(&settings.tcp).map_err(|e| e.to_string())?;
+        let unix = unix::bind(&settings.unix).map_err(|e| e.to_string())?;
         let addr = settings.http_listen;
         let http = std::net::TcpListener::bind(addr)
             .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
             .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
-        Ok(Listeners { udp, http })
+        Ok(Listeners {
+            udp,
+            tcp,
+            unix,
+            http,
+        })
     }
 
     /// The UDP addresses bound (with the ports the kernel chose for port 0), each once.
@@ -62,6 +73,16 @@ impl Listeners {
             }
         }
         addrs
+    }
+
+    /// The TCP addresses bound (with the ports the kernel chose for port 0).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.iter().map(tcp::TcpListener::local_addr).collect()
+    }
+
+    /// The Unix socket paths bound.
+    pub fn unix_paths(&self) -> Vec<PathBuf> {
+        self.unix.iter().map(|u| u.path().to_owned()).collect()
     }
 
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
@@ -124,6 +145,8 @@ pub async fn run(
 ) -> Result<(), String> {
     let shutdown = control.shutdown.clone();
     let udp_addrs = listeners.udp_addrs();
+    let tcp_addrs = listeners.tcp_addrs();
+    let unix_paths = listeners.unix_paths();
     let http_addr = listeners
         .http_addr()
         .map_err(|e| format!("cannot read the HTTP listener's address: {e}"))?;
@@ -140,14 +163,17 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let telemetry = Arc::new(Telemetry::default());
     let rules = Arc::new(SharedRules::new(Arc::clone(&settings.rules)));
+    let sockets = (listeners.udp.into_iter().map(Listener::from))
+        .chain(listeners.tcp.into_iter().map(Listener::from))
+        .chain(listeners.unix.into_iter().map(Listener::from));
     let receivers = listen::spawn_receivers(
-        listeners.udp,
+        sockets,
         Arc::clone(&recorder),
         &telemetry,
         settings.ingest_options(Arc::clone(&rules)),
         &shutdown,
     )
-    .map_err(|e| format!("cannot start the UDP receivers: {e}"))?;
+    .map_err(|e| format!("cannot start the receivers: {e}"))?;
     let housekeeping = match registry::spawn_housekeeping(Arc::clone(&registry), shutdown.clone()) {
         Ok(thread) => thread,
         Err(e) => {
@@ -176,10 +202,20 @@ pub async fn run(
     ));
     ready.store(true, Ordering::SeqCst);
     notify_systemd("READY=1");
-    // Tests and scripts read the bound ports (port 0 picks one) from this line.
+    // Tests and scripts read the bound ports (port 0 picks one) from this line; the TCP and
+    // Unix listeners, when there are any, come after the HTTP address.
     let udp: Vec<String> = udp_addrs.iter().map(ToString::to_string).collect();
+    let mut others = String::new();
+    if !tcp_addrs.is_empty() {
+        let tcp: Vec<String> = tcp_addrs.iter().map(ToString::to_string).collect();
+        others.push_str(&format!(" tcp {}", tcp.join(" ")));
+    }
+    if !unix_paths.is_empty() {
+        let unix: Vec<String> = unix_paths.iter().map(|p| p.display().to_string()).collect();
+        others.push_str(&format!(" unix {}", unix.join(" ")));
+    }
     tracing::info!(
-        "tallyd {} ready: udp {} http {http_addr}",
+        "tallyd {} ready: udp {} http {http_addr}{others}",
         env!("CARGO_PKG_VERSION"),
         udp.join(" ")
     );

@@ -20,8 +20,10 @@ use crate::registry::{AtomicF64, Kind, Registry, SeriesLimit};
 #[repr(align(128))]
 #[derive(Debug)]
 pub struct ReceiverStats {
-    /// The listener address, the `listener` label.
+    /// The listener address (or socket path), the `listener` label.
     pub listener: String,
+    /// The transport (`udp`, `tcp`, `unix`): which `tallyd_<transport>_*` families count it.
+    pub transport: &'static str,
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
     pub lines: AtomicU64,
@@ -37,12 +39,25 @@ pub struct ReceiverStats {
     /// This receiver's socket's cumulative kernel drop count (`SO_RXQ_OVFL`), as last reported.
     /// Every receiver has a socket of its own, so a listener's drops are the sum.
     pub kernel_drops: AtomicU64,
+    /// TCP: connections accepted and served.
+    pub connections: AtomicU64,
+    /// TCP: connections accepted and closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// TCP: connections closed after `idle_timeout_seconds` without a byte.
+    pub idle_timeouts: AtomicU64,
 }
 
 impl ReceiverStats {
+    /// Counters of a UDP receiver.
     pub fn new(listener: impl Into<String>) -> Self {
+        Self::for_transport("udp", listener)
+    }
+
+    /// Counters of a receiver of any transport.
+    pub fn for_transport(transport: &'static str, listener: impl Into<String>) -> Self {
         ReceiverStats {
             listener: listener.into(),
+            transport,
             packets: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             lines: AtomicU64::new(0),
@@ -53,6 +68,9 @@ impl ReceiverStats {
             service_checks: AtomicU64::new(0),
             oversized: AtomicU64::new(0),
             kernel_drops: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            idle_timeouts: AtomicU64::new(0),
         }
     }
 
@@ -204,9 +222,13 @@ pub fn is_reserved_name(name: &str) -> bool {
 }
 
 impl Telemetry {
-    /// Registers the counters of a new receive thread.
-    pub fn add_receiver(&self, listener: impl Into<String>) -> Arc<ReceiverStats> {
-        let stats = Arc::new(ReceiverStats::new(listener));
+    /// Registers the counters of a new receive thread of `transport` (`udp`, `tcp`, `unix`).
+    pub fn add_receiver(
+        &self,
+        transport: &'static str,
+        listener: impl Into<String>,
+    ) -> Arc<ReceiverStats> {
+        let stats = Arc::new(ReceiverStats::for_transport(transport, listener));
         self.receivers.lock().push(Arc::clone(&stats));
         stats
     }
@@ -251,9 +273,11 @@ impl Telemetry {
     /// Everything tallyd reports about itself, ready to encode.
     pub fn collect(&self, registry: &Registry) -> Vec<SelfMetric> {
         let receivers = self.receivers.lock().clone();
-        let per_listener = |read: &dyn Fn(&ReceiverStats) -> u64| {
+        // The receivers of one transport, summed per listener (a transport with no listener
+        // configured gives no series, and its family is left out of the scrape).
+        let per_listener = |transport: &str, read: &dyn Fn(&ReceiverStats) -> u64| {
             let mut sums: Vec<(String, u64)> = Vec::new();
-            for r in &receivers {
+            for r in receivers.iter().filter(|r| r.transport == transport) {
                 let value = read(r);
                 match sums.iter_mut().find(|(l, _)| *l == r.listener) {
                     Some((_, sum)) => *sum += value,
@@ -268,10 +292,18 @@ impl Telemetry {
             receivers.iter().map(|r| read(r)).sum::<u64>() as f64
         };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let per_transport =
+            |name: &'static str,
+             help: &'static str,
+             transport: &str,
+             read: &dyn Fn(&ReceiverStats) -> u64| SelfMetric {
+                samples: per_listener(transport, read),
+                ..SelfMetric::labelled(name, Kind::Counter, help, "listener")
+            };
 
         let mut out = vec![
             SelfMetric {
-                samples: per_listener(&|r| load(&r.packets)),
+                samples: per_listener("udp", &|r| load(&r.packets)),
                 ..SelfMetric::labelled(
                     "tallyd_udp_packets",
                     Kind::Counter,
@@ -280,7 +312,7 @@ impl Telemetry {
                 )
             },
             SelfMetric {
-                samples: per_listener(&|r| load(&r.bytes)),
+                samples: per_listener("udp", &|r| load(&r.bytes)),
                 ..SelfMetric::labelled(
                     "tallyd_udp_bytes",
                     Kind::Counter,
@@ -289,7 +321,7 @@ impl Telemetry {
                 )
             },
             SelfMetric {
-                samples: per_listener(&|r| load(&r.kernel_drops)),
+                samples: per_listener("udp", &|r| load(&r.kernel_drops)),
                 ..SelfMetric::labelled(
                     "tallyd_udp_kernel_drops",
                     Kind::Counter,
@@ -298,7 +330,7 @@ impl Telemetry {
                 )
             },
             SelfMetric {
-                samples: per_listener(&|r| load(&r.oversized)),
+                samples: per_listener("udp", &|r| load(&r.oversized)),
                 ..SelfMetric::labelled(
                     "tallyd_udp_oversized_datagrams",
                     Kind::Counter,
@@ -306,6 +338,54 @@ impl Telemetry {
                     "listener",
                 )
             },
+            per_transport(
+                "tallyd_tcp_connections",
+                "TCP connections accepted and served, per listener.",
+                "tcp",
+                &|r| load(&r.connections),
+            ),
+            per_transport(
+                "tallyd_tcp_connections_refused",
+                "TCP connections closed at once because [tcp] max_connections were open, per listener.",
+                "tcp",
+                &|r| load(&r.connections_refused),
+            ),
+            per_transport(
+                "tallyd_tcp_idle_timeouts",
+                "TCP connections closed after [tcp] idle_timeout_seconds without data, per listener.",
+                "tcp",
+                &|r| load(&r.idle_timeouts),
+            ),
+            per_transport(
+                "tallyd_tcp_bytes",
+                "Bytes of whole lines received over TCP (over-long lines excluded), per listener.",
+                "tcp",
+                &|r| load(&r.bytes),
+            ),
+            per_transport(
+                "tallyd_tcp_lines",
+                "StatsD lines received over TCP (over-long ones included), per listener.",
+                "tcp",
+                &|r| load(&r.lines),
+            ),
+            per_transport(
+                "tallyd_unix_packets",
+                "Unix datagrams received, per socket path.",
+                "unix",
+                &|r| load(&r.packets),
+            ),
+            per_transport(
+                "tallyd_unix_bytes",
+                "Unix datagram payload bytes received, per socket path.",
+                "unix",
+                &|r| load(&r.bytes),
+            ),
+            per_transport(
+                "tallyd_unix_oversized_datagrams",
+                "Unix datagrams longer than the receive buffer, refused whole, per socket path.",
+                "unix",
+                &|r| load(&r.oversized),
+            ),
             SelfMetric::single(
                 "tallyd_lines",
                 Kind::Counter,

@@ -11,7 +11,7 @@ use clap::Parser;
 #[command(
     name = "tallyd",
     version,
-    about = "StatsD/DogStatsD over UDP in, Prometheus /metrics out."
+    about = "StatsD/DogStatsD over UDP, TCP or Unix sockets in, Prometheus /metrics out."
 )]
 pub struct Cli {
     /// The TOML configuration file. Without it, the built-in defaults (those documented in
@@ -21,6 +21,13 @@ pub struct Cli {
     /// UDP address to receive StatsD on (repeat for several); replaces `udp.listen`.
     #[arg(long = "udp-listen", value_name = "ADDR")]
     pub udp_listen: Vec<SocketAddr>,
+    /// TCP address to accept StatsD lines on (repeat for several); replaces `tcp.listen`.
+    #[arg(long = "tcp-listen", value_name = "ADDR")]
+    pub tcp_listen: Vec<SocketAddr>,
+    /// Unix datagram socket path to receive StatsD on (repeat for several); replaces
+    /// `unix.listen`.
+    #[arg(long = "unix-listen", value_name = "PATH")]
+    pub unix_listen: Vec<PathBuf>,
     /// Address of the HTTP server (/metrics); replaces `http.listen`.
     #[arg(long = "http-listen", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,

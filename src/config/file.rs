@@ -4,12 +4,15 @@
 //! every key with its default; a test keeps that file and [`Config::default`] in agreement.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
 use super::metric::MetricDefinition;
 use crate::http::HttpOptions;
 use crate::ingest::IngestOptions;
+use crate::listen::tcp::TcpOptions;
+use crate::listen::unix::UnixOptions;
 use crate::listen::{Spread, UdpOptions};
 use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
 use crate::rules::MappingRule;
@@ -19,6 +22,8 @@ use crate::rules::MappingRule;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub udp: UdpConfig,
+    pub tcp: TcpConfig,
+    pub unix: UnixConfig,
     pub http: HttpConfig,
     pub statsd: StatsdConfig,
     pub aggregation: AggregationConfig,
@@ -82,6 +87,58 @@ impl Default for UdpConfig {
             max_datagram_bytes: defaults.max_datagram_bytes,
             batch: defaults.batch,
             spread: defaults.spread,
+        }
+    }
+}
+
+/// `[tcp]`: StatsD lines over TCP streams (off unless `listen` names an address).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Longest line accepted (bytes before its `\n`), 64..=65536; longer ones are skipped.
+    #[serde(deserialize_with = "line_size")]
+    pub max_line_bytes: usize,
+    /// Open connections per address at most.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_connections: usize,
+    #[serde(deserialize_with = "positive_seconds")]
+    pub idle_timeout_seconds: f64,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        let defaults = TcpOptions::default();
+        TcpConfig {
+            listen: defaults.listen,
+            max_line_bytes: defaults.max_line_bytes,
+            max_connections: defaults.max_connections,
+            idle_timeout_seconds: defaults.idle_timeout.as_secs_f64(),
+        }
+    }
+}
+
+/// `[unix]`: StatsD datagrams on Unix sockets (off unless `listen` names a path).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnixConfig {
+    pub listen: Vec<PathBuf>,
+    /// Permission bits of the socket file, an octal string ("0666").
+    #[serde(deserialize_with = "file_mode")]
+    pub mode: u32,
+    #[serde(deserialize_with = "datagram_size")]
+    pub max_datagram_bytes: usize,
+    pub receive_buffer_bytes: usize,
+}
+
+impl Default for UnixConfig {
+    fn default() -> Self {
+        let defaults = UnixOptions::default();
+        UnixConfig {
+            listen: defaults.listen,
+            mode: defaults.mode,
+            max_datagram_bytes: defaults.max_datagram_bytes,
+            receive_buffer_bytes: defaults.receive_buffer_bytes,
         }
     }
 }
@@ -250,6 +307,26 @@ fn datagram_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         n @ 512..=65535 => Ok(n),
         n => Err(serde::de::Error::custom(format!(
             "must be between 512 and 65535 bytes, got {n}"
+        ))),
+    }
+}
+
+fn line_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let most = crate::listen::tcp::MAX_LINE_BYTES;
+    match usize::deserialize(d)? {
+        n if (64..=most).contains(&n) => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 64 and {most} bytes, got {n}"
+        ))),
+    }
+}
+
+fn file_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let text = String::deserialize(d)?;
+    match u32::from_str_radix(&text, 8) {
+        Ok(mode) if mode <= 0o777 && !text.is_empty() => Ok(mode),
+        _ => Err(serde::de::Error::custom(format!(
+            "must be octal permission bits like \"0660\", got {text:?}"
         ))),
     }
 }

@@ -15,7 +15,7 @@ mod settings;
 pub use cli::{Cli, Command};
 pub use file::{
     AggregationConfig, Config, ExpositionConfig, HttpConfig, LimitsConfig, LintConfig, LogConfig,
-    StatsdConfig, UdpConfig, normalize_log_filter,
+    StatsdConfig, TcpConfig, UdpConfig, UnixConfig, normalize_log_filter,
 };
 pub use metric::{BucketSpec, Generator, MetricDefinition};
 pub use settings::{ConfigError, Settings};
@@ -102,6 +102,44 @@ mod tests {
         assert_eq!(settings.udp.listen, cli.udp_listen);
         assert_eq!(settings.http_listen, cli.http_listen.unwrap());
         assert_eq!(settings.log_level, "debug");
+    }
+
+    #[test]
+    fn tcp_and_unix_are_off_by_default_and_their_flags_turn_them_on() {
+        let defaults = settings("").unwrap();
+        assert!(defaults.tcp.listen.is_empty() && defaults.unix.listen.is_empty());
+        let cli = Cli {
+            tcp_listen: vec!["127.0.0.1:8126".parse().unwrap()],
+            unix_listen: vec!["/run/tallyd/dogstatsd.sock".into()],
+            ..Cli::default()
+        };
+        let settings = Settings::from_cli(&cli).unwrap();
+        assert_eq!(settings.tcp.listen, cli.tcp_listen);
+        assert_eq!(settings.unix.listen, cli.unix_listen);
+    }
+
+    #[test]
+    fn the_unix_mode_is_an_octal_string() {
+        let unix = parse("[unix]\nmode = \"0660\"\n").unwrap().unix;
+        assert_eq!(unix.mode, 0o660);
+        for bad in ["\"rw-rw----\"", "\"0999\"", "\"01777\"", "660"] {
+            let err = parse(&format!("[unix]\nmode = {bad}\n")).unwrap_err();
+            assert!(err.contains("line 2"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn tcp_line_limits_stay_within_the_parsers() {
+        assert!(parse("[tcp]\nmax_line_bytes = 65537\n").is_err());
+        assert!(parse("[tcp]\nmax_line_bytes = 10\n").is_err());
+        assert!(parse("[tcp]\nmax_connections = 0\n").is_err());
+        assert_eq!(
+            parse("[tcp]\nmax_line_bytes = 1024\n")
+                .unwrap()
+                .tcp
+                .max_line_bytes,
+            1024
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::http::HttpOptions;
 use crate::ingest::{IngestOptions, SharedRules};
 use crate::lint::LintWarning;
 use crate::listen::UdpOptions;
+use crate::listen::tcp::TcpOptions;
+use crate::listen::unix::UnixOptions;
 use crate::protocol::ParseOptions;
 use crate::registry::RegistrySettings;
 use crate::rules::RuleSet;
@@ -70,6 +72,8 @@ pub struct Settings {
     /// Keys that still work but have moved, with where to put them.
     pub deprecations: Vec<String>,
     pub udp: UdpOptions,
+    pub tcp: TcpOptions,
+    pub unix: UnixOptions,
     pub http_listen: SocketAddr,
     pub http: HttpOptions,
     /// Serve `POST /-/reload` and `POST /-/quit`.
@@ -100,6 +104,12 @@ impl Settings {
         let mut file = parse_file(&text, &path)?;
         if !cli.udp_listen.is_empty() {
             file.udp.listen = cli.udp_listen.clone();
+        }
+        if !cli.tcp_listen.is_empty() {
+            file.tcp.listen = cli.tcp_listen.clone();
+        }
+        if !cli.unix_listen.is_empty() {
+            file.unix.listen = cli.unix_listen.clone();
         }
         if let Some(addr) = cli.http_listen {
             file.http.listen = addr;
@@ -166,6 +176,18 @@ impl Settings {
                 batch: file.udp.batch,
                 spread: file.udp.spread,
             },
+            tcp: TcpOptions {
+                listen: file.tcp.listen.clone(),
+                max_line_bytes: file.tcp.max_line_bytes,
+                max_connections: file.tcp.max_connections,
+                idle_timeout: secs(file.tcp.idle_timeout_seconds),
+            },
+            unix: UnixOptions {
+                listen: file.unix.listen.clone(),
+                mode: file.unix.mode,
+                max_datagram_bytes: file.unix.max_datagram_bytes,
+                receive_buffer_bytes: file.unix.receive_buffer_bytes,
+            },
             http_listen: file.http.listen,
             http: HttpOptions {
                 header_read_timeout: secs(file.http.header_read_timeout_seconds),
@@ -218,6 +240,12 @@ impl Settings {
         let mut changed = Vec::new();
         if old.udp != new.udp {
             changed.push("udp");
+        }
+        if old.tcp != new.tcp {
+            changed.push("tcp");
+        }
+        if old.unix != new.unix {
+            changed.push("unix");
         }
         if old.http != new.http {
             changed.push("http");

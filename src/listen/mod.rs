@@ -5,12 +5,15 @@
 //! The transports live beside this file, one module each:
 //!
 //! - [`udp`]: datagrams on a `SO_REUSEPORT` group per address, read with batched `recvmmsg`.
-//! - `unix` (Unix datagram sockets) and `tcp` (newline-delimited streams) are next. Each adds
-//!   a variant to [`Listener`] (with a `From` for its bound type), its arms in
-//!   [`Listener::label`], [`Listener::transport`] and `Listener::receive`, and a
-//!   `receive_loop(listener, &mut Intake, &Stop)` of its own. Threads, stats registration,
-//!   panic isolation, stop and join stay here, written once. A Unix datagram loop can read
-//!   with [`udp::BatchReceiver`], which takes any datagram socket.
+//! - [`tcp`]: newline-delimited streams; one thread per listen address multiplexes its
+//!   connections on a current-thread tokio runtime (see that module for why and its bounds).
+//! - [`unix`]: Unix datagram sockets (DogStatsD's `dogstatsd_socket`), read with the same
+//!   [`udp::BatchReceiver`].
+//!
+//! Each transport is a variant of [`Listener`] (with a `From` for its bound type), its arms in
+//! [`Listener::label`], [`Listener::transport`] and `Listener::receive`, and a receive loop of
+//! its own. Threads, stats registration, panic isolation, stop and join stay here, written
+//! once.
 //!
 //! A receive thread shares nothing on its hot path but the registry's atomics: the ingester,
 //! its series cache and the receive buffers belong to the thread and are allocated once when
@@ -22,16 +25,20 @@
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::{IngestOptions, Ingester};
+use crate::protocol::Reason;
 use crate::record::Recorder;
 use crate::telemetry::{ReceiverStats, Telemetry};
 
+pub mod tcp;
 pub mod udp;
+pub mod unix;
 
 #[cfg(test)]
 mod test_support;
@@ -46,11 +53,27 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub enum Listener {
     /// One socket of a UDP listen address's reuse-port group.
     Udp(udp::BoundListener),
+    /// One TCP listen address, with all its connections.
+    Tcp(tcp::TcpListener),
+    /// One Unix datagram socket.
+    Unix(unix::UnixListener),
 }
 
 impl From<udp::BoundListener> for Listener {
     fn from(listener: udp::BoundListener) -> Self {
         Listener::Udp(listener)
+    }
+}
+
+impl From<tcp::TcpListener> for Listener {
+    fn from(listener: tcp::TcpListener) -> Self {
+        Listener::Tcp(listener)
+    }
+}
+
+impl From<unix::UnixListener> for Listener {
+    fn from(listener: unix::UnixListener) -> Self {
+        Listener::Unix(listener)
     }
 }
 
@@ -60,6 +83,8 @@ impl Listener {
     pub fn label(&self) -> String {
         match self {
             Listener::Udp(udp) => udp.local_addr().to_string(),
+            Listener::Tcp(tcp) => tcp.local_addr().to_string(),
+            Listener::Unix(unix) => unix.path().display().to_string(),
         }
     }
 
@@ -67,14 +92,21 @@ impl Listener {
     pub fn transport(&self) -> &'static str {
         match self {
             Listener::Udp(_) => "udp",
+            Listener::Tcp(_) => "tcp",
+            Listener::Unix(_) => "unix",
         }
     }
 
-    /// Runs this transport's receive loop on the calling thread until `stop` is requested.
-    fn receive(self, intake: &mut Intake, stop: &Stop) {
+    /// Runs this transport's receive loop on the calling thread until `stop` is requested, and
+    /// publishes the last counts. The intake is the loop's to own: the TCP loop shares it
+    /// among its connections' tasks.
+    fn receive(self, mut intake: Intake, stop: &Stop) {
         match self {
-            Listener::Udp(udp) => udp::receive_loop(udp, intake, stop),
+            Listener::Udp(udp) => udp::receive_loop(udp, &mut intake, stop),
+            Listener::Tcp(tcp) => return tcp::receive_loop(tcp, intake, stop),
+            Listener::Unix(unix) => unix::receive_loop(unix, &mut intake, stop),
         }
+        intake.flush();
     }
 }
 
@@ -118,6 +150,13 @@ impl Intake {
 
     fn stats(&self) -> &ReceiverStats {
         &self.stats
+    }
+
+    /// Counts a line the transport refused before the parser saw it (a TCP line over the
+    /// length limit), as the parser counts the lines it refuses.
+    fn refuse_line(&mut self, reason: Reason) {
+        self.stats.lines.fetch_add(1, Ordering::Relaxed);
+        self.stats.errors[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Publishes the ingester's thread-local counts; loops call it once per batch or wake-up,
@@ -207,20 +246,19 @@ pub fn spawn_receivers<L: Into<Listener>>(
     };
     for (index, listener) in listeners.map(Into::into).enumerate() {
         let name = format!("tallyd-{}-{index}", listener.transport());
-        let stats = telemetry.add_receiver(listener.label());
+        let stats = telemetry.add_receiver(listener.transport(), listener.label());
         let thread_stats = Arc::clone(&stats);
         let new_ingester = new_ingester.clone();
         let thread_stop = stop.clone();
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                let mut intake = Intake {
+                let intake = Intake {
                     ingester: new_ingester(Arc::clone(&thread_stats)),
                     stats: thread_stats,
                     panic_log: LogLimit::default(),
                 };
-                listener.receive(&mut intake, &thread_stop);
-                intake.flush();
+                listener.receive(intake, &thread_stop);
             });
         match spawned {
             Ok(thread) => {

@@ -58,7 +58,7 @@ use super::{Intake, LOG_INTERVAL, LogLimit, Stop};
 
 /// How often a blocked receive returns on its own, so the thread notices shutdown and an idle
 /// thread still publishes its counts.
-const RECEIVE_TIMEOUT: Duration = Duration::from_millis(200);
+pub(super) const RECEIVE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Most messages one `recvmmsg` call takes (the kernel's `UIO_MAXIOV`).
 pub const MAX_BATCH: usize = 1024;
@@ -425,10 +425,23 @@ fn set_option<T>(
 /// `stop` is requested. The socket's receive timeout bounds how long that takes to notice.
 pub(super) fn receive_loop(listener: BoundListener, intake: &mut Intake, stop: &Stop) {
     let mut receiver = BatchReceiver::new(listener.batch, listener.max_datagram_bytes);
+    receive_datagrams(&listener.socket, &mut receiver, "UDP", intake, stop);
+}
+
+/// The receive loop of any datagram socket (UDP, Unix): batches from `socket` into `intake`
+/// until `stop` is requested; `what` names the transport in log lines. The socket's receive
+/// timeout bounds how long stopping takes to notice.
+pub(super) fn receive_datagrams(
+    socket: &impl AsFd,
+    receiver: &mut BatchReceiver,
+    what: &str,
+    intake: &mut Intake,
+    stop: &Stop,
+) {
     let mut error_log = LogLimit::default();
     while !stop.requested() {
         let mut oversized = 0;
-        let received = receiver.receive(&listener.socket, |datagram| match datagram {
+        let received = receiver.receive(socket, |datagram| match datagram {
             Datagram::Whole(bytes) => intake.ingest(bytes),
             // The rest of the datagram is gone, and parsing the remainder would apply some
             // lines and mangle the one at the cut: refuse it whole.
@@ -449,7 +462,7 @@ pub(super) fn receive_loop(listener: BoundListener, intake: &mut Intake, stop: &
                 if error_log.allow() {
                     tracing::warn!(
                         listener = intake.stats().listener.as_str(),
-                        "UDP receive failed: {e} (logged at most every {}s per receiver)",
+                        "{what} receive failed: {e} (logged at most every {}s per receiver)",
                         LOG_INTERVAL.as_secs()
                     );
                 }

@@ -122,6 +122,10 @@ pub struct Endpoints {
     /// The UDP address(es) bound; [`Endpoints::send`] uses the first.
     pub udp: Vec<SocketAddr>,
     pub http: SocketAddr,
+    /// The TCP addresses bound, if `[tcp]` listens.
+    pub tcp: Vec<SocketAddr>,
+    /// The Unix socket paths bound, if `[unix]` listens.
+    pub unix: Vec<PathBuf>,
 }
 
 /// tallyd running in this process (`tallyd::runtime::run` on a thread of its own), on free
@@ -163,10 +167,17 @@ impl InProcess {
             Settings::parse(toml, Path::new("in-process.toml")).unwrap_or_else(|e| panic!("{e}"));
         settings.udp.listen = vec!["127.0.0.1:0".parse().unwrap()];
         settings.http_listen = "127.0.0.1:0".parse().unwrap();
+        // TCP listens on a free port when the configuration asks for TCP at all; Unix socket
+        // paths are the test's own.
+        if !settings.tcp.listen.is_empty() {
+            settings.tcp.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        }
         let listeners = Listeners::bind(&settings).expect("bind free loopback ports");
         let endpoints = Endpoints {
             udp: listeners.udp_addrs(),
             http: listeners.http_addr().expect("the HTTP address"),
+            tcp: listeners.tcp_addrs(),
+            unix: listeners.unix_paths(),
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let mut control = Control::new(shutdown.clone());
@@ -276,12 +287,17 @@ impl Daemon {
         );
 
         let deadline = Instant::now() + START_TIMEOUT;
-        let (udp, http) = loop {
+        let Ready {
+            udp,
+            http,
+            tcp,
+            unix,
+        } = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines_rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
-                    if let Some(addrs) = parse_ready_line(&line) {
-                        break addrs;
+                    if let Some(ready) = parse_ready_line(&line) {
+                        break ready;
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -312,7 +328,12 @@ impl Daemon {
         };
         Daemon {
             child,
-            endpoints: Endpoints { udp, http },
+            endpoints: Endpoints {
+                udp,
+                http,
+                tcp,
+                unix,
+            },
             log,
             config,
         }
@@ -463,8 +484,17 @@ fn drain_stderr(stderr: ChildStderr, log: Arc<Mutex<String>>, lines: mpsc::Sende
     });
 }
 
-/// `... tallyd 0.1.0 ready: udp 127.0.0.1:41234 [more...] http 127.0.0.1:40111`
-fn parse_ready_line(line: &str) -> Option<(Vec<SocketAddr>, SocketAddr)> {
+/// What the ready line says was bound.
+struct Ready {
+    udp: Vec<SocketAddr>,
+    http: SocketAddr,
+    tcp: Vec<SocketAddr>,
+    unix: Vec<PathBuf>,
+}
+
+/// `... tallyd 0.1.0 ready: udp 127.0.0.1:41234 [more...] http 127.0.0.1:40111
+/// [tcp 127.0.0.1:40112 ...] [unix /run/tallyd/dogstatsd.sock ...]`
+fn parse_ready_line(line: &str) -> Option<Ready> {
     let rest = &line[line.find("ready: udp ")? + "ready: udp ".len()..];
     let mut words = rest.split_whitespace();
     let mut udp = Vec::new();
@@ -475,7 +505,22 @@ fn parse_ready_line(line: &str) -> Option<(Vec<SocketAddr>, SocketAddr)> {
         udp.push(word.parse().ok()?);
     }
     let http = words.next()?.parse().ok()?;
-    (!udp.is_empty()).then_some((udp, http))
+    let (mut tcp, mut unix) = (Vec::new(), Vec::new());
+    let mut section = "";
+    for word in words {
+        match (word, section) {
+            ("tcp" | "unix", _) => section = word,
+            (_, "tcp") => tcp.push(word.parse().ok()?),
+            (_, "unix") => unix.push(PathBuf::from(word)),
+            _ => return None,
+        }
+    }
+    (!udp.is_empty()).then_some(Ready {
+        udp,
+        http,
+        tcp,
+        unix,
+    })
 }
 
 fn strip_ansi(text: &str) -> String {
