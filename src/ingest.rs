@@ -136,6 +136,8 @@ struct Resolver {
     rule_cache: RuleCache,
     /// The family name being resolved.
     name: String,
+    /// A two-piece StatsD name (SignalFX tags inside it) joined, for the rules and sanitising.
+    joined: String,
     series_key: SeriesKeyBuf,
     last_warning: Option<Instant>,
 }
@@ -152,6 +154,7 @@ impl Ingester {
                 rules_generation: options.rules.generation(),
                 rule_cache: RuleCache::new(options.cache_capacity.min(RULE_CACHE_CAPACITY)),
                 name: String::with_capacity(64),
+                joined: String::new(),
                 series_key: SeriesKeyBuf::default(),
                 last_warning: None,
             },
@@ -214,7 +217,9 @@ impl SeriesCache {
         raw_key.clear();
         raw_key.extend_from_slice(sample.metric_type.wire().as_bytes());
         raw_key.push(0xFF);
-        raw_key.extend_from_slice(sample.name.as_bytes());
+        for piece in sample.name.pieces() {
+            raw_key.extend_from_slice(piece.as_bytes());
+        }
         raw_key.push(0xFF);
         raw_key.push(sample.tags.style as u8);
         raw_key.extend_from_slice(sample.tags.raw);
@@ -249,9 +254,19 @@ impl Resolver {
     /// and the rule's options; the write seam does the rest.
     fn resolve(&mut self, recorder: &Recorder, sample: &Sample<'_>) -> Result<Cached, Refusal> {
         let mut kind = kind_of(sample.metric_type);
+        // Nearly every name is one piece of the datagram; a SignalFX section inside the name
+        // leaves two, joined here into a buffer that is reused.
+        let name = match sample.name.as_str() {
+            Some(name) => name,
+            None => {
+                self.joined.clear();
+                sample.name.push_to(&mut self.joined);
+                self.joined.as_str()
+            }
+        };
         let mapped = match self
             .rule_cache
-            .lookup(&self.rules, sample.name, sample.metric_type)
+            .lookup(&self.rules, name, sample.metric_type)
         {
             Match::NoMatch => None,
             Match::Drop { .. } => return Err(Refusal::DroppedByRule),
@@ -262,7 +277,7 @@ impl Resolver {
         self.name.clear();
         match mapped {
             Some(mapped) => self.name.push_str(&mapped.name),
-            None => sanitize_name_into(sample.name, &mut self.name),
+            None => sanitize_name_into(name, &mut self.name),
         }
         // The last of two labels with one name wins: a rule's labels go after the tags unless
         // the rule honours the sample's labels.
@@ -326,7 +341,7 @@ impl Resolver {
             _ => "it cannot be registered",
         };
         tracing::warn!(
-            name = sample.name,
+            name = %sample.name,
             statsd_type = sample.metric_type.wire(),
             "sample refused: {why} (counted in tallyd_sample_errors_total{{reason=\"{}\"}}; \
              such warnings are logged at most every 10s per receiver)",
