@@ -477,6 +477,21 @@ mod tests {
     }
 
     #[test]
+    fn a_name_split_by_signalfx_tags_is_joined_before_sanitising() {
+        let registry = Arc::new(Registry::new(RegistrySettings::default()));
+        let stats = Arc::new(ReceiverStats::new("test"));
+        let mut ingester = Ingester::new(
+            Recorder::for_registry(&registry),
+            stats,
+            IngestOptions::default(),
+        );
+        // `a-` + `-b` is `a--b`, one run of `-`: `a_b`, as the one-piece spellings give.
+        ingester.ingest(b"a-[k=v]-b:1|c\na--b[k=v]:1|c\n[k=v]a--b:1|c\na-[k=v]-b:1|c");
+        assert_eq!(counter_value(&registry, "a_b"), [4.0]);
+        assert_eq!(registry.series_count(), 1);
+    }
+
+    #[test]
     fn the_cache_starts_over_when_full_without_losing_counts() {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
         let stats = Arc::new(ReceiverStats::new("test"));

@@ -140,8 +140,8 @@ impl<'a> Iterator for TagIter<'a> {
 
 /// A metric name as sent, without its name-embedded tags; not yet sanitised. Usually one piece
 /// of the datagram; two when a SignalFX tag section sat inside it (`my.[k=v]metric` is `my.`
-/// followed by `metric`), since a borrowed view cannot skip the section. Compare, hash or print
-/// it as the text of its pieces one after the other.
+/// followed by `metric`), since a borrowed view cannot skip the section. It compares and prints
+/// as the text of its pieces one after the other.
 #[derive(Clone, Copy)]
 pub struct Name<'a> {
     /// Never empty unless the whole name is.

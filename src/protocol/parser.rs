@@ -71,7 +71,8 @@
 //!
 //! It is one file (over our usual 800 lines) on purpose: these fast paths hand each other their
 //! positions on the per-line path, and they are checked by reading them together; the grammar's
-//! table of cases lives in `tests/protocol.rs`.
+//! table of cases lives in `tests/protocol.rs`, statsd_exporter's own tables (and where tallyd
+//! differs from them on purpose) in `tests/statsd_exporter.rs`.
 
 use memchr::{memchr, memchr_iter, memchr2};
 use nom::{
