@@ -502,8 +502,11 @@ fn check_line(line: &[u8], events: &[Event]) {
         .iter()
         .position(|&b| b == b':')
         .expect("a kept line has a colon");
-    if *style == TagStyle::DogStatsd
-        && let Some(name_tags) = reference_name_tags(&line[..colon])
+    // (The samples' tags are then the `|#` section's, or none if it is empty.)
+    if !matches!(
+        style,
+        TagStyle::Influx | TagStyle::Librato | TagStyle::SignalFx
+    ) && let Some(name_tags) = reference_name_tags(&line[..colon])
     {
         let dropped = tag_counts(name_tags, b'=');
         assert_eq!(dropped.usable, 0, "name tags with a label beside `|#` tags");
