@@ -136,6 +136,8 @@ struct Resolver {
     rule_cache: RuleCache,
     /// The family name being resolved.
     name: String,
+    /// A two-piece StatsD name (SignalFX tags inside it) joined, for the rules and sanitising.
+    joined: String,
     series_key: SeriesKeyBuf,
     last_warning: Option<Instant>,
 }
@@ -152,6 +154,7 @@ impl Ingester {
                 rules_generation: options.rules.generation(),
                 rule_cache: RuleCache::new(options.cache_capacity.min(RULE_CACHE_CAPACITY)),
                 name: String::with_capacity(64),
+                joined: String::new(),
                 series_key: SeriesKeyBuf::default(),
                 last_warning: None,
             },
@@ -214,7 +217,9 @@ impl SeriesCache {
         raw_key.clear();
         raw_key.extend_from_slice(sample.metric_type.wire().as_bytes());
         raw_key.push(0xFF);
-        raw_key.extend_from_slice(sample.name.as_bytes());
+        for piece in sample.name.pieces() {
+            raw_key.extend_from_slice(piece.as_bytes());
+        }
         raw_key.push(0xFF);
         raw_key.push(sample.tags.style as u8);
         raw_key.extend_from_slice(sample.tags.raw);
@@ -249,9 +254,19 @@ impl Resolver {
     /// and the rule's options; the write seam does the rest.
     fn resolve(&mut self, recorder: &Recorder, sample: &Sample<'_>) -> Result<Cached, Refusal> {
         let mut kind = kind_of(sample.metric_type);
+        // Nearly every name is one piece of the datagram; a SignalFX section inside the name
+        // leaves two, joined here into a buffer that is reused.
+        let name = match sample.name.as_str() {
+            Some(name) => name,
+            None => {
+                self.joined.clear();
+                sample.name.push_to(&mut self.joined);
+                self.joined.as_str()
+            }
+        };
         let mapped = match self
             .rule_cache
-            .lookup(&self.rules, sample.name, sample.metric_type)
+            .lookup(&self.rules, name, sample.metric_type)
         {
             Match::NoMatch => None,
             Match::Drop { .. } => return Err(Refusal::DroppedByRule),
@@ -262,7 +277,7 @@ impl Resolver {
         self.name.clear();
         match mapped {
             Some(mapped) => self.name.push_str(&mapped.name),
-            None => sanitize_name_into(sample.name, &mut self.name),
+            None => sanitize_name_into(name, &mut self.name),
         }
         // The last of two labels with one name wins: a rule's labels go after the tags unless
         // the rule honours the sample's labels.
@@ -326,7 +341,7 @@ impl Resolver {
             _ => "it cannot be registered",
         };
         tracing::warn!(
-            name = sample.name,
+            name = %sample.name,
             statsd_type = sample.metric_type.wire(),
             "sample refused: {why} (counted in tallyd_sample_errors_total{{reason=\"{}\"}}; \
              such warnings are logged at most every 10s per receiver)",
@@ -459,6 +474,21 @@ mod tests {
         );
         ingester.ingest(b"hits:1|c|#a:1,b:2\nhits:1|c|#b:2,a:1\nhits_total:1|c|#a:1,b:2");
         assert_eq!(counter_value(&registry, "hits"), [3.0]);
+    }
+
+    #[test]
+    fn a_name_split_by_signalfx_tags_is_joined_before_sanitising() {
+        let registry = Arc::new(Registry::new(RegistrySettings::default()));
+        let stats = Arc::new(ReceiverStats::new("test"));
+        let mut ingester = Ingester::new(
+            Recorder::for_registry(&registry),
+            stats,
+            IngestOptions::default(),
+        );
+        // `a-` + `-b` is `a--b`, one run of `-`: `a_b`, as the one-piece spellings give.
+        ingester.ingest(b"a-[k=v]-b:1|c\na--b[k=v]:1|c\n[k=v]a--b:1|c\na-[k=v]-b:1|c");
+        assert_eq!(counter_value(&registry, "a_b"), [4.0]);
+        assert_eq!(registry.series_count(), 1);
     }
 
     #[test]

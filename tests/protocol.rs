@@ -56,7 +56,7 @@ impl SampleSink for Recorder {
                 .collect(),
         );
         self.seen.push(Seen::Sample(Got {
-            name: sample.name.to_owned(),
+            name: sample.name.to_string(),
             metric_type: sample.metric_type,
             value: match sample.value {
                 Value::Number(n) => Owned::Number(n),
@@ -746,6 +746,32 @@ fn dogstatsd_tags_are_kept_without_their_introducer() {
 }
 
 #[test]
+fn dogstatsd_tag_loses_one_leading_hash() {
+    // The DogStatsD PHP client writes `#` before every tag; statsd_exporter drops it.
+    let got = parse("a:1|c|#tag1:bar,#tag2:baz");
+    assert_eq!(got.pairs[0], pairs(&[("tag1", "bar"), ("tag2", "baz")]));
+    assert_eq!(got.rejects(), []);
+    let got = parse("a:1|c|##k:v,##j:w");
+    assert_eq!(got.pairs[0], pairs(&[("k", "v"), ("#j", "w")]));
+}
+
+#[test]
+fn dogstatsd_tag_of_only_a_hash_key_is_counted_as_empty() {
+    let got = parse("a:1|c|#k:v,#:x,#");
+    assert_eq!(
+        got.rejects(),
+        [Reason::TagWithoutValue, Reason::EmptyTagValue]
+    );
+    assert_eq!(got.pairs[0], pairs(&[("k", "v")]));
+}
+
+#[test]
+fn name_tags_keep_a_leading_hash_in_the_key() {
+    // Only DogStatsD tags lose it (statsd_exporter's `parseNameTags` keeps it).
+    assert_eq!(parse("a,#k=v:1|c").pairs[0], pairs(&[("#k", "v")]));
+}
+
+#[test]
 fn dogstatsd_tag_value_may_contain_colons() {
     let got = parse("a:1|c|#time:12:30:00");
     assert_eq!(got.pairs[0], pairs(&[("time", "12:30:00")]));
@@ -852,27 +878,80 @@ fn signalfx_tags_before_the_name_are_read() {
     assert_eq!(got.pairs[0], pairs(&[("env", "prod")]));
 }
 
+// These were refused (`MalformedTags`) while a name had to be one borrowed `&str`; they follow
+// statsd_exporter now: its `TestLineToEvents` cases "SignalFx tag extension", "…, no tags",
+// "…, non-kv tags", "…, missing closing bracket" and "…, missing opening bracket"
+// (tests/statsd_exporter.rs).
+
 #[test]
-fn signalfx_tags_inside_the_name_are_refused() {
-    // statsd_exporter would name this `my.metric`; a borrowed name cannot be two pieces.
-    assert_refused("my.[k=v]metric:1|c", Reason::MalformedTags);
+fn signalfx_tags_inside_the_name_are_read() {
+    let got = parse("my.[k=v]metric:1|c");
+    let sample = got.only();
+    assert_eq!(sample.name, "my.metric");
+    assert_eq!(sample.style, TagStyle::SignalFx);
+    assert_eq!(got.pairs[0], pairs(&[("k", "v")]));
 }
 
 #[test]
-fn unclosed_signalfx_bracket_is_refused() {
-    assert_refused("req[env=prod:1|c", Reason::MalformedTags);
+fn empty_signalfx_section_inside_the_name_gives_no_tags() {
+    let got = parse("my.[]metric:1|c");
+    assert_eq!(got.only().name, "my.metric");
+    assert_eq!(got.pairs[0], pairs(&[]));
 }
 
 #[test]
-fn two_signalfx_sections_are_refused() {
-    assert_refused("req[a=b][c=d]:1|c", Reason::MalformedTags);
-    assert_refused("[a=b]req[c=d]:1|c", Reason::MalformedTags);
+fn signalfx_tags_without_values_are_dropped_and_counted() {
+    let got = parse("my.[a,b]metric:1|c");
+    assert_eq!(
+        got.rejects(),
+        [Reason::TagWithoutValue, Reason::TagWithoutValue]
+    );
+    assert_eq!(got.only_sample().name, "my.metric");
+    assert_eq!(got.pairs[0], pairs(&[]));
 }
 
 #[test]
-fn two_name_tag_styles_are_refused() {
-    assert_refused("req,a=b[c=d]:1|c", Reason::MalformedTags);
-    assert_refused("[c=d]req,a=b:1|c", Reason::MalformedTags);
+fn unclosed_signalfx_bracket_keeps_the_whole_name() {
+    let got = parse("req[env=prod:1|c");
+    assert_eq!(got.only().name, "req[env=prod");
+    assert_eq!(got.only().style, TagStyle::None);
+}
+
+#[test]
+fn lone_bracket_turns_off_every_name_tag_style() {
+    for line in ["tag1=bar,tag2=baz]foo.test", "[tag1=bar,tag2=bazfoo.test"] {
+        let got = parse(format!("{line}:1|c"));
+        assert_eq!(got.only().name, line);
+        assert_eq!(got.only().style, TagStyle::None);
+    }
+    assert_eq!(parse("a#k=v]:1|c").only().name, "a#k=v]");
+}
+
+#[test]
+fn lone_bracket_keeps_the_whole_name_with_packed_values_and_any_type() {
+    for kind in ["c", "g", "ms", "h", "d"] {
+        let got = parse(format!("a[b:1:2|{kind}"));
+        assert_eq!(got.names(), ["a[b", "a[b"], "{kind}");
+        assert_eq!(got.rejects(), []);
+    }
+    assert_eq!(parse("a]b:x|s").only().name, "a]b");
+}
+
+#[test]
+fn closing_bracket_before_opening_keeps_the_whole_name() {
+    // statsd_exporter would slice past the end and crash here.
+    assert_eq!(parse("a]b[c=d:1|c").only().name, "a]b[c=d");
+}
+
+#[test]
+fn text_after_the_signalfx_section_stays_in_the_name() {
+    // Only the first `[` … first `]` is a section; what is left is name, sanitised later.
+    assert_eq!(parse("req[a=b][c=d]:1|c").only().name, "req[c=d]");
+    assert_eq!(parse("[a=b]req[c=d]:1|c").only().name, "req[c=d]");
+    let got = parse("req,a=b[c=d]:1|c");
+    assert_eq!(got.only().name, "req,a=b");
+    assert_eq!(got.pairs[0], pairs(&[("c", "d")]));
+    assert_eq!(parse("[c=d]req,a=b:1|c").only().name, "req,a=b");
 }
 
 #[test]
@@ -889,6 +968,18 @@ fn name_tags_with_dogstatsd_tags_are_refused() {
     ] {
         assert_refused(line, Reason::MalformedTags);
     }
+}
+
+#[test]
+fn name_tags_without_a_label_do_not_conflict_with_dogstatsd_tags() {
+    // statsd_exporter refuses mixed styles only when the name tags gave a label.
+    let got = parse("req.[]count:1|c|#k:v");
+    assert_eq!(got.only().name, "req.count");
+    assert_eq!(got.pairs[0], pairs(&[("k", "v")]));
+    let got = parse("req[flag]:1|c|#k:v");
+    assert_eq!(got.rejects(), [Reason::TagWithoutValue]);
+    assert_eq!(got.pairs[0], pairs(&[("k", "v")]));
+    assert_eq!(parse("req[env:1|c|#k:v").only().name, "req[env");
 }
 
 #[test]
@@ -990,9 +1081,14 @@ fn unknown_field_is_ignored() {
     assert_eq!(parse("a:1|c|cx").only().container_id, None);
 }
 
+// An empty field was ignored; statsd_exporter refuses the line ("empty component" in its
+// `TestLineToEvents` and `TestHandlePacket`, tests/statsd_exporter.rs), and so does tallyd now.
 #[test]
-fn empty_field_is_ignored() {
-    assert_eq!(parse("a:1|c||#k:v").only().tags, b"k:v");
+fn empty_field_is_refused() {
+    assert_refused("a:1|c|", Reason::MissingType);
+    assert_refused("a:1|c||#k:v", Reason::MissingType);
+    assert_refused("a:1|c|@0.5|", Reason::MissingType);
+    assert_refused("a:1|c|#k:v|", Reason::MissingType);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1243,6 +1339,10 @@ const ALPHABET: &str = "[a-z0-9.:|#@,=\\[\\]_\\-+ce]";
 fn reference_tags(raw: &str, separator: char) -> (Vec<(String, String)>, usize, usize) {
     let (mut pairs, mut without_value, mut empty) = (Vec::new(), 0, 0);
     for tag in raw.split(',').filter(|tag| !tag.is_empty()) {
+        let tag = match separator {
+            ':' => tag.strip_prefix('#').unwrap_or(tag),
+            _ => tag,
+        };
         match tag.split_once(separator) {
             None => without_value += 1,
             Some((key, value)) if key.is_empty() || value.is_empty() => empty += 1,
@@ -1350,7 +1450,7 @@ proptest! {
     }
 
     #[test]
-    fn dogstatsd_tag_rules_match_the_reference(raw in "[a-c:,]{0,40}") {
+    fn dogstatsd_tag_rules_match_the_reference(raw in "[a-c:,#]{0,40}") {
         let got = parse(format!("a:1|c|#{raw}"));
         let (pairs, without_value, empty) = reference_tags(&raw, ':');
         prop_assert_eq!(got.samples().len(), 1);

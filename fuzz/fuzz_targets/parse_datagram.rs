@@ -240,7 +240,9 @@ impl SampleSink for Checker<'_> {
 
     fn sample(&mut self, sample: &Sample<'_>) {
         check_sample(sample, &self.options);
-        self.assert_inside(sample.name.as_bytes(), "the name");
+        for piece in sample.name.pieces() {
+            self.assert_inside(piece.as_bytes(), "the name");
+        }
         self.assert_inside(sample.tags.raw, "the tags");
         if let Some(id) = sample.container_id {
             self.assert_inside(id.as_bytes(), "the container id");
@@ -256,7 +258,7 @@ impl SampleSink for Checker<'_> {
         );
         state.samples += 1;
         self.events.push(Event::Sample {
-            name: sample.name.to_owned(),
+            name: sample.name.to_string(),
             metric_type: sample.metric_type,
             value: match sample.value {
                 Value::Number(n) => OwnedValue::Number(n.to_bits()),
@@ -313,10 +315,13 @@ fn check_sample(sample: &Sample<'_>, options: &ParseOptions) {
         !name.bytes().any(|b| matches!(b, b':' | b'|' | b'\n')),
         "name {name:?} holds a separator"
     );
-    assert!(
-        !name.bytes().any(|b| matches!(b, b',' | b'#' | b'[')),
-        "name {name:?} still holds a tag introducer"
-    );
+    // InfluxDB and Librato sections start at the first `,` or `#` of a name without brackets.
+    if matches!(sample.tags.style, TagStyle::Influx | TagStyle::Librato) {
+        assert!(
+            !name.bytes().any(|b| matches!(b, b',' | b'#' | b'[' | b']')),
+            "name {name:?} still holds a tag introducer"
+        );
+    }
 
     let rate = sample.sample_rate;
     assert!(
@@ -405,6 +410,11 @@ fn tag_counts(raw: &[u8], separator: u8) -> TagCounts {
         if tag.is_empty() {
             continue;
         }
+        // A DogStatsD tag's own leading `#` is not part of its key.
+        let tag = match (separator, tag) {
+            (b':', [b'#', rest @ ..]) => rest,
+            _ => tag,
+        };
         match tag.iter().position(|&b| b == separator) {
             None => counts.without_value += 1,
             Some(0) => counts.empty += 1,
@@ -413,6 +423,22 @@ fn tag_counts(raw: &[u8], separator: u8) -> TagCounts {
         }
     }
     counts
+}
+
+/// The name-embedded tag section of the text before a line's `:`, by statsd_exporter's rules
+/// written the obvious way: the first `[` and `]` if both are there in that order; nothing if
+/// only one kind of bracket is; else after the first `,` or `#`.
+fn reference_name_tags(section: &[u8]) -> Option<&[u8]> {
+    let open = section.iter().position(|&b| b == b'[');
+    let close = section.iter().position(|&b| b == b']');
+    match (open, close) {
+        (Some(open), Some(close)) if open < close => Some(&section[open + 1..close]),
+        (None, None) => {
+            let start = section.iter().position(|&b| b == b',' || b == b'#')?;
+            Some(&section[start + 1..])
+        }
+        _ => None,
+    }
 }
 
 /// Checks that relate one line's text to what it gave.
@@ -470,7 +496,23 @@ fn check_line(line: &[u8], events: &[Event]) {
     } else {
         b'='
     };
-    let counts = tag_counts(tags, separator);
+    let mut counts = tag_counts(tags, separator);
+    // Name tags that give no label beside `|#` tags are dropped, and counted too.
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .expect("a kept line has a colon");
+    // (The samples' tags are then the `|#` section's, or none if it is empty.)
+    if !matches!(
+        style,
+        TagStyle::Influx | TagStyle::Librato | TagStyle::SignalFx
+    ) && let Some(name_tags) = reference_name_tags(&line[..colon])
+    {
+        let dropped = tag_counts(name_tags, b'=');
+        assert_eq!(dropped.usable, 0, "name tags with a label beside `|#` tags");
+        counts.without_value += dropped.without_value;
+        counts.empty += dropped.empty;
+    }
     let reported = |reason: Reason| {
         events
             .iter()
@@ -488,12 +530,8 @@ fn check_line(line: &[u8], events: &[Event]) {
     );
 
     // The name is the text before the first `:` when no tag section is embedded in it.
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .expect("a kept line has a colon");
     let section = &line[..colon];
-    if !section.iter().any(|b| matches!(b, b',' | b'#' | b'[')) {
+    if reference_name_tags(section).is_none() {
         assert_eq!(
             name.as_bytes(),
             section,

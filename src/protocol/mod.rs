@@ -1,7 +1,8 @@
 //! The StatsD / DogStatsD wire grammar: a datagram becomes lines, a line becomes [`Sample`]s
 //! borrowed from the datagram, and every line that cannot be used is reported with a [`Reason`].
 //!
-//! Nothing here allocates: samples, names, tags and set members are views into the datagram.
+//! Nothing here allocates: samples, names, tags and set members are views into the datagram (a
+//! name is one or two of them, see [`Name`]).
 //! The grammar and its semantics are DESIGN.md §3; `parser` holds the implementation.
 
 mod parser;
@@ -62,12 +63,13 @@ pub enum TagStyle {
     Influx,
     /// `name#k=v,k2=v2:1|c`
     Librato,
-    /// `name[k=v,k2=v2]:1|c`
+    /// `name[k=v,k2=v2]:1|c`, or the section anywhere in the name: `na[k=v]me`
     SignalFx,
 }
 
 /// The tags of a line as a borrowed view. The parser has already checked them: the text is UTF-8,
-/// and [`Tags::iter`] skips (and the parser has counted) tags without a value.
+/// and [`Tags::iter`] skips (and the parser has counted) tags without a value. A DogStatsD tag's
+/// own leading `#` is not part of its key (the PHP client writes `|#k:v,#k2:v2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tags<'a> {
     /// The tag section without its introducer (`#`, `,`, `[`...`]`), e.g. `k:v,k2:v2`.
@@ -86,6 +88,7 @@ impl<'a> Tags<'a> {
     }
 
     /// The usable `(key, value)` pairs in wire order; tags with an empty key or value are skipped.
+    /// One leading `#` of a DogStatsD tag is dropped first, as statsd_exporter does.
     pub fn iter(&self) -> TagIter<'a> {
         TagIter {
             // One check for the whole section rather than one per key and value. The parser
@@ -118,6 +121,10 @@ impl<'a> Iterator for TagIter<'a> {
                 None => (self.rest, ""),
             };
             self.rest = rest;
+            let tag = match self.separator {
+                b':' => tag.strip_prefix('#').unwrap_or(tag),
+                _ => tag,
+            };
             let Some(split) = memchr::memchr(self.separator, tag.as_bytes()) else {
                 continue;
             };
@@ -131,11 +138,113 @@ impl<'a> Iterator for TagIter<'a> {
     }
 }
 
+/// A metric name as sent, without its name-embedded tags; not yet sanitised. Usually one piece
+/// of the datagram; two when a SignalFX tag section sat inside it (`my.[k=v]metric` is `my.`
+/// followed by `metric`), since a borrowed view cannot skip the section. It compares and prints
+/// as the text of its pieces one after the other.
+#[derive(Clone, Copy)]
+pub struct Name<'a> {
+    /// Never empty unless the whole name is.
+    head: &'a str,
+    tail: &'a str,
+}
+
+impl<'a> Name<'a> {
+    /// A one-piece name.
+    pub const fn new(name: &'a str) -> Self {
+        Name {
+            head: name,
+            tail: "",
+        }
+    }
+
+    /// The name made of `head` followed by `tail`.
+    pub fn joined(head: &'a str, tail: &'a str) -> Self {
+        if head.is_empty() {
+            Name::new(tail)
+        } else {
+            Name { head, tail }
+        }
+    }
+
+    /// The name as one `&str` when it is one piece (nearly always); `None` for two.
+    #[inline]
+    pub fn as_str(&self) -> Option<&'a str> {
+        self.tail.is_empty().then_some(self.head)
+    }
+
+    /// The pieces in order; the second is empty for a one-piece name.
+    #[inline]
+    pub fn pieces(&self) -> [&'a str; 2] {
+        [self.head, self.tail]
+    }
+
+    /// Appends the whole name to `out`.
+    pub fn push_to(&self, out: &mut String) {
+        out.push_str(self.head);
+        out.push_str(self.tail);
+    }
+
+    /// The bytes of the whole name.
+    pub fn bytes(&self) -> impl Iterator<Item = u8> + 'a {
+        self.head.bytes().chain(self.tail.bytes())
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head.is_empty()
+    }
+}
+
+impl PartialEq for Name<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.bytes().eq(other.bytes())
+    }
+}
+
+impl Eq for Name<'_> {}
+
+impl PartialEq<str> for Name<'_> {
+    fn eq(&self, other: &str) -> bool {
+        other
+            .strip_prefix(self.head)
+            .is_some_and(|rest| rest == self.tail)
+    }
+}
+
+impl PartialEq<&str> for Name<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.head)?;
+        f.write_str(self.tail)
+    }
+}
+
+impl std::fmt::Debug for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\"{}{}\"",
+            self.head.escape_debug(),
+            self.tail.escape_debug()
+        )
+    }
+}
+
 /// One usable sample: a line gives one per value (packed values, Etsy multi-metric lines).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample<'a> {
     /// The metric name as sent, without any name-embedded tags. Not yet sanitised.
-    pub name: &'a str,
+    pub name: Name<'a>,
     pub metric_type: MetricType,
     pub value: Value<'a>,
     /// In (0, 1]; a missing or invalid rate is 1.0.
@@ -169,7 +278,8 @@ crate::closed_set! {
     MissingColon => "missing_colon",
     /// The name is empty.
     EmptyName => "empty_name",
-    /// No `|type` after the value.
+    /// No `|type` after the value, or a `|` with nothing after it (`a:1|c|`, `a:1|c||#k:v`):
+    /// statsd_exporter refuses an empty field too.
     MissingType => "missing_type",
     /// A type other than `c g ms h d s`.
     UnknownType => "unknown_type",
@@ -181,7 +291,7 @@ crate::closed_set! {
     NegativeCounter => "negative_counter",
     /// The name, tags or container id are not valid UTF-8.
     InvalidUtf8 => "invalid_utf8",
-    /// A name-embedded tag style together with `|#` tags, or a malformed name-tag section.
+    /// Name-embedded tags that give a label together with `|#` tags, or two `|#` sections.
     MalformedTags => "malformed_tags",
     /// `|c` or `|c:` without a container id.
     EmptyContainerId => "empty_container_id",

@@ -21,14 +21,16 @@
 //!
 //! - **The name** ends at the first `:`. A `|` before any `:` (or no `:`) is
 //!   [`Reason::MissingColon`].
-//! - **Name-embedded tags**: the first `,` (InfluxDB), `#` (Librato) or `[` (SignalFX) in the name
-//!   starts the tag section; one style per line, so an InfluxDB or Librato section holding `[` is
-//!   [`Reason::MalformedTags`], as is any name-tag section in a line with `|#` tags. SignalFX
-//!   brackets are supported as a suffix (`name[k=v]`) or a prefix (`[k=v]name`). A section inside
-//!   the name (`my.[k=v]metric`, which statsd_exporter turns into `my.metric`) would need a name
-//!   stitched from two pieces of the line, which a borrowed `&str` cannot be: it is refused with
-//!   `MalformedTags`, as are an unclosed `[` and a name that still holds `[`, `]`, `,` or `#` once
-//!   the section is removed. In lines without `[` a `]` is an ordinary name character.
+//! - **Name-embedded tags** are read as statsd_exporter reads them. A name holding both `[` and a
+//!   later `]` has a SignalFX section between the first of each, wherever it sits: `my.[k=v]metric`
+//!   is the name `my.metric` (a [`Name`] of two pieces) with the tags `k=v`; `my.[]metric` has
+//!   none. Whatever else the rest of the name holds (another bracket, `,`, `#`) stays in it, to be
+//!   sanitised. A name with only one kind of bracket, or a `]` before the first `[`, has no name
+//!   tags at all: the whole text is the name (statsd_exporter's lone-bracket rule; with `]` first
+//!   it would crash). Without brackets the first `,` (InfluxDB) or `#` (Librato) starts the tag
+//!   section. Name tags that give a label in a line with `|#` tags are [`Reason::MalformedTags`]
+//!   (one style per line); name tags that give none (`x.[]y`, `x[flag]`) are dropped, counted as
+//!   usual, and the `|#` tags kept, as statsd_exporter does.
 //! - **Sets**: the whole text between the name's `:` and the `|` is one member, verbatim, so
 //!   `user:a:b|s` is the member `a:b` (statsd_exporter keeps set values verbatim too). A member
 //!   need not be UTF-8; it is only compared.
@@ -40,10 +42,13 @@
 //!   the type or the rate, so `a:1|c:2|g|c:abc` is [`Reason::UnknownType`] (type `c:2`).
 //! - **Fields**: `@rate` and `|c:` may repeat, the last one wins (as in the DogStatsD agent); a
 //!   second `|#` section is `MalformedTags`, since two sections cannot be joined without
-//!   allocating. `|T…`, `|e:…`, `|card:…`, empty and unknown fields are ignored.
+//!   allocating. `|T…`, `|e:…`, `|card:…` and unknown fields are ignored. An empty field (a line
+//!   ending in `|`, or `||`) is [`Reason::MissingType`]: statsd_exporter refuses it too.
 //! - **Tags**: an empty tag (`a:b,,c:d`, a trailing `,`) is skipped silently; a tag without its
-//!   separator is one `TagWithoutValue`, an empty key or value one `EmptyTagValue`. An empty tag
-//!   section gives [`Tags::NONE`].
+//!   separator is one `TagWithoutValue`, an empty key or value one `EmptyTagValue`. A DogStatsD
+//!   tag loses one leading `#` first (`|#a:b,#c:d` is `a` and `c`, as the PHP client means it and
+//!   statsd_exporter reads it), so `#:v` has an empty key. An empty tag section gives
+//!   [`Tags::NONE`].
 //! - **Values** follow Rust's `f64` grammar, which for decimal text is Go's `ParseFloat`: `1`,
 //!   `-1.5`, `1e3`, `.5`, `5.` are numbers; hex, underscores, spaces and empty text are
 //!   [`Reason::InvalidValue`]; `nan`, `inf`, `infinity` (any case and sign) and values that
@@ -61,13 +66,15 @@
 //! fast path for short decimals that gives the same bits as `str::parse` (and shorter ones for a
 //! lone-digit value and `0.d`/`0.dd` rates), byte loops rather than `memchr` for the few-byte
 //! runs inside a line, and no `Result<Value, _>` round trips through memory on the single-value
-//! path.
+//! path. Names that hold a tag introducer or a bracket are split out of line
+//! (`name_with_tags`); a plain name goes straight into a one-piece [`Name`].
 //!
 //! It is one file (over our usual 800 lines) on purpose: these fast paths hand each other their
 //! positions on the per-line path, and they are checked by reading them together; the grammar's
-//! table of cases lives in `tests/protocol.rs`.
+//! table of cases lives in `tests/protocol.rs`, statsd_exporter's own tables (and where tallyd
+//! differs from them on purpose) in `tests/statsd_exporter.rs`.
 
-use memchr::{memchr, memchr_iter, memchr2, memchr3};
+use memchr::{memchr, memchr_iter, memchr2};
 use nom::{
     IResult, Parser,
     branch::alt,
@@ -77,7 +84,7 @@ use nom::{
 };
 
 use super::{
-    Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Tags, Value,
+    Extension, MetricType, Name, ParseOptions, Reason, Sample, SampleSink, TagStyle, Tags, Value,
 };
 
 /// Lines longer than this are refused with [`Reason::LineTooLong`] before anything else is read.
@@ -165,7 +172,7 @@ pub fn parse_line(line: &[u8], options: &ParseOptions, sink: &mut impl SampleSin
 
 /// What every sample of a line shares.
 struct Line<'a> {
-    name: &'a str,
+    name: Name<'a>,
     tags: Tags<'a>,
     container_id: Option<&'a str>,
 }
@@ -181,17 +188,17 @@ fn read_line<S: SampleSink>(
     let (colon, seen) = scan_name(line)?;
     let (section, body) = (&line[..colon], &line[colon + 1..]);
     let (name, name_tags) = if seen & TAG_START == 0 {
-        (section, None)
+        if section.is_empty() {
+            return Err(Reason::EmptyName);
+        }
+        let name = if seen & NAME_HIGH == 0 {
+            ascii(section)
+        } else {
+            utf8(section)?
+        };
+        (Name::new(name), None)
     } else {
-        split_name(section)?
-    };
-    if name.is_empty() {
-        return Err(Reason::EmptyName);
-    }
-    let name = if seen & NAME_HIGH == 0 {
-        ascii(name)
-    } else {
-        utf8(name)?
+        name_with_tags(section, seen)?
     };
 
     let mut first = Segment::EMPTY;
@@ -200,7 +207,7 @@ fn read_line<S: SampleSink>(
         Some(next) => several_segments(body, &mut first, next)?,
     };
     let (tags, tag_warnings) = match (first.tags, name_tags) {
-        (Some(_), Some(_)) => return Err(Reason::MalformedTags),
+        (Some(raw), Some(name_tags)) => mixed_tags(raw, first.tag_warnings, name_tags)?,
         (Some(raw), None) => (
             Tags {
                 raw,
@@ -343,10 +350,12 @@ static NAME_CLASS: [u8; 256] = {
     class[b',' as usize] = TAG_START;
     class[b'#' as usize] = TAG_START;
     class[b'[' as usize] = TAG_START;
+    class[b']' as usize] = TAG_START;
     class
 };
 
-/// Find the name's `:` in one pass, noting whether the name holds a tag introducer or a byte above
+/// Find the name's `:` in one pass, noting whether the name holds a tag introducer (or a `]`, which
+/// decides whether a `,` or `#` is one) or a byte above
 /// 0x7f (without one it is ASCII, so UTF-8 without a second look). A `|` before
 /// any `:` (or no `:` at all) means the colon is missing. Names are short, so a byte loop beats
 /// several `memchr` calls here.
@@ -375,44 +384,73 @@ fn scan_name(line: &[u8]) -> Result<(usize, u8), Reason> {
     Err(Reason::MissingColon)
 }
 
-/// Split the text before the name's `:` into the name and its embedded tag section.
-fn split_name(section: &[u8]) -> Result<(&[u8], Option<Tags<'_>>), Reason> {
-    let Some(start) = memchr3(b',', b'#', b'[', section) else {
-        return Ok((section, None));
-    };
-    let (name, raw, style) = match section[start] {
-        b',' => (&section[..start], &section[start + 1..], TagStyle::Influx),
-        b'#' => (&section[..start], &section[start + 1..], TagStyle::Librato),
-        _ => {
-            let (name, raw) = signalfx(section, start)?;
-            (name, raw, TagStyle::SignalFx)
-        }
-    };
-    if style != TagStyle::SignalFx && memchr(b'[', raw).is_some() {
-        return Err(Reason::MalformedTags);
+/// The name and name-tag section of the text before the `:` of a line that holds a tag introducer
+/// or a bracket (`seen` is what [`scan_name`] saw). Out of line: most names hold none.
+#[inline(never)]
+fn name_with_tags(section: &[u8], seen: u8) -> Result<(Name<'_>, Option<Tags<'_>>), Reason> {
+    let (head, tail, tags) = split_name(section);
+    if head.is_empty() {
+        return Err(Reason::EmptyName);
     }
-    Ok((name, Some(Tags { raw, style })))
+    let name = if seen & NAME_HIGH == 0 {
+        Name::joined(ascii(head), ascii(tail))
+    } else {
+        Name::joined(utf8(head)?, utf8(tail)?)
+    };
+    Ok((name, tags))
 }
 
-/// The SignalFX `[k=v,...]` section that opens at `open`: as a suffix or a prefix of the name.
-fn signalfx(section: &[u8], open: usize) -> Result<(&[u8], &[u8]), Reason> {
-    let close = match memchr(b']', &section[open + 1..]) {
-        Some(i) => open + 1 + i,
-        None => return Err(Reason::MalformedTags),
+/// Split the text before the name's `:` into the name (its head and its tail, the tail empty but
+/// for a SignalFX section inside the name) and its embedded tag section. The head is empty only
+/// when the whole name is.
+fn split_name(section: &[u8]) -> (&[u8], &[u8], Option<Tags<'_>>) {
+    match (memchr(b'[', section), memchr(b']', section)) {
+        (None, None) => {}
+        (Some(open), Some(close)) if open < close => {
+            let raw = &section[open + 1..close];
+            let (head, tail) = match (&section[..open], &section[close + 1..]) {
+                (b"", tail) => (tail, &b""[..]),
+                pieces => pieces,
+            };
+            let style = TagStyle::SignalFx;
+            return (head, tail, Some(Tags { raw, style }));
+        }
+        // One kind of bracket only, or `]` first: the whole text is the name.
+        _ => return (section, b"", None),
+    }
+    let Some(start) = memchr2(b',', b'#', section) else {
+        return (section, b"", None);
     };
-    let raw = &section[open + 1..close];
-    let name = if close + 1 == section.len() {
-        &section[..open]
-    } else if open == 0 {
-        &section[close + 1..]
-    } else {
-        // `my.[k=v]metric`: the name would be two pieces of the line.
-        return Err(Reason::MalformedTags);
+    let style = match section[start] {
+        b',' => TagStyle::Influx,
+        _ => TagStyle::Librato,
     };
-    if memchr3(b'[', b']', b',', name).is_some() || memchr(b'#', name).is_some() {
+    let raw = &section[start + 1..];
+    (&section[..start], b"", Some(Tags { raw, style }))
+}
+
+/// The tags of a line with both `|#` tags and name tags: refused when the name tags give a label
+/// (one style per line); otherwise the `|#` tags, with the name tags' drops counted too.
+#[cold]
+#[inline(never)]
+fn mixed_tags<'a>(
+    raw: &'a [u8],
+    warnings: TagWarnings,
+    name_tags: Tags<'a>,
+) -> Result<(Tags<'a>, TagWarnings), Reason> {
+    let name_warnings = check_name_tags(name_tags.raw)?;
+    if name_tags.iter().next().is_some() {
         return Err(Reason::MalformedTags);
     }
-    Ok((name, raw))
+    let tags = Tags {
+        raw,
+        style: TagStyle::DogStatsd,
+    };
+    let warnings = TagWarnings {
+        without_value: warnings.without_value + name_warnings.without_value,
+        empty: warnings.empty + name_warnings.empty,
+    };
+    Ok((tags, warnings))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,6 +581,8 @@ enum Field<'a> {
     Container(&'a [u8]),
     /// `T<secs>`, `e:…`, `card:…`, empty and unknown fields.
     Ignored,
+    /// Nothing between two `|` or after the last one.
+    Empty,
 }
 
 /// Read one segment into `out`; return where the next one starts (after an Etsy `:`), if anywhere.
@@ -587,6 +627,8 @@ fn segment<'a>(
             Field::Container([]) => return Err(Reason::EmptyContainerId),
             Field::Container(id) => out.container = Some(id),
             Field::Ignored => {}
+            // statsd_exporter refuses `a:1|c|` and `a:1|c||@0.5` too.
+            Field::Empty => return Err(Reason::MissingType),
         }
         rest = next;
     }
@@ -601,7 +643,10 @@ fn field<'a>(etsy: bool) -> impl Parser<&'a [u8], Output = Field<'a>, Error = ()
         }),
         map(preceded(tag(&b"c:"[..]), till_pipe), Field::Container),
         value(Field::Container(b""), terminated(sigil(b'c'), field_end)),
-        value(Field::Ignored, till_pipe),
+        map(till_pipe, |field: &[u8]| match field {
+            [] => Field::Empty,
+            _ => Field::Ignored,
+        }),
     ))
 }
 
@@ -759,7 +804,11 @@ fn scan_tags(input: &[u8], style: TagStyle) -> (usize, TagScan) {
 }
 
 /// The tags dropped from a section, counted as its separators go by in order.
-struct TagCounter {
+struct TagCounter<'a> {
+    /// The section.
+    input: &'a [u8],
+    /// A DogStatsD section: a tag's leading `#` is not part of its key.
+    hash_prefix: bool,
     warnings: TagWarnings,
     /// Where the current tag starts.
     start: usize,
@@ -767,12 +816,24 @@ struct TagCounter {
     separator_at: Option<usize>,
 }
 
-impl TagCounter {
-    const NEW: TagCounter = TagCounter {
-        warnings: TagWarnings::NONE,
-        start: 0,
-        separator_at: None,
-    };
+impl<'a> TagCounter<'a> {
+    fn new(input: &'a [u8], separator: u8) -> Self {
+        TagCounter {
+            input,
+            hash_prefix: separator == b':',
+            warnings: TagWarnings::NONE,
+            start: 0,
+            separator_at: None,
+        }
+    }
+
+    /// Whether the key of a tag whose separator is at `at` is empty: nothing before the
+    /// separator, or (DogStatsD) only the `#` that [`Tags::iter`] drops.
+    #[inline(always)]
+    fn empty_key(&self, at: usize) -> bool {
+        at == self.start
+            || (at == self.start + 1 && self.hash_prefix && self.input[self.start] == b'#')
+    }
 
     /// A key/value separator at `i`; only a tag's first one splits it.
     #[inline(always)]
@@ -786,7 +847,7 @@ impl TagCounter {
         match self.separator_at {
             _ if self.start == end => {}
             None => self.warnings.without_value += 1,
-            Some(at) if at == self.start || at + 1 == end => self.warnings.empty += 1,
+            Some(at) if self.empty_key(at) || at + 1 == end => self.warnings.empty += 1,
             Some(_) => {}
         }
         (self.start, self.separator_at) = (end + 1, None);
@@ -795,8 +856,8 @@ impl TagCounter {
 
 /// [`scan_tags`] one byte at a time, with a class table.
 fn scan_tags_bytes(input: &[u8], separator: u8) -> (usize, TagScan) {
+    let mut counter = TagCounter::new(input, separator);
     let separator = TAG_CLASS[usize::from(separator)];
-    let mut counter = TagCounter::NEW;
     let mut high = 0;
     let mut end = input.len();
     for (i, &b) in input.iter().enumerate() {
@@ -844,7 +905,7 @@ fn scan_tags_sse2(input: &[u8], separator: u8) -> (usize, TagScan) {
     let equal = |block: __m128i, byte: u8| {
         _mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(byte.cast_signed()))).cast_unsigned()
     };
-    let mut counter = TagCounter::NEW;
+    let mut counter = TagCounter::new(input, separator);
     let mut high = 0;
     let mut offset = 0;
     let end = loop {
