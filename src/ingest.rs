@@ -429,6 +429,11 @@ mod tests {
     use crate::read::{self, Value};
     use crate::registry::{Registry, RegistrySettings};
 
+    fn ingester(registry: &Arc<Registry>, options: IngestOptions) -> Ingester {
+        let stats = Arc::new(ReceiverStats::new("test"));
+        Ingester::new(Recorder::for_registry(registry), stats, options)
+    }
+
     fn counter_value(registry: &Registry, family: &str) -> Vec<f64> {
         read::snapshot(registry)
             .into_iter()
@@ -447,12 +452,7 @@ mod tests {
             series_ttl_secs: 1,
             ..RegistrySettings::default()
         }));
-        let stats = Arc::new(ReceiverStats::new("test"));
-        let mut ingester = Ingester::new(
-            Recorder::for_registry(&registry),
-            stats,
-            IngestOptions::default(),
-        );
+        let mut ingester = ingester(&registry, IngestOptions::default());
         ingester.ingest(b"hits:2|c|#a:b");
         // Let the series go idle past its TTL; the ingester still caches its handle.
         std::thread::sleep(Duration::from_millis(2100));
@@ -466,12 +466,7 @@ mod tests {
     #[test]
     fn counters_from_tags_in_any_order_land_in_one_series() {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
-        let stats = Arc::new(ReceiverStats::new("test"));
-        let mut ingester = Ingester::new(
-            Recorder::for_registry(&registry),
-            stats,
-            IngestOptions::default(),
-        );
+        let mut ingester = ingester(&registry, IngestOptions::default());
         ingester.ingest(b"hits:1|c|#a:1,b:2\nhits:1|c|#b:2,a:1\nhits_total:1|c|#a:1,b:2");
         assert_eq!(counter_value(&registry, "hits"), [3.0]);
     }
@@ -479,12 +474,7 @@ mod tests {
     #[test]
     fn a_name_split_by_signalfx_tags_is_joined_before_sanitising() {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
-        let stats = Arc::new(ReceiverStats::new("test"));
-        let mut ingester = Ingester::new(
-            Recorder::for_registry(&registry),
-            stats,
-            IngestOptions::default(),
-        );
+        let mut ingester = ingester(&registry, IngestOptions::default());
         // `a-` + `-b` is `a--b`, one run of `-`: `a_b`, as the one-piece spellings give.
         ingester.ingest(b"a-[k=v]-b:1|c\na--b[k=v]:1|c\n[k=v]a--b:1|c\na-[k=v]-b:1|c");
         assert_eq!(counter_value(&registry, "a_b"), [4.0]);
@@ -494,12 +484,11 @@ mod tests {
     #[test]
     fn the_cache_starts_over_when_full_without_losing_counts() {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
-        let stats = Arc::new(ReceiverStats::new("test"));
         let options = IngestOptions {
             cache_capacity: 2,
             ..IngestOptions::default()
         };
-        let mut ingester = Ingester::new(Recorder::for_registry(&registry), stats, options);
+        let mut ingester = ingester(&registry, options);
         for _ in 0..3 {
             ingester.ingest(b"a:1|c\nb:1|c\nc:1|c\nd:1|c");
         }
