@@ -129,6 +129,25 @@ buckets = [1.0, 10.0, 100.0]
     );
 }
 
+/// A negative `scale` may turn a gauge around, but never makes a counter go down: the write
+/// seam refuses the negative increment and counts it.
+#[test]
+fn a_negative_scale_cannot_make_a_counter_decrease() {
+    let daemon = Daemon::with_config(
+        "[[mapping]]\nmatch = \"flip.*\"\nname = \"flipped_$1\"\nscale = -1.0\n",
+    );
+    daemon.send(&["flip.count:5|c\nflip.level:5|g\n"]);
+    daemon.wait_for(&[
+        ("flipped_level", -5.0),
+        // The series exists (the refusal comes after it is found), at zero.
+        ("flipped_count_total", 0.0),
+        (
+            r#"tallyd_sample_errors_total{reason="negative_counter"}"#,
+            1.0,
+        ),
+    ]);
+}
+
 #[test]
 fn sighup_replaces_the_rules_for_new_samples() {
     let daemon = Daemon::with_config("[[mapping]]\nmatch = \"svc.*\"\nname = \"old_name\"\n");
