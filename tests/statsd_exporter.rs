@@ -143,6 +143,7 @@ impl SampleSink for Events {
 // Cases
 
 /// What tallyd gives for a case.
+#[derive(Clone)]
 enum Tallyd {
     /// statsd_exporter's events, with these reasons reported.
     Same(&'static [Reason]),
@@ -152,6 +153,7 @@ enum Tallyd {
 
 use Tallyd::{Differs, Same};
 
+#[derive(Clone)]
 struct Case {
     /// The Go test case's name.
     go: &'static str,
@@ -594,213 +596,51 @@ fn line_to_events() -> Vec<Case> {
 /// `bridge_test.go`, `TestHandlePacket`, in its order: whole packets, several lines in some.
 fn handle_packet() -> Vec<Case> {
     use Reason::*;
+    // Most packets are single lines `TestLineToEvents` has too, with the same events: those
+    // cases are taken from that table by name rather than written twice.
+    let lines = line_to_events();
+    let shared = |go: &str| -> Case {
+        let case = lines.iter().find(|case| case.go == go);
+        case.cloned()
+            .unwrap_or_else(|| panic!("no TestLineToEvents case {go:?}"))
+    };
     vec![
-        case("empty", b"", vec![], Same(&[])),
-        case(
-            "simple counter",
-            b"foo:2|c",
-            c("foo", 2.0, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "simple gauge",
-            b"foo:3|g",
-            g("foo", 3.0, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "gauge with sampling",
-            b"foo:3|g|@0.2",
-            g("foo", 3.0, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "gauge decrement",
-            b"foo:-10|g",
-            g_relative("foo", -10.0, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "simple timer",
-            b"foo:200|ms",
-            o("foo", &[0.2], 1, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "simple histogram",
-            b"foo:200|h",
-            o("foo", &[200.0], 1, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "simple distribution",
-            b"foo:200|d",
-            o("foo", &[200.0], 1, NO_TAGS),
-            Same(&[]),
-        ),
+        shared("empty"),
+        shared("simple counter"),
+        shared("simple gauge"),
+        shared("gauge with sampling"),
+        shared("gauge decrement"),
+        shared("simple timer"),
+        shared("simple histogram"),
+        shared("simple distribution"),
         // tallyd: one observation of weight 5.
-        case(
-            "distribution with sampling",
-            b"foo:0.01|d|@0.2|#tag1:bar,#tag2:baz",
-            o("foo", &[0.01], 5, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "librato tag extension",
-            b"foo#tag1=bar,tag2=baz:100|c",
-            c("foo", 100.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "librato tag extension with tag keys unsupported by prometheus",
-            b"foo#09digits=0,tag.with.dots=1:100|c",
-            c("foo", 100.0, &[("_09digits", "0"), ("tag_with_dots", "1")]),
-            Same(&[]),
-        ),
-        case(
-            "influxdb tag extension",
-            b"foo,tag1=bar,tag2=baz:100|c",
-            c("foo", 100.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "SignalFx tag extension",
-            b"foo.[tag1=bar,tag2=baz]test:100|c",
-            c("foo.test", 100.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "SignalFx tag extension, tags at end of name",
-            b"foo.test[tag1=bar,tag2=baz]:100|c",
-            c("foo.test", 100.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "SignalFx tag extension, tags at beginning of name",
-            b"[tag1=bar,tag2=baz]foo.test:100|c",
-            c("foo.test", 100.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "SignalFx tag extension, no tags",
-            b"foo.[]test:100|c",
-            c("foo.test", 100.0, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "SignalFx tag extension, non-kv tags",
-            b"foo.[tag1,tag2]test:100|c",
-            c("foo.test", 100.0, NO_TAGS),
-            Same(&[TagWithoutValue, TagWithoutValue]),
-        ),
-        case(
-            "SignalFx tag extension, missing closing bracket",
-            b"[tag1=bar,tag2=bazfoo.test:100|c",
-            c("[tag1=bar,tag2=bazfoo.test", 100.0, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "SignalFx tag extension, missing opening bracket",
-            b"tag1=bar,tag2=baz]foo.test:100|c",
-            c("tag1=bar,tag2=baz]foo.test", 100.0, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "influxdb tag extension with tag keys unsupported by prometheus",
-            b"foo,09digits=0,tag.with.dots=1:100|c",
-            c("foo", 100.0, &[("_09digits", "0"), ("tag_with_dots", "1")]),
-            Same(&[]),
-        ),
-        case(
-            "datadog tag extension",
-            b"foo:100|c|#tag1:bar,tag2:baz",
-            c("foo", 100.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "datadog tag extension with # in all keys (as sent by datadog php client)",
-            b"foo:100|c|#tag1:bar,#tag2:baz",
-            c("foo", 100.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "datadog tag extension with tag keys unsupported by prometheus",
-            b"foo:100|c|#09digits:0,tag.with.dots:1",
-            c("foo", 100.0, &[("_09digits", "0"), ("tag_with_dots", "1")]),
-            Same(&[]),
-        ),
-        case(
-            "datadog tag extension with valueless tags: ignored",
-            b"foo:100|c|#tag_without_a_value",
-            c("foo", 100.0, NO_TAGS),
-            Same(&[TagWithoutValue]),
-        ),
-        case(
-            "datadog tag extension with valueless tags (edge case)",
-            b"foo:100|c|#tag_without_a_value,tag:value",
-            c("foo", 100.0, &[("tag", "value")]),
-            Same(&[TagWithoutValue]),
-        ),
-        case(
-            "datadog tag extension with empty tags (edge case)",
-            b"foo:100|c|#tag:value,,",
-            c("foo", 100.0, &[("tag", "value")]),
-            Same(&[]),
-        ),
-        case(
-            "datadog tag extension with sampling",
-            b"foo:100|c|@0.1|#tag1:bar,#tag2:baz",
-            c("foo", 1000.0, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "librato/dogstatsd mixed tag styles without sampling",
-            b"foo#tag1=foo,tag3=bing:100|c|#tag1:bar,#tag2:baz",
-            vec![],
-            Same(&[MalformedTags]),
-        ),
-        case(
-            "signalfx/dogstatsd mixed tag styles without sampling",
-            b"foo[tag1=foo,tag3=bing]:100|c|#tag1:bar,#tag2:baz",
-            vec![],
-            Same(&[MalformedTags]),
-        ),
-        case(
-            "influxdb/dogstatsd mixed tag styles without sampling",
-            b"foo,tag1=foo,tag3=bing:100|c|#tag1:bar,#tag2:baz",
-            vec![],
-            Same(&[MalformedTags]),
-        ),
-        case(
-            "mixed tag styles with sampling",
-            b"foo#tag1=foo,tag3=bing:100|c|@0.1|#tag1:bar,#tag2:baz",
-            vec![],
-            Same(&[MalformedTags]),
-        ),
-        case(
-            "histogram with sampling",
-            b"foo:0.01|h|@0.2|#tag1:bar,#tag2:baz",
-            o("foo", &[0.01], 5, TAG12),
-            Same(&[]),
-        ),
-        case(
-            "datadog tag extension with multiple colons",
-            b"foo:100|c|@0.1|#tag1:foo:bar",
-            c("foo", 1000.0, &[("tag1", "foo:bar")]),
-            Same(&[]),
-        ),
-        case(
-            "datadog tag extension with invalid utf8 tag values",
-            b"foo:100|c|@0.1|#tag:\xc3\x28invalid",
-            vec![],
-            Same(&[InvalidUtf8]),
-        ),
-        case(
-            "datadog tag extension with both valid and invalid utf8 tag values",
-            b"foo:100|c|@0.1|#tag1:valid,tag2:\xc3\x28invalid",
-            vec![],
-            Same(&[InvalidUtf8]),
-        ),
+        shared("distribution with sampling"),
+        shared("librato tag extension"),
+        shared("librato tag extension with tag keys unsupported by prometheus"),
+        shared("influxdb tag extension"),
+        shared("SignalFx tag extension"),
+        shared("SignalFx tag extension, tags at end of name"),
+        shared("SignalFx tag extension, tags at beginning of name"),
+        shared("SignalFx tag extension, no tags"),
+        shared("SignalFx tag extension, non-kv tags"),
+        shared("SignalFx tag extension, missing closing bracket"),
+        shared("SignalFx tag extension, missing opening bracket"),
+        shared("influxdb tag extension with tag keys unsupported by prometheus"),
+        shared("datadog tag extension"),
+        shared("datadog tag extension with # in all keys (as sent by datadog php client)"),
+        shared("datadog tag extension with tag keys unsupported by prometheus"),
+        shared("datadog tag extension with valueless tags: ignored"),
+        shared("datadog tag extension with valueless tags (edge case)"),
+        shared("datadog tag extension with empty tags (edge case)"),
+        shared("datadog tag extension with sampling"),
+        shared("librato/dogstatsd mixed tag styles without sampling"),
+        shared("signalfx/dogstatsd mixed tag styles without sampling"),
+        shared("influxdb/dogstatsd mixed tag styles without sampling"),
+        shared("mixed tag styles with sampling"),
+        shared("histogram with sampling"),
+        shared("datadog tag extension with multiple colons"),
+        shared("datadog tag extension with invalid utf8 tag values"),
+        shared("datadog tag extension with both valid and invalid utf8 tag values"),
         case(
             "multiple metrics with invalid datadog utf8 tag values",
             b"foo:200|c|#tag:value\nfoo:300|c|#tag:\xc3\x28invalid",
@@ -821,67 +661,27 @@ fn handle_packet() -> Vec<Case> {
             Same(&[]),
         ),
         // tallyd: one observation of weight 10.
-        case(
-            "timings with sampling factor",
-            b"foo.timing:0.5|ms|@0.1",
-            o("foo.timing", &[0.0005], 10, NO_TAGS),
-            Same(&[]),
-        ),
-        case("bad line", b"foo", vec![], Same(&[MissingColon])),
-        case("bad component", b"foo:1", vec![], Same(&[MissingType])),
-        case("bad value", b"foo:1o|c", vec![], Same(&[InvalidValue])),
+        shared("timings with sampling factor"),
+        shared("bad line"),
+        shared("bad component"),
+        shared("bad value"),
         // tallyd: kept with rate 1 like statsd_exporter, and counted.
-        case(
-            "illegal sampling factor",
-            b"foo:1|c|@bar",
-            c("foo", 1.0, NO_TAGS),
-            Same(&[InvalidSampleRate]),
-        ),
+        shared("illegal sampling factor"),
         // tallyd: kept with rate 1 like statsd_exporter, and counted.
-        case(
-            "zero sampling factor",
-            b"foo:2|c|@0",
-            c("foo", 2.0, NO_TAGS),
-            Same(&[InvalidSampleRate]),
-        ),
-        case(
-            "illegal stat type",
-            b"foo:2|t",
-            vec![],
-            Same(&[UnknownType]),
-        ),
-        case("empty metric name", b":100|ms", vec![], Same(&[EmptyName])),
-        case("empty component", b"foo:1|c|", vec![], Same(&[MissingType])),
-        case(
-            "invalid utf8",
-            b"invalid\xc3\x28utf8:1|c",
-            vec![],
-            Same(&[InvalidUtf8]),
-        ),
+        shared("zero sampling factor"),
+        shared("illegal stat type"),
+        shared("empty metric name"),
+        shared("empty component"),
+        shared("invalid utf8"),
         case(
             "some invalid utf8",
             b"valid_utf8:1|c\ninvalid\xc3\x28utf8:1|c",
             c("valid_utf8", 1.0, NO_TAGS),
             Same(&[InvalidUtf8]),
         ),
-        case(
-            "ms timer with conversion to seconds",
-            b"foo:200|ms",
-            o("foo", &[0.2], 1, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "histogram with no unit conversion",
-            b"foo:200|h",
-            o("foo", &[200.0], 1, NO_TAGS),
-            Same(&[]),
-        ),
-        case(
-            "distribution with no unit conversion",
-            b"foo:200|d",
-            o("foo", &[200.0], 1, NO_TAGS),
-            Same(&[]),
-        ),
+        shared("ms timer with conversion to seconds"),
+        shared("histogram with no unit conversion"),
+        shared("distribution with no unit conversion"),
     ]
 }
 
