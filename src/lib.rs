@@ -65,6 +65,7 @@ pub mod record;
 pub mod registry;
 pub mod rules;
 pub mod runtime;
+pub mod store;
 pub mod summary;
 pub mod telemetry;
 pub mod validate;

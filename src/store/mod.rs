@@ -1,0 +1,570 @@
+//! Durable storage for what the HTTP APIs are given: metric definitions, recorded points (with
+//! their labels and timestamps) and Deeploy data points.
+//!
+//! The [`Store`] handle is what the API uses. Underneath, two small traits let a second engine
+//! join: an [`Engine`] applies batches of [`Write`]s, each batch one durable transaction, and a
+//! [`Reader`] answers the few reads queries need. [`sqlite`] is today's engine.
+//!
+//! Writes: one writer thread owns the engine and is fed by a bounded channel. It takes what is
+//! queued (up to [`MAX_GROUP`] writes) and commits it in one transaction — group commit, so a
+//! busy API pays one `fsync` per group instead of one per request — and answers each request
+//! only after that commit is durable. A `2xx` built on that answer survives `kill -9` and power
+//! loss. The receive threads of the StatsD listeners never write here.
+//!
+//! Reads: on the blocking pool, through the engine's own read connections, beside the writer.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub mod sqlite;
+
+/// Most writes committed in one transaction.
+pub const MAX_GROUP: usize = 256;
+
+/// Requests waiting for the writer before senders wait too.
+const QUEUE: usize = 1024;
+
+/// Time buckets of the points table, in milliseconds: points are keyed metric → bucket →
+/// series → time, so a write lands near the end of its metric's key range and one series'
+/// range query is one seek per bucket.
+pub const BUCKET_MS: i64 = 3_600_000;
+
+/// A metric definition as stored: the API's own JSON document, opaque to the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredMetric {
+    /// The store's key, used by points and data points.
+    pub id: i64,
+    /// The public id the API answers with.
+    pub uid: String,
+    pub tenant: String,
+    /// Which API and which part of it owns the definition: `matih`, or `deeploy/<deployment>`.
+    pub scope: String,
+    pub name: String,
+    /// The definition, as the owning API serialises it.
+    pub document: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One recorded value of one series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// The series' labels as a JSON object with sorted keys (see [`labels_key`]).
+    pub labels: Arc<str>,
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+/// One Deeploy data point, in the order it was posted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataPoint {
+    pub x: String,
+    pub y: f64,
+    /// The prediction log ids, as a JSON array, when the client sent any.
+    pub prediction_ids: Option<String>,
+}
+
+/// A change to the store.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Inserts a definition, or replaces the one with the same `uid`. Answers its `id`.
+    PutMetric(StoredMetric),
+    /// Removes a definition with its series, points and data points.
+    DeleteMetric { id: i64 },
+    /// Appends points to a metric.
+    Points { metric: i64, points: Vec<Point> },
+    /// Appends Deeploy data points to a metric.
+    DataPoints { metric: i64, points: Vec<DataPoint> },
+    /// Removes every Deeploy data point of a metric.
+    ClearDataPoints { metric: i64 },
+    /// Removes a metric's points older than `before_ms` (retention). Answers how many.
+    Expire { metric: i64, before_ms: i64 },
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The stored definition's id.
+    Metric(i64),
+    /// How many rows went.
+    Removed(u64),
+    Done,
+}
+
+/// Why the store could not do something.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The engine failed (disk full, I/O error, corruption): the write did not happen.
+    Engine(String),
+    /// The writer is gone (the daemon is shutting down).
+    Closed,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Engine(message) => write!(f, "storage failed: {message}"),
+            StoreError::Closed => f.write_str("storage is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Applies writes. Owned by the writer thread.
+pub trait Engine: Send + 'static {
+    /// Applies `writes` in order, in one transaction that is durable when this returns. A write
+    /// that fails alone (its own result is `Err`) leaves the others in; an `Err` for the whole
+    /// call means none of them happened.
+    fn commit(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError>;
+}
+
+/// Answers reads, from any thread.
+pub trait Reader: Send + Sync + 'static {
+    /// Every stored definition.
+    fn metrics(&self) -> Result<Vec<StoredMetric>, StoreError>;
+
+    /// The series of `metric`: id and labels (as in [`Point::labels`]).
+    fn series(&self, metric: i64) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Calls `visit(series, ts_ms, value)` for each point of `metric` with `start_ms <= ts_ms <
+    /// end_ms`, in `series` only when given, in time order within each series.
+    fn scan(
+        &self,
+        metric: i64,
+        start_ms: i64,
+        end_ms: i64,
+        series: Option<&[i64]>,
+        visit: &mut dyn FnMut(i64, i64, f64),
+    ) -> Result<(), StoreError>;
+
+    /// The Deeploy data points of `metric`, in the order they were posted.
+    fn data_points(&self, metric: i64) -> Result<Vec<DataPoint>, StoreError>;
+}
+
+struct Job {
+    write: Write,
+    answer: oneshot::Sender<Result<Written, StoreError>>,
+}
+
+/// The handle the API holds: cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Store {
+    writes: mpsc::Sender<Job>,
+    reader: Arc<dyn Reader>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating when needed) the SQLite store in `dir` and starts its writer thread,
+    /// which ends when the last handle is dropped.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let (engine, reader) = sqlite::open(dir)?;
+        Ok(Store::start(engine, Arc::new(reader)))
+    }
+
+    /// Starts the writer thread for `engine`.
+    pub fn start(engine: impl Engine, reader: Arc<dyn Reader>) -> Store {
+        let (writes, jobs) = mpsc::channel(QUEUE);
+        thread::Builder::new()
+            .name("tallyd-store".into())
+            .spawn(move || write_loop(engine, jobs))
+            .expect("spawning the store writer");
+        Store { writes, reader }
+    }
+
+    /// Applies `write` and answers once it is durable. Waits while the writer's queue is full.
+    pub async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        self.writes
+            .send(Job { write, answer })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answered.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `read` on the blocking pool with the store's reader.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || read(reader.as_ref()))
+            .await
+            .map_err(|e| StoreError::Engine(format!("read task failed: {e}")))?
+    }
+
+    /// The reader, for callers already on a blocking thread (startup).
+    pub fn reader(&self) -> &dyn Reader {
+        self.reader.as_ref()
+    }
+}
+
+/// The writer thread: group commit until every handle is gone.
+fn write_loop(mut engine: impl Engine, mut jobs: mpsc::Receiver<Job>) {
+    let mut writes = Vec::with_capacity(MAX_GROUP);
+    let mut answers = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = jobs.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            writes.push(job.write);
+            answers.push(job.answer);
+            if writes.len() < MAX_GROUP {
+                next = jobs.try_recv().ok();
+            }
+        }
+        match engine.commit(&writes) {
+            Ok(results) => {
+                for (answer, result) in answers.drain(..).zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!("{error}");
+                for answer in answers.drain(..) {
+                    let _ = answer.send(Err(error.clone()));
+                }
+            }
+        }
+        writes.clear();
+    }
+}
+
+/// The canonical text of a label set: a JSON object with keys in sorted order, so one series
+/// has one key however its labels were ordered.
+pub fn labels_key<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let sorted: std::collections::BTreeMap<&str, &str> = labels.into_iter().collect();
+    serde_json::to_string(&sorted).expect("a map of strings serialises")
+}
+
+/// The label pairs of a [`labels_key`] text (empty when it is not one).
+pub fn labels_of(key: &str) -> Vec<(String, String)> {
+    serde_json::from_str::<std::collections::BTreeMap<String, String>>(key)
+        .map(|map| map.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// The bucket of a timestamp.
+pub fn bucket_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(BUCKET_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(uid: &str, tenant: &str, name: &str) -> StoredMetric {
+        StoredMetric {
+            id: 0,
+            uid: uid.into(),
+            tenant: tenant.into(),
+            scope: "matih".into(),
+            name: name.into(),
+            document: r#"{"type":"gauge"}"#.into(),
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    fn point(labels: &str, ts_ms: i64, value: f64) -> Point {
+        Point {
+            labels: labels.into(),
+            ts_ms,
+            value,
+        }
+    }
+
+    async fn put(store: &Store, m: StoredMetric) -> i64 {
+        match store.write(Write::PutMetric(m)).await.unwrap() {
+            Written::Metric(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn scan(
+        store: &Store,
+        metric: i64,
+        start: i64,
+        end: i64,
+        series: Option<Vec<i64>>,
+    ) -> Vec<(i64, i64, f64)> {
+        store
+            .read(move |reader| {
+                let mut out = Vec::new();
+                reader.scan(metric, start, end, series.as_deref(), &mut |s, t, v| {
+                    out.push((s, t, v))
+                })?;
+                Ok(out)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn points_are_read_back_by_range_and_series_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "score")).await;
+        let (a, b) = (labels_key([("model", "a")]), labels_key([("model", "b")]));
+        let points = vec![
+            point(&a, 1_000, 1.0),
+            point(&b, 1_000, 10.0),
+            point(&a, BUCKET_MS + 5, 2.0),
+            // The same millisecond twice: both are kept.
+            point(&a, BUCKET_MS + 5, 3.0),
+            point(&a, 3 * BUCKET_MS, 4.0),
+        ];
+        store
+            .write(Write::Points { metric: id, points })
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = store.read(|r| r.metrics()).await.unwrap();
+        assert_eq!(metrics.len(), 1);
+        assert_eq!((metrics[0].id, metrics[0].name.as_str()), (id, "score"));
+        let series = store.read(move |r| r.series(id)).await.unwrap();
+        assert_eq!(series.len(), 2);
+        let series_a = series.iter().find(|(_, l)| *l == a).unwrap().0;
+
+        let all = scan(&store, id, 0, 4 * BUCKET_MS, None).await;
+        assert_eq!(all.len(), 5);
+        let only_a = scan(&store, id, 1_000, 3 * BUCKET_MS, Some(vec![series_a])).await;
+        assert_eq!(
+            only_a,
+            vec![
+                (series_a, 1_000, 1.0),
+                (series_a, BUCKET_MS + 5, 2.0),
+                (series_a, BUCKET_MS + 5, 3.0)
+            ]
+        );
+        // End is exclusive, and an empty range reads nothing.
+        assert!(
+            scan(&store, id, 3 * BUCKET_MS, 3 * BUCKET_MS, None)
+                .await
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_filtered_scan_over_many_buckets_falls_back_to_one_range_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "score")).await;
+        let a = labels_key([("k", "a")]);
+        let points = vec![point(&a, 5, 1.0), point(&a, 10_000 * BUCKET_MS, 2.0)];
+        store
+            .write(Write::Points { metric: id, points })
+            .await
+            .unwrap();
+        let series = store.read(move |r| r.series(id)).await.unwrap();
+        let ids: Vec<i64> = series.iter().map(|s| s.0).collect();
+        let found = scan(&store, id, 0, 100_000 * BUCKET_MS, Some(ids)).await;
+        assert_eq!(found.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_metric_removes_its_points_and_data_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "gone")).await;
+        let kept = put(&store, metric("u2", "t1", "kept")).await;
+        for m in [id, kept] {
+            store
+                .write(Write::Points {
+                    metric: m,
+                    points: vec![point("{}", 1, 1.0)],
+                })
+                .await
+                .unwrap();
+            store
+                .write(Write::DataPoints {
+                    metric: m,
+                    points: vec![DataPoint {
+                        x: "a".into(),
+                        y: 1.0,
+                        prediction_ids: None,
+                    }],
+                })
+                .await
+                .unwrap();
+        }
+        let removed = store.write(Write::DeleteMetric { id }).await.unwrap();
+        assert_eq!(removed, Written::Removed(4));
+        assert!(scan(&store, id, 0, 10, None).await.is_empty());
+        assert!(
+            store
+                .read(move |r| r.data_points(id))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(scan(&store, kept, 0, 10, None).await.len(), 1);
+        assert_eq!(
+            store
+                .read(move |r| r.data_points(kept))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let names: Vec<String> = store
+            .read(|r| r.metrics())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["kept"]);
+    }
+
+    #[tokio::test]
+    async fn putting_a_metric_with_a_known_uid_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "a")).await;
+        let mut changed = metric("u1", "t1", "a");
+        changed.document = r#"{"type":"counter"}"#.into();
+        changed.updated_ms = 2;
+        assert_eq!(put(&store, changed).await, id);
+        let metrics = store.read(|r| r.metrics()).await.unwrap();
+        assert_eq!(metrics.len(), 1);
+        assert_eq!(metrics[0].document, r#"{"type":"counter"}"#);
+        assert_eq!((metrics[0].created_ms, metrics[0].updated_ms), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn data_points_keep_their_posting_order_and_can_be_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "chart")).await;
+        let points: Vec<DataPoint> = ["z", "a", "m"]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| DataPoint {
+                x: x.to_string(),
+                y: i as f64,
+                prediction_ids: (i == 1).then(|| r#"["p1"]"#.to_string()),
+            })
+            .collect();
+        store
+            .write(Write::DataPoints {
+                metric: id,
+                points: points.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.read(move |r| r.data_points(id)).await.unwrap(),
+            points
+        );
+        assert_eq!(
+            store
+                .write(Write::ClearDataPoints { metric: id })
+                .await
+                .unwrap(),
+            Written::Removed(3)
+        );
+        assert!(
+            store
+                .read(move |r| r.data_points(id))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_removes_exactly_the_points_before_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "old")).await;
+        let points = (0..10)
+            .map(|i| point("{}", i * BUCKET_MS / 2, i as f64))
+            .collect();
+        store
+            .write(Write::Points { metric: id, points })
+            .await
+            .unwrap();
+        // Cut in the middle of a bucket: 0, 0.5h, 1h, 1.5h, 2h go; 2.5h stays.
+        let cut = 2 * BUCKET_MS + 1;
+        assert_eq!(
+            store
+                .write(Write::Expire {
+                    metric: id,
+                    before_ms: cut
+                })
+                .await
+                .unwrap(),
+            Written::Removed(5)
+        );
+        let left: Vec<i64> = scan(&store, id, 0, 10 * BUCKET_MS, None)
+            .await
+            .into_iter()
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(left.first(), Some(&(5 * BUCKET_MS / 2)));
+        assert_eq!(left.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_are_committed_in_groups_and_all_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "busy")).await;
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let labels = labels_key([("writer", (i % 7).to_string().as_str())]);
+                    store
+                        .write(Write::Points {
+                            metric: id,
+                            points: vec![point(&labels, i, 1.0)],
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), Ok(Written::Done));
+        }
+        assert_eq!(scan(&store, id, 0, 1_000, None).await.len(), 200);
+        assert_eq!(store.read(move |r| r.series(id)).await.unwrap().len(), 7);
+    }
+
+    #[test]
+    fn a_file_from_a_newer_tallyd_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let connection = rusqlite::Connection::open(dir.path().join(sqlite::FILE_NAME)).unwrap();
+        connection.pragma_update(None, "user_version", 99).unwrap();
+        drop(connection);
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(error.to_string().contains("schema version 99"), "{error}");
+    }
+
+    #[test]
+    fn label_keys_are_canonical() {
+        assert_eq!(
+            labels_key([("b", "2"), ("a", "1")]),
+            labels_key([("a", "1"), ("b", "2")])
+        );
+        assert_eq!(labels_key([("a", "\"x\"")]), r#"{"a":"\"x\""}"#);
+        assert_eq!(
+            labels_of(&labels_key([("b", "2"), ("a", "1")])),
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        assert_eq!(labels_key(std::iter::empty()), "{}");
+    }
+}
