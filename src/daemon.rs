@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{Cli, Command, Settings};
+use crate::config::{Cli, Command, Settings, TokenCommand};
 use crate::http::Lifecycle;
 use crate::runtime::{self, Control, Listeners};
 
@@ -29,8 +29,22 @@ type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 /// Runs tallyd as the command line asks; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    if let Some(Command::ImportMapping { file }) = &cli.command {
-        return import_mapping(file);
+    match &cli.command {
+        Some(Command::ImportMapping { file }) => return import_mapping(file),
+        Some(Command::Token(TokenCommand::New { tenant, scopes, id })) => {
+            let id = id.clone().unwrap_or_else(|| {
+                format!("token-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+            });
+            let (secret, stanza) = crate::tokens::new_token(&id, tenant, scopes);
+            // The stanza (stdout) goes into the config file; the secret (stderr) must not.
+            eprintln!(
+                "secret: {secret}\n(shown once: give it to the client as a Bearer token, or as \
+                 the Basic-auth password of user {id:?}; the config file holds only its SHA-256)"
+            );
+            print!("{stanza}");
+            return ExitCode::SUCCESS;
+        }
+        None => {}
     }
     let settings = match Settings::from_cli(&cli) {
         Ok(settings) => settings,

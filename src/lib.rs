@@ -50,6 +50,7 @@ macro_rules! closed_set {
 }
 
 pub mod config;
+pub mod custom;
 pub mod daemon;
 pub mod definitions;
 pub mod exposition;
@@ -68,4 +69,5 @@ pub mod runtime;
 pub mod store;
 pub mod summary;
 pub mod telemetry;
+pub mod tokens;
 pub mod validate;

@@ -24,12 +24,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
+use crate::custom::CustomMetrics;
 use crate::definitions::{Definitions, Source};
+use crate::http::api::{Access, ApiState};
 use crate::http::{self, HttpState, Lifecycle};
 use crate::ingest::SharedRules;
 use crate::listen::{self, BoundListener, Listener, tcp, unix};
 use crate::record::Recorder;
 use crate::registry::{self, Registry};
+use crate::store::Store;
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
 /// How long shutdown waits for the HTTP server to drain.
@@ -184,6 +187,17 @@ pub async fn run(
         }
     };
 
+    let api = match start_api(&settings, &recorder, http_addr) {
+        Ok(api) => api,
+        Err(e) => {
+            shutdown.cancel();
+            receivers.join();
+            let _ = housekeeping.join();
+            return Err(e);
+        }
+    };
+    let retention = tokio::spawn(expire_points(Arc::clone(&api), shutdown.clone()));
+
     let ready = Arc::new(AtomicBool::new(false));
     let state = Arc::new(HttpState {
         registry: Arc::clone(&registry),
@@ -194,6 +208,7 @@ pub async fn run(
         lifecycle: settings
             .enable_lifecycle
             .then(|| control.requests.0.clone()),
+        api: Some(Arc::clone(&api)),
     });
     let server = tokio::spawn(http::serve(
         http_listener,
@@ -256,6 +271,7 @@ pub async fn run(
         Err(_) => tracing::warn!("HTTP server did not stop within {SHUTDOWN_GRACE:?}"),
         _ => {}
     }
+    let _ = retention.await;
     // The receive threads notice the token within their receive timeout (200 ms).
     tokio::task::spawn_blocking(move || {
         receivers.join();
@@ -308,6 +324,10 @@ impl Running {
             tracing::warn!("{notice}");
         }
         *self.state.exposition.write() = new.exposition;
+        if let Some(api) = &self.state.api {
+            api.access.replace(new.tokens.clone());
+            api.custom.set_options(new.api.clone());
+        }
         let pending = self.settings.restart_required_changes(&new);
         if pending.is_empty() {
             tracing::info!("configuration reloaded");
@@ -320,6 +340,59 @@ impl Running {
         telemetry.record_reload(ReloadOutcome::Success);
         self.settings = new;
         Ok(())
+    }
+}
+
+/// Opens the store and the custom-metrics service over it, and says who the API answers.
+fn start_api(
+    settings: &Settings,
+    recorder: &Arc<Recorder>,
+    http_addr: SocketAddr,
+) -> Result<Arc<ApiState>, String> {
+    let store = Store::open(&settings.data_dir).map_err(|e| {
+        format!(
+            "cannot open the data directory {}: {e}",
+            settings.data_dir.display()
+        )
+    })?;
+    let custom = CustomMetrics::open(store, Arc::clone(recorder), settings.api.clone())?;
+    let loopback = http_addr.ip().is_loopback();
+    let access = Arc::new(Access::new(settings.tokens.clone(), loopback));
+    if settings.tokens.is_empty() {
+        if loopback {
+            tracing::info!(
+                "the API has no tokens ([[api.tokens]]): it answers anyone, on loopback only"
+            );
+        } else {
+            tracing::warn!(
+                "the API has no tokens ([[api.tokens]]) and HTTP listens on {http_addr}, not loopback: \
+                 API requests are refused until tokens are configured"
+            );
+        }
+    }
+    Ok(Arc::new(ApiState {
+        custom,
+        access,
+        body_limit: settings.api_body_limit,
+    }))
+}
+
+/// How often points past their retention are removed.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Removes points past their retention, at start and every [`EXPIRY_INTERVAL`].
+async fn expire_points(api: Arc<ApiState>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(EXPIRY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match api.custom.expire().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "points past their retention removed"),
+            Err(e) => tracing::warn!("removing points past their retention failed: {e}"),
+        }
     }
 }
 

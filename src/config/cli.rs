@@ -31,6 +31,9 @@ pub struct Cli {
     /// Address of the HTTP server (/metrics); replaces `http.listen`.
     #[arg(long = "http-listen", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
+    /// Directory of the API's durable store; replaces `storage.dir`.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive);
     /// replaces `log.level`.
     #[arg(long = "log-level", value_name = "LEVEL")]
@@ -50,5 +53,26 @@ pub enum Command {
     ImportMapping {
         /// The statsd_exporter mapping YAML file.
         file: PathBuf,
+    },
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `tallyd token ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random secret and the `[[api.tokens]]` stanza (with only its SHA-256) to
+    /// paste into the config file.
+    New {
+        /// The tenant the token reaches.
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated scopes: read, write, admin.
+        #[arg(long, value_delimiter = ',', default_value = "read,write")]
+        scopes: Vec<crate::tokens::Scope>,
+        /// The token's id (the user name of Basic auth); a random one by default.
+        #[arg(long)]
+        id: Option<String>,
     },
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 
 use super::metric::MetricDefinition;
+use crate::custom::{ApiOptions, NamingMode};
 use crate::http::HttpOptions;
 use crate::ingest::IngestOptions;
 use crate::listen::tcp::TcpOptions;
@@ -16,6 +17,7 @@ use crate::listen::unix::UnixOptions;
 use crate::listen::{Spread, UdpOptions};
 use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
 use crate::rules::MappingRule;
+use crate::tokens::TokenConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -31,6 +33,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub lint: LintConfig,
     pub log: LogConfig,
+    pub api: ApiConfig,
+    pub storage: StorageConfig,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
     /// `[[metric]]` definitions, by final Prometheus name.
@@ -175,6 +179,57 @@ impl Default for HttpConfig {
             max_concurrent_scrapes: defaults.max_concurrent_scrapes,
             gzip: defaults.enable_gzip,
             enable_lifecycle: false,
+        }
+    }
+}
+
+/// `[api]`: the REST API under `/api` (custom metrics, Seldon, StatsD over HTTP) and Deeploy's
+/// routes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// What the naming lint does to a new definition: `warn` answers its findings, `enforce`
+    /// refuses the definition with them.
+    pub naming: NamingMode,
+    /// A prefix every API-defined name must start with (empty: none).
+    pub required_prefix: String,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_body_bytes: usize,
+    /// Most points in one request.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_batch: usize,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        let defaults = ApiOptions::default();
+        ApiConfig {
+            naming: defaults.naming,
+            required_prefix: defaults.required_prefix,
+            max_body_bytes: crate::http::api::DEFAULT_BODY_LIMIT,
+            max_batch: defaults.max_batch,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[storage]`: where the API's definitions and points are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The data directory, relative to the working directory unless absolute.
+    pub dir: PathBuf,
+    /// How long points are kept when their metric says nothing.
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub default_retention_days: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: PathBuf::from("data"),
+            default_retention_days: ApiOptions::default().default_retention_days,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::cli::Cli;
 use super::file::{AggregationConfig, Config, normalize_log_filter};
 use super::metric::build_definitions;
+use crate::custom::ApiOptions;
 use crate::definitions::Definition;
 use crate::exposition::ExpositionOptions;
 use crate::http::HttpOptions;
@@ -24,6 +25,7 @@ use crate::listen::unix::UnixOptions;
 use crate::protocol::ParseOptions;
 use crate::registry::RegistrySettings;
 use crate::rules::RuleSet;
+use crate::tokens::Tokens;
 
 /// A configuration that could not be used, worded for the operator.
 #[derive(Debug)]
@@ -85,6 +87,14 @@ pub struct Settings {
     pub exposition: ExpositionOptions,
     /// The `tracing` filter.
     pub log_level: String,
+    /// The REST API's rules.
+    pub api: ApiOptions,
+    /// The `[[api.tokens]]` in force.
+    pub tokens: Tokens,
+    /// The most bytes of request body an API route reads.
+    pub api_body_limit: usize,
+    /// Where the store lives (`[storage] dir`, or `--data-dir`).
+    pub data_dir: PathBuf,
 }
 
 impl Settings {
@@ -113,6 +123,9 @@ impl Settings {
         }
         if let Some(addr) = cli.http_listen {
             file.http.listen = addr;
+        }
+        if let Some(dir) = &cli.data_dir {
+            file.storage.dir = dir.clone();
         }
         if let Some(level) = &cli.log_level {
             file.log.level =
@@ -161,6 +174,7 @@ impl Settings {
             }
         }
         let (aggregation, deprecations) = aggregation(&file).map_err(invalid)?;
+        crate::tokens::check_unique(&file.api.tokens).map_err(invalid)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let secs = Duration::from_secs_f64;
         Ok(Settings {
@@ -219,6 +233,15 @@ impl Settings {
                 statsd_exporter_names: file.exposition.statsd_exporter_names,
             },
             log_level: file.log.level.clone(),
+            api: ApiOptions {
+                naming: file.api.naming,
+                required_prefix: file.api.required_prefix.clone(),
+                max_batch: file.api.max_batch,
+                default_retention_days: file.storage.default_retention_days,
+            },
+            tokens: Tokens::new(file.api.tokens.clone()),
+            api_body_limit: file.api.max_body_bytes,
+            data_dir: file.storage.dir.clone(),
             file,
         })
     }

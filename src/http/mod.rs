@@ -61,6 +61,8 @@ pub struct HttpState {
     /// Where `/-/reload` and `/-/quit` send their requests; `None` while the lifecycle API is
     /// off (they answer 403).
     pub lifecycle: Option<mpsc::Sender<Lifecycle>>,
+    /// The REST API; `None` serves none of it (404 under `/api`).
+    pub api: Option<Arc<api::ApiState>>,
 }
 
 /// What the lifecycle endpoints ask of the daemon.
@@ -116,13 +118,17 @@ pub async fn serve(
 
 /// The route table. Built once per server: the scrape slots live in it.
 fn routes(state: &Arc<HttpState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(scrape::routes(&state.options))
         .merge(admin::routes())
         .fallback(not_found)
         // Only `/api` handlers read bodies; the limit is theirs.
         .layer(DefaultBodyLimit::max(api::DEFAULT_BODY_LIMIT))
-        .with_state(Arc::clone(state))
+        .with_state(Arc::clone(state));
+    match &state.api {
+        Some(api) => router.merge(api::routes(Arc::clone(api))),
+        None => router,
+    }
 }
 
 /// Unknown paths: a problem document under `/api` (API clients parse those), plain text

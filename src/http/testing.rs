@@ -59,6 +59,7 @@ impl TestServer {
             options,
             exposition: Default::default(),
             lifecycle,
+            api: None,
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, state, stop.clone()));

@@ -295,7 +295,13 @@ impl Registry {
             return false;
         };
         let series = std::mem::take(&mut *family.series.write());
-        for series in &series {
+        self.unlink(&series);
+        true
+    }
+
+    /// Takes series already out of their family's list out of the shards and the count.
+    fn unlink(&self, series: &[Arc<Series>]) {
+        for series in series {
             // Cached handles learn the series is gone at their next touch.
             series.last_seen.store(DEAD, Ordering::Release);
             let hash = self.hasher.hash_one(&*series.key);
@@ -308,7 +314,6 @@ impl Registry {
             }
         }
         self.series_count.fetch_sub(series.len(), Ordering::Relaxed);
-        true
     }
 
     /// True once any series can expire (a default TTL, or a mapping rule's).
@@ -544,6 +549,33 @@ impl Registry {
     /// A snapshot of the families in name order, for a scrape.
     pub fn families(&self) -> Vec<Arc<Family>> {
         self.families.read().by_name.values().cloned().collect()
+    }
+
+    /// The family named `name` (for counters, without `_total`), if it exists.
+    pub fn family_named(&self, name: &str) -> Option<Arc<Family>> {
+        self.families.read().by_name.get(name).cloned()
+    }
+
+    /// Removes the series of family `name` for which `doomed` holds (one tenant's series, say),
+    /// and the family with them when none is left. Returns how many went. Handles kept by inputs
+    /// learn it at their next [`Series::touch`].
+    pub fn remove_series(&self, name: &str, doomed: impl Fn(&Series) -> bool) -> usize {
+        let Some(family) = self.family_named(name) else {
+            return 0;
+        };
+        let removed: Vec<Arc<Series>> = {
+            let mut list = family.series.write();
+            let (gone, kept) = std::mem::take(&mut *list)
+                .into_iter()
+                .partition(|series| doomed(series));
+            *list = kept;
+            gone
+        };
+        self.unlink(&removed);
+        if family.series_count() == 0 {
+            self.remove_family(name);
+        }
+        removed.len()
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Daemon {
     endpoints: Endpoints,
     log: Arc<Mutex<String>>,
     config: Option<TempFile>,
+    /// The store's directory (unused when the test passed `--data-dir`), removed on drop.
+    pub data_dir: tempfile::TempDir,
 }
 
 impl std::ops::Deref for Daemon {
@@ -132,6 +134,8 @@ pub struct Endpoints {
 /// loopback ports. Stopped (and joined) on drop.
 pub struct InProcess {
     endpoints: Endpoints,
+    /// The store's directory, removed on drop.
+    pub data_dir: tempfile::TempDir,
     shutdown: tokio_util::sync::CancellationToken,
     thread: Option<thread::JoinHandle<Result<(), String>>>,
 }
@@ -167,6 +171,8 @@ impl InProcess {
             Settings::parse(toml, Path::new("in-process.toml")).unwrap_or_else(|e| panic!("{e}"));
         settings.udp.listen = vec!["127.0.0.1:0".parse().unwrap()];
         settings.http_listen = "127.0.0.1:0".parse().unwrap();
+        let data_dir = tempfile::tempdir().expect("a temporary data directory");
+        settings.data_dir = data_dir.path().to_owned();
         // TCP listens on a free port when the configuration asks for TCP at all; Unix socket
         // paths are the test's own.
         if !settings.tcp.listen.is_empty() {
@@ -195,6 +201,7 @@ impl InProcess {
             .expect("start tallyd's thread");
         InProcess {
             endpoints,
+            data_dir,
             shutdown,
             thread: Some(thread),
         }
@@ -259,6 +266,11 @@ impl Daemon {
     ) -> Daemon {
         let mut command = Command::new(tallyd_bin());
         command.envs(env.iter().copied());
+        // Each daemon keeps its store apart, unless the test chose the directory.
+        let data_dir = tempfile::tempdir().expect("a temporary data directory");
+        if !extra_args.contains(&"--data-dir") {
+            command.arg("--data-dir").arg(data_dir.path());
+        }
         if let Some(file) = &config {
             command.arg("--config").arg(file.path());
         }
@@ -334,6 +346,7 @@ impl Daemon {
                 tcp,
                 unix,
             },
+            data_dir,
             log,
             config,
         }
@@ -673,6 +686,17 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Response {
+    http_send(addr, method, path, headers, b"")
+}
+
+/// `METHOD path` with `body` (and its `Content-Length` when not empty) over a fresh connection.
+pub fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     stream
@@ -685,10 +709,13 @@ pub fn http_request(
     for (name, value) in headers {
         write!(request, "{name}: {value}\r\n").unwrap();
     }
+    if !body.is_empty() {
+        write!(request, "Content-Length: {}\r\n", body.len()).unwrap();
+    }
     request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .expect("send the request");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).expect("send the request");
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)

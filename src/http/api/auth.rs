@@ -1,6 +1,6 @@
-//! Who is calling: the `Authorization` header parsed into [`Credentials`], and the
-//! [`Authenticator`] hook that turns them into a [`Caller`]. There is no token store yet: until
-//! one is installed (the next issue reads tokens from the config), every request is refused.
+//! Who is calling: the `Authorization` header parsed into [`Credentials`], the [`Authenticator`]
+//! hook that turns them into a [`Caller`] (tenant and scopes), and [`Access`], the daemon's
+//! authenticator over the configured tokens.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 
 use super::Problem;
+use crate::tokens::{Scope, Scopes, Tokens};
 
 /// What a client presented in `Authorization`.
 #[derive(Clone, PartialEq, Eq)]
@@ -68,50 +69,154 @@ impl Credentials {
 /// An authenticated client, as an [`Authenticator`] named it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The token's id (`anonymous` without tokens).
     pub name: String,
+    /// Whose definitions and data the request reaches.
+    pub tenant: String,
+    pub scopes: Scopes,
+    /// No tokens are configured (a loopback-only API): the tenant comes from `X-Tenant-ID`
+    /// or, for Deeploy's routes, the workspace in the path.
+    pub anonymous: bool,
 }
 
-/// Decides whom credentials belong to; `None` refuses them. Installed on an API router as a
-/// request extension: `.layer(axum::Extension(Arc::new(store) as Arc<dyn Authenticator>))`.
-/// The token store of the next issue implements this.
+/// The tenant of anonymous requests that name none.
+pub const DEFAULT_TENANT: &str = "default";
+
+impl Caller {
+    /// The caller of a request without tokens configured: every scope, the default tenant.
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".into(),
+            tenant: DEFAULT_TENANT.into(),
+            scopes: Scopes::ALL,
+            anonymous: true,
+        }
+    }
+
+    /// `Ok` if the caller holds `scope`, else a 403 naming it.
+    pub fn require(&self, scope: Scope) -> Result<(), Problem> {
+        if self.scopes.allows(scope) {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!("this needs a token with the {:?} scope", scope.name()),
+            ))
+        }
+    }
+}
+
+/// Decides whom credentials belong to (`None`: the request sent none), or why not. Installed
+/// on an API router as a request extension:
+/// `.layer(axum::Extension(Arc::new(access) as Arc<dyn Authenticator>))`.
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, credentials: &Credentials) -> Option<Caller>;
+    fn authenticate(&self, credentials: Option<&Credentials>) -> Result<Caller, &'static str>;
+}
+
+/// The daemon's [`Authenticator`]: the `[[api.tokens]]` in force. Without any, every request
+/// is an anonymous caller with every scope, but only on a loopback listener.
+#[derive(Debug)]
+pub struct Access {
+    tokens: parking_lot::RwLock<Tokens>,
+    loopback: bool,
+}
+
+impl Access {
+    pub fn new(tokens: Tokens, loopback: bool) -> Access {
+        Access {
+            tokens: parking_lot::RwLock::new(tokens),
+            loopback,
+        }
+    }
+
+    /// Puts new tokens in force (a reload).
+    pub fn replace(&self, tokens: Tokens) {
+        *self.tokens.write() = tokens;
+    }
+
+    /// Whether the API answers anyone: with tokens, or without on loopback.
+    pub fn open(&self) -> bool {
+        !self.tokens.read().is_empty() || self.loopback
+    }
+}
+
+impl Authenticator for Access {
+    fn authenticate(&self, credentials: Option<&Credentials>) -> Result<Caller, &'static str> {
+        let tokens = self.tokens.read();
+        if tokens.is_empty() {
+            return if self.loopback {
+                Ok(Caller::anonymous())
+            } else {
+                Err(
+                    "no API tokens are configured ([[api.tokens]]), and without them the API \
+                     answers only on a loopback address",
+                )
+            };
+        }
+        let owner = match credentials {
+            None => return Err("this resource needs an Authorization header"),
+            Some(Credentials::Bearer(token)) => tokens.check(None, token),
+            Some(Credentials::Basic { user, password }) => tokens.check(Some(user), password),
+        };
+        owner
+            .map(|owner| Caller {
+                name: owner.id,
+                tenant: owner.tenant,
+                scopes: owner.scopes,
+                anonymous: false,
+            })
+            .ok_or("the credentials were not accepted")
+    }
 }
 
 /// A route that takes a [`Caller`] is refused with 401 (and `WWW-Authenticate`) unless the
 /// installed [`Authenticator`] accepts the request's credentials. With none installed, nobody
-/// is accepted: an API route is never open by mistake.
+/// is accepted: an API route is never open by mistake. An `X-Tenant-ID` header must name the
+/// caller's tenant (403 otherwise); for an anonymous caller it chooses the tenant.
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AuthRejection> {
-        let credentials = Credentials::from_headers(&parts.headers).map_err(|reason| {
-            AuthRejection(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "malformed_credentials",
-                reason,
-            ))
-        })?;
-        let Some(credentials) = credentials else {
-            return Err(AuthRejection(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_credentials",
-                "this resource needs an Authorization header",
-            )));
+        let unauthorized = |code, reason: &str| {
+            AuthRejection(Problem::new(StatusCode::UNAUTHORIZED, code, reason))
         };
-        parts
+        let credentials = Credentials::from_headers(&parts.headers)
+            .map_err(|reason| unauthorized("malformed_credentials", reason))?;
+        let authenticator = parts
             .extensions
             .get::<Arc<dyn Authenticator>>()
-            .and_then(|authenticator| authenticator.authenticate(&credentials))
             .ok_or_else(|| {
-                AuthRejection(Problem::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_credentials",
-                    "the credentials were not accepted",
-                ))
-            })
+                unauthorized("invalid_credentials", "the credentials were not accepted")
+            })?;
+        let mut caller = authenticator
+            .authenticate(credentials.as_ref())
+            .map_err(|reason| {
+                let code = if credentials.is_none() {
+                    "missing_credentials"
+                } else {
+                    "invalid_credentials"
+                };
+                unauthorized(code, reason)
+            })?;
+        if let Some(tenant) = parts.headers.get(TENANT_HEADER) {
+            let tenant = tenant.to_str().unwrap_or("").trim();
+            if caller.anonymous && !tenant.is_empty() {
+                caller.tenant = tenant.to_owned();
+            } else if tenant != caller.tenant {
+                return Err(AuthRejection(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "tenant_mismatch",
+                    "X-Tenant-ID names another tenant than the token's",
+                )));
+            }
+        }
+        Ok(caller)
     }
 }
+
+/// The header a client names its tenant in.
+pub const TENANT_HEADER: &str = "x-tenant-id";
 
 /// A 401 problem document with the `WWW-Authenticate` challenge RFC 9110 requires.
 #[derive(Debug)]
@@ -119,7 +224,11 @@ pub struct AuthRejection(pub Problem);
 
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
+        let challenge = self.0.status == StatusCode::UNAUTHORIZED;
         let mut response = self.0.into_response();
+        if !challenge {
+            return response;
+        }
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"tallyd\""),

@@ -7,21 +7,48 @@
 //! - `extract.rs`: JSON and query extractors whose every rejection is a problem document;
 //! - `auth.rs`: the `Authorization` header and the authentication hook.
 //!
-//! No public route is mounted yet; an unknown `/api` path answers a 404 problem document.
+//! - `matih.rs`: the custom-metrics routes at the Matih seed's paths.
+//!
+//! An unknown `/api` path answers a 404 problem document.
 
 mod auth;
 mod extract;
+pub mod matih;
 mod problem;
 
-pub use auth::{AuthRejection, Authenticator, Caller, Credentials};
+pub use auth::{
+    Access, AuthRejection, Authenticator, Caller, Credentials, DEFAULT_TENANT, TENANT_HEADER,
+};
+pub use extract::OneOrMany;
 pub use extract::{ApiJson, ApiQuery, read_body};
 pub use problem::Problem;
+
+use std::sync::Arc;
 
 /// The most bytes of request body an API route reads, unless its router sets another limit
 /// with `axum::extract::DefaultBodyLimit::max`. Beyond it the request is refused with 413 as
 /// soon as the limit is crossed (or at once, when `Content-Length` announces more), so a body
 /// is never buffered whole.
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// What the API routes serve.
+pub struct ApiState {
+    pub custom: crate::custom::CustomMetrics,
+    pub access: Arc<Access>,
+    /// The most bytes of request body a route reads (`[api] max_body_bytes`).
+    pub body_limit: usize,
+}
+
+/// The API's routes, with their authenticator and body limit.
+pub fn routes(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new()
+        .merge(matih::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+        .layer(axum::Extension(
+            Arc::clone(&state.access) as Arc<dyn Authenticator>
+        ))
+        .with_state(state)
+}
 
 /// Whether `path` belongs to the API (whose answers are JSON, and whose routes may read bodies).
 pub fn owns(path: &str) -> bool {
@@ -71,12 +98,14 @@ mod tests {
     struct OneToken;
 
     impl Authenticator for OneToken {
-        fn authenticate(&self, credentials: &Credentials) -> Option<Caller> {
+        fn authenticate(&self, credentials: Option<&Credentials>) -> Result<Caller, &'static str> {
             match credentials {
-                Credentials::Bearer(token) if token == "s3cret" => {
-                    Some(Caller { name: "ci".into() })
-                }
-                _ => None,
+                Some(Credentials::Bearer(token)) if token == "s3cret" => Ok(Caller {
+                    name: "ci".into(),
+                    ..Caller::anonymous()
+                }),
+                None => Err("this resource needs an Authorization header"),
+                _ => Err("the credentials were not accepted"),
             }
         }
     }

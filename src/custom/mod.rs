@@ -1,0 +1,986 @@
+//! Custom metrics: definitions declared over the API, their points (durable in the [`Store`],
+//! live in the registry) and queries over them. The HTTP routes (Matih's paths today) are thin
+//! shells over [`CustomMetrics`]; the rules live here.
+//!
+//! Tenants: every definition and point belongs to one tenant. A tenant sees and changes only
+//! its own, and its series carry a `tenant` label in `/metrics`. Two tenants may define the same
+//! name (one family in `/metrics`, told apart by `tenant`), as long as they agree on its type;
+//! the config file's `[[metric]]` definitions are visible to every tenant and read-only.
+//!
+//! Order of a record: validate everything, then make the points durable, then show them in the
+//! registry. An answered record is on disk; a refused one changed nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::definitions::{Aggregation, Definition, Source};
+use crate::http::api::Problem;
+use crate::naming::counter_family;
+use crate::record::{Recorder, Refusal};
+use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
+use crate::store::{self, Point, Store, StoredMetric, Write, Written};
+
+pub mod names;
+pub mod query;
+pub mod time;
+
+use query::{Binner, Bins};
+
+/// The label every API-recorded series carries.
+pub const TENANT_LABEL: &str = "tenant";
+
+/// The scope of Matih definitions in the store.
+const MATIH_SCOPE: &str = "matih";
+
+/// How far ahead of the daemon's clock a point may be stamped.
+const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// What the naming lint does to a new definition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamingMode {
+    /// Define the metric and answer the findings as warnings.
+    #[default]
+    Warn,
+    /// Refuse a definition the lint finds fault with (422).
+    Enforce,
+}
+
+/// The API's rules an operator sets (`[api]`, `[storage]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiOptions {
+    pub naming: NamingMode,
+    pub required_prefix: String,
+    /// Most points in one request.
+    pub max_batch: usize,
+    pub default_retention_days: u32,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            naming: NamingMode::Warn,
+            required_prefix: String::new(),
+            max_batch: 100_000,
+            default_retention_days: 90,
+        }
+    }
+}
+
+/// A metric's type as the API spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+}
+
+impl MetricType {
+    pub fn kind(self) -> Kind {
+        match self {
+            MetricType::Counter => Kind::Counter,
+            MetricType::Gauge => Kind::Gauge,
+            MetricType::Histogram => Kind::Histogram,
+            MetricType::Summary => Kind::Summary,
+        }
+    }
+
+    fn of(kind: Kind) -> Option<MetricType> {
+        match kind {
+            Kind::Counter => Some(MetricType::Counter),
+            Kind::Gauge => Some(MetricType::Gauge),
+            Kind::Histogram => Some(MetricType::Histogram),
+            Kind::Summary => Some(MetricType::Summary),
+            Kind::Set => None,
+        }
+    }
+
+    /// The aggregation of a query that names none, when the definition names none either.
+    fn default_aggregation(self) -> Aggregation {
+        match self {
+            MetricType::Counter => Aggregation::Sum,
+            _ => Aggregation::Average,
+        }
+    }
+}
+
+/// A definition as a client declares it (the Matih seed's fields).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: MetricType,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// The label names every point must carry, no more, no less.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub aggregation: Option<Aggregation>,
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+}
+
+/// A definition in force for one tenant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomMetric {
+    /// The store's key for its points.
+    pub store_id: i64,
+    /// The public id.
+    pub uid: String,
+    pub tenant: String,
+    pub spec: MetricSpec,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Declared in the config file: read-only to the API.
+    pub read_only: bool,
+}
+
+impl CustomMetric {
+    fn family(&self) -> &str {
+        family_name(&self.spec)
+    }
+
+    fn retention_ms(&self, options: &ApiOptions) -> i64 {
+        i64::from(
+            self.spec
+                .retention_days
+                .unwrap_or(options.default_retention_days),
+        ) * DAY_MS
+    }
+}
+
+fn family_name(spec: &MetricSpec) -> &str {
+    match spec.kind {
+        MetricType::Counter => counter_family(&spec.name),
+        _ => &spec.name,
+    }
+}
+
+/// One point a client records.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    pub value: f64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// ISO 8601 with an offset; now when absent.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+}
+
+/// What a query asks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuerySpec {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub step: Option<String>,
+    pub aggregation: Option<String>,
+    /// Label filters: every one must match.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A query's answer, with what it used.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryAnswer {
+    pub metric: String,
+    pub aggregation: Aggregation,
+    pub start: String,
+    pub end: String,
+    pub step: String,
+    pub labels: BTreeMap<String, String>,
+    pub series: Vec<SeriesAnswer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SeriesAnswer {
+    pub labels: BTreeMap<String, String>,
+    pub points: Vec<PointAnswer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PointAnswer {
+    pub timestamp: String,
+    pub value: f64,
+}
+
+type Catalog = HashMap<(String, String), Arc<CustomMetric>>;
+
+/// The custom-metrics service.
+pub struct CustomMetrics {
+    store: Store,
+    recorder: Arc<Recorder>,
+    options: RwLock<ApiOptions>,
+    /// (tenant, name) → definition, for Matih definitions and the store rows of file
+    /// definitions a tenant has recorded to.
+    catalog: RwLock<Catalog>,
+    /// Gauges: the timestamp of the value `/metrics` shows, per store series.
+    shown: Mutex<HashMap<(i64, Arc<str>), i64>>,
+    /// Definition changes one at a time (checks, store, registry as one step).
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl CustomMetrics {
+    /// The service over `store`, with the definitions the store holds put in force.
+    pub fn open(
+        store: Store,
+        recorder: Arc<Recorder>,
+        options: ApiOptions,
+    ) -> Result<CustomMetrics, String> {
+        let stored = store.reader().metrics().map_err(|e| e.to_string())?;
+        let service = CustomMetrics {
+            store,
+            recorder,
+            options: RwLock::new(options),
+            catalog: RwLock::new(HashMap::new()),
+            shown: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        };
+        for row in stored {
+            let read_only = row.scope != MATIH_SCOPE;
+            if read_only && row.scope != FILE_SCOPE {
+                continue;
+            }
+            let spec: MetricSpec = match serde_json::from_str(&row.document) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(
+                        "stored definition {:?} is unreadable, skipped: {e}",
+                        row.name
+                    );
+                    continue;
+                }
+            };
+            let metric = CustomMetric {
+                store_id: row.id,
+                uid: row.uid,
+                tenant: row.tenant,
+                spec,
+                created_ms: row.created_ms,
+                updated_ms: row.updated_ms,
+                read_only,
+            };
+            if !read_only {
+                service.install(&metric);
+            }
+            service.catalog.write().insert(
+                (metric.tenant.clone(), metric.spec.name.clone()),
+                Arc::new(metric),
+            );
+        }
+        Ok(service)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn set_options(&self, options: ApiOptions) {
+        *self.options.write() = options;
+    }
+
+    pub fn options(&self) -> ApiOptions {
+        self.options.read().clone()
+    }
+
+    /// The registry definition of an API metric, unless one is in force for its family.
+    fn install(&self, metric: &CustomMetric) {
+        let family = metric.family();
+        if self.recorder.definitions().get(family).is_some() {
+            return;
+        }
+        let spec = &metric.spec;
+        let unit = spec
+            .unit
+            .as_deref()
+            .filter(|unit| !unit.is_empty() && family.ends_with(&format!("_{unit}")));
+        let definition = Definition {
+            kind: spec.kind.kind(),
+            // Each tenant's schema is checked here, per request; the registry takes any.
+            labels: None,
+            options: SeriesOptions {
+                help: spec.description.as_deref().map(Arc::from),
+                unit: unit.map(Arc::from),
+                ..SeriesOptions::default()
+            },
+            aggregation: spec.aggregation,
+        };
+        if let Err(e) = self.recorder.define(Source::Api, family, definition) {
+            tracing::warn!(
+                "API metric {:?} is not in force in /metrics: {e}",
+                spec.name
+            );
+        }
+    }
+
+    /// The tenant's definitions, and the config file's, sorted by name.
+    pub fn list(&self, tenant: &str) -> Vec<Arc<CustomMetric>> {
+        let mut out: BTreeMap<String, Arc<CustomMetric>> = self
+            .file_metrics(tenant)
+            .into_iter()
+            .map(|m| (m.spec.name.clone(), m))
+            .collect();
+        for ((owner, name), metric) in self.catalog.read().iter() {
+            if owner == tenant && !metric.read_only {
+                out.insert(name.clone(), Arc::clone(metric));
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// One of the tenant's definitions (or the file's), or 404.
+    pub fn get(&self, tenant: &str, name: &str) -> Result<Arc<CustomMetric>, Problem> {
+        if let Some(metric) = self.file_metric(tenant, name) {
+            return Ok(metric);
+        }
+        self.catalog
+            .read()
+            .get(&(tenant.to_owned(), name.to_owned()))
+            .filter(|m| !m.read_only)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Defines a metric for `tenant`. Answers the definition and the naming lint's findings.
+    pub async fn register(
+        &self,
+        tenant: &str,
+        spec: MetricSpec,
+    ) -> Result<(Arc<CustomMetric>, Vec<String>), Problem> {
+        let options = self.options();
+        check_spec(&spec)?;
+        let warnings = names::lint(
+            &spec.name,
+            spec.kind.kind(),
+            spec.unit.as_deref(),
+            &options.required_prefix,
+        );
+        if options.naming == NamingMode::Enforce && !warnings.is_empty() {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "naming",
+                format!("the name breaks the naming rules: {}", warnings.join("; ")),
+            )
+            .with_field("name"));
+        }
+        let _change = self.changes.lock().await;
+        if self.file_metric(tenant, &spec.name).is_some() {
+            return Err(read_only(&spec.name));
+        }
+        let key = (tenant.to_owned(), spec.name.clone());
+        if self.catalog.read().get(&key).is_some_and(|m| !m.read_only) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!(
+                    "metric {:?} is already defined; delete it first to change it",
+                    spec.name
+                ),
+            )
+            .with_field("name"));
+        }
+        self.check_family_kind(&spec)?;
+        let now = time::now_ms();
+        let uid = uuid::Uuid::new_v4().to_string();
+        let document = serde_json::to_string(&spec).expect("a spec serialises");
+        let written = self
+            .store
+            .write(Write::PutMetric(StoredMetric {
+                id: 0,
+                uid: uid.clone(),
+                tenant: tenant.to_owned(),
+                scope: MATIH_SCOPE.into(),
+                name: spec.name.clone(),
+                document,
+                created_ms: now,
+                updated_ms: now,
+            }))
+            .await
+            .map_err(storage_failed)?;
+        let Written::Metric(store_id) = written else {
+            return Err(storage_failed("the store did not answer an id"));
+        };
+        let metric = Arc::new(CustomMetric {
+            store_id,
+            uid,
+            tenant: tenant.to_owned(),
+            spec,
+            created_ms: now,
+            updated_ms: now,
+            read_only: false,
+        });
+        self.install(&metric);
+        self.catalog.write().insert(key, Arc::clone(&metric));
+        Ok((metric, warnings))
+    }
+
+    /// A family name serves one type in `/metrics`, whoever defined or sent it.
+    fn check_family_kind(&self, spec: &MetricSpec) -> Result<(), Problem> {
+        let family = family_name(spec);
+        let kind = spec.kind.kind();
+        let defined = self.recorder.definitions().get(family).map(|d| d.kind);
+        let live = self
+            .recorder
+            .registry()
+            .family_named(family)
+            .map(|f| f.kind());
+        match defined.or(live) {
+            Some(other) if other != kind => Err(Problem::new(
+                StatusCode::CONFLICT,
+                "name_conflict",
+                format!(
+                    "/metrics already serves {family:?} as a {}; choose another name or type",
+                    other.name()
+                ),
+            )
+            .with_field("name")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes one of the tenant's definitions with its stored points and live series.
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), Problem> {
+        let _change = self.changes.lock().await;
+        if self.file_metric(tenant, name).is_some() {
+            return Err(read_only(name));
+        }
+        let key = (tenant.to_owned(), name.to_owned());
+        let metric = self
+            .catalog
+            .read()
+            .get(&key)
+            .filter(|m| !m.read_only)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
+        self.store
+            .write(Write::DeleteMetric {
+                id: metric.store_id,
+            })
+            .await
+            .map_err(storage_failed)?;
+        self.catalog.write().remove(&key);
+        self.shown
+            .lock()
+            .retain(|(id, _), _| *id != metric.store_id);
+        let family = metric.family();
+        let shared = self
+            .catalog
+            .read()
+            .values()
+            .any(|other| !other.read_only && other.family() == family);
+        if shared {
+            self.recorder.registry().remove_series(family, |series| {
+                crate::read::Labels::Escaped(series.labels())
+                    .pairs()
+                    .any(|(name, value)| name == TENANT_LABEL && value == tenant)
+            });
+        } else if let Err(e) = self.recorder.undefine(Source::Api, family) {
+            tracing::warn!("deleting {name:?}: {e}");
+        }
+        Ok(())
+    }
+
+    /// Records `samples` into the tenant's metric `name`: all of them, or none with the reason.
+    pub async fn record(
+        &self,
+        tenant: &str,
+        name: &str,
+        samples: Vec<Sample>,
+    ) -> Result<usize, Problem> {
+        let options = self.options();
+        if samples.len() > options.max_batch {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                format!(
+                    "{} points in one request; at most {}",
+                    samples.len(),
+                    options.max_batch
+                ),
+            ));
+        }
+        let metric = self.metric_for_writes(tenant, name).await?;
+        let now = time::now_ms();
+        let oldest = now - metric.retention_ms(&options);
+        let declared: Vec<&str> = metric.spec.labels.iter().map(String::as_str).collect();
+        let mut points = Vec::with_capacity(samples.len());
+        let mut labels_keys: HashMap<&BTreeMap<String, String>, Arc<str>> = HashMap::new();
+        for (i, sample) in samples.iter().enumerate() {
+            let field = |name: &str| {
+                if samples.len() == 1 {
+                    name.to_owned()
+                } else {
+                    format!("[{i}].{name}")
+                }
+            };
+            if !sample.value.is_finite() {
+                return Err(unprocessable(
+                    Refusal::NonFiniteValue.label(),
+                    "the value must be a finite number",
+                    field("value"),
+                ));
+            }
+            if metric.spec.kind == MetricType::Counter && sample.value < 0.0 {
+                return Err(unprocessable(
+                    Refusal::NegativeCounter.label(),
+                    format!(
+                        "{name:?} is a counter: a recorded value is an increment and cannot be negative"
+                    ),
+                    field("value"),
+                ));
+            }
+            let given: Vec<&str> = sample.labels.keys().map(String::as_str).collect();
+            let mut wanted = declared.clone();
+            wanted.sort_unstable();
+            if given != wanted {
+                return Err(unprocessable(
+                    "labels_mismatch",
+                    format!(
+                        "{name:?} takes the labels [{}]; the point has [{}]",
+                        declared.join(", "),
+                        given.join(", ")
+                    ),
+                    field("labels"),
+                ));
+            }
+            let ts_ms = match &sample.timestamp {
+                None => now,
+                Some(text) => time::parse_instant(text).map_err(|detail| {
+                    Problem::new(StatusCode::BAD_REQUEST, "invalid_timestamp", detail)
+                        .with_field(field("timestamp"))
+                })?,
+            };
+            if ts_ms < oldest {
+                return Err(unprocessable(
+                    "outside_retention",
+                    format!(
+                        "{} is older than {name:?} keeps points ({} days)",
+                        time::format_instant(ts_ms),
+                        (now - oldest) / DAY_MS
+                    ),
+                    field("timestamp"),
+                ));
+            }
+            if ts_ms > now + MAX_FUTURE_MS {
+                return Err(unprocessable(
+                    "timestamp_in_future",
+                    format!(
+                        "{} is more than 10 minutes ahead of this host's clock",
+                        time::format_instant(ts_ms)
+                    ),
+                    field("timestamp"),
+                ));
+            }
+            let labels = labels_keys.entry(&sample.labels).or_insert_with(|| {
+                store::labels_key(sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .into()
+            });
+            points.push(Point {
+                labels: Arc::clone(labels),
+                ts_ms,
+                value: sample.value,
+            });
+        }
+        // Every label set must be able to live in /metrics before anything is stored.
+        for sample in labels_keys.keys() {
+            self.show(&metric, tenant, sample, None)
+                .map_err(|refusal| refused(name, refusal))?;
+        }
+        let count = points.len();
+        self.store
+            .write(Write::Points {
+                metric: metric.store_id,
+                points: points.clone(),
+            })
+            .await
+            .map_err(storage_failed)?;
+        for (sample, point) in samples.iter().zip(&points) {
+            if let Err(refusal) = self.show(&metric, tenant, &sample.labels, Some(point)) {
+                // Stored, but /metrics refused it meanwhile (a limit reached by another input).
+                tracing::debug!(
+                    "a stored point of {name:?} is not in /metrics: {}",
+                    refusal.label()
+                );
+            }
+        }
+        Ok(count)
+    }
+
+    /// Puts a point in the registry (or, without one, only checks its series can exist).
+    fn show(
+        &self,
+        metric: &CustomMetric,
+        tenant: &str,
+        labels: &BTreeMap<String, String>,
+        point: Option<&Point>,
+    ) -> Result<(), Refusal> {
+        let pairs = std::iter::once((TENANT_LABEL, tenant))
+            .chain(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let kind = metric.spec.kind.kind();
+        let Some(point) = point else {
+            let mut key = SeriesKeyBuf::default();
+            let options = SeriesOptions::default();
+            return self
+                .recorder
+                .series(metric.family(), kind, pairs, &options, &mut key)
+                .map(drop);
+        };
+        let update = match kind {
+            Kind::Counter => Update::Add(point.value),
+            Kind::Gauge => {
+                let mut shown = self.shown.lock();
+                let newest = shown
+                    .entry((metric.store_id, Arc::clone(&point.labels)))
+                    .or_insert(i64::MIN);
+                if point.ts_ms < *newest {
+                    return Ok(());
+                }
+                *newest = point.ts_ms;
+                Update::Set(point.value)
+            }
+            _ => Update::Observe {
+                value: point.value,
+                weight: 1,
+            },
+        };
+        self.recorder
+            .record(metric.family(), kind, pairs, update)
+            .map(drop)
+    }
+
+    /// Answers a query over the tenant's metric `name`.
+    pub async fn query(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: QuerySpec,
+    ) -> Result<QueryAnswer, Problem> {
+        let metric = self.get(tenant, name)?;
+        let bad = |code: &'static str, field: &str, detail: String| {
+            Problem::new(StatusCode::BAD_REQUEST, code, detail).with_field(field)
+        };
+        let now = time::now_ms();
+        let end = match &spec.end {
+            Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "end", d))?,
+            None => now,
+        };
+        let start = match &spec.start {
+            Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "start", d))?,
+            None => end - 3_600_000,
+        };
+        let step = match &spec.step {
+            Some(text) => time::parse_step(text).map_err(|d| bad("invalid_step", "step", d))?,
+            None => 60_000,
+        };
+        let aggregation = match &spec.aggregation {
+            Some(text) => {
+                serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
+                    bad(
+                        "invalid_aggregation",
+                        "aggregation",
+                        format!("{text:?} is not one of average, sum, min, max, count, last"),
+                    )
+                })?
+            }
+            None => metric
+                .spec
+                .aggregation
+                .unwrap_or(metric.spec.kind.default_aggregation()),
+        };
+        let bins = Bins::new(start, end, step).map_err(|d| bad("invalid_range", "start", d))?;
+        let answer = QueryAnswer {
+            metric: name.to_owned(),
+            aggregation,
+            start: time::format_instant(start),
+            end: time::format_instant(end),
+            step: time::format_step(step),
+            labels: spec.labels.clone(),
+            series: Vec::new(),
+        };
+        if metric.read_only && metric.store_id < 0 {
+            // A file definition nothing was recorded to through the API.
+            return Ok(answer);
+        }
+        let id = metric.store_id;
+        let filter = spec.labels;
+        let series = self
+            .store
+            .read(move |reader| {
+                let all = reader.series(id)?;
+                let chosen: Vec<(i64, BTreeMap<String, String>)> = all
+                    .into_iter()
+                    .map(|(sid, text)| {
+                        (
+                            sid,
+                            store::labels_of(&text)
+                                .into_iter()
+                                .collect::<BTreeMap<_, _>>(),
+                        )
+                    })
+                    .filter(|(_, labels)| filter.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                    .collect();
+                let ids: Vec<i64> = chosen.iter().map(|(sid, _)| *sid).collect();
+                let mut binner = Binner::new(bins);
+                reader.scan(id, start, end, Some(&ids), &mut |sid, ts, value| {
+                    binner.add(sid, ts, value)
+                })?;
+                let mut points = binner.finish(aggregation);
+                Ok(chosen
+                    .into_iter()
+                    .filter_map(|(sid, labels)| {
+                        let points = points.remove(&sid)?;
+                        Some(SeriesAnswer {
+                            labels,
+                            points: points
+                                .into_iter()
+                                .map(|(ts, value)| PointAnswer {
+                                    timestamp: time::format_instant(ts),
+                                    value,
+                                })
+                                .collect(),
+                        })
+                    })
+                    .collect())
+            })
+            .await
+            .map_err(storage_failed)?;
+        Ok(QueryAnswer { series, ..answer })
+    }
+
+    /// The tenant's definition of `name` to write points to: an API one, or a file one (whose
+    /// store row is made on first use).
+    async fn metric_for_writes(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Arc<CustomMetric>, Problem> {
+        let metric = self.get(tenant, name)?;
+        if !metric.read_only || metric.store_id >= 0 {
+            return Ok(metric);
+        }
+        let _change = self.changes.lock().await;
+        let key = (tenant.to_owned(), name.to_owned());
+        if let Some(known) = self.catalog.read().get(&key) {
+            return Ok(CustomMetric {
+                spec: metric.spec.clone(),
+                ..(**known).clone()
+            }
+            .into());
+        }
+        let now = time::now_ms();
+        let written = self
+            .store
+            .write(Write::PutMetric(StoredMetric {
+                id: 0,
+                uid: format!("file:{tenant}:{name}"),
+                tenant: tenant.to_owned(),
+                scope: FILE_SCOPE.into(),
+                name: name.to_owned(),
+                document: serde_json::to_string(&metric.spec).expect("a spec serialises"),
+                created_ms: now,
+                updated_ms: now,
+            }))
+            .await
+            .map_err(storage_failed)?;
+        let Written::Metric(store_id) = written else {
+            return Err(storage_failed("the store did not answer an id"));
+        };
+        let stored = Arc::new(CustomMetric {
+            store_id,
+            ..(*metric).clone()
+        });
+        self.catalog.write().insert(key, Arc::clone(&stored));
+        Ok(stored)
+    }
+
+    /// The config file's definitions, as the tenant sees them.
+    fn file_metrics(&self, tenant: &str) -> Vec<Arc<CustomMetric>> {
+        self.recorder
+            .definitions()
+            .list()
+            .into_iter()
+            .filter(|(_, source, _)| *source == Source::File)
+            .filter_map(|(name, _, definition)| self.file_view(tenant, &name, &definition))
+            .collect()
+    }
+
+    fn file_metric(&self, tenant: &str, name: &str) -> Option<Arc<CustomMetric>> {
+        let family = counter_family(name);
+        [name, family].into_iter().find_map(|candidate| {
+            let definitions = self.recorder.definitions();
+            (definitions.source(candidate) == Some(Source::File))
+                .then(|| definitions.get(candidate))
+                .flatten()
+                .and_then(|definition| self.file_view(tenant, candidate, &definition))
+                .filter(|metric| metric.spec.name == name)
+        })
+    }
+
+    /// A file definition as an API metric; its store row, when the tenant has one.
+    fn file_view(
+        &self,
+        tenant: &str,
+        family: &str,
+        definition: &Definition,
+    ) -> Option<Arc<CustomMetric>> {
+        let kind = MetricType::of(definition.kind)?;
+        let name = match kind {
+            MetricType::Counter => format!("{family}_total"),
+            _ => family.to_owned(),
+        };
+        let stored = self
+            .catalog
+            .read()
+            .get(&(tenant.to_owned(), name.clone()))
+            .cloned();
+        let spec = MetricSpec {
+            name: name.clone(),
+            kind,
+            description: definition.options.help.as_deref().map(str::to_owned),
+            unit: definition.options.unit.as_deref().map(str::to_owned),
+            labels: definition
+                .labels
+                .iter()
+                .flat_map(|labels| labels.iter().map(|l| l.to_string()))
+                .collect(),
+            aggregation: definition.aggregation,
+            retention_days: None,
+        };
+        Some(Arc::new(match stored {
+            Some(row) => CustomMetric {
+                spec,
+                ..(*row).clone()
+            },
+            None => CustomMetric {
+                store_id: -1,
+                uid: format!("file:{name}"),
+                tenant: tenant.to_owned(),
+                spec,
+                created_ms: 0,
+                updated_ms: 0,
+                read_only: true,
+            },
+        }))
+    }
+
+    /// Removes points past each metric's retention. Run now and then, beside everything else:
+    /// each metric is one short write.
+    pub async fn expire(&self) -> Result<u64, String> {
+        let options = self.options();
+        let now = time::now_ms();
+        let metrics: Vec<Arc<CustomMetric>> = self.catalog.read().values().cloned().collect();
+        let mut removed = 0;
+        for metric in metrics {
+            let before_ms = now - metric.retention_ms(&options);
+            if let Ok(Written::Removed(n)) = self
+                .store
+                .write(Write::Expire {
+                    metric: metric.store_id,
+                    before_ms,
+                })
+                .await
+                .map_err(|e| e.to_string())
+            {
+                removed += n;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The store scope of a file definition's rows.
+const FILE_SCOPE: &str = "file";
+
+fn check_spec(spec: &MetricSpec) -> Result<(), Problem> {
+    if let Some(reason) = names::unusable(&spec.name) {
+        return Err(unprocessable("invalid_name", reason, "name".into()));
+    }
+    for (i, label) in spec.labels.iter().enumerate() {
+        let field = format!("labels[{i}]");
+        if !crate::naming::is_clean_name(label) || label.starts_with("__") {
+            return Err(unprocessable(
+                "invalid_label",
+                format!("{label:?} is not a Prometheus label name"),
+                field,
+            ));
+        }
+        if label == TENANT_LABEL {
+            return Err(unprocessable(
+                "invalid_label",
+                "\"tenant\" is set by tallyd on every API series".to_string(),
+                field,
+            ));
+        }
+        if spec.labels[..i].contains(label) {
+            return Err(unprocessable(
+                "invalid_label",
+                format!("{label:?} is listed twice"),
+                field,
+            ));
+        }
+    }
+    if spec.retention_days == Some(0) {
+        return Err(unprocessable(
+            "invalid_retention",
+            "retentionDays must be at least 1".to_string(),
+            "retentionDays".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn unprocessable(code: &'static str, detail: impl Into<String>, field: String) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
+}
+
+fn not_found(name: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "metric_not_found",
+        format!("there is no custom metric {name:?}"),
+    )
+}
+
+fn read_only(name: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "read_only",
+        format!("{name:?} is defined in the config file and cannot be changed through the API"),
+    )
+}
+
+fn refused(name: &str, refusal: Refusal) -> Problem {
+    let status = match refusal {
+        Refusal::TypeConflict => StatusCode::CONFLICT,
+        Refusal::SetFull | Refusal::SeriesLimit => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    Problem::new(
+        status,
+        refusal.label(),
+        format!(
+            "/metrics cannot take the points of {name:?}: {}",
+            refusal.label().replace('_', " ")
+        ),
+    )
+}
+
+fn storage_failed(error: impl std::fmt::Display) -> Problem {
+    tracing::error!("{error}");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        format!("the write was not stored: {error}"),
+    )
+}

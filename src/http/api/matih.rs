@@ -1,0 +1,230 @@
+//! The Matih custom-metrics API, at the seed's paths under
+//! `/api/v1/observability/custom-metrics`: register, list, get, delete, record and query. JSON in
+//! and out; the rules are [`crate::custom`]'s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::StatusCode;
+use serde::Serialize;
+
+use super::{ApiJson, ApiState, Caller, OneOrMany, Problem};
+use crate::custom::{CustomMetric, MetricSpec, MetricType, QuerySpec, Sample, time};
+use crate::definitions::Aggregation;
+use crate::tokens::Scope;
+
+/// Where the routes live.
+pub const BASE: &str = "/api/v1/observability/custom-metrics";
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route(BASE, post(register).get(list))
+        .route(&format!("{BASE}/{{name}}"), get(show).delete(delete))
+        .route(&format!("{BASE}/{{name}}/data"), post(record))
+        .route(&format!("{BASE}/{{name}}/query"), get(query))
+}
+
+/// A definition as the API answers it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricDocument {
+    id: String,
+    name: String,
+    #[serde(rename = "type")]
+    kind: MetricType,
+    description: Option<String>,
+    unit: Option<String>,
+    labels: Vec<String>,
+    aggregation: Option<Aggregation>,
+    retention_days: u32,
+    /// Declared in the config file: read-only here.
+    read_only: bool,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+impl MetricDocument {
+    fn of(metric: &CustomMetric, default_retention_days: u32, warnings: Vec<String>) -> Self {
+        let spec = &metric.spec;
+        let stamp = |ms: i64| (ms > 0).then(|| time::format_instant(ms));
+        MetricDocument {
+            id: metric.uid.clone(),
+            name: spec.name.clone(),
+            kind: spec.kind,
+            description: spec.description.clone(),
+            unit: spec.unit.clone(),
+            labels: spec.labels.clone(),
+            aggregation: spec.aggregation,
+            retention_days: spec.retention_days.unwrap_or(default_retention_days),
+            read_only: metric.read_only,
+            created_at: stamp(metric.created_ms),
+            updated_at: stamp(metric.updated_ms),
+            warnings,
+        }
+    }
+}
+
+fn document(state: &ApiState, metric: &CustomMetric, warnings: Vec<String>) -> MetricDocument {
+    let days = state.custom.options().default_retention_days;
+    MetricDocument::of(metric, days, warnings)
+}
+
+async fn register(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<MetricSpec>,
+) -> Result<Response, Problem> {
+    caller.require(Scope::Admin)?;
+    let (metric, warnings) = state.custom.register(&caller.tenant, spec).await?;
+    let body = document(&state, &metric, warnings);
+    Ok((StatusCode::CREATED, ApiJson(body)).into_response())
+}
+
+async fn list(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Response, Problem> {
+    caller.require(Scope::Read)?;
+    let metrics: Vec<MetricDocument> = state
+        .custom
+        .list(&caller.tenant)
+        .iter()
+        .map(|metric| document(&state, metric, Vec::new()))
+        .collect();
+    Ok(ApiJson(metrics).into_response())
+}
+
+async fn show(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    caller.require(Scope::Read)?;
+    let metric = state.custom.get(&caller.tenant, &name)?;
+    Ok(ApiJson(document(&state, &metric, Vec::new())).into_response())
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    name: String,
+    deleted: bool,
+}
+
+async fn delete(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    caller.require(Scope::Admin)?;
+    state.custom.delete(&caller.tenant, &name).await?;
+    Ok(ApiJson(Deleted {
+        name,
+        deleted: true,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct Recorded {
+    metric: String,
+    recorded: usize,
+}
+
+async fn record(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(OneOrMany(samples)): ApiJson<OneOrMany<Sample>>,
+) -> Result<Response, Problem> {
+    caller.require(Scope::Write)?;
+    let recorded = state.custom.record(&caller.tenant, &name, samples).await?;
+    Ok(ApiJson(Recorded {
+        metric: name,
+        recorded,
+    })
+    .into_response())
+}
+
+async fn query(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    caller.require(Scope::Read)?;
+    let spec = parse_query(raw.as_deref().unwrap_or(""))?;
+    let answer = state.custom.query(&caller.tenant, &name, spec).await?;
+    Ok(ApiJson(answer).into_response())
+}
+
+/// Reads the query string by hand: `labels` comes as `labels=service:a,model:b` or as
+/// `labels[service]=a` (any number of them), which `Query` cannot take.
+pub fn parse_query(raw: &str) -> Result<QuerySpec, Problem> {
+    let bad = |field: &str, detail: String| {
+        Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail).with_field(field)
+    };
+    let mut spec = QuerySpec::default();
+    let mut labels = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        let slot = match key.as_ref() {
+            "start" => &mut spec.start,
+            "end" => &mut spec.end,
+            "step" => &mut spec.step,
+            "aggregation" => &mut spec.aggregation,
+            "labels" => {
+                for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+                    let (name, wanted) = pair
+                        .split_once(':')
+                        .ok_or_else(|| bad("labels", format!("{pair:?} is not name:value")))?;
+                    labels.insert(name.trim().to_owned(), wanted.trim().to_owned());
+                }
+                continue;
+            }
+            other => {
+                if let Some(name) = other
+                    .strip_prefix("labels[")
+                    .and_then(|r| r.strip_suffix(']'))
+                {
+                    labels.insert(name.to_owned(), value.into_owned());
+                    continue;
+                }
+                return Err(bad(other, format!("unknown query parameter {other:?}")));
+            }
+        };
+        if slot.is_some() {
+            return Err(bad(&key, format!("{key:?} is given twice")));
+        }
+        *slot = Some(value.into_owned());
+    }
+    spec.labels = labels;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_filters_in_both_forms() {
+        let spec = parse_query("labels=service:ai-service,model:gpt-4&step=5m").unwrap();
+        assert_eq!(spec.labels.len(), 2);
+        assert_eq!(spec.labels["model"], "gpt-4");
+        assert_eq!(spec.step.as_deref(), Some("5m"));
+        let spec = parse_query("labels%5Bservice%5D=ai-service&labels[model]=gpt-4").unwrap();
+        assert_eq!(spec.labels["service"], "ai-service");
+        assert_eq!(spec.labels["model"], "gpt-4");
+        assert_eq!(parse_query("").unwrap(), QuerySpec::default());
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let problem = parse_query("stepp=1m").unwrap_err();
+        assert_eq!(problem.field.as_deref(), Some("stepp"));
+        let problem = parse_query("labels=nocolon").unwrap_err();
+        assert_eq!(problem.field.as_deref(), Some("labels"));
+        assert!(parse_query("step=1m&step=2m").is_err());
+    }
+}
