@@ -93,16 +93,18 @@ impl Default for IngestOptions {
 const RULE_CACHE_CAPACITY: usize = 10_000;
 
 /// Counts kept in plain integers on the hot path and added to the shared atomics per batch.
-#[derive(Debug, Default)]
-struct LocalCounts {
-    packets: u64,
-    bytes: u64,
-    lines: u64,
-    samples: u64,
-    errors: [u64; Reason::ALL.len()],
-    refusals: [u64; Refusal::ALL.len()],
-    events: u64,
-    service_checks: u64,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestCounts {
+    pub packets: u64,
+    pub bytes: u64,
+    pub lines: u64,
+    pub samples: u64,
+    /// Lines refused by the grammar, by `Reason as usize`.
+    pub errors: [u64; Reason::ALL.len()],
+    /// Samples the write seam refused, by `Refusal as usize`.
+    pub refusals: [u64; Refusal::ALL.len()],
+    pub events: u64,
+    pub service_checks: u64,
 }
 
 /// Turns datagrams into registry updates. Not shared: each receive thread owns one.
@@ -110,7 +112,7 @@ pub struct Ingester {
     recorder: Arc<Recorder>,
     stats: Arc<ReceiverStats>,
     options: IngestOptions,
-    counts: LocalCounts,
+    counts: IngestCounts,
     cache: SeriesCache,
 }
 
@@ -140,6 +142,8 @@ struct Resolver {
     joined: String,
     series_key: SeriesKeyBuf,
     last_warning: Option<Instant>,
+    /// The `tenant` label of API-ingested lines.
+    tenant: Option<Box<str>>,
 }
 
 impl Ingester {
@@ -157,13 +161,14 @@ impl Ingester {
                 joined: String::new(),
                 series_key: SeriesKeyBuf::default(),
                 last_warning: None,
+                tenant: None,
             },
         };
         Ingester {
             recorder,
             stats,
             options,
-            counts: LocalCounts::default(),
+            counts: IngestCounts::default(),
             cache,
         }
     }
@@ -182,8 +187,16 @@ impl Ingester {
         parse_datagram(datagram, &options, self);
     }
 
-    /// Adds the counts gathered since the last flush to the shared self-metrics.
-    pub fn flush_stats(&mut self) {
+    /// Adds every series this ingester makes a `tenant` label (the last word on it), for
+    /// lines that arrive over the API on behalf of a tenant.
+    pub fn with_tenant(mut self, tenant: &str) -> Self {
+        self.cache.resolver.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Adds the counts gathered since the last flush to the shared self-metrics, and returns
+    /// them.
+    pub fn flush_stats(&mut self) -> IngestCounts {
         let counts = std::mem::take(&mut self.counts);
         let add = |target: &std::sync::atomic::AtomicU64, n: u64| {
             if n > 0 {
@@ -202,6 +215,7 @@ impl Ingester {
         for (target, n) in self.stats.refusals.iter().zip(counts.refusals) {
             add(target, n);
         }
+        counts
     }
 }
 
@@ -295,7 +309,8 @@ impl Resolver {
             .filter(|_| honor_labels)
             .chain(sample.tags.iter())
             .chain(container)
-            .chain(rule_labels.filter(|_| !honor_labels));
+            .chain(rule_labels.filter(|_| !honor_labels))
+            .chain(self.tenant.as_deref().map(|tenant| ("tenant", tenant)));
         let mut options = SeriesOptions::default();
         if let Some(rule) = rule {
             let summary =

@@ -29,6 +29,9 @@ use crate::naming::{counter_family, is_metric_name, label_name_into};
 use crate::registry::{Kind, Registry, Series, SeriesKeyBuf, SeriesOptions, Update};
 use crate::telemetry::is_reserved_name;
 
+/// The label that names the tenant of a series recorded through the API.
+pub const TENANT_LABEL: &str = "tenant";
+
 crate::closed_set! {
     /// Why a well-formed sample was not recorded (or recorded only in part). A closed set,
     /// exported with the wire reasons ([`crate::protocol::Reason`]) as
@@ -175,7 +178,10 @@ impl Recorder {
                 return Err(Refusal::TypeConflict);
             }
             if let Some(schema) = &definition.labels {
-                drops_labels = key.retain_labels(|name| schema.iter().any(|l| &**l == name)) > 0;
+                // `tenant` is tallyd's own label on API-ingested series: no schema drops it.
+                drops_labels = key.retain_labels(|name| {
+                    name == TENANT_LABEL || schema.iter().any(|l| &**l == name)
+                }) > 0;
             }
             // The declaration wins over the input for what both say.
             let declared = &definition.options;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, Settings};
 use crate::custom::CustomMetrics;
 use crate::definitions::{Definitions, Source};
-use crate::http::api::{Access, ApiState};
+use crate::http::api::{Access, ApiState, StatsdIntake};
 use crate::http::{self, HttpState, Lifecycle};
 use crate::ingest::SharedRules;
 use crate::listen::{self, BoundListener, Listener, tcp, unix};
@@ -187,7 +187,7 @@ pub async fn run(
         }
     };
 
-    let api = match start_api(&settings, &recorder, http_addr) {
+    let api = match start_api(&settings, &recorder, &telemetry, &rules, http_addr) {
         Ok(api) => api,
         Err(e) => {
             shutdown.cancel();
@@ -347,6 +347,8 @@ impl Running {
 fn start_api(
     settings: &Settings,
     recorder: &Arc<Recorder>,
+    telemetry: &Arc<Telemetry>,
+    rules: &Arc<SharedRules>,
     http_addr: SocketAddr,
 ) -> Result<Arc<ApiState>, String> {
     let store = Store::open(&settings.data_dir).map_err(|e| {
@@ -370,10 +372,17 @@ fn start_api(
             );
         }
     }
+    let statsd = StatsdIntake {
+        recorder: Arc::clone(recorder),
+        stats: telemetry.add_receiver("http", http::api::inputs::STATSD_PATH),
+        options: settings.ingest_options(Arc::clone(rules)),
+    };
     Ok(Arc::new(ApiState {
         custom,
         access,
         body_limit: settings.api_body_limit,
+        statsd,
+        telemetry: Arc::clone(telemetry),
     }))
 }
 

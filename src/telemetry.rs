@@ -141,6 +141,8 @@ pub struct Telemetry {
     reloads_failed: AtomicU64,
     scrapes: AtomicU64,
     scrape_seconds: AtomicF64,
+    /// API answers by (route pattern, status code): a bounded set, since routes are patterns.
+    api_requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
 }
 
 impl Default for Telemetry {
@@ -155,6 +157,7 @@ impl Default for Telemetry {
             reloads_failed: AtomicU64::new(0),
             scrapes: AtomicU64::new(0),
             scrape_seconds: AtomicF64::default(),
+            api_requests: Mutex::default(),
         }
     }
 }
@@ -251,6 +254,16 @@ impl Telemetry {
             ReloadOutcome::Failure => &self.reloads_failed,
         }
         .load(Ordering::Relaxed)
+    }
+
+    /// Counts one API answer: `route` is the route's pattern (`/api/v1/…/{name}`), never the
+    /// request's own path, so the label set stays bounded.
+    pub fn record_api_request(&self, route: &str, code: u16) {
+        *self
+            .api_requests
+            .lock()
+            .entry((route.to_owned(), code))
+            .or_default() += 1;
     }
 
     /// Records the time one scrape took to render.
@@ -553,6 +566,36 @@ impl Telemetry {
             }
             visitor.end_family(&family);
         }
+        self.visit_api_requests(visitor);
+    }
+
+    /// `tallyd_api_requests_total{route,code}`: the one self-metric with two labels.
+    fn visit_api_requests(&self, visitor: &mut impl Visitor) {
+        let requests = self.api_requests.lock().clone();
+        if requests.is_empty() {
+            return;
+        }
+        let family = FamilyView {
+            name: "tallyd_api_requests",
+            kind: Kind::Counter,
+            help: Some("API requests answered, by route pattern and status code."),
+            unit: None,
+            buckets: &[],
+        };
+        if !visitor.family(&family) {
+            return;
+        }
+        for ((route, code), count) in requests {
+            let code = code.to_string();
+            let pairs = [("route", route.as_str()), ("code", code.as_str())];
+            let series = SeriesView {
+                labels: Labels::Pairs(&pairs),
+                created: None,
+                value: ValueView::Counter(count as f64),
+            };
+            visitor.series(&family, &series);
+        }
+        visitor.end_family(&family);
     }
 }
 

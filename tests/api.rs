@@ -667,3 +667,213 @@ fn acknowledged_writes_survive_kill_9() {
         .sum();
     assert_eq!(counted, 50.0, "{answer}");
 }
+
+fn post_raw(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let response = http_send(
+        addr,
+        "POST",
+        path,
+        &[("Authorization", &auth), ("Content-Type", content_type)],
+        body.as_bytes(),
+    );
+    let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    (response.status, json)
+}
+
+#[test]
+fn seldon_responses_become_series_with_the_tenant() {
+    let tallyd = InProcess::with_config(&config(""));
+    let addr = tallyd.http;
+    // A SeldonMessage as a model's microservice answers it (REST path), a SeldonMessageList,
+    // and the gRPC path's JSON, whose COUNTER has no "type".
+    let message = json!({"data": {"names": ["t:0"], "ndarray": [[1]]}, "meta": {"metrics": [
+        {"key": "mycounter", "tags": {"method": "predict", "mytag": "mytagvalue"}, "type": "COUNTER", "value": 1},
+        {"key": "mygauge", "type": "GAUGE", "value": 22.0},
+        {"key": "mytimer", "type": "TIMER", "value": 250.0}
+    ]}});
+    let (status, answer) = call(
+        addr,
+        "POST",
+        "/api/v1/seldon/metrics",
+        WRITER,
+        Some(message),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 3);
+    assert_eq!(answer["refused"], json!([]));
+    let list = json!({"seldonMessages": [
+        {"meta": {"metrics": [{"key": "mycounter", "tags": {"method": "predict", "mytag": "mytagvalue"}, "value": 2.0}]}},
+        {"meta": {"metrics": [{"key": "mytimer", "type": "TIMER", "value": 750, "tags": {"region": "eu"}}]}},
+        {"data": {"ndarray": []}}
+    ]});
+    let (status, answer) = call(addr, "POST", "/api/v1/seldon/metrics", WRITER, Some(list));
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(2)),
+        "{answer}"
+    );
+    let bare = json!({"metrics": [
+        {"key": "mygauge", "type": "GAUGE", "value": 5},
+        {"key": "weird", "type": "HISTOGRAM", "value": 1},
+        {"key": "mygauge", "type": "GAUGE", "value": "high"}
+    ]});
+    let (status, answer) = call(addr, "POST", "/api/v1/seldon/metrics", WRITER, Some(bare));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 1);
+    let refused = answer["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 2, "{answer}");
+    assert_eq!(
+        (
+            refused[0]["key"].as_str(),
+            refused[0]["code"].as_str(),
+            refused[0]["at"].as_str()
+        ),
+        (Some("weird"), Some("invalid_type"), Some("metrics[1]"))
+    );
+    assert_eq!(refused[1]["code"], "invalid_value");
+
+    let text = tallyd.scrape();
+    let tenant = "tenant=\"550e8400\"";
+    assert_eq!(
+        value_of(
+            &text,
+            &format!("mycounter_total{{method=\"predict\",mytag=\"mytagvalue\",{tenant}}}")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_of(&text, &format!("mygauge{{{tenant}}}")),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_of(&text, &format!("mytimer_count{{{tenant}}}")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_of(&text, &format!("mytimer_sum{{{tenant}}}")),
+        Some(0.25),
+        "{text}"
+    );
+    // Another tag key set is another series of the same family.
+    assert_eq!(
+        value_of(&text, &format!("mytimer_sum{{region=\"eu\",{tenant}}}")),
+        Some(0.75),
+        "{text}"
+    );
+    assert_eq!(common::declared_type(&text, "mytimer"), Some("histogram"));
+
+    // Not a Seldon body at all.
+    let (status, p) = call(
+        addr,
+        "POST",
+        "/api/v1/seldon/metrics",
+        WRITER,
+        Some(json!({"x": 1})),
+    );
+    assert_eq!((status, p["code"].as_str()), (422, Some("no_metrics")));
+    let (status, p) = post_raw(
+        addr,
+        "/api/v1/seldon/metrics",
+        WRITER,
+        "application/json",
+        "{not json",
+    );
+    assert_eq!((status, p["code"].as_str()), (400, Some("malformed_json")));
+}
+
+#[test]
+fn seldon_tags_fold_into_a_declared_schema() {
+    let tallyd = InProcess::with_config(&config(""));
+    let addr = tallyd.http;
+    let (status, _) = call(
+        addr,
+        "POST",
+        BASE,
+        WRITER,
+        Some(json!({"name": "served_total", "type": "counter", "labels": ["model"]})),
+    );
+    assert_eq!(status, 201);
+    let post = json!({"meta": {"metrics": [{"key": "served", "type": "COUNTER", "value": 4, "tags": {"model": "m1", "method": "predict"}}]}});
+    let (status, answer) = call(addr, "POST", "/api/v1/seldon/metrics", WRITER, Some(post));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 1);
+    let warning = answer["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("[method]") && warning.contains("[model]"),
+        "{warning}"
+    );
+    assert_eq!(
+        value_of(
+            &tallyd.scrape(),
+            r#"served_total{model="m1",tenant="550e8400"}"#
+        ),
+        Some(4.0)
+    );
+}
+
+#[test]
+fn statsd_lines_over_http_go_through_the_parser_and_rules() {
+    let tallyd = InProcess::with_config(&config(
+        "[[mapping]]\nmatch = \"job.*.duration\"\nname = \"job_duration_seconds\"\nlabels = { job = \"$1\" }",
+    ));
+    let addr = tallyd.http;
+    let body = "jobs.done:1|c|#queue:q1\r\njob.nightly.duration:1500|ms\nbroken line\nx:1|zz\n\n";
+    let (status, answer) = post_raw(addr, "/api/v1/statsd", WRITER, "text/plain", body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    assert_eq!(
+        answer["refused"],
+        json!({"missing_colon": 1, "unknown_type": 1}),
+        "{answer}"
+    );
+    let text = tallyd.scrape();
+    assert_eq!(
+        value_of(&text, r#"jobs_done_total{queue="q1",tenant="550e8400"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            r#"job_duration_seconds_sum{job="nightly",tenant="550e8400"}"#
+        ),
+        Some(1.5),
+        "{text}"
+    );
+    assert_eq!(
+        post_raw(addr, "/api/v1/statsd", WRITER, "application/json", "a:1|c").0,
+        415
+    );
+    assert_eq!(
+        post_raw(addr, "/api/v1/statsd", READER, "text/plain", "a:1|c").0,
+        403
+    );
+    // Every answer is counted by route and code.
+    let text = tallyd.scrape();
+    assert_eq!(
+        value_of(
+            &text,
+            r#"tallyd_api_requests_total{route="/api/v1/statsd",code="200"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            r#"tallyd_api_requests_total{route="/api/v1/statsd",code="415"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -26,12 +26,12 @@ use crate::store::{self, Point, Store, StoredMetric, Write, Written};
 
 pub mod names;
 pub mod query;
+pub mod seldon;
 pub mod time;
 
 use query::{Binner, Bins};
 
-/// The label every API-recorded series carries.
-pub const TENANT_LABEL: &str = "tenant";
+pub use crate::record::TENANT_LABEL;
 
 /// The scope of Matih definitions in the store.
 const MATIH_SCOPE: &str = "matih";
@@ -872,6 +872,26 @@ impl CustomMetrics {
                 read_only: true,
             },
         }))
+    }
+
+    /// The label names the tenant's definition of family `family` (of `kind`) declares, if it
+    /// has one with a schema: what API inputs that carry free-form tags fold theirs into.
+    pub fn declared_labels(&self, tenant: &str, family: &str, kind: Kind) -> Option<Vec<String>> {
+        let total = format!("{family}_total");
+        let names: &[&str] = if kind == Kind::Counter {
+            &[family, &total]
+        } else {
+            &[family]
+        };
+        let metric = names.iter().find_map(|name| self.get(tenant, name).ok())?;
+        if metric.read_only {
+            let definition = self.recorder.definitions().get(metric.family())?;
+            return definition
+                .labels
+                .as_ref()
+                .map(|labels| labels.iter().map(|l| l.to_string()).collect());
+        }
+        Some(metric.spec.labels.clone())
     }
 
     /// Removes points past each metric's retention. Run now and then, beside everything else:

@@ -13,6 +13,7 @@
 
 mod auth;
 mod extract;
+pub mod inputs;
 pub mod matih;
 mod problem;
 
@@ -37,17 +38,48 @@ pub struct ApiState {
     pub access: Arc<Access>,
     /// The most bytes of request body a route reads (`[api] max_body_bytes`).
     pub body_limit: usize,
+    /// Where StatsD lines posted over HTTP go.
+    pub statsd: StatsdIntake,
+    /// Counts every answer in `tallyd_api_requests_total{route,code}`.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
-/// The API's routes, with their authenticator and body limit.
+/// What an ingester for StatsD lines over HTTP is made of (one per request).
+pub struct StatsdIntake {
+    pub recorder: Arc<crate::record::Recorder>,
+    /// Shared by all requests: their lines count in `tallyd_lines_total` and the error
+    /// counters like any listener's.
+    pub stats: Arc<crate::telemetry::ReceiverStats>,
+    pub options: crate::ingest::IngestOptions,
+}
+
+/// The API's routes, with their authenticator, body limit and request counter.
 pub fn routes(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
         .merge(matih::routes())
+        .merge(inputs::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.telemetry),
+            count_request,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
         .layer(axum::Extension(
             Arc::clone(&state.access) as Arc<dyn Authenticator>
         ))
         .with_state(state)
+}
+
+/// Counts the answer by route pattern and status.
+async fn count_request(
+    axum::extract::State(telemetry): axum::extract::State<Arc<crate::telemetry::Telemetry>>,
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    telemetry.record_api_request(route, response.status().as_u16());
+    response
 }
 
 /// Whether `path` belongs to the API (whose answers are JSON, and whose routes may read bodies).
