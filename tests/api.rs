@@ -877,3 +877,32 @@ fn statsd_lines_over_http_go_through_the_parser_and_rules() {
         "{text}"
     );
 }
+
+/// The Python of a client's virtualenv (made by `scripts/setup-test-deps`), if it is there.
+fn venv_python(name: &str) -> Option<std::path::PathBuf> {
+    let python = common::repo_root().join("target/venvs").join(name).join("bin/python");
+    python.exists().then_some(python)
+}
+
+#[test]
+fn a_real_seldon_core_model_s_responses_are_served() {
+    let Some(python) = venv_python("seldon_core") else {
+        require(false, "the seldon-core virtualenv (scripts/setup-test-deps)");
+        return;
+    };
+    let tallyd = InProcess::with_config(&config(""));
+    let output = Command::new(python)
+        .arg(common::repo_root().join("tests/clients/seldon_flow.py"))
+        .env("TALLYD_URL", format!("http://{}", tallyd.http))
+        .env("TALLYD_TOKEN", WRITER)
+        .env("TALLYD_TENANT", "550e8400")
+        .output()
+        .expect("run seldon_flow.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "seldon_flow.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
