@@ -880,14 +880,20 @@ fn statsd_lines_over_http_go_through_the_parser_and_rules() {
 
 /// The Python of a client's virtualenv (made by `scripts/setup-test-deps`), if it is there.
 fn venv_python(name: &str) -> Option<std::path::PathBuf> {
-    let python = common::repo_root().join("target/venvs").join(name).join("bin/python");
+    let python = common::repo_root()
+        .join("target/venvs")
+        .join(name)
+        .join("bin/python");
     python.exists().then_some(python)
 }
 
 #[test]
 fn a_real_seldon_core_model_s_responses_are_served() {
     let Some(python) = venv_python("seldon_core") else {
-        require(false, "the seldon-core virtualenv (scripts/setup-test-deps)");
+        require(
+            false,
+            "the seldon-core virtualenv (scripts/setup-test-deps)",
+        );
         return;
     };
     let tallyd = InProcess::with_config(&config(""));
@@ -905,4 +911,47 @@ fn a_real_seldon_core_model_s_responses_are_served() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
+
+#[test]
+fn schemathesis_finds_the_live_api_true_to_its_openapi_document() {
+    let Some(python) = venv_python("schemathesis") else {
+        require(
+            false,
+            "the schemathesis virtualenv (scripts/setup-test-deps)",
+        );
+        return;
+    };
+    let tallyd = InProcess::with_config(&config(""));
+    // The document is readable without a token.
+    let response = http_send(tallyd.http, "GET", "/api/v1/openapi.json", &[], b"");
+    assert_eq!(response.status, 200);
+    let document: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(
+        document["paths"]["/api/v1/observability/custom-metrics/{name}/query"]["get"].is_object()
+    );
+
+    let schemathesis = python.with_file_name("schemathesis");
+    let output = Command::new(schemathesis)
+        .args([
+            "run",
+            &format!("http://{}/api/v1/openapi.json", tallyd.http),
+        ])
+        // No 5xx; every status, content type, body and header as documented; auth enforced.
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_schema_conformance,response_headers_conformance,ignored_auth",
+        ])
+        .args(["--max-examples", "25", "--no-color"])
+        .args(["-H", &format!("Authorization: Bearer {WRITER}")])
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -74,7 +74,7 @@ impl Default for ApiOptions {
 }
 
 /// A metric's type as the API spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MetricType {
     Counter,
@@ -113,9 +113,10 @@ impl MetricType {
 }
 
 /// A definition as a client declares it (the Matih seed's fields).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricSpec {
+    #[schema(pattern = "^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
     pub name: String,
     #[serde(rename = "type")]
     pub kind: MetricType,
@@ -129,6 +130,7 @@ pub struct MetricSpec {
     #[serde(default)]
     pub aggregation: Option<Aggregation>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub retention_days: Option<u32>,
 }
 
@@ -169,7 +171,7 @@ fn family_name(spec: &MetricSpec) -> &str {
 }
 
 /// One point a client records.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sample {
     pub value: f64,
@@ -192,7 +194,7 @@ pub struct QuerySpec {
 }
 
 /// A query's answer, with what it used.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QueryAnswer {
     pub metric: String,
     pub aggregation: Aggregation,
@@ -203,13 +205,15 @@ pub struct QueryAnswer {
     pub series: Vec<SeriesAnswer>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One series of a query's answer: its labels and its non-empty bins.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SeriesAnswer {
     pub labels: BTreeMap<String, String>,
     pub points: Vec<PointAnswer>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One bin: its start and its aggregated value.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PointAnswer {
     pub timestamp: String,
     pub value: f64,

@@ -19,7 +19,7 @@ use crate::naming::sanitize_name;
 use crate::registry::{Kind, Update};
 
 /// What became of a post.
-#[derive(Debug, Default, PartialEq, Serialize)]
+#[derive(Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SeldonAnswer {
     /// Metrics recorded.
     pub accepted: usize,
@@ -29,7 +29,8 @@ pub struct SeldonAnswer {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, PartialEq, Serialize)]
+/// A metric that was not recorded, and why.
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SeldonRefusal {
     /// Where the metric sits in the body (`meta.metrics[2]`, `seldonMessages[1].meta.metrics[0]`).
     pub at: String,

@@ -5,30 +5,41 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use hyper::StatusCode;
 use hyper::header;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::Problems;
 use super::{ApiJson, ApiState, Caller, Problem, read_body};
-use crate::custom::seldon::metrics_of;
+use crate::custom::seldon::{SeldonAnswer, metrics_of};
 use crate::ingest::Ingester;
 use crate::protocol::Reason;
 use crate::record::Refusal;
 use crate::tokens::Scope;
 
-pub const SELDON_PATH: &str = "/api/v1/seldon/metrics";
+/// The listener name StatsD lines over HTTP count under in the self-metrics.
 pub const STATSD_PATH: &str = "/api/v1/statsd";
 
-pub fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route(SELDON_PATH, post(seldon))
-        .route(STATSD_PATH, post(statsd))
+pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(seldon))
+        .routes(routes!(statsd))
 }
 
+/// A Seldon response (`{"meta": {"metrics": [...]}, "data": ...}`), a SeldonMessageList
+/// (`{"seldonMessages": [...]}`) or `{"metrics": [...]}`: each metric is recorded or refused
+/// with its place and reason (scope `write`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/seldon/metrics",
+    tag = "push",
+    request_body(content = Object, description = "A SeldonMessage, a SeldonMessageList or {\"metrics\": [...]}"),
+    responses((status = 200, description = "What became of each metric", body = SeldonAnswer), Problems)
+)]
 async fn seldon(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -50,7 +61,7 @@ async fn seldon(
 }
 
 /// What became of the lines of one request.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct StatsdAnswer {
     /// Samples recorded (a packed line gives several).
     accepted: u64,
@@ -59,6 +70,15 @@ struct StatsdAnswer {
     refused: BTreeMap<&'static str, u64>,
 }
 
+/// StatsD lines, one per line, through the same parser and mapping rules as the listeners
+/// (scope `write`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/statsd",
+    tag = "push",
+    request_body(content = String, content_type = "text/plain", description = "StatsD / DogStatsD lines"),
+    responses((status = 200, description = "Samples accepted, and refusals by reason", body = StatsdAnswer), Problems)
+)]
 async fn statsd(
     State(state): State<Arc<ApiState>>,
     caller: Caller,

@@ -5,31 +5,29 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use hyper::StatusCode;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::Problems;
 use super::{ApiJson, ApiState, Caller, OneOrMany, Problem};
-use crate::custom::{CustomMetric, MetricSpec, MetricType, QuerySpec, Sample, time};
+use crate::custom::{CustomMetric, MetricSpec, MetricType, QueryAnswer, QuerySpec, Sample, time};
 use crate::definitions::Aggregation;
 use crate::tokens::Scope;
 
-/// Where the routes live.
-pub const BASE: &str = "/api/v1/observability/custom-metrics";
-
-pub fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route(BASE, post(register).get(list))
-        .route(&format!("{BASE}/{{name}}"), get(show).delete(delete))
-        .route(&format!("{BASE}/{{name}}/data"), post(record))
-        .route(&format!("{BASE}/{{name}}/query"), get(query))
+pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(register, list))
+        .routes(routes!(show, delete))
+        .routes(routes!(record))
+        .routes(routes!(query))
 }
 
 /// A definition as the API answers it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricDocument {
     id: String,
@@ -75,6 +73,15 @@ fn document(state: &ApiState, metric: &CustomMetric, warnings: Vec<String>) -> M
     MetricDocument::of(metric, days, warnings)
 }
 
+/// Defines a custom metric for the caller's tenant (scope `admin`). The answer carries the
+/// naming lint's findings as `warnings` (or, with `[api] naming = "enforce"`, refuses with them).
+#[utoipa::path(
+    post,
+    path = "/api/v1/observability/custom-metrics",
+    tag = "custom metrics",
+    request_body = MetricSpec,
+    responses((status = 201, description = "Defined", body = MetricDocument), Problems)
+)]
 async fn register(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -86,6 +93,13 @@ async fn register(
     Ok((StatusCode::CREATED, ApiJson(body)).into_response())
 }
 
+/// The caller's tenant's definitions, and the config file's (read-only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/observability/custom-metrics",
+    tag = "custom metrics",
+    responses((status = 200, description = "The definitions", body = [MetricDocument]), Problems)
+)]
 async fn list(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Response, Problem> {
     caller.require(Scope::Read)?;
     let metrics: Vec<MetricDocument> = state
@@ -97,6 +111,14 @@ async fn list(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Resp
     Ok(ApiJson(metrics).into_response())
 }
 
+/// One definition.
+#[utoipa::path(
+    get,
+    path = "/api/v1/observability/custom-metrics/{name}",
+    tag = "custom metrics",
+    params(("name" = String, Path, description = "The metric's name")),
+    responses((status = 200, description = "The definition", body = MetricDocument), Problems)
+)]
 async fn show(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -107,12 +129,21 @@ async fn show(
     Ok(ApiJson(document(&state, &metric, Vec::new())).into_response())
 }
 
-#[derive(Serialize)]
+/// A deletion done.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Deleted {
     name: String,
     deleted: bool,
 }
 
+/// Deletes a definition with its stored points and its series in `/metrics` (scope `admin`).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/observability/custom-metrics/{name}",
+    tag = "custom metrics",
+    params(("name" = String, Path, description = "The metric's name")),
+    responses((status = 200, description = "Deleted", body = Deleted), Problems)
+)]
 async fn delete(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -127,12 +158,23 @@ async fn delete(
     .into_response())
 }
 
-#[derive(Serialize)]
+/// Points recorded.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Recorded {
     metric: String,
     recorded: usize,
 }
 
+/// One point, or an array of them: all recorded (durably) or none (scope `write`). A counter
+/// adds, a gauge sets, a histogram or summary observes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/observability/custom-metrics/{name}/data",
+    tag = "custom metrics",
+    params(("name" = String, Path, description = "The metric's name")),
+    request_body = SampleBody,
+    responses((status = 200, description = "Recorded", body = Recorded), Problems)
+)]
 async fn record(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -148,6 +190,22 @@ async fn record(
     .into_response())
 }
 
+/// The metric's stored points in step-aligned bins `[start + i·step, start + (i+1)·step)`, one
+/// series per label set, empty bins left out (scope `read`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/observability/custom-metrics/{name}/query",
+    tag = "custom metrics",
+    params(
+        ("name" = String, Path, description = "The metric's name"),
+        ("start" = Option<String>, Query, description = "ISO 8601 with an offset, or unix seconds; default an hour before `end`"),
+        ("end" = Option<String>, Query, description = "Exclusive; default now"),
+        ("step" = Option<String>, Query, description = "30s, 1m, 1h, 1d...; default 1m; at most 11,000 bins"),
+        ("aggregation" = Option<Aggregation>, Query, description = "Default: the metric's own"),
+        ("labels" = Option<String>, Query, description = "Filters as `name:value,name:value` (or repeated `labels[name]=value`)")
+    ),
+    responses((status = 200, description = "The bins", body = QueryAnswer), Problems)
+)]
 async fn query(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -158,6 +216,15 @@ async fn query(
     let spec = parse_query(raw.as_deref().unwrap_or(""))?;
     let answer = state.custom.query(&caller.tenant, &name, spec).await?;
     Ok(ApiJson(answer).into_response())
+}
+
+/// The body of a record, for the document: one point or an array of them.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum SampleBody {
+    One(Sample),
+    Many(Vec<Sample>),
 }
 
 /// Reads the query string by hand: `labels` comes as `labels=service:a,model:b` or as

@@ -15,6 +15,7 @@ mod auth;
 mod extract;
 pub mod inputs;
 pub mod matih;
+pub mod openapi;
 mod problem;
 
 pub use auth::{
@@ -55,9 +56,23 @@ pub struct StatsdIntake {
 
 /// The API's routes, with their authenticator, body limit and request counter.
 pub fn routes(state: Arc<ApiState>) -> axum::Router {
-    axum::Router::new()
-        .merge(matih::routes())
-        .merge(inputs::routes())
+    use utoipa::OpenApi as _;
+    let (router, document) =
+        utoipa_axum::router::OpenApiRouter::with_openapi(openapi::Doc::openapi())
+            .merge(matih::routes())
+            .merge(inputs::routes())
+            .split_for_parts();
+    let document = document.to_json().expect("the OpenAPI document serialises");
+    router
+        .route(
+            openapi::PATH,
+            axum::routing::get(move || async move {
+                (
+                    [(hyper::header::CONTENT_TYPE, "application/json")],
+                    document,
+                )
+            }),
+        )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.telemetry),
             count_request,

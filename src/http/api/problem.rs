@@ -67,14 +67,22 @@ impl Problem {
     }
 }
 
-#[derive(Serialize)]
-struct Document<'a> {
+/// An RFC 9457 problem document, as every API error is answered (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct Document<'a> {
+    /// `about:blank`, or a `tag:` URI naming the kind of problem.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     type_uri: Cow<'static, str>,
     title: &'a str,
+    /// The HTTP status code.
     status: u16,
+    /// What went wrong this time, for a person.
     detail: &'a str,
+    /// Stable, snake_case: what clients match on.
     code: &'a str,
+    /// The input field at fault, as a path (`[2].labels`), when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }
