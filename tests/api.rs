@@ -955,3 +955,44 @@ fn schemathesis_finds_the_live_api_true_to_its_openapi_document() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_scrape_token_closes_metrics_and_only_metrics() {
+    let tallyd = InProcess::with_config(&format!(
+        "[http]\nscrape_token_sha256 = \"{}\"",
+        sha256_hex("scrape-me")
+    ));
+    let addr = tallyd.http;
+    let response = http_send(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some("Bearer realm=\"tallyd\"")
+    );
+    assert_eq!(
+        http_send(
+            addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer wrong")],
+            b""
+        )
+        .status,
+        401
+    );
+    let response = http_send(
+        addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer scrape-me")],
+        b"",
+    );
+    assert_eq!(response.status, 200);
+    assert!(response.text().contains("tallyd_lines_total"));
+    assert_eq!(http_send(addr, "GET", "/-/healthy", &[], b"").status, 200);
+    let bad = tallyd::config::Settings::parse(
+        "[http]\nscrape_token_sha256 = \"abc\"",
+        std::path::Path::new("t.toml"),
+    );
+    assert!(bad.unwrap_err().to_string().contains("scrape_token_sha256"));
+}

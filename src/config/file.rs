@@ -165,6 +165,9 @@ pub struct HttpConfig {
     pub gzip: bool,
     /// Serve `POST /-/reload` and `POST /-/quit` (statsd_exporter's `--web.enable-lifecycle`).
     pub enable_lifecycle: bool,
+    /// Hex SHA-256 of the bearer token `/metrics` requires; empty: `/metrics` is open.
+    #[serde(deserialize_with = "optional_sha256")]
+    pub scrape_token_sha256: Option<[u8; 32]>,
 }
 
 impl Default for HttpConfig {
@@ -179,6 +182,7 @@ impl Default for HttpConfig {
             max_concurrent_scrapes: defaults.max_concurrent_scrapes,
             gzip: defaults.enable_gzip,
             enable_lifecycle: false,
+            scrape_token_sha256: None,
         }
     }
 }
@@ -330,6 +334,16 @@ impl Default for LogConfig {
             level: "info".into(),
         }
     }
+}
+
+fn optional_sha256<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    crate::tokens::parse_sha256(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

@@ -210,6 +210,7 @@ impl Settings {
                 max_connections: file.http.max_connections,
                 max_concurrent_scrapes: file.http.max_concurrent_scrapes,
                 enable_gzip: file.http.gzip,
+                scrape_token_sha256: file.http.scrape_token_sha256,
             },
             enable_lifecycle: file.http.enable_lifecycle,
             registry: RegistrySettings {

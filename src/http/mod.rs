@@ -89,6 +89,8 @@ pub struct HttpOptions {
     pub max_concurrent_scrapes: usize,
     /// Compress `/metrics` when the client accepts gzip.
     pub enable_gzip: bool,
+    /// The SHA-256 of the bearer token `/metrics` requires (`None`: open).
+    pub scrape_token_sha256: Option<[u8; 32]>,
 }
 
 impl Default for HttpOptions {
@@ -100,6 +102,7 @@ impl Default for HttpOptions {
             max_connections: 256,
             max_concurrent_scrapes: 4,
             enable_gzip: true,
+            scrape_token_sha256: None,
         }
     }
 }

@@ -30,6 +30,16 @@ pub(super) fn routes(options: &HttpOptions) -> Router<Arc<HttpState>> {
 }
 
 async fn metrics(state: &HttpState, slots: Arc<Semaphore>, headers: &HeaderMap) -> Response {
+    if let Some(hash) = &state.options.scrape_token_sha256
+        && !bearer_matches(headers, hash)
+    {
+        let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tallyd\""),
+        );
+        return response;
+    }
     let format = exposition::negotiate(header_list(headers, header::ACCEPT).as_deref());
     let compress = state.options.enable_gzip
         && exposition::gzip_allowed(header_list(headers, header::ACCEPT_ENCODING).as_deref());
@@ -74,6 +84,15 @@ async fn metrics(state: &HttpState, slots: Arc<Semaphore>, headers: &HeaderMap) 
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     response
+}
+
+/// Whether the request's `Authorization: Bearer` token hashes to `hash` (`[http]
+/// scrape_token_sha256`).
+fn bearer_matches(headers: &HeaderMap, hash: &[u8; 32]) -> bool {
+    matches!(
+        super::api::Credentials::from_headers(headers),
+        Ok(Some(super::api::Credentials::Bearer(token))) if crate::tokens::secret_matches(hash, &token)
+    )
 }
 
 /// All values of a header, joined with commas (a list header may be split over several lines).
