@@ -996,3 +996,28 @@ fn a_scrape_token_closes_metrics_and_only_metrics() {
     );
     assert!(bad.unwrap_err().to_string().contains("scrape_token_sha256"));
 }
+
+#[test]
+fn a_reload_puts_new_tokens_in_force() {
+    let reloaded = config("");
+    let mut requests = None;
+    // Start with one token only (the reader's), then reload the three.
+    let first = format!(
+        "[[api.tokens]]\nid = \"reader\"\nsecret_sha256 = \"{}\"\ntenant = \"550e8400\"\nscopes = [\"read\"]\n",
+        sha256_hex(READER)
+    );
+    let tallyd = InProcess::with_control(&first, |control| {
+        control.reload = Box::new(move || {
+            tallyd::config::Settings::parse(&reloaded, std::path::Path::new("reloaded.toml"))
+        });
+        requests = Some(control.requests.0.clone());
+    });
+    assert_eq!(call(tallyd.http, "GET", BASE, WRITER, None).0, 401);
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    requests
+        .expect("the control's sender")
+        .blocking_send(tallyd::http::Lifecycle::Reload(reply))
+        .expect("tallyd takes requests");
+    assert_eq!(outcome.blocking_recv(), Ok(Ok(())));
+    assert_eq!(call(tallyd.http, "GET", BASE, WRITER, None).0, 200);
+}

@@ -283,6 +283,12 @@ impl Settings {
         if old.limits != new.limits {
             changed.push("limits");
         }
+        if old.api.max_body_bytes != new.api.max_body_bytes {
+            changed.push("api.max_body_bytes");
+        }
+        if old.storage.dir != new.storage.dir {
+            changed.push("storage.dir");
+        }
         changed
     }
 }
