@@ -397,24 +397,9 @@ impl CustomMetrics {
         self.check_family_kind(&spec)?;
         let now = time::now_ms();
         let uid = uuid::Uuid::new_v4().to_string();
-        let document = serde_json::to_string(&spec).expect("a spec serialises");
-        let written = self
-            .store
-            .write(Write::PutMetric(StoredMetric {
-                id: 0,
-                uid: uid.clone(),
-                tenant: tenant.to_owned(),
-                scope: MATIH_SCOPE.into(),
-                name: spec.name.clone(),
-                document,
-                created_ms: now,
-                updated_ms: now,
-            }))
-            .await
-            .map_err(storage_failed)?;
-        let Written::Metric(store_id) = written else {
-            return Err(storage_failed("the store did not answer an id"));
-        };
+        let store_id = self
+            .put_definition(&uid, tenant, MATIH_SCOPE, &spec, now)
+            .await?;
         let metric = Arc::new(CustomMetric {
             store_id,
             uid,
@@ -782,30 +767,45 @@ impl CustomMetrics {
             }
             .into());
         }
-        let now = time::now_ms();
-        let written = self
-            .store
-            .write(Write::PutMetric(StoredMetric {
-                id: 0,
-                uid: format!("file:{tenant}:{name}"),
-                tenant: tenant.to_owned(),
-                scope: FILE_SCOPE.into(),
-                name: name.to_owned(),
-                document: serde_json::to_string(&metric.spec).expect("a spec serialises"),
-                created_ms: now,
-                updated_ms: now,
-            }))
-            .await
-            .map_err(storage_failed)?;
-        let Written::Metric(store_id) = written else {
-            return Err(storage_failed("the store did not answer an id"));
-        };
+        let uid = format!("file:{tenant}:{name}");
+        let store_id = self
+            .put_definition(&uid, tenant, FILE_SCOPE, &metric.spec, time::now_ms())
+            .await?;
         let stored = Arc::new(CustomMetric {
             store_id,
             ..(*metric).clone()
         });
         self.catalog.write().insert(key, Arc::clone(&stored));
         Ok(stored)
+    }
+
+    /// Stores a definition (new, or replacing the one with `uid`) and answers its store id.
+    async fn put_definition(
+        &self,
+        uid: &str,
+        tenant: &str,
+        scope: &str,
+        spec: &MetricSpec,
+        now: i64,
+    ) -> Result<i64, Problem> {
+        let written = self
+            .store
+            .write(Write::PutMetric(StoredMetric {
+                id: 0,
+                uid: uid.to_owned(),
+                tenant: tenant.to_owned(),
+                scope: scope.to_owned(),
+                name: spec.name.clone(),
+                document: serde_json::to_string(spec).expect("a spec serialises"),
+                created_ms: now,
+                updated_ms: now,
+            }))
+            .await
+            .map_err(storage_failed)?;
+        match written {
+            Written::Metric(id) => Ok(id),
+            _ => Err(storage_failed("the store did not answer an id")),
+        }
     }
 
     /// The config file's definitions, as the tenant sees them.
