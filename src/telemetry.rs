@@ -15,6 +15,7 @@ use crate::protocol::{Extension, Reason};
 use crate::read::{FamilyView, Labels, SeriesView, ValueView, Visitor};
 use crate::record::Refusal;
 use crate::registry::{AtomicF64, Kind, Registry, SeriesLimit};
+use crate::relay::RelayStats;
 
 /// Counters of one receive thread. Aligned so two threads never share a cache line.
 #[repr(align(128))]
@@ -141,6 +142,8 @@ pub struct Telemetry {
     reloads_failed: AtomicU64,
     scrapes: AtomicU64,
     scrape_seconds: AtomicF64,
+    /// The relay's counters, when `[relay]` is on.
+    relay: Mutex<Option<Arc<RelayStats>>>,
 }
 
 impl Default for Telemetry {
@@ -155,6 +158,7 @@ impl Default for Telemetry {
             reloads_failed: AtomicU64::new(0),
             scrapes: AtomicU64::new(0),
             scrape_seconds: AtomicF64::default(),
+            relay: Mutex::default(),
         }
     }
 }
@@ -231,6 +235,11 @@ impl Telemetry {
         let stats = Arc::new(ReceiverStats::for_transport(transport, listener));
         self.receivers.lock().push(Arc::clone(&stats));
         stats
+    }
+
+    /// Reports the relay's counters (`tallyd_relay_*`) from now on.
+    pub fn set_relay(&self, stats: Arc<RelayStats>) {
+        *self.relay.lock() = Some(stats);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -515,6 +524,9 @@ impl Telemetry {
             )
             .with(env!("CARGO_PKG_VERSION"), 1.0),
         );
+        if let Some(relay) = &*self.relay.lock() {
+            out.extend(relay.self_metrics());
+        }
         out.extend(process_metrics(self.started_unix));
         out
     }
