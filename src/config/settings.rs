@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cli::Cli;
-use super::file::{AggregationConfig, Config, normalize_log_filter};
+use super::file::{AggregationConfig, Config, RelayConfig, normalize_log_filter};
 use super::metric::build_definitions;
 use crate::definitions::Definition;
 use crate::exposition::ExpositionOptions;
@@ -23,6 +23,7 @@ use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
 use crate::protocol::ParseOptions;
 use crate::registry::RegistrySettings;
+use crate::relay::RelayOptions;
 use crate::rules::RuleSet;
 
 /// A configuration that could not be used, worded for the operator.
@@ -85,6 +86,7 @@ pub struct Settings {
     pub exposition: ExpositionOptions,
     /// The `tracing` filter.
     pub log_level: String,
+    pub relay: RelayOptions,
 }
 
 impl Settings {
@@ -110,6 +112,15 @@ impl Settings {
         }
         if !cli.unix_listen.is_empty() {
             file.unix.listen = cli.unix_listen.clone();
+        }
+        if !cli.relay_target.is_empty() {
+            for target in &cli.relay_target {
+                crate::relay::check_target(target).map_err(|message| ConfigError::Invalid {
+                    path: "--relay-target".into(),
+                    message,
+                })?;
+            }
+            file.relay.targets = cli.relay_target.clone();
         }
         if let Some(addr) = cli.http_listen {
             file.http.listen = addr;
@@ -219,6 +230,13 @@ impl Settings {
                 statsd_exporter_names: file.exposition.statsd_exporter_names,
             },
             log_level: file.log.level.clone(),
+            relay: RelayOptions {
+                targets: file.relay.targets.clone(),
+                lines: file.relay.lines,
+                max_datagram_bytes: file.relay.max_datagram_bytes,
+                flush_interval: secs(file.relay.flush_interval_seconds),
+                queue_bytes: file.relay.queue_bytes,
+            },
             file,
         })
     }
@@ -230,6 +248,7 @@ impl Settings {
             container_id_label: self.container_id_label,
             cache_capacity: self.cache_capacity,
             rules,
+            relay: None,
         }
     }
 
@@ -258,6 +277,20 @@ impl Settings {
         }
         if old.limits != new.limits {
             changed.push("limits");
+        }
+        // A reload re-resolves and applies `targets` while the relay stays on; turning it on
+        // or off, and its other keys, wait for a restart.
+        let shape = |relay: &RelayConfig| {
+            (
+                relay.targets.is_empty(),
+                RelayConfig {
+                    targets: Vec::new(),
+                    ..relay.clone()
+                },
+            )
+        };
+        if shape(&old.relay) != shape(&new.relay) {
+            changed.push("relay");
         }
         changed
     }
