@@ -402,9 +402,7 @@ fn some_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error
 
 fn relay_targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let targets = Vec::<String>::deserialize(d)?;
-    for target in &targets {
-        crate::relay::check_target(target).map_err(serde::de::Error::custom)?;
-    }
+    crate::relay::check_targets(&targets).map_err(serde::de::Error::custom)?;
     Ok(targets)
 }
 

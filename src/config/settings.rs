@@ -114,12 +114,12 @@ impl Settings {
             file.unix.listen = cli.unix_listen.clone();
         }
         if !cli.relay_target.is_empty() {
-            for target in &cli.relay_target {
-                crate::relay::check_target(target).map_err(|message| ConfigError::Invalid {
+            crate::relay::check_targets(&cli.relay_target).map_err(|message| {
+                ConfigError::Invalid {
                     path: "--relay-target".into(),
                     message,
-                })?;
-            }
+                }
+            })?;
             file.relay.targets = cli.relay_target.clone();
         }
         if let Some(addr) = cli.http_listen {

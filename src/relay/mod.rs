@@ -120,6 +120,18 @@ pub fn check_target(target: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a list of targets: each spelled right ([`check_target`]), none twice (it would get
+/// every line twice, and its counters could not tell).
+pub fn check_targets(targets: &[String]) -> Result<(), String> {
+    for (i, target) in targets.iter().enumerate() {
+        check_target(target)?;
+        if targets[..i].contains(target) {
+            return Err(format!("relay target {target:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
 crate::closed_set! {
     /// Why a line was not relayed to any target: `tallyd_relay_dropped_lines_total{reason}`.
     RelayDrop;
@@ -681,6 +693,15 @@ mod tests {
             let err = check_target(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_target_listed_twice_is_refused() {
+        let targets = ["a:1".to_owned(), "b:1".to_owned(), "a:1".to_owned()];
+        let err = check_targets(&targets).unwrap_err();
+        assert!(err.contains("\"a:1\" is listed twice"), "{err}");
+        assert!(check_targets(&targets[..2]).is_ok());
+        assert!(check_targets(&["a".to_owned()]).is_err());
     }
 
     #[test]
