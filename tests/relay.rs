@@ -10,7 +10,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,29 +136,12 @@ fn scrape_until(endpoints: &common::Endpoints, check: impl Fn(&str) -> bool) -> 
     }
 }
 
-/// A fresh directory for a Unix socket, removed on drop.
-struct SocketDir(PathBuf);
-
-impl SocketDir {
-    fn new(name: &str) -> SocketDir {
-        let dir = std::env::temp_dir().join(format!("tallyd-relay-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        SocketDir(dir)
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn raw_lines_from_udp_tcp_and_unix_arrive_byte_exact_in_bounded_datagrams() {
     let upstream = Upstream::new();
-    let dir = SocketDir::new("raw");
-    let socket_path = dir.0.join("dogstatsd.sock");
+    // tallyd replaces a stale file there and removes its socket on shutdown.
+    let socket_path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("relay-{}.sock", std::process::id()));
     let config = format!(
         "{}[tcp]\nlisten = [\"127.0.0.1:0\"]\n[unix]\nlisten = [{:?}]\n",
         relay_config(&[upstream.addr()], "flush_interval_seconds = 0.1\n"),
