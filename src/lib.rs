@@ -15,6 +15,8 @@
 //!   line shape; [`record`] is the write seam every input calls: label pairs and an update in,
 //!   definitions ([`definitions`]), reserved names, type conflicts and limits applied, a series
 //!   handle or a refusal out.
+//! - **Passed on**: [`relay`] forwards the lines received (raw, or as mapped) to upstream
+//!   StatsD servers over UDP, off the receive threads.
 //! - **Kept**: [`registry`] holds series in lock-sharded maps; [`summary`] keeps a summary's
 //!   windowed quantiles.
 //! - **Out**: [`read`] is the read seam (family metadata, label pairs, value views) over the
@@ -64,6 +66,7 @@ pub mod protocol;
 pub mod read;
 pub mod record;
 pub mod registry;
+pub mod relay;
 pub mod rules;
 pub mod runtime;
 pub mod store;

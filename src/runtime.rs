@@ -4,13 +4,13 @@
 //! `127.0.0.1:0`, run tallyd in-process and cancel their own token.
 //!
 //! What runs: one receive thread per UDP socket, TCP listen address and Unix socket (`listen`), a housekeeping thread (registry
-//! clock and expiry), and the HTTP server on the caller's tokio runtime. One token stops them
+//! clock and expiry), the relay's sender thread when `[relay]` has targets, and the HTTP server on the caller's tokio runtime. One token stops them
 //! all: the receive threads notice it within their receive timeout, the server drains its
 //! connections (bounded by `http::SHUTDOWN_GRACE`), then `run` joins the threads and returns.
 //!
 //! Reloads ([`Lifecycle::Reload`], sent by SIGHUP or `POST /-/reload`) build new settings with
 //! the caller's [`Control::reload`] and apply what can change while running: mapping rules,
-//! metric definitions, exposition options and the log filter. A configuration that fails leaves
+//! metric definitions, exposition options, the log filter and the relay's targets. A configuration that fails leaves
 //! the running one in force, and says why.
 
 use std::net::SocketAddr;
@@ -28,10 +28,11 @@ use crate::custom::CustomMetrics;
 use crate::definitions::{Definitions, Source};
 use crate::http::api::{Access, ApiState, StatsdIntake};
 use crate::http::{self, HttpState, Lifecycle};
-use crate::ingest::SharedRules;
+use crate::ingest::{IngestOptions, SharedRules};
 use crate::listen::{self, BoundListener, Listener, tcp, unix};
 use crate::record::Recorder;
 use crate::registry::{self, Registry};
+use crate::relay::Relay;
 use crate::store::Store;
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
@@ -137,6 +138,8 @@ struct Running {
     state: Arc<HttpState>,
     recorder: Arc<Recorder>,
     rules: Arc<SharedRules>,
+    /// The relay, when `[relay]` had targets at start.
+    relay: Option<Relay>,
 }
 
 /// Serves `listeners` with `settings` until `control.shutdown` is cancelled (or `/-/quit`),
@@ -166,6 +169,15 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let telemetry = Arc::new(Telemetry::default());
     let rules = Arc::new(SharedRules::new(Arc::clone(&settings.rules)));
+    let relay = match settings.relay.targets.is_empty() {
+        true => None,
+        false => Some(Relay::start(&settings.relay)?),
+    };
+    let mut ingest = settings.ingest_options(Arc::clone(&rules));
+    if let Some(relay) = &relay {
+        telemetry.set_relay(Arc::clone(relay.hub().stats()));
+        ingest.relay = Some(relay.hub().clone());
+    }
     let sockets = (listeners.udp.into_iter().map(Listener::from))
         .chain(listeners.tcp.into_iter().map(Listener::from))
         .chain(listeners.unix.into_iter().map(Listener::from));
@@ -173,7 +185,7 @@ pub async fn run(
         sockets,
         Arc::clone(&recorder),
         &telemetry,
-        settings.ingest_options(Arc::clone(&rules)),
+        ingest.clone(),
         &shutdown,
     )
     .map_err(|e| format!("cannot start the receivers: {e}"))?;
@@ -187,7 +199,7 @@ pub async fn run(
         }
     };
 
-    let api = match start_api(&settings, &recorder, &telemetry, &rules, http_addr) {
+    let api = match start_api(&settings, &recorder, &telemetry, ingest, http_addr) {
         Ok(api) => api,
         Err(e) => {
             shutdown.cancel();
@@ -240,6 +252,7 @@ pub async fn run(
         state,
         recorder,
         rules,
+        relay,
     };
     loop {
         let request = tokio::select! {
@@ -272,9 +285,14 @@ pub async fn run(
         _ => {}
     }
     let _ = retention.await;
-    // The receive threads notice the token within their receive timeout (200 ms).
+    // The receive threads notice the token within their receive timeout (200 ms). The relay
+    // stops after them, so it sends their last lines.
+    let relay = running.relay.take();
     tokio::task::spawn_blocking(move || {
         receivers.join();
+        if let Some(relay) = relay {
+            relay.stop();
+        }
         let _ = housekeeping.join();
     })
     .await
@@ -297,6 +315,17 @@ impl Running {
             Ok(new) => new,
             Err(e) => return failed(e.to_string()),
         };
+        // Relay targets are resolved again at every reload (a name may have moved); one that
+        // cannot be refuses the reload, as a bad file does. They apply with the rest, below.
+        let relay_targets = match &self.relay {
+            Some(relay) if !new.relay.targets.is_empty() => {
+                match relay.resolve(&new.relay.targets) {
+                    Ok(targets) => Some(targets),
+                    Err(e) => return failed(e),
+                }
+            }
+            _ => None,
+        };
         // Definitions first: a name another source (the API) defines refuses the whole
         // reload, as a bad file does, before anything else is applied.
         if new.definitions != self.settings.definitions {
@@ -312,6 +341,9 @@ impl Running {
                 Ok(_) => {}
                 Err(e) => return failed(e.to_string()),
             }
+        }
+        if let (Some(relay), Some(targets)) = (&self.relay, relay_targets) {
+            relay.replace_targets(targets);
         }
         if new.file.mapping != self.settings.file.mapping {
             self.rules.replace(Arc::clone(&new.rules));
@@ -348,7 +380,7 @@ fn start_api(
     settings: &Settings,
     recorder: &Arc<Recorder>,
     telemetry: &Arc<Telemetry>,
-    rules: &Arc<SharedRules>,
+    ingest: IngestOptions,
     http_addr: SocketAddr,
 ) -> Result<Arc<ApiState>, String> {
     let store = Store::open(&settings.data_dir).map_err(|e| {
@@ -375,7 +407,8 @@ fn start_api(
     let statsd = StatsdIntake {
         recorder: Arc::clone(recorder),
         stats: telemetry.add_receiver("http", http::api::inputs::STATSD_PATH),
-        options: settings.ingest_options(Arc::clone(rules)),
+        // The listeners' options: the same rules (swapped on reload) and the same relay.
+        options: ingest,
     };
     Ok(Arc::new(ApiState {
         custom,

@@ -15,6 +15,7 @@ use crate::protocol::{Extension, Reason};
 use crate::read::{FamilyView, Labels, SeriesView, ValueView, Visitor};
 use crate::record::Refusal;
 use crate::registry::{AtomicF64, Kind, Registry, SeriesLimit};
+use crate::relay::RelayStats;
 
 /// Counters of one receive thread. Aligned so two threads never share a cache line.
 #[repr(align(128))]
@@ -143,6 +144,8 @@ pub struct Telemetry {
     scrape_seconds: AtomicF64,
     /// API answers by (route pattern, status code): a bounded set, since routes are patterns.
     api_requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// The relay's counters, when `[relay]` is on.
+    relay: Mutex<Option<Arc<RelayStats>>>,
 }
 
 impl Default for Telemetry {
@@ -158,6 +161,7 @@ impl Default for Telemetry {
             scrapes: AtomicU64::new(0),
             scrape_seconds: AtomicF64::default(),
             api_requests: Mutex::default(),
+            relay: Mutex::default(),
         }
     }
 }
@@ -234,6 +238,11 @@ impl Telemetry {
         let stats = Arc::new(ReceiverStats::for_transport(transport, listener));
         self.receivers.lock().push(Arc::clone(&stats));
         stats
+    }
+
+    /// Reports the relay's counters (`tallyd_relay_*`) from now on.
+    pub fn set_relay(&self, stats: Arc<RelayStats>) {
+        *self.relay.lock() = Some(stats);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -528,6 +537,9 @@ impl Telemetry {
             )
             .with(env!("CARGO_PKG_VERSION"), 1.0),
         );
+        if let Some(relay) = &*self.relay.lock() {
+            out.extend(relay.self_metrics());
+        }
         out.extend(process_metrics(self.started_unix));
         out
     }

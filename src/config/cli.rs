@@ -28,6 +28,10 @@ pub struct Cli {
     /// `unix.listen`.
     #[arg(long = "unix-listen", value_name = "PATH")]
     pub unix_listen: Vec<PathBuf>,
+    /// Upstream StatsD server (`host:port`) to relay the lines received to over UDP (repeat
+    /// for several); replaces `relay.targets`. statsd_exporter's `--statsd.relay.address`.
+    #[arg(long = "relay-target", value_name = "ADDR")]
+    pub relay_target: Vec<String>,
     /// Address of the HTTP server (/metrics); replaces `http.listen`.
     #[arg(long = "http-listen", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,

@@ -16,6 +16,7 @@ use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
 use crate::listen::{Spread, UdpOptions};
 use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
+use crate::relay::{LineForm, RelayOptions};
 use crate::rules::MappingRule;
 use crate::tokens::TokenConfig;
 
@@ -35,6 +36,7 @@ pub struct Config {
     pub log: LogConfig,
     pub api: ApiConfig,
     pub storage: StorageConfig,
+    pub relay: RelayConfig,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
     /// `[[metric]]` definitions, by final Prometheus name.
@@ -143,6 +145,36 @@ impl Default for UnixConfig {
             mode: defaults.mode,
             max_datagram_bytes: defaults.max_datagram_bytes,
             receive_buffer_bytes: defaults.receive_buffer_bytes,
+        }
+    }
+}
+
+/// `[relay]`: forward the lines received to upstream StatsD servers (off unless `targets`
+/// names one).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// `host:port` of each upstream, resolved at start and at every reload.
+    #[serde(deserialize_with = "relay_targets")]
+    pub targets: Vec<String>,
+    pub lines: LineForm,
+    #[serde(deserialize_with = "relay_datagram_size")]
+    pub max_datagram_bytes: usize,
+    #[serde(deserialize_with = "flush_interval")]
+    pub flush_interval_seconds: f64,
+    #[serde(deserialize_with = "relay_queue")]
+    pub queue_bytes: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let defaults = RelayOptions::default();
+        RelayConfig {
+            targets: defaults.targets,
+            lines: defaults.lines,
+            max_datagram_bytes: defaults.max_datagram_bytes,
+            flush_interval_seconds: defaults.flush_interval.as_secs_f64(),
+            queue_bytes: defaults.queue_bytes,
         }
     }
 }
@@ -435,6 +467,43 @@ fn some_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D
 
 fn some_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     usize::deserialize(d).map(Some)
+}
+
+fn relay_targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let targets = Vec::<String>::deserialize(d)?;
+    crate::relay::check_targets(&targets).map_err(serde::de::Error::custom)?;
+    Ok(targets)
+}
+
+fn relay_datagram_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    // 65,507 is the largest UDP payload over IPv4.
+    match usize::deserialize(d)? {
+        n @ 64..=65507 => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 64 and 65507 bytes, got {n}"
+        ))),
+    }
+}
+
+fn flush_interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if (0.01..=3600.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be a number of seconds from 0.01 to 3600, got {value}"
+        )))
+    }
+}
+
+fn relay_queue<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let least = crate::relay::BUFFER_BYTES;
+    match usize::deserialize(d)? {
+        n if (least..=1 << 30).contains(&n) => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between {least} (one relay buffer) and 1073741824 bytes, got {n}"
+        ))),
+    }
 }
 
 fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

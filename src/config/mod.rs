@@ -15,7 +15,7 @@ mod settings;
 pub use cli::{Cli, Command, TokenCommand};
 pub use file::{
     AggregationConfig, Config, ExpositionConfig, HttpConfig, LimitsConfig, LintConfig, LogConfig,
-    StatsdConfig, TcpConfig, UdpConfig, UnixConfig, normalize_log_filter,
+    RelayConfig, StatsdConfig, TcpConfig, UdpConfig, UnixConfig, normalize_log_filter,
 };
 pub use metric::{BucketSpec, Generator, MetricDefinition};
 pub use settings::{ConfigError, Settings};
@@ -197,6 +197,53 @@ mod tests {
         let jobs = &settings.definitions["jobs"];
         assert_eq!(jobs.kind, crate::registry::Kind::Counter);
         assert_eq!(jobs.options.help.as_deref(), Some("Jobs."));
+    }
+
+    #[test]
+    fn relay_targets_change_at_reload_and_the_other_relay_keys_at_restart() {
+        let on = settings("[relay]\ntargets = [\"a:8125\"]\n").unwrap();
+        let moved = settings("[relay]\ntargets = [\"b:8125\", \"c:8125\"]\n").unwrap();
+        assert!(on.restart_required_changes(&moved).is_empty());
+        let off = settings("").unwrap();
+        assert_eq!(on.restart_required_changes(&off), ["relay"]);
+        assert_eq!(off.restart_required_changes(&on), ["relay"]);
+        let mapped = settings("[relay]\ntargets = [\"a:8125\"]\nlines = \"mapped\"\n").unwrap();
+        assert_eq!(on.restart_required_changes(&mapped), ["relay"]);
+    }
+
+    #[test]
+    fn relay_settings_are_built_and_bad_values_refused_with_their_line() {
+        let relay = settings(
+            "[relay]\ntargets = [\"[::1]:8125\"]\nlines = \"mapped\"\n\
+             max_datagram_bytes = 8000\nflush_interval_seconds = 0.25\nqueue_bytes = 262144\n",
+        )
+        .unwrap()
+        .relay;
+        assert_eq!(relay.targets, ["[::1]:8125"]);
+        assert_eq!(relay.lines, crate::relay::LineForm::Mapped);
+        assert_eq!(relay.max_datagram_bytes, 8000);
+        assert_eq!(relay.flush_interval, std::time::Duration::from_millis(250));
+        assert_eq!(relay.queue_bytes, 262144);
+        for (bad, says) in [
+            ("targets = [\"statsd\"]", "host:port"),
+            ("lines = \"cooked\"", "cooked"),
+            ("max_datagram_bytes = 65508", "65507"),
+            ("flush_interval_seconds = 0", "0.01"),
+            ("queue_bytes = 1000", "131072"),
+        ] {
+            let err = parse(&format!("[relay]\n{bad}\n")).unwrap_err();
+            assert!(err.contains(says) && err.contains("line 2"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_relay_target_flag_replaces_the_file_targets() {
+        let cli = Cli {
+            relay_target: vec!["statsd.internal:8125".into()],
+            ..Cli::default()
+        };
+        let settings = Settings::from_cli(&cli).unwrap();
+        assert_eq!(settings.relay.targets, cli.relay_target);
     }
 
     #[test]

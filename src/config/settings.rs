@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cli::Cli;
-use super::file::{AggregationConfig, Config, normalize_log_filter};
+use super::file::{AggregationConfig, Config, RelayConfig, normalize_log_filter};
 use super::metric::build_definitions;
 use crate::custom::ApiOptions;
 use crate::definitions::Definition;
@@ -24,6 +24,7 @@ use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
 use crate::protocol::ParseOptions;
 use crate::registry::RegistrySettings;
+use crate::relay::RelayOptions;
 use crate::rules::RuleSet;
 use crate::tokens::Tokens;
 
@@ -95,6 +96,7 @@ pub struct Settings {
     pub api_body_limit: usize,
     /// Where the store lives (`[storage] dir`, or `--data-dir`).
     pub data_dir: PathBuf,
+    pub relay: RelayOptions,
 }
 
 impl Settings {
@@ -120,6 +122,15 @@ impl Settings {
         }
         if !cli.unix_listen.is_empty() {
             file.unix.listen = cli.unix_listen.clone();
+        }
+        if !cli.relay_target.is_empty() {
+            crate::relay::check_targets(&cli.relay_target).map_err(|message| {
+                ConfigError::Invalid {
+                    path: "--relay-target".into(),
+                    message,
+                }
+            })?;
+            file.relay.targets = cli.relay_target.clone();
         }
         if let Some(addr) = cli.http_listen {
             file.http.listen = addr;
@@ -243,6 +254,13 @@ impl Settings {
             tokens: Tokens::new(file.api.tokens.clone()),
             api_body_limit: file.api.max_body_bytes,
             data_dir: file.storage.dir.clone(),
+            relay: RelayOptions {
+                targets: file.relay.targets.clone(),
+                lines: file.relay.lines,
+                max_datagram_bytes: file.relay.max_datagram_bytes,
+                flush_interval: secs(file.relay.flush_interval_seconds),
+                queue_bytes: file.relay.queue_bytes,
+            },
             file,
         })
     }
@@ -254,6 +272,7 @@ impl Settings {
             container_id_label: self.container_id_label,
             cache_capacity: self.cache_capacity,
             rules,
+            relay: None,
         }
     }
 
@@ -288,6 +307,20 @@ impl Settings {
         }
         if old.storage.dir != new.storage.dir {
             changed.push("storage.dir");
+        }
+        // A reload re-resolves and applies `targets` while the relay stays on; turning it on
+        // or off, and its other keys, wait for a restart.
+        let shape = |relay: &RelayConfig| {
+            (
+                relay.targets.is_empty(),
+                RelayConfig {
+                    targets: Vec::new(),
+                    ..relay.clone()
+                },
+            )
+        };
+        if shape(&old.relay) != shape(&new.relay) {
+            changed.push("relay");
         }
         changed
     }

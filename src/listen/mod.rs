@@ -168,13 +168,13 @@ impl Intake {
 
 /// Rate limit for one kind of log line in one thread: at most one per [`LOG_INTERVAL`].
 #[derive(Debug, Default)]
-struct LogLimit {
+pub(crate) struct LogLimit {
     last: Option<Instant>,
 }
 
 impl LogLimit {
     /// True (and remembers now) if nothing was logged in the last [`LOG_INTERVAL`].
-    fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
         if self
             .last

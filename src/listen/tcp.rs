@@ -186,9 +186,17 @@ async fn accept_loop(listener: TcpListener, shared: Rc<Shared>, stop: &Stop) {
     };
     let stats = std::sync::Arc::clone(&shared.intake.borrow().stats);
     let mut error_log = LogLimit::default();
+    // A quiet listener still flushes as often as a datagram receiver's timeout, so what the
+    // intake holds for others (the relay's lines) does not wait for the next read.
+    let mut flush = tokio::time::interval(super::udp::RECEIVE_TIMEOUT);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             () = stop.0.cancelled() => return,
+            _ = flush.tick() => {
+                shared.intake.borrow_mut().flush();
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {

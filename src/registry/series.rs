@@ -229,7 +229,7 @@ impl Series {
     }
 
     /// The family name, as spelled in the key.
-    pub(super) fn family_name(&self) -> &str {
+    pub fn family_name(&self) -> &str {
         &self.key[1..self.labels_at as usize - 1]
     }
 
