@@ -827,11 +827,16 @@ mod tests {
     const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
         application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
-    fn registry() -> Registry {
+    pub(super) fn registry() -> Registry {
         Registry::new(RegistrySettings::default())
     }
 
-    fn series(registry: &Registry, kind: Kind, name: &str, labels: &[(&str, &str)]) -> Arc<Series> {
+    pub(super) fn series(
+        registry: &Registry,
+        kind: Kind,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Arc<Series> {
         let mut key = SeriesKeyBuf::default();
         key.start(kind).push_str(name);
         key.end_family();
@@ -842,7 +847,7 @@ mod tests {
         registry.resolve(&key).expect("no type conflict")
     }
 
-    fn apply(registry: &Registry, series: &Series, update: Update) {
+    pub(super) fn apply(registry: &Registry, series: &Series, update: Update) {
         series.apply(update, registry.settings()).unwrap();
     }
 
@@ -1456,7 +1461,9 @@ mod tests {
 
     // --- a real parser
 
-    fn all_kinds_registry() -> Registry {
+    /// One family of every kind but summaries (which need a sketch), with labels that need
+    /// escaping; also what the protobuf writer's tests decode.
+    pub(super) fn all_kinds_registry() -> Registry {
         let registry = registry();
         let counter = series(
             &registry,

@@ -275,6 +275,7 @@ mod tests {
     use prost::Message;
 
     use super::super::proto::{self, MetricFamily, MetricType};
+    use super::super::tests::{all_kinds_registry, apply, registry, series};
     use super::super::{ExpositionOptions, Format, render};
     use crate::registry::native::{DEFAULT_ZERO_THRESHOLD, bucket_index};
     use crate::registry::{
@@ -299,14 +300,6 @@ mod tests {
         key.options = options;
         key.finish();
         registry.resolve(&key).expect("no type conflict")
-    }
-
-    fn series(registry: &Registry, kind: Kind, name: &str, labels: &[(&str, &str)]) -> Arc<Series> {
-        series_with(registry, kind, name, labels, SeriesOptions::default())
-    }
-
-    fn apply(registry: &Registry, series: &Series, update: Update) {
-        series.apply(update, registry.settings()).unwrap();
     }
 
     fn observe(registry: &Registry, series: &Series, value: f64, weight: u64) {
@@ -355,25 +348,7 @@ mod tests {
 
     #[test]
     fn a_whole_scrape_decodes_family_by_family() {
-        let registry = Registry::new(RegistrySettings::default());
-        let requests = series(
-            &registry,
-            Kind::Counter,
-            "requests",
-            &[("code", "200"), ("path", "/a \"b\"\n")],
-        );
-        apply(&registry, &requests, Update::Add(5.0));
-        let gauge = series(&registry, Kind::Gauge, "queue_depth", &[]);
-        apply(&registry, &gauge, Update::Set(-2.5));
-        let users = series(&registry, Kind::Set, "users", &[("app", "web")]);
-        for hash in [1, 2, 2] {
-            let now = registry.now_secs();
-            apply(&registry, &users, Update::Member { hash, now });
-        }
-        let latency = series(&registry, Kind::Histogram, "latency_seconds", &[]);
-        for value in [0.001, 0.02, 0.02, 7.0, 100.0] {
-            observe(&registry, &latency, value, 1);
-        }
+        let registry = all_kinds_registry();
         let answer = series(&registry, Kind::Summary, "answer_seconds", &[]);
         for value in [1.0, 2.0, 3.0] {
             observe(&registry, &answer, value, 1);
@@ -384,27 +359,44 @@ mod tests {
         assert_eq!(counter.r#type, Some(MetricType::Counter as i32));
         assert_eq!(counter.help.as_deref(), Some(super::DEFAULT_HELP));
         let metric = &counter.metric[0];
-        assert_eq!(labels(metric), [("code", "200"), ("path", "/a \"b\"\n")]);
+        assert_eq!(labels(metric), [("code", "200"), ("path", "/a \"b\"")]);
         let value = metric.counter.as_ref().unwrap();
         assert_eq!(value.value, Some(5.0));
         let created = value.created_timestamp.as_ref().unwrap();
         let created = created.seconds as f64 + f64::from(created.nanos) / 1e9;
-        assert!((created - requests.created()).abs() < 1e-6, "{created}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - created).abs() < 60.0, "{created}");
+        family(&families, "restarts_total");
 
         let gauge = family(&families, "queue_depth");
         assert_eq!(gauge.r#type, Some(MetricType::Gauge as i32));
-        assert_eq!(gauge.metric[0].gauge.as_ref().unwrap().value, Some(-2.5));
-        assert!(gauge.metric[0].label.is_empty());
+        let values: Vec<(Vec<(&str, &str)>, f64)> = gauge
+            .metric
+            .iter()
+            .map(|m| (labels(m), m.gauge.as_ref().unwrap().value.unwrap()))
+            .collect();
+        assert_eq!(values[0], (vec![("queue", "a\\b\nc")], 0.25));
+        assert_eq!(values[1].0, [("queue", "x")]);
+        assert!(values[1].1.is_nan());
 
-        let set = family(&families, "users");
+        let set = family(&families, "unique_users");
         assert_eq!(set.r#type, Some(MetricType::Gauge as i32));
-        assert_eq!(set.metric[0].gauge.as_ref().unwrap().value, Some(2.0));
+        assert_eq!(set.metric[0].gauge.as_ref().unwrap().value, Some(1.0));
 
-        let histogram = family(&families, "latency_seconds");
+        let histogram = family(&families, "request_duration_seconds");
         assert_eq!(histogram.r#type, Some(MetricType::Histogram as i32));
-        let h = histogram.metric[0].histogram.as_ref().unwrap();
-        assert_eq!(h.sample_count, Some(5));
-        assert!((h.sample_sum.unwrap() - 107.041).abs() < 1e-9);
+        let with_op = histogram
+            .metric
+            .iter()
+            .find(|m| !m.label.is_empty())
+            .unwrap();
+        assert_eq!(labels(with_op), [("op", "get")]);
+        let h = with_op.histogram.as_ref().unwrap();
+        assert_eq!(h.sample_count, Some(4));
+        assert!((h.sample_sum.unwrap() - 53.301).abs() < 1e-9);
         let buckets: Vec<(f64, u64)> = h
             .bucket
             .iter()
@@ -412,8 +404,8 @@ mod tests {
             .collect();
         assert_eq!(buckets.len(), 11, "no +Inf bucket: {buckets:?}");
         assert_eq!(buckets[0], (0.005, 1));
-        assert_eq!(buckets[2], (0.025, 3));
-        assert_eq!(buckets[10], (10.0, 4));
+        assert_eq!(buckets[6], (0.5, 2));
+        assert_eq!(buckets[10], (10.0, 3));
         assert!(h.created_timestamp.is_some());
         assert_eq!(h.schema, None, "no native buckets unless configured");
         assert!(h.positive_span.is_empty() && h.zero_threshold.is_none());
@@ -425,6 +417,7 @@ mod tests {
         let quantiles: Vec<f64> = s.quantile.iter().map(|q| q.quantile.unwrap()).collect();
         assert_eq!(quantiles, [0.5, 0.9, 0.99]);
         assert!((s.quantile[0].value.unwrap() - 2.0).abs() < 0.03);
+        assert!(s.created_timestamp.is_some());
 
         // tallyd's own metrics follow, counters with `_total`.
         let own = family(&families, "tallyd_scrapes_total");
@@ -507,7 +500,7 @@ mod tests {
             },
             ..SeriesOptions::default()
         };
-        let registry = Registry::new(RegistrySettings::default());
+        let registry = registry();
         let coarse = series_with(&registry, Kind::Histogram, "coarse", &[], on);
         for value in [0.5, 3.0, 10.0, 100.0, 1e6] {
             observe(&registry, &coarse, value, 1);
@@ -533,7 +526,7 @@ mod tests {
 
     #[test]
     fn statsd_exporter_names_drop_total_from_registry_counters_only() {
-        let registry = Registry::new(RegistrySettings::default());
+        let registry = registry();
         let hits = series(&registry, Kind::Counter, "hits", &[]);
         apply(&registry, &hits, Update::Add(1.0));
         let jobs = series(&registry, Kind::Counter, "jobs_total", &[]);
@@ -565,7 +558,7 @@ mod tests {
 
     #[test]
     fn families_no_scraper_could_use_are_left_out() {
-        let registry = Registry::new(RegistrySettings::default());
+        let registry = registry();
         for name in ["bad-name", "tallyd_scrapes"] {
             let s = series(&registry, Kind::Gauge, name, &[]);
             apply(&registry, &s, Update::Set(42.0));
@@ -588,7 +581,7 @@ mod tests {
 
     #[test]
     fn units_are_carried_and_help_is_not_escaped() {
-        let registry = Registry::new(RegistrySettings::default());
+        let registry = registry();
         let options = SeriesOptions {
             help: Some("Time \\ spent\n\"here\"".into()),
             unit: Some("seconds".into()),
