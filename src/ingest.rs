@@ -27,7 +27,7 @@ use crate::protocol::{
     parse_datagram,
 };
 use crate::record::{Recorder, Refusal, SeriesHandle};
-use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
+use crate::registry::{Kind, NativeOptions, SeriesKeyBuf, SeriesOptions, Update};
 use crate::relay::mapped::MappedForm;
 use crate::relay::{Hub, LineForm, Tap};
 use crate::rules::{Match, ObserverType, RuleCache, RuleSet};
@@ -350,6 +350,10 @@ impl Resolver {
                 ttl_secs: rule.ttl().map(|ttl| ttl.as_secs().max(1) as u32),
                 summary: summary
                     .then(|| Arc::new(SummaryConfig::with_quantiles(rule.quantiles.as_deref()))),
+                native: NativeOptions {
+                    bucket_factor: rule.native_histogram_bucket_factor,
+                    max_buckets: rule.native_histogram_max_buckets,
+                },
             };
             if summary {
                 kind = Kind::Summary;

@@ -322,6 +322,11 @@ pub struct AggregationConfig {
     pub max_set_members: usize,
     /// 0 = 16 per core.
     pub shards: usize,
+    /// Native buckets for every histogram that does not say otherwise: 0 = none, above 1 = on.
+    #[serde(deserialize_with = "native_bucket_factor")]
+    pub native_histogram_bucket_factor: f64,
+    #[serde(deserialize_with = "native_max_buckets")]
+    pub native_histogram_max_buckets: u32,
 }
 
 impl Default for AggregationConfig {
@@ -332,6 +337,8 @@ impl Default for AggregationConfig {
             set_window_seconds: registry.set_window_secs,
             max_set_members: registry.max_set_members,
             shards: 0,
+            native_histogram_bucket_factor: registry.native_bucket_factor,
+            native_histogram_max_buckets: registry.native_max_buckets,
         }
     }
 }
@@ -445,6 +452,18 @@ fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
     let bounds = Vec::<f64>::deserialize(d)?;
     crate::validate::buckets(&bounds).map_err(serde::de::Error::custom)?;
     Ok(bounds)
+}
+
+fn native_bucket_factor<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let factor = f64::deserialize(d)?;
+    crate::validate::native_bucket_factor(factor).map_err(serde::de::Error::custom)?;
+    Ok(factor)
+}
+
+fn native_max_buckets<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let max = u32::deserialize(d)?;
+    crate::validate::native_max_buckets(max).map_err(serde::de::Error::custom)?;
+    Ok(max)
 }
 
 fn ttl_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -79,6 +79,83 @@ mod tests {
     }
 
     #[test]
+    fn native_histograms_are_off_by_default_and_aggregation_turns_them_on() {
+        let defaults = settings("").unwrap();
+        assert_eq!(defaults.registry.native_bucket_factor, 0.0);
+        assert_eq!(defaults.registry.native_max_buckets, 256);
+        let on = settings(
+            "[aggregation]\nnative_histogram_bucket_factor = 1.1\n\
+             native_histogram_max_buckets = 100\n",
+        )
+        .unwrap();
+        assert_eq!(on.registry.native_bucket_factor, 1.1);
+        assert_eq!(on.registry.native_max_buckets, 100);
+    }
+
+    #[test]
+    fn bad_native_histogram_keys_are_refused_with_the_key_and_line() {
+        for (text, key, line) in [
+            (
+                "[aggregation]\nnative_histogram_bucket_factor = 0.5\n",
+                "native_histogram_bucket_factor",
+                "line 2",
+            ),
+            (
+                "[aggregation]\nnative_histogram_max_buckets = 0\n",
+                "native_histogram_max_buckets",
+                "line 2",
+            ),
+            (
+                "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\nnative_histogram_bucket_factor = 1.0\n",
+                "native_histogram_bucket_factor",
+                "line ",
+            ),
+            (
+                "\n[[metric]]\nname = \"x\"\ntype = \"gauge\"\nnative_histogram_bucket_factor = 1.1\n",
+                "native_histogram_bucket_factor",
+                "line 2",
+            ),
+            (
+                "[[metric]]\nname = \"x\"\ntype = \"histogram\"\nnative_histogram_max_buckets = 5000\n",
+                "native_histogram_max_buckets",
+                "line 1",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key) && err.contains(line), "{text}: {err}");
+        }
+        let err = parse(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\nmatch_metric_type = \"counter\"\n\
+             native_histogram_max_buckets = 10\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("native_histogram"), "{err}");
+        let err = parse(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\nobserver_type = \"summary\"\n\
+             native_histogram_bucket_factor = 1.1\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("summary"), "{err}");
+    }
+
+    #[test]
+    fn rules_and_definitions_carry_native_histogram_keys() {
+        let settings = settings(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\n\
+             native_histogram_bucket_factor = 1.1\nnative_histogram_max_buckets = 64\n\
+             [[metric]]\nname = \"b_seconds\"\ntype = \"histogram\"\n\
+             native_histogram_bucket_factor = 0\n",
+        )
+        .unwrap();
+        let rule = settings.rules.rule(0);
+        assert_eq!(rule.native_histogram_bucket_factor, Some(1.1));
+        assert_eq!(rule.native_histogram_max_buckets, Some(64));
+        let native = settings.definitions["b_seconds"].options.native;
+        assert_eq!(native.bucket_factor, Some(0.0));
+        assert_eq!(native.max_buckets, None);
+    }
+
+    #[test]
     fn a_bad_log_filter_is_refused() {
         let err = parse("[log]\nlevel = \"info,[\"\n").unwrap_err();
         assert!(err.contains("invalid log filter"), "{err}");

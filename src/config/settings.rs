@@ -235,6 +235,8 @@ impl Settings {
                 max_series: file.limits.max_series,
                 max_series_per_metric: file.limits.max_series_per_metric,
                 series_ttl_secs: file.limits.series_ttl_seconds,
+                native_bucket_factor: aggregation.native_histogram_bucket_factor,
+                native_max_buckets: aggregation.native_histogram_max_buckets,
             },
             parse: ParseOptions {
                 gauge_deltas: file.statsd.gauge_deltas,

@@ -154,6 +154,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metrics_serves_gzipped_protobuf_to_a_prometheus_with_native_histograms() {
+        use prost::Message;
+
+        use crate::exposition::proto::MetricFamily;
+
+        let server =
+            TestServer::start_with(registry_with_gauges(3, 2), HttpOptions::default()).await;
+        let accept = "Accept: application/vnd.google.protobuf;\
+            proto=io.prometheus.client.MetricFamily;encoding=delimited,\
+            application/openmetrics-text;version=1.0.0;q=0.8,*/*;q=0.1\r\n\
+            Accept-Encoding: gzip\r\n";
+        let response = server.get("/metrics", accept).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some(
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; \
+                 encoding=delimited"
+            )
+        );
+        assert_eq!(response.header("content-encoding"), Some("gzip"));
+        let mut body = Vec::new();
+        flate2::read::GzDecoder::new(&response.body[..])
+            .read_to_end(&mut body)
+            .unwrap();
+        let mut rest = &body[..];
+        let mut families = Vec::new();
+        while !rest.is_empty() {
+            families.push(MetricFamily::decode_length_delimited(&mut rest).unwrap());
+        }
+        let named = |name: &str| families.iter().find(|f| f.name.as_deref() == Some(name));
+        assert_eq!(named("temperature").map(|f| f.metric.len()), Some(3));
+        assert!(named("tallyd_build_info").is_some(), "{families:?}");
+    }
+
+    #[tokio::test]
     async fn metrics_serves_text_to_a_text_accept_header() {
         let server = TestServer::start(HttpOptions::default()).await;
         let response = server

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod prometheus;
+
 /// How long a daemon may take to bind its listeners and log its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long [`Endpoints::wait_for`] polls before it gives up. UDP is asynchronous: a datagram that
