@@ -7,11 +7,14 @@
 //! - `extract.rs`: JSON and query extractors whose every rejection is a problem document;
 //! - `auth.rs`: the `Authorization` header and the authentication hook.
 //!
-//! - `matih.rs`: the custom-metrics routes at the Matih seed's paths.
+//! - `matih.rs`: the custom-metrics routes at the Matih seed's paths;
+//! - `deeploy.rs`: Deeploy's custom-metrics routes, at the server root (`/workspaces/…`) where
+//!   its client calls them.
 //!
-//! An unknown `/api` path answers a 404 problem document.
+//! An unknown `/api` or `/workspaces` path answers a 404 problem document.
 
 mod auth;
+pub mod deeploy;
 mod extract;
 pub mod matih;
 mod problem;
@@ -20,7 +23,7 @@ pub use auth::{
     Access, AuthRejection, Authenticator, Caller, Credentials, DEFAULT_TENANT, TENANT_HEADER,
 };
 pub use extract::OneOrMany;
-pub use extract::{ApiJson, ApiQuery, read_body};
+pub use extract::{ApiJson, ApiPath, ApiQuery, read_body};
 pub use problem::Problem;
 
 use std::sync::Arc;
@@ -43,6 +46,7 @@ pub struct ApiState {
 pub fn routes(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
         .merge(matih::routes())
+        .merge(deeploy::routes())
         .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
         .layer(axum::Extension(
             Arc::clone(&state.access) as Arc<dyn Authenticator>
@@ -50,10 +54,12 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
         .with_state(state)
 }
 
-/// Whether `path` belongs to the API (whose answers are JSON, and whose routes may read bodies).
+/// Whether `path` belongs to the API (whose answers are JSON, and whose routes may read bodies):
+/// `/api` and, for Deeploy's client, `/workspaces`.
 pub fn owns(path: &str) -> bool {
     path.strip_prefix("/api")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        || deeploy::owns(path)
 }
 
 #[cfg(test)]
@@ -77,6 +83,7 @@ mod tests {
         assert!(owns("/api/"));
         assert!(owns("/api/v1/tokens"));
         assert!(!owns("/apis"));
+        assert!(owns("/workspaces/w/deployments/d/customMetrics"));
         assert!(!owns("/metrics"));
         assert!(!owns("/"));
     }
