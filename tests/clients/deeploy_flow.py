@@ -521,32 +521,17 @@ def refusals(client, raw, prefix, deployment_id, timeseries_id, created):
     expect_client_error("titleXAxis on a timeseries update is refused",
                         client.update_custom_metric, deployment_id, timeseries_id,
                         {"title_x_axis": "time"})
-    expect_problem("timeseries with titleXAxis (raw) is refused",
-                   raw.post(f"{prefix}/customMetric", json={
-                       "name": "t", "graphType": "timeseries", "titleYAxis": "y",
-                       "titleXAxis": "time"}))
-    expect_problem("timeseries with unitXAxis (raw) is refused",
-                   raw.post(f"{prefix}/customMetric", json={
-                       "name": "t", "graphType": "timeseries", "titleYAxis": "y",
-                       "unitXAxis": "s"}))
-    expect_problem("timeseries with a baseline (raw) is refused",
-                   raw.post(f"{prefix}/customMetric", json={
-                       "name": "t", "graphType": "timeseries", "titleYAxis": "y",
-                       "baselineValue": 3}))
-    expect_problem("line without titleXAxis (raw) is refused",
-                   raw.post(f"{prefix}/customMetric", json={
-                       "name": "l", "graphType": "line", "titleYAxis": "y"}))
-    expect_problem("bar with aggregationMethod (raw) is refused",
-                   raw.post(f"{prefix}/customMetric", json={
-                       "name": "b", "graphType": "bar", "titleXAxis": "x", "titleYAxis": "y",
-                       "aggregationMethod": "sum"}))
-    expect_problem("an unknown aggregationMethod (raw) is refused",
-                   raw.post(f"{prefix}/customMetric", json={
-                       "name": "t", "graphType": "timeseries", "titleYAxis": "y",
-                       "aggregationMethod": "median"}))
-    expect_problem("an unknown graphType (raw) is refused",
-                   raw.post(f"{prefix}/customMetric", json={
-                       "name": "p", "graphType": "pie", "titleXAxis": "x", "titleYAxis": "y"}))
+    timeseries = {"name": "t", "graphType": "timeseries", "titleYAxis": "y"}
+    bar = {"name": "b", "graphType": "bar", "titleXAxis": "x", "titleYAxis": "y"}
+    for what, body in (
+            ("timeseries with titleXAxis", {**timeseries, "titleXAxis": "time"}),
+            ("timeseries with unitXAxis", {**timeseries, "unitXAxis": "s"}),
+            ("timeseries with a baseline", {**timeseries, "baselineValue": 3}),
+            ("line without titleXAxis", {"name": "l", "graphType": "line", "titleYAxis": "y"}),
+            ("bar with aggregationMethod", {**bar, "aggregationMethod": "sum"}),
+            ("an unknown aggregationMethod", {**timeseries, "aggregationMethod": "median"}),
+            ("an unknown graphType", {**bar, "graphType": "pie"})):
+        expect_problem(f"{what} (raw) is refused", raw.post(f"{prefix}/customMetric", json=body))
     expect_problem("a timeseries x without a zone (raw) is refused",
                    raw.post(f"{prefix}/customMetric/{timeseries_id}/dataPoints",
                             json=[{"xValue": "2026-03-06T10:00:00", "yValue": 1.0}]))

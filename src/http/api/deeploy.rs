@@ -14,12 +14,13 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use hyper::StatusCode;
 use hyper::header::{self, HeaderMap};
-use serde::Serialize;
+use hyper::http::request::Parts;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiJson, ApiPath, ApiState, Caller, Problem, TENANT_HEADER};
 use crate::custom::deeploy::{Changes, NewPoint, Spec};
@@ -53,8 +54,44 @@ pub fn owns(path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-type DeploymentPath = ApiPath<(String, String)>;
-type MetricPath = ApiPath<(String, String, String)>;
+/// The path's names: every route has a workspace and a deployment, some a metric id.
+#[derive(Deserialize)]
+struct Names {
+    workspace: String,
+    deployment: String,
+    #[serde(default)]
+    id: String,
+}
+
+/// Who asks, and about what: the caller, its tenant for the path's workspace (checked), and
+/// the path's deployment and metric id (empty on the deployment's own routes).
+struct Target {
+    caller: Caller,
+    tenant: String,
+    deployment: String,
+    id: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Target {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let caller = Caller::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ApiPath(names) = ApiPath::<Names>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let tenant = tenant_of(&caller, &parts.headers, &names.workspace)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Target {
+            caller,
+            tenant,
+            deployment: names.deployment,
+            id: names.id,
+        })
+    }
+}
 
 /// The tenant a request reaches through `workspace`, or why it may not.
 fn tenant_of(caller: &Caller, headers: &HeaderMap, workspace: &str) -> Result<String, Problem> {
@@ -83,95 +120,54 @@ fn tenant_of(caller: &Caller, headers: &HeaderMap, workspace: &str) -> Result<St
     Ok(workspace.to_owned())
 }
 
-async fn create(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    ApiPath((workspace, deployment)): DeploymentPath,
-    ApiJson(spec): ApiJson<Spec>,
-) -> Result<Response, Problem> {
-    caller.require(Scope::Admin)?;
-    let tenant = tenant_of(&caller, &headers, &workspace)?;
+type Answer = Result<Response, Problem>;
+
+async fn create(State(state): State<Arc<ApiState>>, to: Target, body: ApiJson<Spec>) -> Answer {
+    to.caller.require(Scope::Admin)?;
     let deeploy = state.custom.deeploy();
-    let metric = deeploy.create(&tenant, &deployment, spec).await?;
+    let metric = deeploy.create(&to.tenant, &to.deployment, body.0).await?;
     Ok((StatusCode::CREATED, ApiJson(metric.document())).into_response())
 }
 
-async fn list(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    ApiPath((workspace, deployment)): DeploymentPath,
-) -> Result<Response, Problem> {
-    caller.require(Scope::Read)?;
-    let tenant = tenant_of(&caller, &headers, &workspace)?;
-    let metrics: Vec<_> = state
-        .custom
-        .deeploy()
-        .list(&tenant, &deployment)
-        .iter()
-        .map(|metric| metric.document())
-        .collect();
-    Ok(ApiJson(metrics).into_response())
+async fn list(State(state): State<Arc<ApiState>>, to: Target) -> Answer {
+    to.caller.require(Scope::Read)?;
+    let metrics = state.custom.deeploy().list(&to.tenant, &to.deployment);
+    let documents: Vec<_> = metrics.iter().map(|metric| metric.document()).collect();
+    Ok(ApiJson(documents).into_response())
 }
 
-async fn charts(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    ApiPath((workspace, deployment)): DeploymentPath,
-) -> Result<Response, Problem> {
-    caller.require(Scope::Read)?;
-    let tenant = tenant_of(&caller, &headers, &workspace)?;
-    let charts = state.custom.deeploy().charts(&tenant, &deployment).await?;
-    Ok(ApiJson(charts).into_response())
+async fn charts(State(state): State<Arc<ApiState>>, to: Target) -> Answer {
+    to.caller.require(Scope::Read)?;
+    let charts = state.custom.deeploy().charts(&to.tenant, &to.deployment);
+    Ok(ApiJson(charts.await?).into_response())
 }
 
-async fn update(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    ApiPath((workspace, deployment, id)): MetricPath,
-    ApiJson(changes): ApiJson<Changes>,
-) -> Result<Response, Problem> {
-    caller.require(Scope::Admin)?;
-    let tenant = tenant_of(&caller, &headers, &workspace)?;
+async fn update(State(state): State<Arc<ApiState>>, to: Target, body: ApiJson<Changes>) -> Answer {
+    to.caller.require(Scope::Admin)?;
     let deeploy = state.custom.deeploy();
-    let metric = deeploy.update(&tenant, &deployment, &id, changes).await?;
-    Ok(ApiJson(metric.document()).into_response())
+    let metric = deeploy.update(&to.tenant, &to.deployment, &to.id, body.0);
+    Ok(ApiJson(metric.await?.document()).into_response())
 }
 
-async fn delete(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    ApiPath((workspace, deployment, id)): MetricPath,
-) -> Result<Response, Problem> {
-    caller.require(Scope::Admin)?;
-    let tenant = tenant_of(&caller, &headers, &workspace)?;
+async fn delete(State(state): State<Arc<ApiState>>, to: Target) -> Answer {
+    to.caller.require(Scope::Admin)?;
     let deleted = state
         .custom
         .deeploy()
-        .delete(&tenant, &deployment, &id)
-        .await?;
-    Ok(ApiJson(deleted).into_response())
+        .delete(&to.tenant, &to.deployment, &to.id);
+    Ok(ApiJson(deleted.await?).into_response())
 }
 
 async fn add_points(
     State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    ApiPath((workspace, deployment, id)): MetricPath,
-    ApiJson(points): ApiJson<Vec<NewPoint>>,
-) -> Result<Response, Problem> {
-    caller.require(Scope::Write)?;
-    let tenant = tenant_of(&caller, &headers, &workspace)?;
+    to: Target,
+    body: ApiJson<Vec<NewPoint>>,
+) -> Answer {
+    to.caller.require(Scope::Write)?;
     let max_batch = state.custom.options().max_batch;
     let deeploy = state.custom.deeploy();
-    let stored = deeploy
-        .add_points(&tenant, &deployment, &id, points, max_batch)
-        .await?;
-    Ok((StatusCode::CREATED, ApiJson(stored)).into_response())
+    let stored = deeploy.add_points(&to.tenant, &to.deployment, &to.id, body.0, max_batch);
+    Ok((StatusCode::CREATED, ApiJson(stored.await?)).into_response())
 }
 
 #[derive(Serialize)]
@@ -181,21 +177,17 @@ struct Cleared {
     deleted: u64,
 }
 
-async fn clear_points(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    ApiPath((workspace, deployment, id)): MetricPath,
-) -> Result<Response, Problem> {
-    caller.require(Scope::Write)?;
-    let tenant = tenant_of(&caller, &headers, &workspace)?;
+async fn clear_points(State(state): State<Arc<ApiState>>, to: Target) -> Answer {
+    to.caller.require(Scope::Write)?;
     let deeploy = state.custom.deeploy();
-    let deleted = deeploy.clear_points(&tenant, &deployment, &id).await?;
-    Ok(ApiJson(Cleared {
-        custom_metric_id: id,
+    let deleted = deeploy
+        .clear_points(&to.tenant, &to.deployment, &to.id)
+        .await?;
+    let cleared = Cleared {
+        custom_metric_id: to.id,
         deleted,
-    })
-    .into_response())
+    };
+    Ok(ApiJson(cleared).into_response())
 }
 
 /// axum answers a method a route does not take with an empty 405; the client reads every
