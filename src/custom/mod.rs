@@ -24,6 +24,7 @@ use crate::record::{Recorder, Refusal};
 use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
 use crate::store::{self, Point, Store, StoredMetric, Write, Written};
 
+pub mod deeploy;
 pub mod names;
 pub mod query;
 pub mod seldon;
@@ -233,6 +234,8 @@ pub struct CustomMetrics {
     shown: Mutex<HashMap<(i64, Arc<str>), i64>>,
     /// Definition changes one at a time (checks, store, registry as one step).
     changes: tokio::sync::Mutex<()>,
+    /// Deeploy's chart-backed metrics, in the same store.
+    deeploy: deeploy::Deeploy,
 }
 
 impl CustomMetrics {
@@ -243,6 +246,7 @@ impl CustomMetrics {
         options: ApiOptions,
     ) -> Result<CustomMetrics, String> {
         let stored = store.reader().metrics().map_err(|e| e.to_string())?;
+        let deeploy = deeploy::Deeploy::load(store.clone(), Arc::clone(&recorder), &stored);
         let service = CustomMetrics {
             store,
             recorder,
@@ -250,6 +254,7 @@ impl CustomMetrics {
             catalog: RwLock::new(HashMap::new()),
             shown: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            deeploy,
         };
         for row in stored {
             let read_only = row.scope != MATIH_SCOPE;
@@ -284,6 +289,10 @@ impl CustomMetrics {
             );
         }
         Ok(service)
+    }
+
+    pub fn deeploy(&self) -> &deeploy::Deeploy {
+        &self.deeploy
     }
 
     pub fn store(&self) -> &Store {

@@ -11,13 +11,14 @@
 //!   neither a connection cap nor a header timeout;
 //! - `scrape`: `/metrics` — negotiation, the render slots, gzip;
 //! - `admin`: health, readiness, the landing page and the lifecycle endpoints;
-//! - [`api`]: the building blocks of the REST API under `/api` (problem documents, JSON and
-//!   query extractors with bounded bodies, the authentication hook). No public route yet.
+//! - [`api`]: the REST API under `/api`, and Deeploy's under `/workspaces` (problem documents,
+//!   JSON and query extractors with bounded bodies, the authentication hook, the routes).
 //!
-//! Bodies: outside `/api` no route takes one and none is ever read. A request that announces a
-//! body there gets its answer with `Connection: close`; hyper then reads at most what is
-//! already buffered and closes, so a huge upload costs us nothing. Under `/api` a body is read
-//! up to [`api::DEFAULT_BODY_LIMIT`] and refused with 413 beyond it.
+//! Bodies: outside the API's paths ([`api::owns`]) no route takes one and none is ever read. A
+//! request that announces a body there gets its answer with `Connection: close`; hyper then
+//! reads at most what is already buffered and closes, so a huge upload costs us nothing. On the
+//! API's paths a body is read up to the `[api] max_body_bytes` limit and refused with 413
+//! beyond it.
 
 use std::io;
 use std::sync::Arc;
@@ -134,8 +135,8 @@ fn routes(state: &Arc<HttpState>) -> Router {
     }
 }
 
-/// Unknown paths: a problem document under `/api` (API clients parse those), plain text
-/// elsewhere.
+/// Unknown paths: a problem document on the API's paths (API clients parse those), plain
+/// text elsewhere.
 async fn not_found(request: Request) -> Response {
     let path = request.uri().path();
     if api::owns(path) {
@@ -194,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_api_path_is_a_404_problem() {
         let server = TestServer::start(HttpOptions::default()).await;
-        for path in ["/api", "/api/v1/nope"] {
+        for path in ["/api", "/api/v1/nope", "/workspaces/w/deployments/d/nope"] {
             let response = server.get(path, "").await;
             assert_eq!(response.status, 404, "{path}");
             assert_eq!(

@@ -249,6 +249,7 @@ impl SqliteEngine {
                 Ok(Written::Done)
             }
             Write::DataPoints { metric, points } => {
+                let first_seq = self.next_seq;
                 for point in points {
                     let seq = self.next_seq;
                     self.next_seq += 1;
@@ -259,7 +260,7 @@ impl SqliteEngine {
                         )?
                         .execute(params![metric, seq, point.x, point.y, point.prediction_ids])?;
                 }
-                Ok(Written::Done)
+                Ok(Written::DataPoints { first_seq })
             }
             Write::ClearDataPoints { metric } => {
                 let removed = self
