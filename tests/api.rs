@@ -1021,3 +1021,24 @@ fn a_reload_puts_new_tokens_in_force() {
     assert_eq!(outcome.blocking_recv(), Ok(Ok(())));
     assert_eq!(call(tallyd.http, "GET", BASE, WRITER, None).0, 200);
 }
+
+#[test]
+fn a_method_a_route_does_not_take_is_a_405_problem_with_allow() {
+    let tallyd = InProcess::with_config(&config(""));
+    let response = http_send(
+        tallyd.http,
+        "PUT",
+        BASE,
+        &[("Authorization", &format!("Bearer {WRITER}"))],
+        b"",
+    );
+    assert_eq!(response.status, 405);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/problem+json")
+    );
+    let allow = response.header("allow").unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let problem: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(problem["code"], "method_not_allowed");
+}

@@ -18,7 +18,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use hyper::StatusCode;
-use hyper::header::{self, HeaderMap};
+use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +45,6 @@ pub fn routes() -> Router<Arc<ApiState>> {
         )
         .route(&format!("{DEPLOYMENT}/customMetrics"), get(list))
         .route(&format!("{DEPLOYMENT}/customMetricsChartData"), get(charts))
-        .layer(axum::middleware::map_response(method_problem))
 }
 
 /// Whether `path` is Deeploy-shaped (its answers, found or not, are JSON problems on failure).
@@ -188,27 +187,6 @@ async fn clear_points(State(state): State<Arc<ApiState>>, to: Target) -> Answer 
         deleted,
     };
     Ok(ApiJson(cleared).into_response())
-}
-
-/// axum answers a method a route does not take with an empty 405; the client reads every
-/// error body as JSON, so it becomes a problem document (keeping `Allow`).
-async fn method_problem(response: Response) -> Response {
-    if response.status() != StatusCode::METHOD_NOT_ALLOWED
-        || response.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return response;
-    }
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let detail = match allow.as_ref().and_then(|methods| methods.to_str().ok()) {
-        Some(methods) => format!("this resource takes {methods}"),
-        None => "this resource does not take that method".to_owned(),
-    };
-    let mut problem =
-        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail).into_response();
-    if let Some(allow) = allow {
-        problem.headers_mut().insert(header::ALLOW, allow);
-    }
-    problem
 }
 
 #[cfg(test)]

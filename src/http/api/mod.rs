@@ -78,6 +78,7 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
         )
         // Deeploy's routes are its client's contract, not ours: they are not in the document.
         .merge(deeploy::routes())
+        .layer(axum::middleware::map_response(problem::method_problem))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.telemetry),
             count_request,
