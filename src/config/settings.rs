@@ -18,9 +18,9 @@ use crate::exposition::ExpositionOptions;
 use crate::http::HttpOptions;
 use crate::ingest::{IngestOptions, SharedRules};
 use crate::lint::LintWarning;
-use crate::listen::UdpOptions;
 use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
+use crate::listen::{Endpoint, Role, UdpOptions, activation};
 use crate::protocol::ParseOptions;
 use crate::registry::RegistrySettings;
 use crate::rules::RuleSet;
@@ -74,7 +74,7 @@ pub struct Settings {
     pub udp: UdpOptions,
     pub tcp: TcpOptions,
     pub unix: UnixOptions,
-    pub http_listen: SocketAddr,
+    pub http_listen: Endpoint<SocketAddr>,
     pub http: HttpOptions,
     /// Serve `POST /-/reload` and `POST /-/quit`.
     pub enable_lifecycle: bool,
@@ -111,8 +111,8 @@ impl Settings {
         if !cli.unix_listen.is_empty() {
             file.unix.listen = cli.unix_listen.clone();
         }
-        if let Some(addr) = cli.http_listen {
-            file.http.listen = addr;
+        if let Some(addr) = &cli.http_listen {
+            file.http.listen = addr.clone();
         }
         if let Some(level) = &cli.log_level {
             file.log.level =
@@ -161,6 +161,9 @@ impl Settings {
             }
         }
         let (aggregation, deprecations) = aggregation(&file).map_err(invalid)?;
+        if let Some(shared) = activation::shared_name(systemd_names(&file)) {
+            return Err(invalid(shared));
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let secs = Duration::from_secs_f64;
         Ok(Settings {
@@ -188,7 +191,7 @@ impl Settings {
                 max_datagram_bytes: file.unix.max_datagram_bytes,
                 receive_buffer_bytes: file.unix.receive_buffer_bytes,
             },
-            http_listen: file.http.listen,
+            http_listen: file.http.listen.clone(),
             http: HttpOptions {
                 header_read_timeout: secs(file.http.header_read_timeout_seconds),
                 request_timeout: secs(file.http.request_timeout_seconds),
@@ -261,6 +264,30 @@ impl Settings {
         }
         changed
     }
+}
+
+/// Every `systemd:NAME` the listen lists claim, with the listener that claims it.
+fn systemd_names(file: &Config) -> impl Iterator<Item = (Role, &str)> {
+    let udp = file
+        .udp
+        .listen
+        .iter()
+        .map(|e| (Role::Udp, e.systemd_name()));
+    let tcp = file
+        .tcp
+        .listen
+        .iter()
+        .map(|e| (Role::Tcp, e.systemd_name()));
+    let unix = file
+        .unix
+        .listen
+        .iter()
+        .map(|e| (Role::Unix, e.systemd_name()));
+    let http = std::iter::once((Role::Http, file.http.listen.systemd_name()));
+    udp.chain(tcp)
+        .chain(unix)
+        .chain(http)
+        .filter_map(|(role, name)| Some((role, name?)))
 }
 
 fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {

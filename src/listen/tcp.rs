@@ -45,7 +45,8 @@ use std::time::Duration;
 
 use memchr::{memchr, memchr_iter, memrchr};
 
-use super::{Intake, LOG_INTERVAL, LogLimit, Stop};
+use super::activation::{Endpoint, Passed, Role};
+use super::{Intake, LOG_INTERVAL, LogLimit, OpenError, Stop};
 use crate::protocol::Reason;
 
 /// The longest `max_line_bytes` allowed: the parser's own line limit (64 KiB), above which it
@@ -62,8 +63,9 @@ const KEEP_TAIL_CAPACITY: usize = 4 * 1024;
 /// What `[tcp]` asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TcpOptions {
-    /// Addresses to accept connections on; none by default.
-    pub listen: Vec<SocketAddr>,
+    /// Addresses to accept connections on, or `systemd:NAME` for the listening sockets
+    /// systemd passed under that name; none by default.
+    pub listen: Vec<Endpoint<SocketAddr>>,
     /// Longest line accepted, in bytes before its `\n`.
     pub max_line_bytes: usize,
     /// Open connections per address at most.
@@ -100,13 +102,15 @@ impl TcpListener {
     }
 }
 
-/// Binds every TCP listen address, so that a port in use is reported (naming the address)
-/// before anything starts.
-pub fn bind(options: &TcpOptions) -> io::Result<Vec<TcpListener>> {
-    options
-        .listen
-        .iter()
-        .map(|&addr| {
+/// Binds every TCP listen address and adopts the listening sockets systemd passed for
+/// `systemd:NAME` entries, so that a port in use (named in the error) or a passed socket that
+/// does not fit is reported before anything starts.
+pub fn open(options: &TcpOptions, passed: &mut Passed) -> Result<Vec<TcpListener>, OpenError> {
+    super::open_endpoints(
+        &options.listen,
+        Role::Tcp,
+        passed,
+        |&addr| {
             let named = |e: io::Error| {
                 io::Error::new(
                     e.kind(),
@@ -114,24 +118,47 @@ pub fn bind(options: &TcpOptions) -> io::Result<Vec<TcpListener>> {
                 )
             };
             let listener = std::net::TcpListener::bind(addr).map_err(named)?;
-            listener.set_nonblocking(true).map_err(named)?;
-            let local_addr = listener.local_addr().map_err(named)?;
-            tracing::info!(
-                "listening for StatsD on TCP {local_addr}: at most {} connections, lines up to \
-                 {} bytes, idle timeout {:?}",
-                options.max_connections,
-                options.max_line_bytes,
-                options.idle_timeout
-            );
-            Ok(TcpListener {
-                listener,
-                local_addr,
-                max_line_bytes: options.max_line_bytes.max(1),
-                max_connections: options.max_connections.max(1),
-                idle_timeout: options.idle_timeout,
+            ready(listener, options, "").map_err(named).map(|l| vec![l])
+        },
+        |fd| {
+            ready(
+                std::net::TcpListener::from(fd),
+                options,
+                " (socket passed by systemd)",
+            )
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot use the TCP socket systemd passed: {e}"),
+                )
             })
-        })
-        .collect()
+            .map(|l| vec![l])
+        },
+    )
+}
+
+/// A bound (or passed) listening socket made ready for the receive thread's reactor.
+fn ready(
+    listener: std::net::TcpListener,
+    options: &TcpOptions,
+    origin: &str,
+) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(
+        "listening for StatsD on TCP {local_addr}{origin}: at most {} connections, lines up to \
+         {} bytes, idle timeout {:?}",
+        options.max_connections,
+        options.max_line_bytes,
+        options.idle_timeout
+    );
+    Ok(TcpListener {
+        listener,
+        local_addr,
+        max_line_bytes: options.max_line_bytes.max(1),
+        max_connections: options.max_connections.max(1),
+        idle_timeout: options.idle_timeout,
+    })
 }
 
 /// What the connections of one thread share.
