@@ -57,9 +57,10 @@ impl Listeners {
     }
 
     /// Binds every address the settings name and adopts the sockets systemd passed for every
-    /// `systemd:NAME`; a passed socket that no listen address claims is refused, since nobody
-    /// would read what clients send to it.
+    /// `systemd:NAME`; a passed socket that no listen address claims is refused first, since
+    /// nobody would read what clients send to it.
     pub fn open(settings: &Settings, mut passed: Passed) -> Result<Listeners, OpenError> {
+        passed.refuse_unclaimed(settings.systemd_names().map(|(_, name)| name))?;
         let udp = udp::open(&settings.udp, &mut passed)?;
         let tcp = tcp::open(&settings.tcp, &mut passed)?;
         let unix = unix::open(&settings.unix, &mut passed)?;
@@ -77,7 +78,6 @@ impl Listeners {
         };
         http.set_nonblocking(true)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot use the HTTP listener: {e}")))?;
-        passed.finish()?;
         Ok(Listeners {
             udp,
             tcp,

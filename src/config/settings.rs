@@ -161,12 +161,9 @@ impl Settings {
             }
         }
         let (aggregation, deprecations) = aggregation(&file).map_err(invalid)?;
-        if let Some(shared) = activation::shared_name(systemd_names(&file)) {
-            return Err(invalid(shared));
-        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let secs = Duration::from_secs_f64;
-        Ok(Settings {
+        let settings = Settings {
             rules: Arc::new(rules),
             definitions,
             lint,
@@ -223,7 +220,35 @@ impl Settings {
             },
             log_level: file.log.level.clone(),
             file,
-        })
+        };
+        if let Some(shared) = activation::shared_name(settings.systemd_names()) {
+            return Err(invalid(shared));
+        }
+        Ok(settings)
+    }
+
+    /// Every `systemd:NAME` the listen addresses claim, with the listener that claims it.
+    pub fn systemd_names(&self) -> impl Iterator<Item = (Role, &str)> {
+        let udp = self
+            .udp
+            .listen
+            .iter()
+            .map(|e| (Role::Udp, e.systemd_name()));
+        let tcp = self
+            .tcp
+            .listen
+            .iter()
+            .map(|e| (Role::Tcp, e.systemd_name()));
+        let unix = self
+            .unix
+            .listen
+            .iter()
+            .map(|e| (Role::Unix, e.systemd_name()));
+        let http = std::iter::once((Role::Http, self.http_listen.systemd_name()));
+        udp.chain(tcp)
+            .chain(unix)
+            .chain(http)
+            .filter_map(|(role, name)| Some((role, name?)))
     }
 
     /// Ingest options over `rules` (the daemon's swappable copy of [`Settings::rules`]).
@@ -264,30 +289,6 @@ impl Settings {
         }
         changed
     }
-}
-
-/// Every `systemd:NAME` the listen lists claim, with the listener that claims it.
-fn systemd_names(file: &Config) -> impl Iterator<Item = (Role, &str)> {
-    let udp = file
-        .udp
-        .listen
-        .iter()
-        .map(|e| (Role::Udp, e.systemd_name()));
-    let tcp = file
-        .tcp
-        .listen
-        .iter()
-        .map(|e| (Role::Tcp, e.systemd_name()));
-    let unix = file
-        .unix
-        .listen
-        .iter()
-        .map(|e| (Role::Unix, e.systemd_name()));
-    let http = std::iter::once((Role::Http, file.http.listen.systemd_name()));
-    udp.chain(tcp)
-        .chain(unix)
-        .chain(http)
-        .filter_map(|(role, name)| Some((role, name?)))
 }
 
 fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {

@@ -549,17 +549,25 @@ impl Passed {
         }
     }
 
-    /// Once every listener has claimed its sockets: refuses any socket left over.
-    pub fn finish(self) -> Result<(), ActivationError> {
-        if self.sockets.is_empty() {
-            return Ok(());
+    /// Refuses the passed sockets whose names no listen address claims (`claimed`), before
+    /// anything is bound: such a socket would fill up while its clients think they are heard,
+    /// and a bind to its address would fail with a less helpful message.
+    pub fn refuse_unclaimed<'a>(
+        &self,
+        claimed: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ActivationError> {
+        let claimed: Vec<&str> = claimed.into_iter().collect();
+        let unclaimed: Vec<(String, RawFd)> = self
+            .sockets
+            .iter()
+            .filter(|s| !claimed.contains(&s.name.as_str()))
+            .map(|s| (s.name.clone(), s.number))
+            .collect();
+        if unclaimed.is_empty() {
+            Ok(())
+        } else {
+            Err(ActivationError::Unclaimed(unclaimed))
         }
-        Err(ActivationError::Unclaimed(
-            self.sockets
-                .into_iter()
-                .map(|s| (s.name, s.number))
-                .collect(),
-        ))
     }
 }
 
@@ -810,9 +818,9 @@ mod tests {
             ("http", tcp_listener()),
             ("statsd", udp()),
         ]);
+        passed.refuse_unclaimed(["http", "statsd"]).unwrap();
         assert_eq!(passed.take("statsd", Role::Udp).unwrap().len(), 2);
         assert!(passed.take_one("http", Role::Http).is_ok());
-        passed.finish().unwrap();
     }
 
     #[test]
@@ -846,9 +854,8 @@ mod tests {
 
     #[test]
     fn an_unclaimed_socket_is_refused() {
-        let mut passed = passed(vec![("statsd", udp()), ("extra", udp())]);
-        passed.take("statsd", Role::Udp).unwrap();
-        let err = passed.finish().unwrap_err();
+        let passed = passed(vec![("statsd", udp()), ("extra", udp())]);
+        let err = passed.refuse_unclaimed(["statsd", "other"]).unwrap_err();
         assert!(
             matches!(&err, ActivationError::Unclaimed(list) if list.len() == 1 && list[0].0 == "extra"),
             "{err:?}"

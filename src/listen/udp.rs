@@ -53,8 +53,9 @@
 //! queue, and the kernel wakes one blocked receiver per arrival. What that costs next to a
 //! reuse-port group — one queue and its lock for all threads instead of one each, and no
 //! random spread — is measured by the end-to-end bench (`E2E_ONLY=shared`). Its receive buffer
-//! is left as the socket unit set it (`ReceiveBuffer=`): systemd may set it above
-//! `net.core.rmem_max`, which tallyd, without privileges, could only lower.
+//! is raised to `receive_buffer_bytes` if the socket unit's `ReceiveBuffer=` left it smaller,
+//! and never lowered: systemd may set it above `net.core.rmem_max`, a size tallyd, without
+//! privileges, could not set again.
 //!
 //! [`ReceiverStats::oversized`]: crate::telemetry::ReceiverStats::oversized
 //! [`ReceiverStats::kernel_drops`]: crate::telemetry::ReceiverStats::kernel_drops
@@ -232,7 +233,16 @@ fn adopt(fd: OwnedFd, receivers: usize, options: &UdpOptions) -> io::Result<Vec<
              not be counted"
         );
     }
-    let granted = receive_buffer_size(&socket).unwrap_or(0);
+    let granted = match raise_receive_buffer(&socket, options.receive_buffer_bytes) {
+        Ok(granted) => granted,
+        Err(e) => {
+            tracing::warn!(
+                "cannot raise SO_RCVBUF of UDP {local_addr} to {} bytes: {e}",
+                options.receive_buffer_bytes
+            );
+            receive_buffer_size(&socket).unwrap_or(0)
+        }
+    };
     let shared_drops = Arc::new(AtomicU64::new(0));
     let mut sockets = Vec::with_capacity(receivers);
     for _ in 1..receivers {
@@ -245,8 +255,10 @@ fn adopt(fd: OwnedFd, receivers: usize, options: &UdpOptions) -> io::Result<Vec<
     sockets.push(socket);
     tracing::info!(
         "listening for StatsD on UDP {local_addr} (socket passed by systemd): {receivers} \
-         receiver(s) sharing it, receive buffer {granted} bytes as the kernel reports it (set \
-         by the socket unit's ReceiveBuffer=; room for about {} small datagrams)",
+         receiver(s) sharing it, receive buffer {granted} bytes as the kernel reports it (the \
+         larger of the socket unit's ReceiveBuffer= and {} requested; room for about {} small \
+         datagrams)",
+        options.receive_buffer_bytes,
         granted / CHARGE_PER_SMALL_DATAGRAM
     );
     Ok(sockets
@@ -386,6 +398,41 @@ pub fn set_receive_buffer(socket: &impl AsFd, requested: usize) -> io::Result<us
     let value = requested.min(i32::MAX as usize / 2) as libc::c_int;
     set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value)
         .or_else(|_| set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUF, value))?;
+    receive_buffer_size(socket)
+}
+
+/// For a socket systemd set up: raises its receive buffer towards `requested` but never lowers
+/// it. Without `CAP_NET_ADMIN`, `SO_RCVBUF` is capped at `net.core.rmem_max`, which may be
+/// below what the socket unit's `ReceiveBuffer=` set (systemd may exceed the cap): setting it
+/// then would shrink the buffer. Returns the size the kernel reports.
+pub fn raise_receive_buffer(socket: &impl AsFd, requested: usize) -> io::Result<usize> {
+    let current = receive_buffer_size(socket)?;
+    let value = requested.min(i32::MAX as usize / 2);
+    // The kernel reports twice the size set.
+    if current >= value * 2 {
+        return Ok(current);
+    }
+    if set_int_option(
+        socket,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        value as libc::c_int,
+    )
+    .is_err()
+    {
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(value);
+        if value.min(cap) * 2 > current {
+            set_int_option(
+                socket,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                value as libc::c_int,
+            )?;
+        }
+    }
     receive_buffer_size(socket)
 }
 
@@ -1143,12 +1190,13 @@ mod tests {
         let listeners = open(
             &UdpOptions {
                 listen: vec!["systemd:statsd".parse().unwrap()],
+                // Not raised past what the test set.
+                receive_buffer_bytes: receive_buffer.unwrap_or(4096),
                 ..options("127.0.0.1:0", receivers)
             },
             &mut passed,
         )
         .unwrap();
-        passed.finish().unwrap();
         assert_eq!(listeners.len(), receivers);
         for listener in &listeners {
             assert!(listener.is_shared());
@@ -1194,23 +1242,35 @@ mod tests {
         assert_kernel_drops_counted_once(adopted(3, Some(4096)));
     }
 
-    #[test]
-    fn a_passed_socket_keeps_the_receive_buffer_its_unit_set() {
+    /// The receive buffer a passed socket ends up with, when its unit set `unit_bytes` and
+    /// the configuration asks for `requested`.
+    fn passed_receive_buffer(unit_bytes: i32, requested: usize) -> (usize, usize) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, 6000).unwrap();
-        let set = receive_buffer_size(&socket).unwrap();
+        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, unit_bytes)
+            .or_else(|_| set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, unit_bytes))
+            .unwrap();
+        let before = receive_buffer_size(&socket).unwrap();
         let mut passed = Passed::from_sockets([("s".to_owned(), OwnedFd::from(socket))]);
         let listeners = open(
             &UdpOptions {
                 listen: vec!["systemd:s".parse().unwrap()],
-                receive_buffer_bytes: 1 << 20,
+                receive_buffer_bytes: requested,
                 ..options("127.0.0.1:0", 1)
             },
             &mut passed,
         )
         .unwrap();
-        assert_eq!(listeners[0].receive_buffer_bytes(), set);
-        assert_eq!(receive_buffer_size(&listeners[0].socket).unwrap(), set);
+        let after = receive_buffer_size(&listeners[0].socket).unwrap();
+        assert_eq!(listeners[0].receive_buffer_bytes(), after);
+        (before, after)
+    }
+
+    #[test]
+    fn a_passed_socket_receive_buffer_is_raised_to_the_request_never_lowered() {
+        let (before, after) = passed_receive_buffer(8192, 256 * 1024);
+        assert!(after > before, "not raised: {before} -> {after}");
+        let (before, after) = passed_receive_buffer(512 * 1024, 16 * 1024);
+        assert_eq!(after, before, "lowered");
     }
 
     fn control_message(level: libc::c_int, kind: libc::c_int, data: &[u8]) -> Vec<u8> {

@@ -16,7 +16,8 @@
 //!
 //! A socket systemd passed (`systemd:NAME`, `ListenDatagram=/PATH` in the socket unit) is
 //! systemd's: its file, mode and owner come from the socket unit (`SocketMode=`,
-//! `SocketUser=`), and tallyd neither changes nor removes it.
+//! `SocketUser=`), and tallyd neither changes nor removes it; its receive buffer is raised to
+//! `receive_buffer_bytes`, never lowered (as for UDP).
 //!
 //! Unix datagram sockets do not drop on a full receive queue as UDP does: the sender blocks
 //! or, non-blocking as DogStatsD clients are, gets `EAGAIN` and counts its own drop.
@@ -133,7 +134,17 @@ fn adopt(fd: OwnedFd, options: &UnixOptions) -> io::Result<UnixListener> {
     };
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
-    let granted = udp::receive_buffer_size(&socket).unwrap_or(0);
+    let granted = match udp::raise_receive_buffer(&socket, options.receive_buffer_bytes) {
+        Ok(granted) => granted,
+        Err(e) => {
+            tracing::warn!(
+                "cannot raise SO_RCVBUF of {} to {} bytes: {e}",
+                path.display(),
+                options.receive_buffer_bytes
+            );
+            udp::receive_buffer_size(&socket).unwrap_or(0)
+        }
+    };
     tracing::info!(
         "listening for StatsD on Unix socket {} (passed by systemd; its mode and owner are the \
          socket unit's): receive buffer {granted} bytes as the kernel reports it",

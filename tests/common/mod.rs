@@ -269,14 +269,27 @@ impl Daemon {
                 "--http-listen",
                 "127.0.0.1:0",
             ])
-            .args(extra_args)
+            .args(extra_args);
+        Daemon::spawn(command, config, |_| {})
+    }
+
+    /// Runs `command` — tallyd, or a launcher that execs it (`systemd-socket-activate`) — and
+    /// waits for tallyd's ready line, calling `on_line` with every line logged before it (a
+    /// launcher that waits for traffic is told when to expect it that way).
+    pub fn spawn(
+        mut command: Command,
+        config: Option<TempFile>,
+        mut on_line: impl FnMut(&str),
+    ) -> Daemon {
+        command
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let program = command.get_program().to_string_lossy().into_owned();
         let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tallyd_bin()));
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
 
         let log = Arc::new(Mutex::new(String::new()));
         let (lines_tx, lines_rx) = mpsc::channel();
@@ -299,6 +312,7 @@ impl Daemon {
                     if let Some(ready) = parse_ready_line(&line) {
                         break ready;
                     }
+                    on_line(&line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
