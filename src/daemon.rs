@@ -61,6 +61,7 @@ pub fn run(cli: Cli) -> ExitCode {
     for notice in &settings.deprecations {
         tracing::warn!("{notice}");
     }
+    raise_open_files_limit();
     // SAFETY: no other thread runs yet (the async runtime starts in `serve`), and nothing else
     // in the process owns the descriptors systemd passed.
     let passed = match unsafe { Passed::from_env() } {
@@ -85,6 +86,30 @@ enum Failed {
 impl From<String> for Failed {
     fn from(message: String) -> Self {
         Failed::Other(message)
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as daemons that hold many connections
+/// should (the soft limit, often 1024 outside systemd, is kept low for programs that `select`;
+/// tallyd does not). The TCP listeners fit their caps to whatever limit results.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(
+                    "raised the open-files limit from {soft} to {}",
+                    limit.rlim_max
+                );
+            }
+        }
     }
 }
 

@@ -62,7 +62,8 @@ impl Listeners {
     pub fn open(settings: &Settings, mut passed: Passed) -> Result<Listeners, OpenError> {
         passed.refuse_unclaimed(settings.systemd_names().map(|(_, name)| name))?;
         let udp = udp::open(&settings.udp, &mut passed)?;
-        let tcp = tcp::open(&settings.tcp, &mut passed)?;
+        let mut tcp = tcp::open(&settings.tcp, &mut passed)?;
+        tcp::fit_descriptor_limit(&mut tcp, settings.http.max_connections);
         let unix = unix::open(&settings.unix, &mut passed)?;
         let http = match &settings.http_listen {
             Endpoint::Bind(addr) => std::net::TcpListener::bind(addr).map_err(|e| {

@@ -45,6 +45,8 @@ pub struct ReceiverStats {
     pub connections_refused: AtomicU64,
     /// TCP: connections closed after `idle_timeout_seconds` without a byte.
     pub idle_timeouts: AtomicU64,
+    /// TCP: connections open now (a gauge).
+    pub open_connections: AtomicU64,
 }
 
 impl ReceiverStats {
@@ -71,6 +73,7 @@ impl ReceiverStats {
             connections: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             idle_timeouts: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
         }
     }
 
@@ -131,6 +134,19 @@ pub enum ReloadOutcome {
     Failure,
 }
 
+/// What the HTTP server refused or cut short.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connections answered 503 and closed because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed because a request's head did not arrive within
+    /// `header_read_timeout_seconds`.
+    pub header_timeouts: AtomicU64,
+    /// Connections reset because an exchange (rendering, or the client reading the response)
+    /// overran `request_timeout_seconds`.
+    pub request_timeouts: AtomicU64,
+}
+
 /// All of tallyd's own counters.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -141,6 +157,8 @@ pub struct Telemetry {
     reloads_failed: AtomicU64,
     scrapes: AtomicU64,
     scrape_seconds: AtomicF64,
+    /// The HTTP server's refusals; it holds a clone.
+    pub http: Arc<HttpStats>,
 }
 
 impl Default for Telemetry {
@@ -155,6 +173,7 @@ impl Default for Telemetry {
             reloads_failed: AtomicU64::new(0),
             scrapes: AtomicU64::new(0),
             scrape_seconds: AtomicF64::default(),
+            http: Arc::default(),
         }
     }
 }
@@ -356,6 +375,15 @@ impl Telemetry {
                 "tcp",
                 &|r| load(&r.idle_timeouts),
             ),
+            SelfMetric {
+                samples: per_listener("tcp", &|r| load(&r.open_connections)),
+                ..SelfMetric::labelled(
+                    "tallyd_tcp_open_connections",
+                    Kind::Gauge,
+                    "TCP connections open now, per listener.",
+                    "listener",
+                )
+            },
             per_transport(
                 "tallyd_tcp_bytes",
                 "Bytes of whole lines received over TCP (over-long lines excluded), per listener.",
@@ -493,6 +521,22 @@ impl Telemetry {
             )
             .with("success", self.reloads(ReloadOutcome::Success) as f64)
             .with("failure", self.reloads(ReloadOutcome::Failure) as f64),
+        );
+        out.push(SelfMetric::single(
+            "tallyd_http_connections_refused",
+            Kind::Counter,
+            "HTTP connections answered 503 and closed because [http] max_connections were open.",
+            load(&self.http.connections_refused) as f64,
+        ));
+        out.push(
+            SelfMetric::labelled(
+                "tallyd_http_timeouts",
+                Kind::Counter,
+                "HTTP connections closed because a request head (header) or a whole exchange (request) overran its [http] timeout.",
+                "stage",
+            )
+            .with("header", load(&self.http.header_timeouts) as f64)
+            .with("request", load(&self.http.request_timeouts) as f64),
         );
         out.push(SelfMetric::single(
             "tallyd_scrapes",

@@ -56,6 +56,10 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The read buffer a TCP thread shares among its connections.
 pub const READ_BUFFER: usize = 64 * 1024;
 
+/// Descriptors tallyd keeps for itself besides its connection caps: its other sockets, the
+/// runtimes' own, reads of `/proc` and of the configuration file.
+const OWN_DESCRIPTORS: usize = 64;
+
 /// A retained tail buffer larger than this is given back once its line is done, so an idle
 /// connection that once sent a long line does not keep its memory.
 const KEEP_TAIL_CAPACITY: usize = 4 * 1024;
@@ -161,6 +165,44 @@ fn ready(
     })
 }
 
+/// Lowers the listeners' `max_connections` where the process's limit on open files
+/// (`RLIMIT_NOFILE`) cannot hold them beside `reserved` descriptors for the rest of tallyd (the
+/// HTTP server's connections). Past that limit a connection cannot even be accepted: it waits
+/// in the kernel's queue, neither served nor refused, and a scrape finds no descriptor either.
+/// Under the lowered cap it is accepted, closed and counted like any refusal.
+pub fn fit_descriptor_limit(listeners: &mut [TcpListener], reserved: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct passed and nothing else.
+    if listeners.is_empty()
+        || unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return;
+    }
+    let limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let in_use = std::fs::read_dir("/proc/self/fd").map_or(0, |fds| fds.count());
+    let available = limit.saturating_sub(in_use + OWN_DESCRIPTORS + reserved);
+    let wanted: usize = listeners.iter().map(|l| l.max_connections).sum();
+    if wanted <= available {
+        return;
+    }
+    let each = (available / listeners.len()).max(1);
+    for listener in listeners.iter_mut() {
+        listener.max_connections = listener.max_connections.min(each);
+    }
+    tracing::warn!(
+        "the limit on open files (RLIMIT_NOFILE) is {limit}, too few for [tcp] max_connections \
+         ({wanted} over {} listener(s)) beside the HTTP server's {reserved} connections and \
+         tallyd's own {in_use} + {OWN_DESCRIPTORS}: each TCP listener now takes at most {each} \
+         connections, and refuses (and counts) more. Raise the limit (LimitNOFILE= in the unit, \
+         ulimit -n) to serve more",
+        listeners.len()
+    );
+}
+
 /// What the connections of one thread share.
 struct Shared {
     intake: RefCell<Intake>,
@@ -168,6 +210,19 @@ struct Shared {
     open: Cell<usize>,
     max_line_bytes: usize,
     idle_timeout: Duration,
+}
+
+impl Shared {
+    /// Counts a connection opened (`+1`) or closed (`-1`), here and in the published gauge.
+    fn count_open(&self, change: isize) {
+        let open = self.open.get().saturating_add_signed(change);
+        self.open.set(open);
+        self.intake
+            .borrow()
+            .stats()
+            .open_connections
+            .store(open as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The body of one TCP thread: accepts and serves connections until `stop` is requested, then
@@ -230,7 +285,7 @@ async fn accept_loop(listener: TcpListener, shared: Rc<Shared>, stop: &Stop) {
                 stats
                     .connections
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                shared.open.set(shared.open.get() + 1);
+                shared.count_open(1);
                 tokio::task::spawn_local(serve(Rc::clone(&shared), stream));
             }
             Err(e) => {
@@ -253,7 +308,7 @@ struct OpenSlot(Rc<Shared>);
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get().saturating_sub(1));
+        self.0.count_open(-1);
     }
 }
 
