@@ -1118,7 +1118,6 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
     }
     if let Some(baseline) = baseline {
         drop(baseline.stop());
-        add_baseline_rows(table, &label, &tallyd_runs, &baseline_runs);
     }
     // Counter totals: exact when nothing was lost.
     let final_scrape = daemon.scrape(None);
@@ -1216,6 +1215,9 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
         "",
         Check::None,
     );
+    if !baseline_runs.is_empty() {
+        add_baseline_rows(table, &label, &tallyd_runs, &baseline_runs);
+    }
 }
 
 /// Flat out, 1 line per datagram: does tallyd keep up with everything one sender core sends?

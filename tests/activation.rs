@@ -11,11 +11,13 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TempFile, http_get, on_path, repo_root, require, run_tallyd, tallyd_bin};
+use common::{
+    Daemon, SocketDir, TempFile, http_get, on_path, repo_root, require, run_tallyd, tallyd_bin,
+};
 
 const LAUNCHER: &str = "systemd-socket-activate";
 
@@ -240,29 +242,6 @@ fn statsd_over_tcp_and_http_are_told_apart_by_name_not_position() {
         let _ = wrong.read_to_end(&mut answer);
         assert!(answer.is_empty(), "{names}: the StatsD port answered");
         assert_eq!(http_get(http, "/-/ready", &[]).status, 200);
-    }
-}
-
-/// A fresh directory for this test's socket file, removed on drop.
-struct SocketDir(PathBuf);
-
-impl SocketDir {
-    fn new(name: &str) -> SocketDir {
-        let dir =
-            std::env::temp_dir().join(format!("tallyd-activation-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        SocketDir(dir)
-    }
-
-    fn path(&self) -> PathBuf {
-        self.0.join("dogstatsd.sock")
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -12,42 +12,12 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, InProcess, TempFile, http_get, tallyd_bin, value_of};
+use common::{
+    Daemon, InProcess, SocketDir, TempFile, closed_by_peer, connect_tcp as connect, http_get,
+    rss_bytes as rss, tallyd_bin, value_of,
+};
 
 const TCP: &str = "[tcp]\nlisten = [\"127.0.0.1:0\"]\n";
-
-/// VmRSS of a process, in bytes.
-fn rss(pid: libc::pid_t) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib * 1024
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
-/// True if the peer closed (or reset) the connection within the read timeout.
-fn closed_by_peer(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
-}
 
 /// Raises this process's soft limit on open files to at least `wanted` (up to the hard limit).
 fn raise_open_files(wanted: u64) {
@@ -339,10 +309,8 @@ fn half_closed_and_vanished_peers_are_finished_and_their_slots_freed() {
 
 #[test]
 fn garbage_empty_and_oversized_unix_datagrams_are_counted_and_harmless() {
-    let dir = std::env::temp_dir().join(format!("tallyd-hostile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dogstatsd.sock");
+    let dir = SocketDir::new("hostile");
+    let path = dir.path();
     let tallyd = InProcess::with_config(&format!(
         "[unix]\nlisten = [{:?}]\nmax_datagram_bytes = 1024\n",
         path.display().to_string()
@@ -367,7 +335,6 @@ fn garbage_empty_and_oversized_unix_datagrams_are_counted_and_harmless() {
         ),
         (format!("tallyd_unix_packets_total{{{listener}}}"), 300.0),
     ]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------

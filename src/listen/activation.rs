@@ -38,7 +38,7 @@ use serde::{Deserialize, Deserializer};
 use super::udp::get_int_option;
 
 /// The first descriptor a service manager passes (`SD_LISTEN_FDS_START`).
-pub const LISTEN_FDS_START: RawFd = 3;
+const LISTEN_FDS_START: RawFd = 3;
 
 /// More passed descriptors than this is a malformed `LISTEN_FDS`, not a real socket unit.
 const MAX_PASSED: usize = 4096;
