@@ -37,7 +37,9 @@ pub struct ReceiverStats {
     /// Datagrams longer than the receive buffer, cut short by the kernel and refused whole.
     pub oversized: AtomicU64,
     /// This receiver's socket's cumulative kernel drop count (`SO_RXQ_OVFL`), as last reported.
-    /// Every receiver has a socket of its own, so a listener's drops are the sum.
+    /// A receiver of a reuse-port group has a socket of its own; receivers sharing a socket
+    /// systemd passed each hold the part of its count they saw it grow by. Either way a
+    /// listener's drops are the sum.
     pub kernel_drops: AtomicU64,
     /// TCP: connections accepted and served.
     pub connections: AtomicU64,
