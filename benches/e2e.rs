@@ -43,9 +43,20 @@ struct Settings {
     groups: BTreeSet<&'static str>,
     tallyd: PathBuf,
     loader: PathBuf,
+    /// Another tallyd binary run beside ours in the UDP groups (`E2E_BASELINE`).
+    baseline: Option<PathBuf>,
+    shared_receivers: usize,
 }
 
-const GROUPS: [&str; 5] = ["cpu20", "cpu1", "flat", "sweep", "big"];
+const GROUPS: [&str; 7] = [
+    "cpu20",
+    "cpu1",
+    "flat",
+    "sweep",
+    "transports",
+    "shared",
+    "big",
+];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -70,11 +81,14 @@ impl Settings {
                         "cpu1" => &["cpu1"],
                         "flat" | "loss" => &["flat"],
                         "sweep" => &["sweep"],
+                        "transports" | "tcp" | "unix" => &["transports"],
+                        "shared" | "activation" => &["shared"],
                         "big" | "scrape" | "rss" | "memory" => &["big"],
                         "all" => &GROUPS,
                         other => panic!(
                             "E2E_ONLY: unknown group {other:?} (cpu20, cpu1, cpu, floor, flat, \
-                             sweep, big, scrape, rss, all)"
+                             sweep, transports, tcp, unix, shared, activation, big, scrape, rss, \
+                             all)"
                         ),
                     };
                     groups.extend(chosen.iter().copied());
@@ -105,6 +119,8 @@ impl Settings {
             groups,
             tallyd,
             loader,
+            baseline: std::env::var_os("E2E_BASELINE").map(PathBuf::from),
+            shared_receivers: env_or("E2E_SHARED_RECEIVERS", 2),
         }
     }
 
@@ -305,6 +321,8 @@ struct Daemon {
     pid: u32,
     udp: SocketAddr,
     http: Option<SocketAddr>,
+    tcp: Option<SocketAddr>,
+    unix: Option<PathBuf>,
     log: mpsc::Receiver<String>,
     name: &'static str,
 }
@@ -367,26 +385,52 @@ fn strip_ansi(line: &str) -> String {
 
 impl Daemon {
     fn tallyd(s: &Settings) -> Daemon {
-        let mut command = pinned(s, &s.daemon_cpu, &s.tallyd);
-        command.args([
-            "--udp-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ]);
-        if let Ok(config) = std::env::var("E2E_CONFIG") {
-            command.arg("--config").arg(config);
-        }
-        Daemon::start(s, command, "tallyd")
+        Daemon::tallyd_with(s, &s.tallyd, &[], "tallyd")
+    }
+
+    /// `binary` (tallyd, or the baseline) on free loopback ports, with `extra` arguments.
+    fn tallyd_with(s: &Settings, binary: &Path, extra: &[String], name: &'static str) -> Daemon {
+        let mut command = pinned(s, &s.daemon_cpu, binary);
+        command.args(tallyd_args(extra));
+        Daemon::start(s, command, name, None)
+    }
+
+    /// tallyd started by `systemd-socket-activate` on a UDP socket it passes as `statsd`, which
+    /// tallyd's receive threads then share; `config` sets their number.
+    fn activated(s: &Settings, config: &Path) -> Daemon {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.local_addr())
+            .expect("a free UDP port")
+            .port();
+        let udp: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut command = pinned(s, &s.daemon_cpu, Path::new("systemd-socket-activate"));
+        command
+            .args(["--datagram", &format!("--listen={udp}"), "--fdname=statsd"])
+            .arg(&s.tallyd)
+            .args(["--config", &config.display().to_string()])
+            .args([
+                "--udp-listen",
+                "systemd:statsd",
+                "--http-listen",
+                "127.0.0.1:0",
+            ]);
+        Daemon::start(s, command, "shared", Some(udp))
     }
 
     fn floor(s: &Settings) -> Daemon {
         let mut command = pinned(s, &s.daemon_cpu, &s.loader);
         command.args(["floor", "--listen", "127.0.0.1:0"]);
-        Daemon::start(s, command, "floor")
+        Daemon::start(s, command, "floor", None)
     }
 
-    fn start(s: &Settings, mut command: Command, name: &'static str) -> Daemon {
+    /// Runs `command` until its ready line; `trigger` gets one datagram once a launcher that
+    /// waits for traffic before starting tallyd has bound it.
+    fn start(
+        s: &Settings,
+        mut command: Command,
+        name: &'static str,
+        trigger: Option<SocketAddr>,
+    ) -> Daemon {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -419,15 +463,24 @@ impl Daemon {
             if line.contains("WARN") || line.contains("ERROR") {
                 eprintln!("e2e: {name}: {line}");
             }
+            if line.contains("Listening on")
+                && let Some(to) = trigger
+            {
+                let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                sender.send_to(b"e2e_trigger:1|c", to).unwrap();
+            }
             let Some(at) = line.find("ready: udp ") else {
                 continue;
             };
             let mut words = line[at + "ready: udp ".len()..].split_whitespace();
             let udp: SocketAddr = words.next().unwrap().parse().unwrap();
-            let mut http = None;
+            let (mut http, mut tcp, mut unix) = (None, None, None);
             while let Some(w) = words.next() {
-                if w == "http" {
-                    http = words.next().and_then(|a| a.parse().ok());
+                match w {
+                    "http" => http = words.next().and_then(|a| a.parse().ok()),
+                    "tcp" => tcp = words.next().and_then(|a| a.parse().ok()),
+                    "unix" => unix = words.next().map(PathBuf::from),
+                    _ => {}
                 }
             }
             return Daemon {
@@ -435,6 +488,8 @@ impl Daemon {
                 pid,
                 udp,
                 http,
+                tcp,
+                unix,
                 log: rx,
                 name,
             };
@@ -516,6 +571,23 @@ impl Daemon {
     }
 }
 
+/// tallyd's arguments in the bench: free loopback ports, `E2E_CONFIG` if set, then `extra`.
+fn tallyd_args(extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--udp-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Ok(config) = std::env::var("E2E_CONFIG") {
+        args.extend(["--config".to_string(), config]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -564,10 +636,11 @@ impl Load {
         }
     }
 
-    fn command(&self, s: &Settings, target: SocketAddr) -> Command {
+    /// `target` in the loader's syntax: `HOST:PORT` (UDP), `tcp:HOST:PORT`, `unix:PATH`.
+    fn command(&self, s: &Settings, target: &str) -> Command {
         let mut c = pinned(s, &s.loader_cpu, &s.loader);
         c.arg("send");
-        c.arg("--target").arg(target.to_string());
+        c.arg("--target").arg(target);
         c.arg("--lines-per-datagram")
             .arg(self.lines_per_datagram.to_string());
         c.arg("--series").arg(self.series.to_string());
@@ -598,10 +671,18 @@ impl Load {
     }
 
     fn run(&self, s: &Settings, target: SocketAddr) -> Sent {
-        Sent::from_child(self.spawn(s, target))
+        self.run_to(s, &target.to_string())
+    }
+
+    fn run_to(&self, s: &Settings, target: &str) -> Sent {
+        Sent::from_child(self.spawn_to(s, target))
     }
 
     fn spawn(&self, s: &Settings, target: SocketAddr) -> Child {
+        self.spawn_to(s, &target.to_string())
+    }
+
+    fn spawn_to(&self, s: &Settings, target: &str) -> Child {
         let child = self
             .command(s, target)
             .spawn()
@@ -882,14 +963,20 @@ impl Run {
     }
 }
 
-/// Drives `load` at tallyd and measures it (tallyd's registry must be small: this scrapes).
+/// Drives `load` at tallyd's UDP address and measures it (tallyd's registry must be small:
+/// this scrapes).
 fn run_tallyd(s: &Settings, daemon: &Daemon, load: &Load) -> Run {
+    run_tallyd_at(s, daemon, load, &daemon.udp.to_string())
+}
+
+/// [`run_tallyd`] at `target`, in the loader's syntax (`tcp:…`, `unix:…`).
+fn run_tallyd_at(s: &Settings, daemon: &Daemon, load: &Load, target: &str) -> Run {
     let before = daemon.scrape(None);
     let lines_before = before.sum("tallyd_lines_total") as u64;
     let drops_before = daemon.kernel_drops();
     let cpu_before = daemon.cpu_seconds();
     let sleeps_before = proc_sleeps(daemon.pid);
-    let sent = load.run(s, daemon.udp);
+    let sent = load.run_to(s, target);
     daemon.drain();
     let cpu = daemon.cpu_seconds() - cpu_before;
     let sleeps = proc_sleeps(daemon.pid) - sleeps_before;
@@ -905,9 +992,10 @@ fn run_tallyd(s: &Settings, daemon: &Daemon, load: &Load) -> Run {
         sleeps,
     };
     eprintln!(
-        "e2e:   tallyd: sent {} lines in {} datagrams ({:.0} dgram/s, {:.0} lines/s); received \
+        "e2e:   {} at {target}: sent {} lines in {} datagrams ({:.0} dgram/s, {:.0} lines/s); received \
          {} lines, lost {} ({:.3} %), kernel drops {}; CPU {:.3} s = {:.3} µs/line, {:.0} \
          lines/CPU-s, {:.1} datagrams per wake-up (loader CPU {:.2} s)",
+        daemon.name,
         run.sent.lines,
         run.sent.datagrams,
         run.sent.datagrams_per_s,
@@ -1005,11 +1093,16 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
     };
     eprintln!("e2e: == CPU per line: {label}");
     let daemon = Daemon::tallyd(s);
+    let baseline = s
+        .baseline
+        .as_ref()
+        .map(|binary| Daemon::tallyd_with(s, binary, &[], "baseline"));
     let mut load = Load::new(s, lines_per_datagram);
     load.rate = Some(rate);
     load.sockets = sockets;
     let mut tallyd_runs = Vec::new();
     let mut floor_runs = Vec::new();
+    let mut baseline_runs = Vec::new();
     let mut expected_counters = 0u64;
     let mut all_loss_free = true;
     for run in 0..s.runs {
@@ -1019,6 +1112,12 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
         all_loss_free &= t.loss_free();
         tallyd_runs.push(t);
         floor_runs.push(run_floor(s, &load));
+        if let Some(baseline) = &baseline {
+            baseline_runs.push(run_tallyd(s, baseline, &load));
+        }
+    }
+    if let Some(baseline) = baseline {
+        drop(baseline.stop());
     }
     // Counter totals: exact when nothing was lost.
     let final_scrape = daemon.scrape(None);
@@ -1116,6 +1215,9 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
         "",
         Check::None,
     );
+    if !baseline_runs.is_empty() {
+        add_baseline_rows(table, &label, &tallyd_runs, &baseline_runs);
+    }
 }
 
 /// Flat out, 1 line per datagram: does tallyd keep up with everything one sender core sends?
@@ -1128,14 +1230,32 @@ fn flat_group(s: &Settings, table: &mut Table) {
         };
         eprintln!("e2e: == loss: {label}");
         let daemon = Daemon::tallyd(s);
+        let baseline = s
+            .baseline
+            .as_ref()
+            .map(|binary| Daemon::tallyd_with(s, binary, &[], "baseline"));
         let mut load = Load::new(s, 1);
         load.sockets = sockets;
         let mut runs = Vec::new();
+        let mut baseline_runs = Vec::new();
         for run in 0..s.runs {
             load.seed = 1 + run as u64;
             runs.push(run_tallyd(s, &daemon, &load));
+            if let Some(baseline) = &baseline {
+                baseline_runs.push(run_tallyd(s, baseline, &load));
+            }
         }
         drop(daemon.stop());
+        if let Some(baseline) = baseline {
+            drop(baseline.stop());
+            table.add(
+                &format!("baseline loss, {label}"),
+                Unit::Percent,
+                baseline_runs.iter().map(Run::loss_percent).collect(),
+                "",
+                Check::None,
+            );
+        }
         table.add(
             &format!("loss, {label}"),
             Unit::Percent,
@@ -1153,6 +1273,57 @@ fn flat_group(s: &Settings, table: &mut Table) {
     }
 }
 
+/// One search for the highest loss-free line rate at 20 lines per datagram.
+struct Sweep {
+    /// The highest rate found loss-free (the flat-out rate if nothing was lost even then).
+    rate: f64,
+    /// Whether nothing was lost flat out (the loader, not tallyd, was the limit).
+    loader_bound: bool,
+    flat_rate: f64,
+    flat_lines_per_cpu_second: f64,
+}
+
+/// Flat out for `E2E_SWEEP_SECONDS`, then (if that lost anything) a bisection between 0 and
+/// the flat-out rate, `E2E_SWEEP_STEPS` steps.
+fn sweep(s: &Settings, daemon: &Daemon, seed: u64) -> Sweep {
+    let mut load = Load::new(s, 20);
+    load.duration = Some(s.sweep_seconds);
+    load.seed = seed;
+    // Flat out first: the most one sender core gives.
+    eprintln!("e2e:  sweep ({}): flat out", daemon.name);
+    let probe = run_tallyd(s, daemon, &load);
+    let max = probe.sent.lines_per_s;
+    let mut sweep = Sweep {
+        rate: max,
+        loader_bound: probe.loss_free(),
+        flat_rate: max,
+        flat_lines_per_cpu_second: probe.lines_per_cpu_second(),
+    };
+    if sweep.loader_bound {
+        return sweep;
+    }
+    let (mut lo, mut hi) = (0.0f64, max);
+    for step in 0..s.sweep_steps {
+        let mid = if step == 0 {
+            max / 2.0
+        } else {
+            (lo + hi) / 2.0
+        };
+        load.line_rate = Some(mid);
+        eprintln!("e2e:  sweep ({}): {:.0} lines/s", daemon.name, mid);
+        let r = run_tallyd(s, daemon, &load);
+        // The loader must have delivered the rate asked for, or the step says nothing.
+        let delivered = r.sent.lines_per_s >= 0.97 * mid;
+        if r.loss_free() && delivered {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    sweep.rate = lo;
+    sweep
+}
+
 /// Bisection for the highest loss-free line rate at 20 lines per datagram.
 fn sweep_group(s: &Settings, table: &mut Table) {
     let label = format!(
@@ -1161,76 +1332,271 @@ fn sweep_group(s: &Settings, table: &mut Table) {
         s.cpu_series / 1000
     );
     eprintln!("e2e: == loss-free sweep: {label}");
-    let mut results = Vec::new();
-    let mut flat_lps = Vec::new();
-    let mut flat_rate = Vec::new();
-    let mut loader_bound = 0;
+    let mut sweeps = Vec::new();
     for run in 0..s.runs {
         let daemon = Daemon::tallyd(s);
-        let mut load = Load::new(s, 20);
-        load.duration = Some(s.sweep_seconds);
-        load.seed = 100 + run as u64;
-        // Flat out first: the most one sender core gives.
-        eprintln!("e2e:  sweep {}: flat out", run + 1);
-        let probe = run_tallyd(s, &daemon, &load);
-        let max = probe.sent.lines_per_s;
-        flat_lps.push(probe.lines_per_cpu_second());
-        flat_rate.push(max);
-        if probe.loss_free() {
-            loader_bound += 1;
-            results.push(max);
-            drop(daemon.stop());
-            continue;
-        }
-        let (mut lo, mut hi) = (0.0f64, max);
-        for step in 0..s.sweep_steps {
-            let mid = if step == 0 {
-                max / 2.0
-            } else {
-                (lo + hi) / 2.0
-            };
-            load.line_rate = Some(mid);
-            eprintln!("e2e:  sweep {}: {:.0} lines/s", run + 1, mid);
-            let r = run_tallyd(s, &daemon, &load);
-            // The loader must have delivered the rate asked for, or the step says nothing.
-            let delivered = r.sent.lines_per_s >= 0.97 * mid;
-            if r.loss_free() && delivered {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        results.push(lo);
+        sweeps.push(sweep(s, &daemon, 100 + run as u64));
         drop(daemon.stop());
     }
+    add_sweep_rows(s, table, &label, "", &sweeps);
+}
+
+/// The rows of a set of sweeps; `mode` qualifies the label (empty for plain tallyd).
+fn add_sweep_rows(s: &Settings, table: &mut Table, label: &str, mode: &str, sweeps: &[Sweep]) {
+    let loader_bound = sweeps.iter().filter(|w| w.loader_bound).count();
     if loader_bound > 0 {
         table.note(format!(
-            "sweep: in {loader_bound} of {} runs tallyd lost nothing even flat out; the figure \
-             is then the loader's rate (a lower bound)",
+            "sweep{mode}: in {loader_bound} of {} runs tallyd lost nothing even flat out; the \
+             figure is then the loader's rate (a lower bound)",
             s.runs
         ));
     }
     table.add(
-        &format!("highest loss-free rate (lines/s), {label}"),
+        &format!("highest loss-free rate (lines/s), {label}{mode}"),
         Unit::Rate,
-        results,
+        sweeps.iter().map(|w| w.rate).collect(),
         "≥ 2,000,000/s",
         Check::AtLeast(2e6),
     );
     table.add(
-        &format!("loader's flat-out rate (lines/s), {label}"),
+        &format!("loader's flat-out rate (lines/s), {label}{mode}"),
         Unit::Rate,
-        flat_rate,
+        sweeps.iter().map(|w| w.flat_rate).collect(),
         "",
         Check::None,
     );
     table.add(
-        &format!("tallyd lines per CPU-second at that flat-out rate, {label}"),
+        &format!("tallyd lines per CPU-second at that flat-out rate, {label}{mode}"),
         Unit::Count,
-        flat_lps,
+        sweeps.iter().map(|w| w.flat_lines_per_cpu_second).collect(),
         "",
         Check::None,
     );
+}
+
+/// Rows comparing `E2E_BASELINE` with tallyd, run by run under the same load.
+fn add_baseline_rows(table: &mut Table, label: &str, tallyd: &[Run], baseline: &[Run]) {
+    table.add(
+        &format!("baseline lines per CPU-second, {label}"),
+        Unit::Count,
+        baseline.iter().map(Run::lines_per_cpu_second).collect(),
+        "",
+        Check::None,
+    );
+    table.add(
+        &format!("tallyd CPU per line ÷ baseline, {label}"),
+        Unit::Times,
+        tallyd
+            .iter()
+            .zip(baseline)
+            .map(|(t, b)| t.micros_per_line() / b.micros_per_line())
+            .collect(),
+        "",
+        Check::None,
+    );
+    table.add(
+        &format!("baseline loss, {label}"),
+        Unit::Percent,
+        baseline.iter().map(Run::loss_percent).collect(),
+        "",
+        Check::None,
+    );
+}
+
+/// UDP, TCP and Unix datagrams into one tallyd, the same lines at the same rate, interleaved:
+/// what each transport costs per line, and what it loses.
+fn transports_group(s: &Settings, table: &mut Table) {
+    let socket = std::env::temp_dir().join(format!("tallyd-e2e-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let daemon = Daemon::tallyd_with(
+        s,
+        &s.tallyd,
+        &[
+            "--tcp-listen".into(),
+            "127.0.0.1:0".into(),
+            "--unix-listen".into(),
+            socket.display().to_string(),
+        ],
+        "tallyd",
+    );
+    let targets = [
+        ("UDP", daemon.udp.to_string()),
+        (
+            "TCP",
+            format!("tcp:{}", daemon.tcp.expect("a TCP listener")),
+        ),
+        (
+            "Unix datagrams",
+            format!(
+                "unix:{}",
+                daemon.unix.as_ref().expect("a Unix socket").display()
+            ),
+        ),
+    ];
+    let rated = format!(
+        "20 lines per datagram (or write), {} tags, {}k series, {}M lines/s",
+        s.tags,
+        s.cpu_series / 1000,
+        s.rate20 * 20.0 / 1e6
+    );
+    let flat = format!(
+        "20 lines per datagram (or write), {} tags, {}k series, flat out",
+        s.tags,
+        s.cpu_series / 1000
+    );
+    eprintln!("e2e: == transports: {rated}; then {flat}");
+    let mut at_rate: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut flat_out: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    for run in 0..s.runs {
+        for (i, (_, target)) in targets.iter().enumerate() {
+            let mut load = Load::new(s, 20);
+            load.seed = 1 + run as u64;
+            load.rate = Some(s.rate20);
+            at_rate[i].push(run_tallyd_at(s, &daemon, &load, target));
+            load.rate = None;
+            flat_out[i].push(run_tallyd_at(s, &daemon, &load, target));
+        }
+    }
+    drop(daemon.stop());
+    let _ = std::fs::remove_file(&socket);
+    for ((transport, _), runs) in targets.iter().zip(&at_rate) {
+        table.add(
+            &format!("lines per CPU-second, {transport}, {rated}"),
+            Unit::Count,
+            runs.iter().map(Run::lines_per_cpu_second).collect(),
+            "",
+            Check::None,
+        );
+        table.add(
+            &format!("loss, {transport}, {rated}"),
+            Unit::Percent,
+            runs.iter().map(Run::loss_percent).collect(),
+            "0 %",
+            Check::AtMost(0.0),
+        );
+    }
+    for ((transport, _), runs) in targets.iter().zip(&flat_out) {
+        table.add(
+            &format!("lines per CPU-second, {transport}, {flat}"),
+            Unit::Count,
+            runs.iter().map(Run::lines_per_cpu_second).collect(),
+            "",
+            Check::None,
+        );
+        table.add(
+            &format!("send rate achieved (lines/s), {transport}, {flat}"),
+            Unit::Rate,
+            runs.iter().map(|r| r.sent.lines_per_s).collect(),
+            "",
+            Check::None,
+        );
+        table.add(
+            &format!("loss, {transport}, {flat}"),
+            Unit::Percent,
+            runs.iter().map(Run::loss_percent).collect(),
+            "",
+            Check::None,
+        );
+    }
+    table.note(
+        "transports: a TCP stream and a blocking Unix datagram socket slow the sender down \
+         instead of dropping, so their flat-out loss is 0 by construction; their send rate is \
+         what tallyd kept up with"
+            .into(),
+    );
+}
+
+/// A UDP reuse-port group against the same number of receive threads sharing one socket
+/// passed by systemd (`systemd-socket-activate`), same loads, interleaved.
+fn shared_group(s: &Settings, table: &mut Table) {
+    let n = s.shared_receivers;
+    let config = std::env::temp_dir().join(format!("tallyd-e2e-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("[udp]\nreceivers = {n}\n")).expect("write a config");
+    let modes = [
+        (
+            format!("reuse-port group of {n} sockets"),
+            Daemon::tallyd_with(
+                s,
+                &s.tallyd,
+                &["--config".into(), config.display().to_string()],
+                "reuse-port",
+            ),
+        ),
+        (
+            format!("{n} threads on one passed socket"),
+            Daemon::activated(s, &config),
+        ),
+    ];
+    let rated20 = format!(
+        "20 lines/datagram, {}M lines/s, {n} receive threads on CPU {}",
+        s.rate20 * 20.0 / 1e6,
+        s.daemon_cpu
+    );
+    let rated1 = format!(
+        "1 line/datagram, {} sockets, {}k datagrams/s, {n} receive threads on CPU {}",
+        s.sockets1,
+        s.rate1 / 1000.0,
+        s.daemon_cpu
+    );
+    eprintln!("e2e: == shared socket vs reuse-port group: {rated20}; {rated1}; sweep");
+    let mut runs20: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
+    let mut runs1: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
+    let mut sweeps: Vec<Vec<Sweep>> = vec![Vec::new(), Vec::new()];
+    for run in 0..s.runs {
+        for (i, (_, daemon)) in modes.iter().enumerate() {
+            let mut load = Load::new(s, 20);
+            load.seed = 1 + run as u64;
+            load.rate = Some(s.rate20);
+            runs20[i].push(run_tallyd(s, daemon, &load));
+            let mut load = Load::new(s, 1);
+            load.seed = 1 + run as u64;
+            load.rate = Some(s.rate1);
+            load.sockets = s.sockets1;
+            runs1[i].push(run_tallyd(s, daemon, &load));
+            sweeps[i].push(sweep(s, daemon, 100 + run as u64));
+        }
+    }
+    let names: Vec<String> = modes.iter().map(|(name, _)| name.clone()).collect();
+    for (_, daemon) in modes {
+        drop(daemon.stop());
+    }
+    let _ = std::fs::remove_file(&config);
+    for (label, runs) in [(&rated20, &runs20), (&rated1, &runs1)] {
+        for (name, runs) in names.iter().zip(runs) {
+            table.add(
+                &format!("lines per CPU-second, {name}, {label}"),
+                Unit::Count,
+                runs.iter().map(Run::lines_per_cpu_second).collect(),
+                "",
+                Check::None,
+            );
+            table.add(
+                &format!("loss, {name}, {label}"),
+                Unit::Percent,
+                runs.iter().map(Run::loss_percent).collect(),
+                "0 %",
+                Check::AtMost(0.0),
+            );
+        }
+        table.add(
+            &format!("CPU per line, shared socket ÷ reuse-port group, {label}"),
+            Unit::Times,
+            runs[1]
+                .iter()
+                .zip(&runs[0])
+                .map(|(shared, group)| shared.micros_per_line() / group.micros_per_line())
+                .collect(),
+            "",
+            Check::None,
+        );
+    }
+    let label = format!(
+        "20 lines/datagram, {n} receive threads on CPU {}",
+        s.daemon_cpu
+    );
+    for (name, sweeps) in names.iter().zip(&sweeps) {
+        add_sweep_rows(s, table, &label, &format!(", {name}"), sweeps);
+    }
 }
 
 /// Series per metric name in the big registries: 20 names, so 1M series are 50k per name, under
@@ -1775,6 +2141,12 @@ fn main() {
     }
     if s.wants("sweep") {
         sweep_group(&s, &mut table);
+    }
+    if s.wants("transports") {
+        transports_group(&s, &mut table);
+    }
+    if s.wants("shared") {
+        shared_group(&s, &mut table);
     }
     if s.wants("big") {
         big_group(&s, &mut table);

@@ -1,7 +1,8 @@
-//! Running tallyd as a library: bind its sockets ([`Listeners::bind`]), then [`run`] them with a
-//! set of [`Settings`] until a [`CancellationToken`] is cancelled. The binary (`daemon`) adds
-//! only what belongs to a process: flags, logging, signals and exit codes. Tests bind
-//! `127.0.0.1:0`, run tallyd in-process and cancel their own token.
+//! Running tallyd as a library: bind its sockets ([`Listeners::bind`], or [`Listeners::open`]
+//! with the sockets systemd passed), then [`run`] them with a set of [`Settings`] until a
+//! [`CancellationToken`] is cancelled. The binary (`daemon`) adds only what belongs to a
+//! process: flags, logging, signals and exit codes. Tests bind `127.0.0.1:0`, run tallyd
+//! in-process and cancel their own token.
 //!
 //! What runs: one receive thread per UDP socket, TCP listen address and Unix socket (`listen`), a housekeeping thread (registry
 //! clock and expiry), the relay's sender thread when `[relay]` has targets, and the HTTP server on the caller's tokio runtime. One token stops them
@@ -13,6 +14,7 @@
 //! metric definitions, exposition options, the log filter and the relay's targets. A configuration that fails leaves
 //! the running one in force, and says why.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +31,9 @@ use crate::definitions::{Definitions, Source};
 use crate::http::api::{Access, ApiState, StatsdIntake};
 use crate::http::{self, HttpState, Lifecycle};
 use crate::ingest::{IngestOptions, SharedRules};
-use crate::listen::{self, BoundListener, Listener, tcp, unix};
+use crate::listen::{
+    self, BoundListener, Endpoint, Listener, OpenError, Passed, Role, tcp, udp, unix,
+};
 use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::relay::Relay;
@@ -51,15 +55,34 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds every address the settings name, so that a port in use is reported (with its
-    /// address) before anything starts.
+    /// address) before anything starts. A `systemd:NAME` address fails: nothing was passed.
     pub fn bind(settings: &Settings) -> Result<Listeners, String> {
-        let udp = listen::bind(&settings.udp).map_err(|e| e.to_string())?;
-        let tcp = tcp::bind(&settings.tcp).map_err(|e| e.to_string())?;
-        let unix = unix::bind(&settings.unix).map_err(|e| e.to_string())?;
-        let addr = settings.http_listen;
-        let http = std::net::TcpListener::bind(addr)
-            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-            .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+        Listeners::open(settings, Passed::none()).map_err(|e| e.to_string())
+    }
+
+    /// Binds every address the settings name and adopts the sockets systemd passed for every
+    /// `systemd:NAME`; a passed socket that no listen address claims is refused first, since
+    /// nobody would read what clients send to it.
+    pub fn open(settings: &Settings, mut passed: Passed) -> Result<Listeners, OpenError> {
+        passed.refuse_unclaimed(settings.systemd_names().map(|(_, name)| name))?;
+        let udp = udp::open(&settings.udp, &mut passed)?;
+        let mut tcp = tcp::open(&settings.tcp, &mut passed)?;
+        tcp::fit_descriptor_limit(&mut tcp, settings.http.max_connections);
+        let unix = unix::open(&settings.unix, &mut passed)?;
+        let http = match &settings.http_listen {
+            Endpoint::Bind(addr) => std::net::TcpListener::bind(addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen for HTTP on {addr}: {e}"))
+            })?,
+            Endpoint::Systemd(name) => {
+                let listener = std::net::TcpListener::from(passed.take_one(name, Role::Http)?);
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!("serving HTTP on {addr} (socket passed by systemd)");
+                }
+                listener
+            }
+        };
+        http.set_nonblocking(true)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot use the HTTP listener: {e}")))?;
         Ok(Listeners {
             udp,
             tcp,

@@ -14,7 +14,7 @@ use crate::http::HttpOptions;
 use crate::ingest::IngestOptions;
 use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
-use crate::listen::{Spread, UdpOptions};
+use crate::listen::{Endpoint, Spread, UdpOptions};
 use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
 use crate::relay::{LineForm, RelayOptions};
 use crate::rules::MappingRule;
@@ -72,7 +72,8 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UdpConfig {
-    pub listen: Vec<SocketAddr>,
+    /// Addresses, or `systemd:NAME` for sockets systemd passed (as in every `listen`).
+    pub listen: Vec<Endpoint<SocketAddr>>,
     /// Receive threads (and sockets) per address; 0 = one per core.
     pub receivers: usize,
     pub receive_buffer_bytes: usize,
@@ -101,7 +102,7 @@ impl Default for UdpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpConfig {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Endpoint<SocketAddr>>,
     /// Longest line accepted (bytes before its `\n`), 64..=65536; longer ones are skipped.
     #[serde(deserialize_with = "line_size")]
     pub max_line_bytes: usize,
@@ -128,7 +129,7 @@ impl Default for TcpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnixConfig {
-    pub listen: Vec<PathBuf>,
+    pub listen: Vec<Endpoint<PathBuf>>,
     /// Permission bits of the socket file, an octal string ("0666").
     #[serde(deserialize_with = "file_mode")]
     pub mode: u32,
@@ -183,7 +184,7 @@ impl Default for RelayConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    pub listen: SocketAddr,
+    pub listen: Endpoint<SocketAddr>,
     #[serde(deserialize_with = "positive_seconds")]
     pub header_read_timeout_seconds: f64,
     #[serde(deserialize_with = "positive_seconds")]
@@ -206,7 +207,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         let defaults = HttpOptions::default();
         HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
+            listen: Endpoint::Bind(SocketAddr::from(([0, 0, 0, 0], 9102))),
             header_read_timeout_seconds: defaults.header_read_timeout.as_secs_f64(),
             request_timeout_seconds: defaults.request_timeout.as_secs_f64(),
             idle_timeout_seconds: defaults.idle_timeout.as_secs_f64(),

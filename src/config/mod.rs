@@ -177,7 +177,7 @@ mod tests {
         };
         let settings = Settings::from_cli(&cli).unwrap();
         assert_eq!(settings.udp.listen, cli.udp_listen);
-        assert_eq!(settings.http_listen, cli.http_listen.unwrap());
+        assert_eq!(Some(settings.http_listen), cli.http_listen);
         assert_eq!(settings.log_level, "debug");
     }
 
@@ -187,12 +187,43 @@ mod tests {
         assert!(defaults.tcp.listen.is_empty() && defaults.unix.listen.is_empty());
         let cli = Cli {
             tcp_listen: vec!["127.0.0.1:8126".parse().unwrap()],
-            unix_listen: vec!["/run/tallyd/dogstatsd.sock".into()],
+            unix_listen: vec!["/run/tallyd/dogstatsd.sock".parse().unwrap()],
             ..Cli::default()
         };
         let settings = Settings::from_cli(&cli).unwrap();
         assert_eq!(settings.tcp.listen, cli.tcp_listen);
         assert_eq!(settings.unix.listen, cli.unix_listen);
+    }
+
+    #[test]
+    fn listen_lists_take_systemd_names_beside_addresses() {
+        use crate::listen::Endpoint;
+        let file = parse(
+            "[udp]\nlisten = [\"systemd:statsd\", \"127.0.0.1:8125\"]\n\
+             [unix]\nlisten = [\"systemd:dogstatsd\"]\n[http]\nlisten = \"systemd:http\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.udp.listen,
+            [
+                Endpoint::Systemd("statsd".into()),
+                Endpoint::Bind("127.0.0.1:8125".parse().unwrap())
+            ]
+        );
+        assert_eq!(file.unix.listen, [Endpoint::Systemd("dogstatsd".into())]);
+        assert_eq!(file.http.listen, Endpoint::Systemd("http".into()));
+        let err = parse("[tcp]\n\nlisten = [\"systemd:a:b\"]\n").unwrap_err();
+        assert!(
+            err.contains("line 3") && err.contains("FileDescriptorName"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_systemd_name_claimed_by_two_listeners_is_refused() {
+        let err =
+            parse("[tcp]\nlisten = [\"systemd:s\"]\n[http]\nlisten = \"systemd:s\"\n").unwrap_err();
+        assert!(err.contains("both [tcp] listen and [http] listen"), "{err}");
     }
 
     #[test]

@@ -19,9 +19,9 @@ use crate::exposition::ExpositionOptions;
 use crate::http::HttpOptions;
 use crate::ingest::{IngestOptions, SharedRules};
 use crate::lint::LintWarning;
-use crate::listen::UdpOptions;
 use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
+use crate::listen::{Endpoint, Role, UdpOptions, activation};
 use crate::protocol::ParseOptions;
 use crate::registry::RegistrySettings;
 use crate::relay::RelayOptions;
@@ -77,7 +77,7 @@ pub struct Settings {
     pub udp: UdpOptions,
     pub tcp: TcpOptions,
     pub unix: UnixOptions,
-    pub http_listen: SocketAddr,
+    pub http_listen: Endpoint<SocketAddr>,
     pub http: HttpOptions,
     /// Serve `POST /-/reload` and `POST /-/quit`.
     pub enable_lifecycle: bool,
@@ -132,8 +132,8 @@ impl Settings {
             })?;
             file.relay.targets = cli.relay_target.clone();
         }
-        if let Some(addr) = cli.http_listen {
-            file.http.listen = addr;
+        if let Some(addr) = &cli.http_listen {
+            file.http.listen = addr.clone();
         }
         if let Some(dir) = &cli.data_dir {
             file.storage.dir = dir.clone();
@@ -188,7 +188,7 @@ impl Settings {
         crate::tokens::check_unique(&file.api.tokens).map_err(invalid)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let secs = Duration::from_secs_f64;
-        Ok(Settings {
+        let settings = Settings {
             rules: Arc::new(rules),
             definitions,
             lint,
@@ -213,7 +213,7 @@ impl Settings {
                 max_datagram_bytes: file.unix.max_datagram_bytes,
                 receive_buffer_bytes: file.unix.receive_buffer_bytes,
             },
-            http_listen: file.http.listen,
+            http_listen: file.http.listen.clone(),
             http: HttpOptions {
                 header_read_timeout: secs(file.http.header_read_timeout_seconds),
                 request_timeout: secs(file.http.request_timeout_seconds),
@@ -264,7 +264,35 @@ impl Settings {
                 queue_bytes: file.relay.queue_bytes,
             },
             file,
-        })
+        };
+        if let Some(shared) = activation::shared_name(settings.systemd_names()) {
+            return Err(invalid(shared));
+        }
+        Ok(settings)
+    }
+
+    /// Every `systemd:NAME` the listen addresses claim, with the listener that claims it.
+    pub fn systemd_names(&self) -> impl Iterator<Item = (Role, &str)> {
+        let udp = self
+            .udp
+            .listen
+            .iter()
+            .map(|e| (Role::Udp, e.systemd_name()));
+        let tcp = self
+            .tcp
+            .listen
+            .iter()
+            .map(|e| (Role::Tcp, e.systemd_name()));
+        let unix = self
+            .unix
+            .listen
+            .iter()
+            .map(|e| (Role::Unix, e.systemd_name()));
+        let http = std::iter::once((Role::Http, self.http_listen.systemd_name()));
+        udp.chain(tcp)
+            .chain(unix)
+            .chain(http)
+            .filter_map(|(role, name)| Some((role, name?)))
     }
 
     /// Ingest options over `rules` (the daemon's swappable copy of [`Settings::rules`]).

@@ -117,7 +117,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let router = routes(&state);
-    server::run(listener, &state.options, router, shutdown).await
+    let stats = Arc::clone(&state.telemetry.http);
+    server::run(listener, &state.options, router, stats, shutdown).await
 }
 
 /// The route table. Built once per server: the scrape slots live in it.
