@@ -350,6 +350,7 @@ impl Resolver {
                 ttl_secs: rule.ttl().map(|ttl| ttl.as_secs().max(1) as u32),
                 summary: summary
                     .then(|| Arc::new(SummaryConfig::with_quantiles(rule.quantiles.as_deref()))),
+                preaggregated: None,
             };
             if summary {
                 kind = Kind::Summary;

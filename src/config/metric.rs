@@ -176,6 +176,7 @@ impl MetricDefinition {
                 unit: self.unit.as_deref().map(Arc::from),
                 ttl_secs: self.ttl_seconds,
                 summary,
+                preaggregated: None,
             },
             aggregation: self.aggregation,
         };

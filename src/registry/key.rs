@@ -40,6 +40,19 @@ pub struct SeriesOptions {
     pub ttl_secs: Option<u32>,
     /// Quantiles and window for summaries instead of the defaults.
     pub summary: Option<Arc<SummaryConfig>>,
+    /// The series takes whole values already aggregated by a client (pushes from batch jobs)
+    /// rather than observations: its cell is made in that shape.
+    pub preaggregated: Option<Preaggregated>,
+}
+
+/// The shape of a series made for values a client aggregated itself.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Preaggregated {
+    /// A histogram with these bucket bounds (finite, ascending, without `+Inf`), whatever its
+    /// family's: a pushed histogram keeps the client's buckets.
+    Histogram(Arc<[f64]>),
+    /// A summary whose quantiles come with each write, with no sketch behind them.
+    Summary,
 }
 
 impl SeriesKeyBuf {
