@@ -15,6 +15,8 @@
 //!   line shape; [`record`] is the write seam every input calls: label pairs and an update in,
 //!   definitions ([`definitions`]), reserved names, type conflicts and limits applied, a series
 //!   handle or a refusal out.
+//! - **Pushed**: [`push`] takes Pushgateway's pushes from batch jobs (grouping keys, text and
+//!   protobuf bodies, groups replaced, deleted or expired as a unit) through the same seam.
 //! - **Passed on**: [`relay`] forwards the lines received (raw, or as mapped) to upstream
 //!   StatsD servers over UDP, off the receive threads.
 //! - **Kept**: [`registry`] holds series in lock-sharded maps; [`summary`] keeps a summary's
@@ -63,6 +65,7 @@ pub mod lint;
 pub mod listen;
 pub mod naming;
 pub mod protocol;
+pub mod push;
 pub mod read;
 pub mod record;
 pub mod registry;
