@@ -146,6 +146,8 @@ pub struct Telemetry {
     api_requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     /// The relay's counters, when `[relay]` is on.
     relay: Mutex<Option<Arc<RelayStats>>>,
+    /// The push routes' counters, when they are served.
+    push: Mutex<Option<Arc<crate::push::PushStats>>>,
 }
 
 impl Default for Telemetry {
@@ -162,6 +164,7 @@ impl Default for Telemetry {
             scrape_seconds: AtomicF64::default(),
             api_requests: Mutex::default(),
             relay: Mutex::default(),
+            push: Mutex::default(),
         }
     }
 }
@@ -243,6 +246,11 @@ impl Telemetry {
     /// Reports the relay's counters (`tallyd_relay_*`) from now on.
     pub fn set_relay(&self, stats: Arc<RelayStats>) {
         *self.relay.lock() = Some(stats);
+    }
+
+    /// Reports the push routes' counters (`tallyd_push*`) from now on.
+    pub fn set_push(&self, stats: Arc<crate::push::PushStats>) {
+        *self.push.lock() = Some(stats);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -539,6 +547,9 @@ impl Telemetry {
         );
         if let Some(relay) = &*self.relay.lock() {
             out.extend(relay.self_metrics());
+        }
+        if let Some(push) = &*self.push.lock() {
+            out.extend(push.self_metrics());
         }
         out.extend(process_metrics(self.started_unix));
         out

@@ -12,12 +12,14 @@
 //! - `scrape`: `/metrics` — negotiation, the render slots, gzip;
 //! - `admin`: health, readiness, the landing page and the lifecycle endpoints;
 //! - [`api`]: the building blocks of the REST API under `/api` (problem documents, JSON and
-//!   query extractors with bounded bodies, the authentication hook). No public route yet.
+//!   query extractors with bounded bodies, the authentication hook), its routes, and
+//!   Pushgateway's push routes (`PUT`/`POST`/`DELETE /metrics/job/...`), which share them.
 //!
-//! Bodies: outside `/api` no route takes one and none is ever read. A request that announces a
-//! body there gets its answer with `Connection: close`; hyper then reads at most what is
-//! already buffered and closes, so a huge upload costs us nothing. Under `/api` a body is read
-//! up to [`api::DEFAULT_BODY_LIMIT`] and refused with 413 beyond it.
+//! Bodies: outside `/api` and the push routes no route takes one and none is ever read. A
+//! request that announces a body there gets its answer with `Connection: close`; hyper then
+//! reads at most what is already buffered and closes, so a huge upload costs us nothing. Under
+//! `/api` and on the push routes a body is read up to `[api] max_body_bytes` and refused with
+//! 413 beyond it.
 
 use std::io;
 use std::sync::Arc;

@@ -8,6 +8,8 @@
 //! - `auth.rs`: the `Authorization` header and the authentication hook.
 //!
 //! - `matih.rs`: the custom-metrics routes at the Matih seed's paths.
+//! - `pushgateway.rs`: Pushgateway's push routes (`/metrics/job/...`), outside `/api` but
+//!   under the same auth, body limit and problem documents.
 //!
 //! An unknown `/api` path answers a 404 problem document.
 
@@ -17,6 +19,7 @@ pub mod inputs;
 pub mod matih;
 pub mod openapi;
 mod problem;
+pub mod pushgateway;
 
 pub use auth::{
     Access, AuthRejection, Authenticator, Caller, Credentials, DEFAULT_TENANT, TENANT_HEADER,
@@ -43,6 +46,8 @@ pub struct ApiState {
     pub statsd: StatsdIntake,
     /// Counts every answer in `tallyd_api_requests_total{route,code}`.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Pushes from batch jobs (Pushgateway's routes).
+    pub push: Arc<crate::push::Pushes>,
 }
 
 /// What an ingester for StatsD lines over HTTP is made of (one per request).
@@ -73,6 +78,7 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
                 )
             }),
         )
+        .merge(pushgateway::routes())
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.telemetry),
             count_request,
