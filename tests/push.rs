@@ -528,3 +528,35 @@ fn promtool_check_metrics(text: &str) -> (bool, String) {
     );
     (output.status.success(), printed)
 }
+
+#[test]
+fn the_readme_snippet_pushes_what_it_says() {
+    if !have_client() {
+        return;
+    }
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Pushes from batch jobs")
+        .expect("the README's push section")..];
+    let start = section.find("```python\n").expect("a Python snippet") + "```python\n".len();
+    let snippet = &section[start..start + section[start..].find("```").unwrap()];
+    // The snippet's last comment is the series it promises.
+    let promised = snippet
+        .lines()
+        .filter_map(|line| line.strip_prefix("# "))
+        .next_back()
+        .expect("the series the snippet promises");
+    let (series, value) = promised.rsplit_once(' ').unwrap();
+    let tallyd = InProcess::start();
+    let code = snippet.replace("localhost:9102", &tallyd.http.to_string());
+    let output = Command::new(python().unwrap())
+        .args(["-c", &code])
+        .output()
+        .expect("run the README's snippet");
+    assert!(
+        output.status.success(),
+        "the README's snippet failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    tallyd.wait_for(&[(series, value.parse::<f64>().unwrap())]);
+}
