@@ -269,7 +269,7 @@ impl Recorder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::read::{self, Value};
     use crate::registry::RegistrySettings;
@@ -288,7 +288,8 @@ mod tests {
             .collect()
     }
 
-    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// Owned label pairs (the other modules' tests use it too).
+    pub(crate) fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
         labels
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -14,7 +14,9 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{InProcess, http_send, on_path, parse_exposition, repo_root, require, value_of};
+use common::{
+    InProcess, http_send, on_path, parse_exposition, promtool, repo_root, require, value_of,
+};
 
 /// Labels every series of the client's group carries: the grouping key (job, instance and
 /// stage sent as base64, step percent-encoded) and the tenant.
@@ -127,7 +129,7 @@ fn a_prometheus_client_push_is_scraped_with_its_grouping_labels() {
         "{text}"
     );
     if require(on_path("promtool"), "promtool (Debian package prometheus)") {
-        let (ok, report) = promtool_check_metrics(&text);
+        let (ok, report) = promtool(&["check", "metrics"], Some(&text));
         assert!(
             ok && report.trim().is_empty(),
             "promtool check metrics:\n{report}\non:\n{text}"
@@ -501,32 +503,6 @@ fn a_delimited_protobuf_push_is_read() {
         r#"some_metric{instance="a",job="pb",tenant="default"}"#,
         1.234,
     )]);
-}
-
-/// `promtool check metrics` on `text`: whether it passed, and what it printed.
-fn promtool_check_metrics(text: &str) -> (bool, String) {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let output = child.wait_with_output().expect("promtool's output");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), printed)
 }
 
 #[test]

@@ -921,11 +921,9 @@ mod tests {
         Pushes::new(Recorder::for_registry(&registry), PushOptions::default())
     }
 
-    fn key(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
+    /// A grouping key as the path reader gives it: sorted.
+    fn key(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut out = crate::record::tests::pairs(labels);
         out.sort();
         out
     }

@@ -100,16 +100,10 @@ fn decode_base64(value: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::tests::pairs;
 
     fn key(path: &str) -> Vec<(String, String)> {
         grouping_key(path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-        labels
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
     }
 
     // Pushgateway's `TestSplitLabels` scenarios, after its job segment.

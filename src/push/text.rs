@@ -454,6 +454,7 @@ fn unescape_help(text: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::push::model::{PushedHistogram, PushedSummary, PushedValue};
+    use crate::record::tests::pairs;
 
     fn parse_text(text: &str) -> Result<Vec<PushedFamily>, BodyError> {
         parse(text.as_bytes())
@@ -461,13 +462,6 @@ mod tests {
 
     fn error(text: &str) -> String {
         parse_text(text).unwrap_err().to_string()
-    }
-
-    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-        labels
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
     }
 
     /// What `prometheus_client` 0.26's `generate_latest` writes for a counter, a gauge, a

@@ -31,8 +31,8 @@ use crate::tokens::Scope;
 
 /// The push routes.
 pub fn routes() -> Router<Arc<ApiState>> {
-    let methods = put(replace)
-        .post(merge)
+    let methods = put(push_request)
+        .post(push_request)
         .delete(delete)
         .fallback(not_allowed);
     Router::new()
@@ -50,32 +50,18 @@ struct PushQuery {
     counters: Option<Counters>,
 }
 
-async fn replace(
-    state: State<Arc<ApiState>>,
-    caller: Caller,
-    query: ApiQuery<PushQuery>,
-    request: Request,
-) -> Result<Response, Problem> {
-    push_request(state, caller, query, request, Method::Replace).await
-}
-
-async fn merge(
-    state: State<Arc<ApiState>>,
-    caller: Caller,
-    query: ApiQuery<PushQuery>,
-    request: Request,
-) -> Result<Response, Problem> {
-    push_request(state, caller, query, request, Method::Merge).await
-}
-
+/// `PUT` replaces the group, `POST` the metric names it pushes (scope `write`).
 async fn push_request(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
     ApiQuery(query): ApiQuery<PushQuery>,
     request: Request,
-    method: Method,
 ) -> Result<Response, Problem> {
     caller.require(Scope::Write)?;
+    let method = match *request.method() {
+        hyper::Method::PUT => Method::Replace,
+        _ => Method::Merge,
+    };
     let pushes = Arc::clone(&state.push);
     let grouping = grouping_key(&pushes, &request)?;
     if let Some(ttl) = query.ttl {
