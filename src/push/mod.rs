@@ -12,7 +12,8 @@
 //!   label), and `tenant` on top, as on every API input. A series belongs to one group: a push
 //!   that would write another group's series is refused, as Pushgateway refuses an inconsistent
 //!   push. Each group also gets `push_time_seconds` and `push_failure_time_seconds`, the gauges
-//!   Pushgateway keeps (the last successful and the last refused push, Unix seconds, 0 never).
+//!   Pushgateway keeps (the last successful and the last refused push, Unix seconds, 0 never);
+//!   a group exists only with them, so the series caps bound the number of groups too.
 //! - **Values.** A pushed counter or gauge sets the series; a histogram replaces its buckets and
 //!   a summary its quantiles (series made for pushes keep the client's bucket bounds and
 //!   quantiles: registry cells of their own shape, [`Preaggregated`]). With counter adding on
@@ -149,6 +150,8 @@ pub enum PushError {
         family: String,
         owner: String,
     },
+    /// The group's `push_time_seconds` or `push_failure_time_seconds` cannot be kept.
+    Bookkeeping(Refusal),
 }
 
 impl PushError {
@@ -156,7 +159,7 @@ impl PushError {
         match self {
             PushError::Body(_) => PushRefusal::InvalidBody,
             PushError::Conflict { .. } => PushRefusal::GroupConflict,
-            PushError::Refused { refusal, .. } => match refusal {
+            PushError::Refused { refusal, .. } | PushError::Bookkeeping(refusal) => match refusal {
                 Refusal::TypeConflict => PushRefusal::TypeConflict,
                 Refusal::SeriesLimit => PushRefusal::SeriesLimit,
                 _ => PushRefusal::InvalidName,
@@ -199,6 +202,11 @@ impl std::fmt::Display for PushError {
                 f,
                 "{at}: this series of {family:?} belongs to the group {owner}; a series has one \
                  group"
+            ),
+            PushError::Bookkeeping(refusal) => write!(
+                f,
+                "the group's {PUSH_TIME} and {PUSH_FAILURE_TIME} cannot be kept: {}",
+                refusal.label().replace('_', " ")
             ),
         }
     }
@@ -389,21 +397,19 @@ impl Pushes {
         let key = group_key(&push.tenant, &push.grouping);
         let (families, skipped) = chosen_families(&push.families);
         let mut groups = self.groups.lock();
+        // A group exists only with its push-time gauges: they bound the number of groups by
+        // the series caps, and a name taken by another type refuses the push here.
+        if let Err(refusal) = self.open_group(&mut groups, &key, &push.grouping, ttl_secs) {
+            let error = PushError::Bookkeeping(refusal);
+            self.stats.refused(error.reason());
+            return Err(error);
+        }
         let result = self.apply(&mut groups, &key, &push, &families, counters);
         match result {
             Ok((series, removed)) => {
                 let group = groups.by_key.entry(key.clone()).or_default();
                 group.deadline = deadline(ttl_secs);
-                let stamped = self.stamp(group, &key, &push.grouping, Stamp::Success);
-                self.stats
-                    .groups
-                    .store(groups.by_key.len(), Ordering::Relaxed);
-                if let Err(refusal) = stamped {
-                    tracing::debug!(
-                        "push_time_seconds of {key} not written: {}",
-                        refusal.label()
-                    );
-                }
+                set_stamp(group, Stamp::Success);
                 let slot = match push.method {
                     Method::Replace => 0,
                     Method::Merge => 1,
@@ -442,23 +448,41 @@ impl Pushes {
         grouping: &[(String, String)],
         ttl_secs: u32,
     ) {
-        let new = !groups.by_key.contains_key(key);
-        let group = groups.by_key.entry(key.clone()).or_default();
-        if new {
-            group.deadline = deadline(ttl_secs);
-        }
-        if let Err(refusal) = self.stamp(group, key, grouping, Stamp::Failure) {
-            tracing::debug!(
+        match self.open_group(groups, key, grouping, ttl_secs) {
+            Ok(group) => set_stamp(group, Stamp::Failure),
+            Err(refusal) => tracing::debug!(
                 "push_failure_time_seconds of {key} not written: {}",
                 refusal.label()
-            );
+            ),
+        }
+    }
+
+    /// The group `key`, made (with `ttl_secs` from now) if new, with its `push_time_seconds`
+    /// and `push_failure_time_seconds` (0 when made, as Pushgateway starts them). A new group
+    /// whose gauges cannot be made is not kept.
+    fn open_group<'g>(
+        &self,
+        groups: &'g mut Groups,
+        key: &GroupKey,
+        grouping: &[(String, String)],
+        ttl_secs: u32,
+    ) -> Result<&'g mut Group, Refusal> {
+        let new = !groups.by_key.contains_key(key);
+        let made = {
+            let group = groups.by_key.entry(key.clone()).or_default();
             if new {
-                groups.by_key.remove(key);
+                group.deadline = deadline(ttl_secs);
             }
+            self.make_stamps(group, key, grouping)
+        };
+        if made.is_err() && new {
+            groups.by_key.remove(key);
         }
         self.stats
             .groups
             .store(groups.by_key.len(), Ordering::Relaxed);
+        made?;
+        Ok(groups.by_key.get_mut(key).expect("kept above"))
     }
 
     /// Removes the group `grouping` names and its series; false if there was none.
@@ -571,13 +595,10 @@ impl Pushes {
             .collect();
         let replaced: HashSet<Box<str>> = match push.method {
             Method::Replace => group.families.keys().cloned().collect(),
-            Method::Merge => resolved
+            // The registry's names: `x_total` and `x` are one counter family.
+            Method::Merge => families
                 .iter()
-                .map(|item| Box::from(item.handle.series().family_name()))
-                .chain(
-                    // A pushed family may be spelled with `_total` in the group's map.
-                    families.iter().map(|f| Box::from(registry_family(f))),
-                )
+                .map(|f| Box::from(registry_family(f)))
                 .collect(),
         };
         let mut doomed: Vec<Arc<Series>> = Vec::new();
@@ -727,16 +748,16 @@ impl Pushes {
         Ok(resolved)
     }
 
-    /// Writes the group's `push_time_seconds` (or `push_failure_time_seconds`) as now, making
-    /// both if the group has none yet (the other at 0, as Pushgateway starts it).
-    fn stamp(
+    /// Makes the group's push-time gauges that it lacks (or that a reset of their family
+    /// removed), at 0.
+    fn make_stamps(
         &self,
         group: &mut Group,
         key: &GroupKey,
         grouping: &[(String, String)],
-        stamp: Stamp,
     ) -> Result<(), Refusal> {
         let labels = series_labels(&[], grouping, &key.tenant);
+        let now = self.recorder.registry().now_secs();
         for (name, help, slot) in [
             (PUSH_TIME, PUSH_TIME_HELP, &mut group.push_time),
             (
@@ -745,38 +766,34 @@ impl Pushes {
                 &mut group.failure_time,
             ),
         ] {
-            let now = (name == PUSH_TIME) == (stamp == Stamp::Success);
-            let live = slot
-                .as_ref()
-                .is_some_and(|h| h.touch(self.recorder.registry().now_secs()));
-            if !live {
-                let options = SeriesOptions {
-                    help: Some(help.into()),
-                    ttl_secs: Some(0),
-                    ..SeriesOptions::default()
-                };
-                let pairs = labels.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-                let handle = self.recorder.series(
-                    name,
-                    Kind::Gauge,
-                    pairs,
-                    &options,
-                    &mut SeriesKeyBuf::default(),
-                )?;
-                handle.touch(self.recorder.registry().now_secs());
-                *slot = Some(handle);
-            } else if !now {
+            if slot.as_ref().is_some_and(|h| h.touch(now)) {
                 continue;
             }
-            if let Some(Cell::Gauge(value)) = slot.as_ref().map(|h| h.series().cell()) {
-                value.set(if now { unix_now() } else { 0.0 });
+            let options = SeriesOptions {
+                help: Some(help.into()),
+                ttl_secs: Some(0),
+                ..SeriesOptions::default()
+            };
+            let pairs = labels.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+            let handle = self.recorder.series(
+                name,
+                Kind::Gauge,
+                pairs,
+                &options,
+                &mut SeriesKeyBuf::default(),
+            )?;
+            handle.touch(now);
+            if let Cell::Gauge(value) = handle.series().cell() {
+                value.set(0.0);
             }
+            *slot = Some(handle);
         }
         Ok(())
     }
 
-    /// The number of groups and of series they hold (for tests and the landing page).
-    pub fn counts(&self) -> (usize, usize) {
+    /// The number of groups and of series they hold.
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
         let groups = self.groups.lock();
         let series = groups.by_key.values().map(|g| g.all_series().count()).sum();
         (groups.by_key.len(), series)
@@ -787,6 +804,17 @@ impl Pushes {
 enum Stamp {
     Success,
     Failure,
+}
+
+/// Sets the group's `push_time_seconds` (or `push_failure_time_seconds`) to now.
+fn set_stamp(group: &Group, stamp: Stamp) {
+    let slot = match stamp {
+        Stamp::Success => &group.push_time,
+        Stamp::Failure => &group.failure_time,
+    };
+    if let Some(Cell::Gauge(value)) = slot.as_ref().map(|h| h.series().cell()) {
+        value.set(unix_now());
+    }
 }
 
 /// Runs group expiry every second until `stop` is cancelled.
@@ -1239,6 +1267,32 @@ mod tests {
         assert_eq!(pushed.skipped.len(), 2, "{:?}", pushed.skipped);
         let names: Vec<String> = values(&pushes).into_iter().map(|(s, _)| s).collect();
         assert_eq!(names, ["a{job=j,tenant=t}", "b_created{job=j,tenant=t}"]);
+    }
+
+    #[test]
+    fn a_group_exists_only_with_its_push_time_gauges() {
+        let registry = Arc::new(Registry::new(RegistrySettings {
+            max_series: 2,
+            ..RegistrySettings::default()
+        }));
+        let pushes = Pushes::new(Recorder::for_registry(&registry), PushOptions::default());
+        push(&pushes, &[("job", "a")], Method::Replace, "");
+        // At the cap, neither a push nor a refused body makes another group.
+        let error = try_push(&pushes, &[("job", "b")], Method::Replace, "", None).unwrap_err();
+        assert_eq!(error.reason(), PushRefusal::SeriesLimit);
+        pushes.refused("t", &key(&[("job", "c")]), PushRefusal::InvalidBody);
+        assert_eq!(pushes.counts(), (1, 2));
+        assert_eq!(pushes.stats().groups(), 1);
+
+        let pushes = self::pushes();
+        pushes
+            .recorder
+            .record(PUSH_TIME, Kind::Counter, [], Update::Add(1.0))
+            .unwrap();
+        let error = try_push(&pushes, &[("job", "a")], Method::Replace, "x 1\n", None).unwrap_err();
+        assert_eq!(error.reason(), PushRefusal::TypeConflict);
+        assert!(error.to_string().contains(PUSH_TIME), "{error}");
+        assert_eq!(pushes.counts(), (0, 0));
     }
 
     #[test]
