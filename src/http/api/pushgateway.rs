@@ -12,6 +12,7 @@
 //! group's TTL from this push) and `counters=add|set` (how this push's counters count).
 //! `GET` on these paths is 405: the pushed series are in `/metrics`.
 
+use std::borrow::Cow;
 use std::io::Read as _;
 use std::sync::Arc;
 
@@ -117,8 +118,8 @@ async fn push_request(
         };
         pushes
             .push(Push {
-                tenant: tenant.clone(),
-                grouping: grouping.clone(),
+                tenant,
+                grouping,
                 method,
                 families,
                 ttl_secs: query.ttl,
@@ -173,18 +174,18 @@ fn grouping_key(pushes: &Pushes, request: &Request) -> Result<Vec<(String, Strin
 
 /// The body as sent, or gunzipped (`Content-Encoding: gzip`, as `prometheus_client` sends
 /// with `compression='gzip'`), at most `limit` bytes either way.
-fn decode(
+fn decode<'b>(
     headers: &hyper::HeaderMap,
-    body: &[u8],
+    body: &'b [u8],
     limit: usize,
-) -> Result<Vec<u8>, (PushRefusal, Problem)> {
+) -> Result<Cow<'b, [u8]>, (PushRefusal, Problem)> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or("");
     if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
-        return Ok(body.to_vec());
+        return Ok(Cow::Borrowed(body));
     }
     if !encoding.eq_ignore_ascii_case("gzip") {
         return Err((
@@ -218,7 +219,7 @@ fn decode(
                 format!("the body is larger than the limit of {limit} bytes once decompressed"),
             ),
         )),
-        Ok(_) => Ok(out),
+        Ok(_) => Ok(Cow::Owned(out)),
     }
 }
 
