@@ -354,6 +354,7 @@ impl Resolver {
                     bucket_factor: rule.native_histogram_bucket_factor,
                     max_buckets: rule.native_histogram_max_buckets,
                 },
+                preaggregated: None,
             };
             if summary {
                 kind = Kind::Summary;

@@ -19,6 +19,8 @@
 //!   `meta.metrics` and StatsD lines; [`custom`] holds their rules (tenants, definitions,
 //!   records, queries), [`store`] keeps definitions and points durably (SQLite), [`tokens`]
 //!   decides who may call.
+//! - **Pushed**: [`push`] takes Pushgateway's pushes from batch jobs (grouping keys, text and
+//!   protobuf bodies, groups replaced, deleted or expired as a unit) through the same seam.
 //! - **Passed on**: [`relay`] forwards the lines received (raw, or as mapped) to upstream
 //!   StatsD servers over UDP, off the receive threads.
 //! - **Kept**: [`registry`] holds series in lock-sharded maps (`registry::native`: histograms'
@@ -67,6 +69,7 @@ pub mod lint;
 pub mod listen;
 pub mod naming;
 pub mod protocol;
+pub mod push;
 pub mod read;
 pub mod record;
 pub mod registry;

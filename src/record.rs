@@ -66,6 +66,8 @@ pub struct SeriesHandle {
     /// The metric's label schema dropped some of the labels asked for: count
     /// [`Refusal::LabelNotInSchema`] on every update through this handle, not just the first.
     drops_labels: bool,
+    /// The lookup that made this handle created the series.
+    created: bool,
 }
 
 impl SeriesHandle {
@@ -82,6 +84,12 @@ impl SeriesHandle {
 
     pub fn series(&self) -> &Arc<Series> {
         &self.series
+    }
+
+    /// True when the lookup that made this handle created the series (so an input undoing its
+    /// work knows what it made).
+    pub fn created(&self) -> bool {
+        self.created
     }
 }
 
@@ -170,8 +178,12 @@ impl Recorder {
         key.options = options.clone();
         let mut drops_labels = false;
         if let Some(definition) = self.definitions.get(family) {
-            // A declared summary takes the observations a histogram would.
-            if kind == Kind::Histogram && definition.kind == Kind::Summary {
+            // A declared summary takes the observations a histogram would (not a pushed
+            // histogram's buckets, which are no observations).
+            if kind == Kind::Histogram
+                && definition.kind == Kind::Summary
+                && options.preaggregated.is_none()
+            {
                 kind = Kind::Summary;
             }
             if definition.kind != kind {
@@ -195,10 +207,11 @@ impl Recorder {
         }
         key.set_kind(kind);
         key.finish();
-        let series = self.registry.resolve(key)?;
+        let (series, created) = self.registry.lookup_or_create(key)?;
         Ok(SeriesHandle {
             series,
             drops_labels,
+            created,
         })
     }
 
@@ -257,7 +270,7 @@ impl Recorder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::read::{self, Value};
     use crate::registry::RegistrySettings;
@@ -276,7 +289,8 @@ mod tests {
             .collect()
     }
 
-    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// Owned label pairs (the other modules' tests use it too).
+    pub(crate) fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
         labels
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -11,7 +11,7 @@
 //!
 //! Reloads ([`Lifecycle::Reload`], sent by SIGHUP or `POST /-/reload`) build new settings with
 //! the caller's [`Control::reload`] and apply what can change while running: mapping rules,
-//! metric definitions, exposition options, the log filter and the relay's targets. A configuration that fails leaves
+//! metric definitions, exposition options, the log filter, the relay's targets and `[push]`. A configuration that fails leaves
 //! the running one in force, and says why.
 
 use std::io;
@@ -34,6 +34,7 @@ use crate::ingest::{IngestOptions, SharedRules};
 use crate::listen::{
     self, BoundListener, Endpoint, Listener, OpenError, Passed, Role, tcp, udp, unix,
 };
+use crate::push::Pushes;
 use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::relay::Relay;
@@ -232,6 +233,10 @@ pub async fn run(
         }
     };
     let retention = tokio::spawn(expire_points(Arc::clone(&api), shutdown.clone()));
+    let push_expiry = tokio::spawn(crate::push::expire_groups(
+        Arc::clone(&api.push),
+        shutdown.clone(),
+    ));
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = Arc::new(HttpState {
@@ -308,6 +313,7 @@ pub async fn run(
         _ => {}
     }
     let _ = retention.await;
+    let _ = push_expiry.await;
     // The receive threads notice the token within their receive timeout (200 ms). The relay
     // stops after them, so it sends their last lines.
     let relay = running.relay.take();
@@ -382,6 +388,7 @@ impl Running {
         if let Some(api) = &self.state.api {
             api.access.replace(new.tokens.clone());
             api.custom.set_options(new.api.clone());
+            api.push.set_options(new.push.clone());
         }
         let pending = self.settings.restart_required_changes(&new);
         if pending.is_empty() {
@@ -433,12 +440,15 @@ fn start_api(
         // The listeners' options: the same rules (swapped on reload) and the same relay.
         options: ingest,
     };
+    let push = Arc::new(Pushes::new(Arc::clone(recorder), settings.push.clone()));
+    telemetry.set_push(Arc::clone(push.stats()));
     Ok(Arc::new(ApiState {
         custom,
         access,
         body_limit: settings.api_body_limit,
         statsd,
         telemetry: Arc::clone(telemetry),
+        push,
     }))
 }
 

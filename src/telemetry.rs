@@ -166,6 +166,8 @@ pub struct Telemetry {
     relay: Mutex<Option<Arc<RelayStats>>>,
     /// The HTTP server's refusals; it holds a clone.
     pub http: Arc<HttpStats>,
+    /// The push routes' counters, when they are served.
+    push: Mutex<Option<Arc<crate::push::PushStats>>>,
 }
 
 impl Default for Telemetry {
@@ -183,6 +185,7 @@ impl Default for Telemetry {
             api_requests: Mutex::default(),
             relay: Mutex::default(),
             http: Arc::default(),
+            push: Mutex::default(),
         }
     }
 }
@@ -264,6 +267,11 @@ impl Telemetry {
     /// Reports the relay's counters (`tallyd_relay_*`) from now on.
     pub fn set_relay(&self, stats: Arc<RelayStats>) {
         *self.relay.lock() = Some(stats);
+    }
+
+    /// Reports the push routes' counters (`tallyd_push*`) from now on.
+    pub fn set_push(&self, stats: Arc<crate::push::PushStats>) {
+        *self.push.lock() = Some(stats);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -585,6 +593,9 @@ impl Telemetry {
         );
         if let Some(relay) = &*self.relay.lock() {
             out.extend(relay.self_metrics());
+        }
+        if let Some(push) = &*self.push.lock() {
+            out.extend(push.self_metrics());
         }
         out.extend(process_metrics(self.started_unix));
         out

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::prometheus::Prometheus;
 use common::{
     ACCEPT_OPENMETRICS, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Daemon, InProcess, TempFile,
-    assert_absent, declared_type, http_request, on_path, parse_exposition, repo_root, require,
-    run_tallyd, value_of,
+    assert_absent, declared_type, http_request, on_path, parse_exposition, promtool, repo_root,
+    require, run_tallyd, value_of,
 };
 
 /// `tallyd_sample_errors_total{reason="<reason>"}`
@@ -1247,28 +1247,4 @@ fn a_real_prometheus_scrapes_it_without_error() {
         result.contains(r#""model":"v1""#) && result.contains(r#""model":"v2""#),
         "Prometheus has no requests_total series:\n{result}"
     );
-}
-
-/// Runs promtool with `stdin` as its input; returns whether it succeeded, and what it printed.
-fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes())
-        .expect("feed promtool");
-    drop(pipe);
-    let output = child.wait_with_output().expect("promtool's output");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), printed)
 }

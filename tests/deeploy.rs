@@ -187,7 +187,10 @@ fn a_metric_is_created_listed_updated_and_deleted_for_good() {
     assert_eq!(updated["aggregationMethod"], "max");
     assert_eq!(updated["titleYAxis"], "tokens", "untouched fields stay");
     assert_eq!(updated["createdAt"], metric["createdAt"]);
-    assert!(updated["updatedAt"].as_str().unwrap() >= created);
+    // Compared as instants: the text drops trailing zeros of the fraction ("…:01Z" sorts
+    // after "…:01.5Z" as a string).
+    let updated_at: jiff::Timestamp = updated["updatedAt"].as_str().unwrap().parse().unwrap();
+    assert!(updated_at >= created.parse::<jiff::Timestamp>().unwrap());
     assert_eq!(client.list(), std::slice::from_ref(&updated));
 
     client.push(

@@ -37,6 +37,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub storage: StorageConfig,
     pub relay: RelayConfig,
+    pub push: PushConfig,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
     /// `[[metric]]` definitions, by final Prometheus name.
@@ -178,6 +179,17 @@ impl Default for RelayConfig {
             queue_bytes: defaults.queue_bytes,
         }
     }
+}
+
+/// `[push]`: pushes from batch jobs (Pushgateway's `/metrics/job/...`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Seconds a push group lives after its last push; 0 keeps it until deleted.
+    #[serde(deserialize_with = "ttl_seconds")]
+    pub default_ttl_seconds: u32,
+    /// Add pushed counters to their series instead of setting them.
+    pub add_counters: bool,
 }
 
 /// `[http]`: the server for /metrics and the health endpoints.

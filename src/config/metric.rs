@@ -201,6 +201,7 @@ impl MetricDefinition {
                 ttl_secs: self.ttl_seconds,
                 summary,
                 native,
+                preaggregated: None,
             },
             aggregation: self.aggregation,
         };

@@ -23,6 +23,7 @@ use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
 use crate::listen::{Endpoint, Role, UdpOptions, activation};
 use crate::protocol::ParseOptions;
+use crate::push::PushOptions;
 use crate::registry::RegistrySettings;
 use crate::relay::RelayOptions;
 use crate::rules::RuleSet;
@@ -97,6 +98,8 @@ pub struct Settings {
     /// Where the store lives (`[storage] dir`, or `--data-dir`).
     pub data_dir: PathBuf,
     pub relay: RelayOptions,
+    /// `[push]`: pushes from batch jobs.
+    pub push: PushOptions,
 }
 
 impl Settings {
@@ -262,6 +265,10 @@ impl Settings {
                 max_datagram_bytes: file.relay.max_datagram_bytes,
                 flush_interval: secs(file.relay.flush_interval_seconds),
                 queue_bytes: file.relay.queue_bytes,
+            },
+            push: PushOptions {
+                default_ttl_secs: file.push.default_ttl_seconds,
+                add_counters: file.push.add_counters,
             },
             file,
         };

@@ -11,14 +11,15 @@
 //!   neither a connection cap nor a header timeout;
 //! - `scrape`: `/metrics` — negotiation, the render slots, gzip;
 //! - `admin`: health, readiness, the landing page and the lifecycle endpoints;
-//! - [`api`]: the REST API under `/api`, and Deeploy's under `/workspaces` (problem documents,
-//!   JSON and query extractors with bounded bodies, the authentication hook, the routes).
+//! - [`api`]: the REST API under `/api`, Deeploy's under `/workspaces`, and Pushgateway's push
+//!   routes (`PUT`/`POST`/`DELETE /metrics/job/...`): problem documents, JSON and query
+//!   extractors with bounded bodies, the authentication hook, the routes.
 //!
 //! Bodies: outside the API's paths ([`api::owns`]) no route takes one and none is ever read. A
 //! request that announces a body there gets its answer with `Connection: close`; hyper then
 //! reads at most what is already buffered and closes, so a huge upload costs us nothing. On the
-//! API's paths a body is read up to the `[api] max_body_bytes` limit and refused with 413
-//! beyond it.
+//! API's paths (the push routes among them) a body is read up to the `[api] max_body_bytes`
+//! limit and refused with 413 beyond it.
 
 use std::io;
 use std::sync::Arc;

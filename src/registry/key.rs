@@ -42,6 +42,9 @@ pub struct SeriesOptions {
     pub summary: Option<Arc<SummaryConfig>>,
     /// Native buckets for histograms, where they differ from the registry default.
     pub native: NativeOptions,
+    /// The series takes whole values already aggregated by a client (pushes from batch jobs)
+    /// rather than observations: its cell is made in that shape.
+    pub preaggregated: Option<Preaggregated>,
 }
 
 /// A histogram family's native buckets as a rule or a definition asks for them; each setting
@@ -63,6 +66,16 @@ impl NativeOptions {
             max_buckets: self.max_buckets.or(fallback.max_buckets),
         }
     }
+}
+
+/// The shape of a series made for values a client aggregated itself.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Preaggregated {
+    /// A histogram with these bucket bounds (finite, ascending, without `+Inf`), whatever its
+    /// family's: a pushed histogram keeps the client's buckets.
+    Histogram(Arc<[f64]>),
+    /// A summary whose quantiles come with each write, with no sketch behind them.
+    Summary,
 }
 
 impl SeriesKeyBuf {

@@ -22,11 +22,11 @@ mod key;
 pub mod native;
 mod series;
 
-pub use key::{NativeOptions, SeriesKeyBuf, SeriesOptions, escape_label_value};
+pub use key::{NativeOptions, Preaggregated, SeriesKeyBuf, SeriesOptions, escape_label_value};
 pub use native::{NativeConfig, NativeSnapshot};
 pub use series::{AtomicF64, Cell, HistogramCell, Series, SetCell, SummaryCell, Update};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -36,7 +36,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::record::Refusal;
 use crate::summary::{SummaryConfig, SummaryState};
-use series::DEAD;
+use series::{DEAD, SummaryValue};
 
 /// The Prometheus default buckets, in seconds: what timers observe into unless configured.
 pub const DEFAULT_BUCKETS: &[f64] = &[
@@ -367,12 +367,18 @@ impl Registry {
 
     /// The series for `key`, created if new. Does not allocate when the series exists.
     pub fn resolve(&self, key: &SeriesKeyBuf) -> Result<Arc<Series>, Refusal> {
+        self.lookup_or_create(key).map(|(series, _)| series)
+    }
+
+    /// As [`Registry::resolve`], and whether this call created the series (an input that must
+    /// undo its work, such as a refused push, removes only what it made).
+    pub fn lookup_or_create(&self, key: &SeriesKeyBuf) -> Result<(Arc<Series>, bool), Refusal> {
         let kind = key.kind().expect("SeriesKeyBuf::start was called");
         let hash = self.hasher.hash_one(key.key());
         let shard = self.shard(hash);
         let matches = |series: &Arc<Series>| &*series.key == key.key();
         if let Some(series) = shard.read().find(hash, matches) {
-            return Ok(Arc::clone(series));
+            return Ok((Arc::clone(series), false));
         }
         if self.series_count.load(Ordering::Relaxed) >= self.settings.max_series {
             // At the cap, refuse before any write lock: under a flood of new names this is
@@ -383,7 +389,7 @@ impl Registry {
         let mut table = shard.write();
         // Another thread may have inserted it between our two locks.
         if let Some(series) = table.find(hash, matches) {
-            return Ok(Arc::clone(series));
+            return Ok((Arc::clone(series), false));
         }
         let family = self.family(kind, key.family(), &key.options)?;
         // Reserve a place under the global cap first; the reservation is exact even with
@@ -420,22 +426,36 @@ impl Registry {
             cell: match kind {
                 Kind::Counter => Cell::Counter(AtomicF64::default()),
                 Kind::Gauge => Cell::Gauge(AtomicF64::default()),
-                Kind::Histogram => Cell::Histogram(Box::new(HistogramCell::new(
-                    Arc::clone(&family.buckets),
-                    family.native,
-                ))),
+                Kind::Histogram => Cell::Histogram(Box::new(match &key.options.preaggregated {
+                    // A pushed histogram keeps the client's buckets, and has no observations
+                    // to place in native buckets.
+                    Some(Preaggregated::Histogram(bounds)) => {
+                        HistogramCell::new(Arc::clone(bounds), None)
+                    }
+                    _ => HistogramCell::new(Arc::clone(&family.buckets), family.native),
+                })),
                 Kind::Set => Cell::Set(Box::new(SetCell {
                     members: Mutex::new(HashMap::default()),
                 })),
                 Kind::Summary => Cell::Summary(Box::new(SummaryCell {
-                    state: Mutex::new(SummaryState::new(&family.summary, self.now_secs())),
+                    state: Mutex::new(match key.options.preaggregated {
+                        Some(Preaggregated::Summary) => SummaryValue::Pushed {
+                            quantiles: Vec::new(),
+                            sum: 0.0,
+                            count: 0,
+                        },
+                        _ => SummaryValue::Windowed(SummaryState::new(
+                            &family.summary,
+                            self.now_secs(),
+                        )),
+                    }),
                     clock: Arc::clone(&self.clock),
                 })),
             },
         });
         table.insert_unique(hash, Arc::clone(&series), |s| self.hasher.hash_one(&*s.key));
         family_series.push(Arc::clone(&series));
-        Ok(series)
+        Ok((series, true))
     }
 
     /// The family called `name`, created with `kind` if new; a type conflict if `name` (or one
@@ -558,6 +578,68 @@ impl Registry {
         self.expired
             .fetch_add(removed_total as u64, Ordering::Relaxed);
         removed_total
+    }
+
+    /// Removes exactly the series in `doomed` (by identity, not by key), and each family they
+    /// leave without series. Series already gone (expired, their family reset) are skipped.
+    /// Returns how many were removed. Handles kept by inputs learn it at their next
+    /// [`Series::touch`].
+    pub fn remove_exact(&self, doomed: &[Arc<Series>]) -> usize {
+        let mut by_family: HashMap<&str, HashSet<*const Series>> = HashMap::new();
+        for series in doomed {
+            by_family
+                .entry(series.family_name())
+                .or_default()
+                .insert(Arc::as_ptr(series));
+        }
+        let mut removed: Vec<Arc<Series>> = Vec::new();
+        for (name, dead) in by_family {
+            let Some(family) = self.family_named(name) else {
+                continue;
+            };
+            let emptied = {
+                let mut list = family.series.write();
+                list.retain(|series| {
+                    if !dead.contains(&Arc::as_ptr(series)) {
+                        return true;
+                    }
+                    // Expiry may have claimed it already (it then does the accounting).
+                    if series.last_seen.swap(DEAD, Ordering::AcqRel) != DEAD {
+                        removed.push(Arc::clone(series));
+                    }
+                    false
+                });
+                list.is_empty()
+            };
+            if emptied {
+                self.remove_family_if_empty(&family);
+            }
+        }
+        for series in &removed {
+            let hash = self.hasher.hash_one(&*series.key);
+            if let Ok(entry) = self
+                .shard(hash)
+                .write()
+                .find_entry(hash, |s| Arc::ptr_eq(s, series))
+            {
+                entry.remove();
+            }
+        }
+        self.series_count
+            .fetch_sub(removed.len(), Ordering::Relaxed);
+        removed.len()
+    }
+
+    /// Takes `family` out of the table if it still has no series (checked under the table's
+    /// lock, so a family that got a series meanwhile stays).
+    fn remove_family_if_empty(&self, family: &Arc<Family>) {
+        let mut table = self.families.write();
+        let current = table.by_name.get(family.name());
+        if !current.is_some_and(|f| Arc::ptr_eq(f, family)) || family.series_count() > 0 {
+            return;
+        }
+        table.by_name.remove(family.name());
+        table.claims.retain(|_, owner| !Arc::ptr_eq(owner, family));
     }
 
     /// The `n` families with the most series, most first: where cardinality goes.
@@ -806,6 +888,78 @@ mod tests {
         registry.clock.store(1_000_000, Ordering::Relaxed);
         assert_eq!(registry.expire_idle(), 0);
         assert_eq!(registry.series_count(), 1);
+    }
+
+    #[test]
+    fn remove_exact_takes_those_series_only_and_their_emptied_families() {
+        let registry = limited(100, 100, 10);
+        let a1 = registry
+            .resolve(&key(Kind::Gauge, "a", &[("i", "1")]))
+            .unwrap();
+        let a2 = registry
+            .resolve(&key(Kind::Gauge, "a", &[("i", "2")]))
+            .unwrap();
+        let b = registry.resolve(&key(Kind::Counter, "b", &[])).unwrap();
+        // `b` expires first: remove_exact skips it and the count stays right.
+        registry.clock.store(20, Ordering::Relaxed);
+        assert!(a1.touch(20) && a2.touch(20));
+        assert_eq!(registry.expire_idle(), 1);
+        assert_eq!(registry.remove_exact(&[Arc::clone(&a1), Arc::clone(&b)]), 1);
+        assert_eq!(registry.series_count(), 1);
+        assert!(!a1.touch(21), "a removed series must say so");
+        // `b`'s family, left without series, goes too.
+        let names: Vec<String> = registry
+            .families()
+            .iter()
+            .map(|f| f.name().into())
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(registry.remove_exact(&[Arc::clone(&a2)]), 1);
+        assert!(registry.family_named("a").is_none());
+        // The freed name takes another kind.
+        registry.resolve(&key(Kind::Counter, "a", &[])).unwrap();
+    }
+
+    #[test]
+    fn a_preaggregated_series_keeps_its_own_buckets_and_pushed_quantiles() {
+        let registry = registry();
+        let mut buf = key(Kind::Histogram, "h", &[("i", "1")]);
+        buf.options.preaggregated = Some(Preaggregated::Histogram(Arc::from(&[1.0, 2.0][..])));
+        let pushed = registry.resolve(&buf).unwrap();
+        let observed = registry.resolve(&key(Kind::Histogram, "h", &[])).unwrap();
+        let (Cell::Histogram(p), Cell::Histogram(o)) = (pushed.cell(), observed.cell()) else {
+            panic!("not histograms")
+        };
+        assert_eq!(p.bounds(), [1.0, 2.0]);
+        assert_eq!(o.bounds(), DEFAULT_BUCKETS);
+        p.assign(&[1, 2, 3], 9.0);
+        p.accumulate(&[1, 0, 0], 1.0);
+        assert_eq!(
+            (p.counts().collect::<Vec<_>>(), p.sum()),
+            (vec![2, 2, 3], 10.0)
+        );
+
+        let mut buf = key(Kind::Summary, "s", &[]);
+        buf.options.preaggregated = Some(Preaggregated::Summary);
+        let summary = registry.resolve(&buf).unwrap();
+        let Cell::Summary(cell) = summary.cell() else {
+            panic!("not a summary")
+        };
+        assert!(cell.assign(&[(0.5, 4.0)], 8.0, 2));
+        let mut quantiles = Vec::new();
+        assert_eq!(cell.read(|q, v| quantiles.push((q, v))), (8.0, 2));
+        assert_eq!(quantiles, [(0.5, 4.0)]);
+        let observe = Update::Observe {
+            value: 1.0,
+            weight: 1,
+        };
+        let settings = registry.settings();
+        assert_eq!(summary.apply(observe, settings), Err(Refusal::TypeConflict));
+        let windowed = registry.resolve(&key(Kind::Summary, "s2", &[])).unwrap();
+        let Cell::Summary(cell) = windowed.cell() else {
+            panic!("not a summary")
+        };
+        assert!(!cell.is_pushed() && !cell.assign(&[], 0.0, 0));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One series and its state: the [`Cell`] kinds (atomic counters and gauges, histogram buckets,
-//! a set's members, a summary's sketch), the [`Update`]s inputs apply to them, and the
-//! `last_seen` word that expiry and updates race on.
+//! a set's members, a summary's sketch or pushed quantiles), the [`Update`]s inputs apply to
+//! them, the whole values pushes write into them, and the `last_seen` word that expiry and
+//! updates race on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,6 +116,27 @@ impl HistogramCell {
             None => false,
         }
     }
+
+    /// Replaces the counts and the sum with a pushed histogram's: `counts` per bucket (not
+    /// cumulative), one more than [`HistogramCell::bounds`]. Not atomic as a whole: a scrape
+    /// during the write may see some buckets old and some new (the count is always their
+    /// total, so `_count` and the `+Inf` bucket agree).
+    pub fn assign(&self, counts: &[u64], sum: f64) {
+        debug_assert_eq!(counts.len(), self.counts.len());
+        for (cell, count) in self.counts.iter().zip(counts) {
+            cell.store(*count, Ordering::Relaxed);
+        }
+        self.sum.set(sum);
+    }
+
+    /// Adds a pushed histogram's per-bucket `counts` (same bounds) and `sum` to the cell.
+    pub fn accumulate(&self, counts: &[u64], sum: f64) {
+        debug_assert_eq!(counts.len(), self.counts.len());
+        for (cell, count) in self.counts.iter().zip(counts) {
+            cell.fetch_add(*count, Ordering::Relaxed);
+        }
+        self.sum.add(sum);
+    }
 }
 
 /// Set state: member hash → second (since registry start) it was last seen.
@@ -123,21 +145,70 @@ pub struct SetCell {
     pub(super) members: Mutex<HashMap<u64, u32, ahash::RandomState>>,
 }
 
-/// Summary state: a windowed quantile sketch behind a short lock, and the registry clock it
-/// rotates its window by.
+/// Summary state behind a short lock: a windowed quantile sketch (and the registry clock it
+/// rotates its window by), or the quantiles a push brought.
 #[derive(Debug)]
 pub struct SummaryCell {
-    pub(super) state: Mutex<SummaryState>,
+    pub(super) state: Mutex<SummaryValue>,
     pub(super) clock: Arc<AtomicU32>,
 }
 
+/// What a summary series holds.
+#[derive(Debug)]
+pub(super) enum SummaryValue {
+    /// Observations, summarised by tallyd.
+    Windowed(SummaryState),
+    /// A client's own summary, pushed whole: `(quantile, value)` ascending, sum and count.
+    Pushed {
+        quantiles: Vec<(f64, f64)>,
+        sum: f64,
+        count: u64,
+    },
+}
+
 impl SummaryCell {
-    /// Calls `quantile(q, value)` for each configured quantile over the current window (NaN
-    /// when the window is empty), and returns the cumulative `(sum, count)`.
-    pub fn read(&self, quantile: impl FnMut(f64, f64)) -> (f64, u64) {
-        let mut state = self.state.lock();
-        state.quantiles(self.clock.load(Ordering::Relaxed), quantile);
-        (state.sum(), state.count())
+    /// Calls `quantile(q, value)` for each quantile (configured, over the current window, NaN
+    /// when the window is empty; or as pushed), and returns the cumulative `(sum, count)`.
+    pub fn read(&self, mut quantile: impl FnMut(f64, f64)) -> (f64, u64) {
+        match &mut *self.state.lock() {
+            SummaryValue::Windowed(state) => {
+                state.quantiles(self.clock.load(Ordering::Relaxed), quantile);
+                (state.sum(), state.count())
+            }
+            SummaryValue::Pushed {
+                quantiles,
+                sum,
+                count,
+            } => {
+                for (q, value) in quantiles.iter() {
+                    quantile(*q, *value);
+                }
+                (*sum, *count)
+            }
+        }
+    }
+
+    /// True for a series made for pushes ([`super::Preaggregated::Summary`]).
+    pub fn is_pushed(&self) -> bool {
+        matches!(*self.state.lock(), SummaryValue::Pushed { .. })
+    }
+
+    /// Replaces a pushed summary's value; false (and nothing written) for a windowed one.
+    pub fn assign(&self, quantiles: &[(f64, f64)], sum: f64, count: u64) -> bool {
+        match &mut *self.state.lock() {
+            SummaryValue::Windowed(_) => false,
+            SummaryValue::Pushed {
+                quantiles: held,
+                sum: held_sum,
+                count: held_count,
+            } => {
+                held.clear();
+                held.extend_from_slice(quantiles);
+                *held_sum = sum;
+                *held_count = count;
+                true
+            }
+        }
     }
 }
 
@@ -256,6 +327,11 @@ impl Series {
                 .is_ok()
     }
 
+    /// The canonical key (kind, family, escaped labels): the series' identity.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The family name, as spelled in the key.
     pub fn family_name(&self) -> &str {
         &self.key[1..self.labels_at as usize - 1]
@@ -290,8 +366,15 @@ impl Series {
             (Cell::Histogram(h), Update::Observe { value, weight }) => h.observe(value, weight),
             (Cell::Summary(summary), Update::Observe { value, weight }) => {
                 let now = summary.clock.load(Ordering::Relaxed);
-                if !summary.state.lock().observe(value, weight, now) {
-                    return Err(Refusal::NonFiniteValue);
+                match &mut *summary.state.lock() {
+                    SummaryValue::Windowed(state) => {
+                        if !state.observe(value, weight, now) {
+                            return Err(Refusal::NonFiniteValue);
+                        }
+                    }
+                    // A pushed summary's quantiles are the client's: observations cannot
+                    // join them.
+                    SummaryValue::Pushed { .. } => return Err(Refusal::TypeConflict),
                 }
             }
             (Cell::Set(set), Update::Member { hash, now }) => {

@@ -1148,3 +1148,27 @@ pub fn declared_type<'a>(text: &'a str, family: &str) -> Option<&'a str> {
         (name == family).then_some(kind.trim())
     })
 }
+
+/// Runs promtool with `stdin` as its input; returns whether it succeeded, and what it printed.
+pub fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("feed promtool");
+    drop(pipe);
+    let output = child.wait_with_output().expect("promtool's output");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}

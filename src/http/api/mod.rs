@@ -9,7 +9,9 @@
 //!
 //! - `matih.rs`: the custom-metrics routes at the Matih seed's paths;
 //! - `deeploy.rs`: Deeploy's custom-metrics routes, at the server root (`/workspaces/…`) where
-//!   its client calls them.
+//!   its client calls them;
+//! - `pushgateway.rs`: Pushgateway's push routes (`/metrics/job/...`), outside `/api` but
+//!   under the same auth, body limit and problem documents.
 //!
 //! An unknown `/api` or `/workspaces` path answers a 404 problem document.
 
@@ -20,6 +22,7 @@ pub mod inputs;
 pub mod matih;
 pub mod openapi;
 mod problem;
+pub mod pushgateway;
 
 pub use auth::{
     Access, AuthRejection, Authenticator, Caller, Credentials, DEFAULT_TENANT, TENANT_HEADER,
@@ -46,6 +49,8 @@ pub struct ApiState {
     pub statsd: StatsdIntake,
     /// Counts every answer in `tallyd_api_requests_total{route,code}`.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Pushes from batch jobs (Pushgateway's routes).
+    pub push: Arc<crate::push::Pushes>,
 }
 
 /// What an ingester for StatsD lines over HTTP is made of (one per request).
@@ -76,8 +81,10 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
                 )
             }),
         )
-        // Deeploy's routes are its client's contract, not ours: they are not in the document.
+        // Deeploy's and Pushgateway's routes are their clients' contracts, not ours: they are
+        // not in the document.
         .merge(deeploy::routes())
+        .merge(pushgateway::routes())
         .layer(axum::middleware::map_response(problem::method_problem))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.telemetry),
@@ -104,11 +111,12 @@ async fn count_request(
 }
 
 /// Whether `path` belongs to the API (whose answers are JSON, and whose routes may read bodies):
-/// `/api` and, for Deeploy's client, `/workspaces`.
+/// `/api`, `/workspaces` for Deeploy's client, and the push routes (`/metrics/job/…`).
 pub fn owns(path: &str) -> bool {
     path.strip_prefix("/api")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         || deeploy::owns(path)
+        || pushgateway::owns(path)
 }
 
 #[cfg(test)]
