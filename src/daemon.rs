@@ -46,7 +46,7 @@ pub fn run(cli: Cli) -> ExitCode {
             print!("{stanza}");
             return ExitCode::SUCCESS;
         }
-        None => {}
+        Some(Command::History(_)) | None => {}
     }
     let settings = match Settings::from_cli(&cli) {
         Ok(settings) => settings,
@@ -55,6 +55,9 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::History(command)) = &cli.command {
+        return crate::history::run_command(command, &settings.data_dir);
+    }
     if cli.check_config {
         for finding in &settings.lint {
             println!("{}: {finding}", finding.severity);

@@ -568,7 +568,7 @@ fn write_descriptor(
 }
 
 /// HELP text escaping: `\` and newline in both formats, `"` too in OpenMetrics.
-fn write_help_text(out: &mut Vec<u8>, help: &str, format: Format) {
+pub(crate) fn write_help_text(out: &mut Vec<u8>, help: &str, format: Format) {
     let quote = format == Format::OpenMetrics;
     let mut last = 0;
     for (index, byte) in help.bytes().enumerate() {
@@ -643,7 +643,7 @@ fn write_created(out: &mut Vec<u8>, name: &str, labels: &str, unix_seconds: f64)
     out.push(b'\n');
 }
 
-fn write_timestamp(out: &mut Vec<u8>, unix_seconds: f64) {
+pub(crate) fn write_timestamp(out: &mut Vec<u8>, unix_seconds: f64) {
     // Seconds below 10^12 (the year 33658) are below 2^53 in milliseconds: exact.
     if !(0.0..1e12).contains(&unix_seconds) {
         write_value(out, unix_seconds);
@@ -682,7 +682,7 @@ const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 /// in their shortest round-trip form (`0.25`, `1e-7`, `1.5e300`), else `+Inf`, `-Inf`, `NaN`.
 /// Both formats' parsers (Go's `strconv.ParseFloat`) read every one of these.
 #[inline]
-fn write_value(out: &mut Vec<u8>, value: f64) {
+pub(crate) fn write_value(out: &mut Vec<u8>, value: f64) {
     if value.is_finite() {
         if value.fract() == 0.0 && value.abs() <= MAX_EXACT_INTEGER {
             out.extend_from_slice(itoa::Buffer::new().format(value as i64).as_bytes());

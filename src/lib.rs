@@ -62,6 +62,7 @@ pub mod custom;
 pub mod daemon;
 pub mod definitions;
 pub mod exposition;
+pub mod history;
 pub mod http;
 pub mod import;
 pub mod ingest;

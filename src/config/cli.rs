@@ -18,7 +18,7 @@ use crate::listen::Endpoint;
 pub struct Cli {
     /// The TOML configuration file. Without it, the built-in defaults (those documented in
     /// config/tallyd.toml) apply.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// UDP address to receive StatsD on (repeat for several); replaces `udp.listen`. Every
     /// listen flag also takes `systemd:NAME`: the sockets systemd passed under that name.
@@ -39,7 +39,7 @@ pub struct Cli {
     #[arg(long = "http-listen", value_name = "ADDR")]
     pub http_listen: Option<Endpoint<SocketAddr>>,
     /// Directory of the API's durable store; replaces `storage.dir`.
-    #[arg(long = "data-dir", value_name = "DIR")]
+    #[arg(long = "data-dir", value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive);
     /// replaces `log.level`.
@@ -64,6 +64,42 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The store's history: export it, back it up. Reads the data directory of `--data-dir`
+    /// (or the config's `[storage] dir`) without changing it, also while tallyd runs.
+    #[command(subcommand)]
+    History(HistoryCommand),
+}
+
+/// `tallyd history ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum HistoryCommand {
+    /// Write one metric's stored points as OpenMetrics text, which `promtool tsdb
+    /// create-blocks-from openmetrics` imports into Prometheus.
+    Export {
+        /// The metric's name, as it was defined.
+        #[arg(long)]
+        metric: String,
+        /// Only this tenant's series (every tenant's by default).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// First instant (ISO 8601 with an offset, or unix seconds); the oldest point by
+        /// default.
+        #[arg(long)]
+        start: Option<String>,
+        /// End of the range, excluded; the newest point by default.
+        #[arg(long)]
+        end: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Copy the store, consistently, to a new file; restore by putting it in an empty data
+    /// directory as `tallyd.db` before tallyd starts.
+    Backup {
+        /// The file to create (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
 }
 
 /// `tallyd token ...`

@@ -12,7 +12,7 @@ mod file;
 mod metric;
 mod settings;
 
-pub use cli::{Cli, Command, TokenCommand};
+pub use cli::{Cli, Command, HistoryCommand, TokenCommand};
 pub use file::{
     AggregationConfig, Config, ExpositionConfig, HttpConfig, LimitsConfig, LintConfig, LogConfig,
     RelayConfig, StatsdConfig, TcpConfig, UdpConfig, UnixConfig, normalize_log_filter,

@@ -164,7 +164,7 @@ impl CustomMetric {
     }
 }
 
-fn family_name(spec: &MetricSpec) -> &str {
+pub(crate) fn family_name(spec: &MetricSpec) -> &str {
     match spec.kind {
         MetricType::Counter => counter_family(&spec.name),
         _ => &spec.name,

@@ -127,6 +127,52 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
     Ok((engine, reader))
 }
 
+/// Opens the store in `dir` for reading only, as tools beside a running daemon do: nothing is
+/// created or changed, and a missing or newer store is an error.
+pub fn open_reader(dir: &Path) -> Result<SqliteReader, StoreError> {
+    let path = dir.join(FILE_NAME);
+    if !path.is_file() {
+        return Err(StoreError::Engine(format!(
+            "{} does not exist: no store in {}",
+            path.display(),
+            dir.display()
+        )));
+    }
+    let reader = SqliteReader {
+        path: path.clone(),
+        pool: Mutex::new(Vec::new()),
+    };
+    let version: i64 = reader.with(|c| c.query_row("PRAGMA user_version", [], |row| row.get(0)))?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Engine(format!(
+            "{} has schema version {version}, this tallyd reads {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    Ok(reader)
+}
+
+/// Writes a consistent copy of the store in `dir` to the new file `to` (`VACUUM INTO`: one read
+/// transaction, so a daemon writing meanwhile is neither stopped nor half-copied), and answers
+/// its size in bytes. The copy is a complete store: put it in an empty data directory as
+/// `tallyd.db` to restore it.
+pub fn backup(dir: &Path, to: &Path) -> Result<u64, StoreError> {
+    if to.exists() {
+        return Err(StoreError::Engine(format!(
+            "{} exists; a backup never overwrites",
+            to.display()
+        )));
+    }
+    let reader = open_reader(dir)?;
+    let target = to
+        .to_str()
+        .ok_or_else(|| StoreError::Engine(format!("{} is not a UTF-8 path", to.display())))?;
+    reader.with(|c| c.execute("VACUUM INTO ?1", [target]).map(drop))?;
+    std::fs::metadata(to)
+        .map(|m| m.len())
+        .map_err(|e| StoreError::Engine(format!("{}: {e}", to.display())))
+}
+
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;

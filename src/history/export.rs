@@ -1,0 +1,213 @@
+//! `tallyd history export`: one stored metric's points as OpenMetrics text, in the shape
+//! `promtool tsdb create-blocks-from openmetrics` turns into Prometheus blocks, so history
+//! recorded through the API can move into a Prometheus (or anything that imports its blocks).
+//!
+//! What each type becomes, named as `/metrics` names it (with the `tenant` label):
+//! - a **gauge**: its points as they are;
+//! - a **counter**: the running total of the recorded increments, from 0 at the start of the
+//!   range, as `<name>_total` (rates over it are the recorded rates);
+//! - a **histogram** or **summary**: the running count and sum of its observations, as a
+//!   summary without quantiles (`<name>_count`, `<name>_sum`; single observations carry no
+//!   buckets to rebuild).
+//!
+//! Points recorded at the same millisecond become one sample (the last gauge value, the total
+//! after all of them), since a TSDB keeps one sample per series and timestamp. Each series is
+//! written whole, oldest first, as OpenMetrics requires. Deeploy's data points (x/y pairs, not
+//! time series) are not exported.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use crate::custom::{MetricSpec, MetricType, TENANT_LABEL, family_name};
+use crate::exposition::{Format, write_help_text, write_timestamp, write_value};
+use crate::registry::escape_label_value;
+use crate::store::{Reader, StoreError, StoredMetric, labels_of};
+
+/// Scopes of the definitions whose points are time series (Matih's, and the config file's).
+const EXPORTED_SCOPES: [&str; 2] = ["matih", "file"];
+
+/// What to export.
+#[derive(Clone, Debug)]
+pub struct Export {
+    pub metric: String,
+    /// Only this tenant's series; every tenant's when `None`.
+    pub tenant: Option<String>,
+    /// Points with `start_ms <= timestamp < end_ms`.
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// What an export wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exported {
+    pub series: usize,
+    pub samples: usize,
+}
+
+/// Why an export failed.
+#[derive(Debug)]
+pub enum ExportError {
+    /// No stored definition has that name (for that tenant); the names there are.
+    NotFound {
+        known: Vec<String>,
+    },
+    Store(StoreError),
+    /// A stored definition that does not read as one (a newer tallyd's, say).
+    Definition(String),
+    Output(std::io::Error),
+}
+
+impl std::fmt::Display for ExportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExportError::NotFound { known } if known.is_empty() => {
+                write!(
+                    f,
+                    "no metric by that name; the store holds no exportable metric"
+                )
+            }
+            ExportError::NotFound { known } => write!(
+                f,
+                "no metric by that name; the store holds: {}",
+                known.join(", ")
+            ),
+            ExportError::Store(e) => write!(f, "reading the store: {e}"),
+            ExportError::Definition(e) => write!(f, "a stored definition does not read: {e}"),
+            ExportError::Output(e) => write!(f, "writing the export: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ExportError {}
+
+impl From<StoreError> for ExportError {
+    fn from(e: StoreError) -> Self {
+        ExportError::Store(e)
+    }
+}
+
+/// Writes the export of `request` from `reader` to `out`, ending with `# EOF`.
+pub fn export(
+    reader: &dyn Reader,
+    request: &Export,
+    out: &mut dyn Write,
+) -> Result<Exported, ExportError> {
+    let stored: Vec<StoredMetric> = reader
+        .metrics()?
+        .into_iter()
+        .filter(|m| EXPORTED_SCOPES.contains(&m.scope.as_str()))
+        .filter(|m| request.tenant.as_ref().is_none_or(|t| *t == m.tenant))
+        .collect();
+    let chosen: Vec<&StoredMetric> = stored.iter().filter(|m| m.name == request.metric).collect();
+    let Some(first) = chosen.first() else {
+        let mut known: Vec<String> = stored.into_iter().map(|m| m.name).collect();
+        known.sort();
+        known.dedup();
+        return Err(ExportError::NotFound { known });
+    };
+    // Tenants agree on a name's type (the API refuses otherwise); the first definition's
+    // description is the family's HELP, as in `/metrics`.
+    let spec: MetricSpec = serde_json::from_str(&first.document)
+        .map_err(|e| ExportError::Definition(format!("{}: {e}", first.name)))?;
+    let family = family_name(&spec).to_owned();
+    let mut text = Vec::with_capacity(64 * 1024);
+    let (kind, suffixes): (&str, &[&str]) = match spec.kind {
+        MetricType::Gauge => ("gauge", &[""]),
+        MetricType::Counter => ("counter", &["_total"]),
+        MetricType::Histogram | MetricType::Summary => ("summary", &["_count", "_sum"]),
+    };
+    text.extend_from_slice(format!("# TYPE {family} {kind}\n").as_bytes());
+    if let Some(help) = spec.description.as_deref().filter(|h| !h.is_empty()) {
+        text.extend_from_slice(format!("# HELP {family} ").as_bytes());
+        write_help_text(&mut text, help, Format::OpenMetrics);
+        text.push(b'\n');
+    }
+    let mut exported = Exported::default();
+    for metric in chosen {
+        for (series, labels_json) in reader.series(metric.id)? {
+            let labels = series_labels(&labels_json, &metric.tenant);
+            let samples = read_series(reader, metric.id, series, request, spec.kind)?;
+            if samples.is_empty() {
+                continue;
+            }
+            exported.series += 1;
+            exported.samples += samples.len();
+            for (ts_ms, values) in &samples {
+                for (suffix, value) in suffixes.iter().zip(values) {
+                    text.extend_from_slice(family.as_bytes());
+                    text.extend_from_slice(suffix.as_bytes());
+                    text.extend_from_slice(labels.as_bytes());
+                    text.push(b' ');
+                    write_value(&mut text, *value);
+                    text.push(b' ');
+                    write_timestamp(&mut text, *ts_ms as f64 / 1000.0);
+                    text.push(b'\n');
+                }
+            }
+            if text.len() >= 1 << 20 {
+                out.write_all(&text).map_err(ExportError::Output)?;
+                text.clear();
+            }
+        }
+    }
+    text.extend_from_slice(b"# EOF\n");
+    out.write_all(&text).map_err(ExportError::Output)?;
+    out.flush().map_err(ExportError::Output)?;
+    Ok(exported)
+}
+
+/// `{label="value",…,tenant="…"}`, sorted by name, as `/metrics` labels API series.
+fn series_labels(labels_json: &str, tenant: &str) -> String {
+    let mut labels: BTreeMap<String, String> = labels_of(labels_json).into_iter().collect();
+    labels.insert(TENANT_LABEL.to_owned(), tenant.to_owned());
+    let mut text = String::from("{");
+    for (i, (name, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(name);
+        text.push_str("=\"");
+        escape_label_value(value, &mut text);
+        text.push('"');
+    }
+    text.push('}');
+    text
+}
+
+/// One series' samples in time order, one per millisecond: `[value]` for gauges and counters
+/// (a counter's running total), `[count, sum]` for histograms and summaries.
+fn read_series(
+    reader: &dyn Reader,
+    metric: i64,
+    series: i64,
+    request: &Export,
+    kind: MetricType,
+) -> Result<Vec<(i64, [f64; 2])>, StoreError> {
+    let mut samples: Vec<(i64, [f64; 2])> = Vec::new();
+    let (mut count, mut total) = (0.0, 0.0);
+    reader.scan(
+        metric,
+        request.start_ms,
+        request.end_ms,
+        Some(&[series]),
+        &mut |_, ts_ms, value| {
+            let sample = match kind {
+                MetricType::Gauge => [value, 0.0],
+                MetricType::Counter => {
+                    total += value;
+                    [total, 0.0]
+                }
+                MetricType::Histogram | MetricType::Summary => {
+                    count += 1.0;
+                    total += value;
+                    [count, total]
+                }
+            };
+            match samples.last_mut() {
+                Some((last, values)) if *last == ts_ms => *values = sample,
+                _ => samples.push((ts_ms, sample)),
+            }
+        },
+    )?;
+    Ok(samples)
+}
