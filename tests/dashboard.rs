@@ -115,7 +115,10 @@ fn the_dashboard_is_a_grafana_dashboard_with_a_templated_prometheus_source() {
             templated(title, &target["datasource"]);
             let ref_id = target["refId"].as_str().unwrap();
             assert!(refs.insert(ref_id), "{title}: refId {ref_id} twice");
-            assert!(!target["expr"].as_str().unwrap().trim().is_empty(), "{title}");
+            assert!(
+                !target["expr"].as_str().unwrap().trim().is_empty(),
+                "{title}"
+            );
         }
     }
 }
@@ -137,7 +140,10 @@ fn promtool_check(exprs: &[String]) -> (bool, String) {
         .expect("run promtool");
     let mut report = String::from_utf8_lossy(&output.stdout).into_owned();
     report.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), format!("{report}\nrules:\n{rules}"))
+    (
+        output.status.success(),
+        format!("{report}\nrules:\n{rules}"),
+    )
 }
 
 #[test]
@@ -205,12 +211,7 @@ fn served_names() -> BTreeSet<String> {
     let text = tallyd.scrape();
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            line.split(['{', ' '])
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        })
+        .map(|line| line.split(['{', ' ']).next().unwrap_or_default().to_owned())
         .collect()
 }
 
@@ -221,7 +222,11 @@ fn every_metric_the_dashboard_queries_is_one_tallyd_serves() {
     for (_, expr) in expressions(&dashboard) {
         wanted.extend(metric_names(&expr));
     }
-    assert!(wanted.len() >= 25, "only {} metric names: {wanted:?}", wanted.len());
+    assert!(
+        wanted.len() >= 25,
+        "only {} metric names: {wanted:?}",
+        wanted.len()
+    );
     let served = served_names();
     let missing: Vec<&String> = wanted
         .iter()

@@ -140,7 +140,11 @@ fn configmap_config() -> String {
 #[test]
 fn the_configmap_config_passes_tallyds_config_check() {
     let config = TempFile::new("configmap-tallyd.toml", &configmap_config());
-    let output = run_tallyd(&["--config", config.path().to_str().unwrap(), "--check-config"]);
+    let output = run_tallyd(&[
+        "--config",
+        config.path().to_str().unwrap(),
+        "--check-config",
+    ]);
     assert!(
         output.status.success(),
         "{}{}",
@@ -195,7 +199,10 @@ fn the_probes_ask_routes_tallyd_answers() {
     let daemonset = yaml(&manifest("daemonset.yaml"));
     let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
     let tallyd = InProcess::start();
-    for (probe, expected) in [("readinessProbe", "/-/ready"), ("livenessProbe", "/-/healthy")] {
+    for (probe, expected) in [
+        ("readinessProbe", "/-/ready"),
+        ("livenessProbe", "/-/healthy"),
+    ] {
         let path = container[probe]["httpGet"]["path"].as_str().unwrap();
         assert_eq!(path, expected, "{probe}");
         let response = tallyd.get(path, &[]);

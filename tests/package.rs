@@ -77,18 +77,21 @@ fn package() -> &'static Path {
             .args(["deb", "--no-build", "--output"])
             .arg(&dir));
         assert!(output.status.success(), "cargo deb:\n{}", text(&output));
-        let deb = std::fs::read_dir(&dir)
+        std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .unwrap_or_else(|| panic!("no .deb in {}:\n{}", dir.display(), text(&output)));
-        deb
+            .unwrap_or_else(|| panic!("no .deb in {}:\n{}", dir.display(), text(&output)))
     })
 }
 
 fn dpkg_deb(args: &[&str]) -> String {
     let output = run(Command::new("dpkg-deb").args(args).arg(package()));
-    assert!(output.status.success(), "dpkg-deb {args:?}:\n{}", text(&output));
+    assert!(
+        output.status.success(),
+        "dpkg-deb {args:?}:\n{}",
+        text(&output)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -162,10 +165,7 @@ fn the_control_file_declares_the_conffile_and_the_dependencies() {
         depends.contains("systemd | systemd-standalone-sysusers"),
         "{depends}"
     );
-    assert!(
-        fields.contains("Description: StatsD/DogStatsD"),
-        "{fields}"
-    );
+    assert!(fields.contains("Description: StatsD/DogStatsD"), "{fields}");
 }
 
 #[test]
@@ -178,7 +178,10 @@ fn the_maintainer_scripts_add_the_user_enable_the_unit_and_never_start_it() {
         let script = &control[name];
         let syntax = run(Command::new("sh").args(["-n", "-c", script]));
         assert!(syntax.status.success(), "{name}: {}", text(&syntax));
-        assert!(!script.contains("#DEBHELPER#"), "{name} still has the marker");
+        assert!(
+            !script.contains("#DEBHELPER#"),
+            "{name} still has the marker"
+        );
     }
     let postinst = &control["postinst"];
     assert!(
@@ -189,7 +192,10 @@ fn the_maintainer_scripts_add_the_user_enable_the_unit_and_never_start_it() {
         postinst.contains("deb-systemd-helper enable tallyd.service"),
         "{postinst}"
     );
-    assert!(!postinst.contains(" start "), "starts something:\n{postinst}");
+    assert!(
+        !postinst.contains(" start "),
+        "starts something:\n{postinst}"
+    );
     assert!(!postinst.contains("tallyd.socket"), "{postinst}");
     assert!(
         control["postrm"].contains("rm -rf \"${DPKG_ROOT:-}/var/lib/tallyd\""),
@@ -209,7 +215,12 @@ struct ScratchRoot {
 impl ScratchRoot {
     fn new() -> ScratchRoot {
         let root = tempfile::tempdir().unwrap();
-        for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log", "etc"] {
+        for dir in [
+            "var/lib/dpkg/info",
+            "var/lib/dpkg/updates",
+            "var/log",
+            "etc",
+        ] {
             std::fs::create_dir_all(root.path().join(dir)).unwrap();
         }
         std::fs::write(root.path().join("var/lib/dpkg/status"), "").unwrap();
@@ -313,12 +324,19 @@ fn the_package_installs_runs_removes_and_purges_in_a_scratch_root() {
         Path::new("/usr/lib/systemd/system/tallyd.service")
     );
     // Not started: nothing asked a running systemd to start anything.
-    assert!(!root.shim_calls().contains("start"), "{}", root.shim_calls());
+    assert!(
+        !root.shim_calls().contains("start"),
+        "{}",
+        root.shim_calls()
+    );
 
     // The installed binary runs, and the installed config passes its check.
     let binary = root.path("usr/bin/tallyd");
     let version = run(Command::new(&binary).arg("--version"));
-    assert_eq!(text(&version).trim(), format!("tallyd {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&version).trim(),
+        format!("tallyd {}", env!("CARGO_PKG_VERSION"))
+    );
     let check = run(Command::new(&binary)
         .arg("--config")
         .arg(root.path("etc/tallyd/tallyd.toml"))
@@ -362,7 +380,10 @@ fn the_package_installs_runs_removes_and_purges_in_a_scratch_root() {
     assert!(!status.contains("Package: tallyd"), "{status}");
     assert!(root.entry("etc/passwd").is_some());
 
-    assert!(host_before == host_state(), "the host's users or units changed");
+    assert!(
+        host_before == host_state(),
+        "the host's users or units changed"
+    );
 }
 
 /// systemd-analyze on the unit as the package installs it (the unit and its drop-in), in a
@@ -381,10 +402,19 @@ fn the_installed_unit_verifies_and_rates_below_2() {
     let deb = package().to_str().unwrap().to_owned();
     root.dpkg(&["--install", &deb]);
     let units = root.path("usr/lib/systemd/system");
-    for target in ["sysinit", "basic", "shutdown", "network-online", "multi-user"] {
+    for target in [
+        "sysinit",
+        "basic",
+        "shutdown",
+        "network-online",
+        "multi-user",
+    ] {
         let name = format!("{target}.target");
-        std::fs::copy(Path::new("/usr/lib/systemd/system").join(&name), units.join(&name))
-            .unwrap_or_else(|e| panic!("{name} from the host: {e}"));
+        std::fs::copy(
+            Path::new("/usr/lib/systemd/system").join(&name),
+            units.join(&name),
+        )
+        .unwrap_or_else(|e| panic!("{name} from the host: {e}"));
     }
     // ExecReload runs /bin/kill.
     std::fs::create_dir_all(root.path("bin")).unwrap();
