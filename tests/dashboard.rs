@@ -10,7 +10,7 @@ use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 
-use common::{InProcess, SocketDir, TempFile, on_path, repo_root, require};
+use common::{InProcess, SocketDir, TempFile, on_path, repo_root, require, run_command};
 use serde_json::Value;
 
 const DASHBOARD: &str = "deploy/grafana/tallyd.json";
@@ -134,16 +134,12 @@ fn promtool_check(exprs: &[String]) -> (bool, String) {
         ));
     }
     let file = TempFile::new("dashboard-rules.yml", &rules);
-    let output = Command::new("promtool")
-        .args(["check", "rules", file.path().to_str().unwrap()])
-        .output()
-        .expect("run promtool");
-    let mut report = String::from_utf8_lossy(&output.stdout).into_owned();
-    report.push_str(&String::from_utf8_lossy(&output.stderr));
-    (
-        output.status.success(),
-        format!("{report}\nrules:\n{rules}"),
-    )
+    let (ok, report) = run_command(Command::new("promtool").args([
+        "check",
+        "rules",
+        file.path().to_str().unwrap(),
+    ]));
+    (ok, format!("{report}\nrules:\n{rules}"))
 }
 
 #[test]

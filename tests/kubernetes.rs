@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{InProcess, TempFile, repo_root, require, run_tallyd};
+use common::{InProcess, TempFile, repo_root, require, run_command, run_tallyd};
 use serde_norway::Value;
 
 const MANIFESTS: &str = "deploy/kubernetes";
@@ -46,13 +46,7 @@ fn yaml(text: &str) -> Value {
 
 /// Runs the venv's python on `args`: success and stdout + stderr.
 fn python(args: &[&str]) -> (bool, String) {
-    let output = Command::new(venv_python())
-        .args(args)
-        .output()
-        .expect("run the venv's python");
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
+    run_command(Command::new(venv_python()).args(args))
 }
 
 fn kubernetes_validate(files: &[&Path]) -> (bool, String) {
@@ -153,6 +147,15 @@ fn the_configmap_config_passes_tallyds_config_check() {
     );
 }
 
+/// The entry called `name` of a YAML list of named things (volumes, volume mounts).
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_sequence()
+        .unwrap()
+        .iter()
+        .find(|item| item["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list:?}"))
+}
+
 #[test]
 fn the_daemonset_mounts_the_configmap_where_its_args_read_the_config() {
     let daemonset = yaml(&manifest("daemonset.yaml"));
@@ -165,29 +168,19 @@ fn the_daemonset_mounts_the_configmap_where_its_args_read_the_config() {
         .map(|a| a.as_str().unwrap())
         .collect();
     let config = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
-    let mount = container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "config")
-        .expect("a config volume mount");
-    let dir = mount["mountPath"].as_str().unwrap();
-    assert_eq!(config, format!("{dir}/tallyd.toml"));
-    let volume = pod["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "config")
+    let dir = named(&container["volumeMounts"], "config")["mountPath"]
+        .as_str()
         .unwrap();
-    assert_eq!(volume["configMap"]["name"], "tallyd");
-    // And the Unix socket the config listens on lies in the hostPath the pod mounts.
-    let socket_mount = container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "socket")
-        .expect("a socket volume mount");
-    let socket_dir = socket_mount["mountPath"].as_str().unwrap();
+    assert_eq!(config, format!("{dir}/tallyd.toml"));
+    assert_eq!(
+        named(&pod["volumes"], "config")["configMap"]["name"],
+        "tallyd"
+    );
+    // And the Unix socket the config listens on lies in the node's directory the pod mounts.
+    let socket_dir = named(&container["volumeMounts"], "socket")["mountPath"]
+        .as_str()
+        .unwrap();
+    assert!(named(&pod["volumes"], "socket")["hostPath"]["path"].is_string());
     assert!(
         configmap_config().contains(&format!("\"{socket_dir}/dogstatsd.sock\"")),
         "the ConfigMap's [unix] listen is not under {socket_dir}"

@@ -11,10 +11,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{on_path, repo_root, require};
+use common::{on_path, repo_root, require, run_command};
 
 /// The files the package must install, with their `dpkg-deb --contents` modes.
 const FILES: &[(&str, &str)] = &[
@@ -32,18 +32,6 @@ const FILES: &[(&str, &str)] = &[
         "-rw-r--r--",
     ),
 ];
-
-fn run(command: &mut Command) -> Output {
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
-}
-
-fn text(output: &Output) -> String {
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    text
-}
 
 fn have_tools() -> bool {
     require(on_path("cargo-deb"), "cargo-deb (cargo install cargo-deb)")
@@ -72,37 +60,37 @@ fn package() -> &'static Path {
             "cargo deb --no-build packages target/release/tallyd: run the tests with --release"
         );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = run(Command::new(cargo)
-            .current_dir(repo_root())
-            .args(["deb", "--no-build", "--output"])
-            .arg(&dir));
-        assert!(output.status.success(), "cargo deb:\n{}", text(&output));
+        let (ok, report) = run_command(
+            Command::new(cargo)
+                .current_dir(repo_root())
+                .args(["deb", "--no-build", "--output"])
+                .arg(&dir),
+        );
+        assert!(ok, "cargo deb:\n{report}");
         std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .unwrap_or_else(|| panic!("no .deb in {}:\n{}", dir.display(), text(&output)))
+            .unwrap_or_else(|| panic!("no .deb in {}:\n{report}", dir.display()))
     })
 }
 
 fn dpkg_deb(args: &[&str]) -> String {
-    let output = run(Command::new("dpkg-deb").args(args).arg(package()));
-    assert!(
-        output.status.success(),
-        "dpkg-deb {args:?}:\n{}",
-        text(&output)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    let (ok, report) = run_command(Command::new("dpkg-deb").args(args).arg(package()));
+    assert!(ok, "dpkg-deb {args:?}:\n{report}");
+    report
 }
 
 /// The package's control files (control, conffiles, postinst, ...), by name.
 fn control_files() -> BTreeMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
-    let output = run(Command::new("dpkg-deb")
-        .arg("--control")
-        .arg(package())
-        .arg(dir.path()));
-    assert!(output.status.success(), "{}", text(&output));
+    let (ok, report) = run_command(
+        Command::new("dpkg-deb")
+            .arg("--control")
+            .arg(package())
+            .arg(dir.path()),
+    );
+    assert!(ok, "{report}");
     std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| {
@@ -176,8 +164,8 @@ fn the_maintainer_scripts_add_the_user_enable_the_unit_and_never_start_it() {
     let control = control_files();
     for name in ["postinst", "prerm", "postrm"] {
         let script = &control[name];
-        let syntax = run(Command::new("sh").args(["-n", "-c", script]));
-        assert!(syntax.status.success(), "{name}: {}", text(&syntax));
+        let (ok, report) = run_command(Command::new("sh").args(["-n", "-c", script]));
+        assert!(ok, "{name}: {report}");
         assert!(
             !script.contains("#DEBHELPER#"),
             "{name} still has the marker"
@@ -251,18 +239,19 @@ impl ScratchRoot {
             self.shims.path().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let output = run(Command::new("dpkg")
-            .arg(format!("--root={}", self.root.path().display()))
-            .arg(format!("--log={}", self.path("var/log/dpkg.log").display()))
-            .args([
-                "--force-not-root",
-                "--force-script-chrootless",
-                "--force-depends",
-            ])
-            .args(args)
-            .env("PATH", path));
-        let report = text(&output);
-        assert!(output.status.success(), "dpkg {args:?}:\n{report}");
+        let (ok, report) = run_command(
+            Command::new("dpkg")
+                .arg(format!("--root={}", self.root.path().display()))
+                .arg(format!("--log={}", self.path("var/log/dpkg.log").display()))
+                .args([
+                    "--force-not-root",
+                    "--force-script-chrootless",
+                    "--force-depends",
+                ])
+                .args(args)
+                .env("PATH", path),
+        );
+        assert!(ok, "dpkg {args:?}:\n{report}");
         report
     }
 
@@ -332,24 +321,29 @@ fn the_package_installs_runs_removes_and_purges_in_a_scratch_root() {
 
     // The installed binary runs, and the installed config passes its check.
     let binary = root.path("usr/bin/tallyd");
-    let version = run(Command::new(&binary).arg("--version"));
+    let (ok, version) = run_command(Command::new(&binary).arg("--version"));
+    assert!(ok, "{version}");
     assert_eq!(
-        text(&version).trim(),
+        version.trim(),
         format!("tallyd {}", env!("CARGO_PKG_VERSION"))
     );
-    let check = run(Command::new(&binary)
-        .arg("--config")
-        .arg(root.path("etc/tallyd/tallyd.toml"))
-        .arg("--check-config"));
-    assert!(check.status.success(), "{}", text(&check));
+    let (ok, report) = run_command(
+        Command::new(&binary)
+            .arg("--config")
+            .arg(root.path("etc/tallyd/tallyd.toml"))
+            .arg("--check-config"),
+    );
+    assert!(ok, "{report}");
 
     // The tmpfiles entry (applied by postinst on a running systemd, and at boot) makes the
     // state directory private to the scratch root's tallyd user.
-    let tmpfiles = run(Command::new("systemd-tmpfiles")
-        .arg(format!("--root={}", root.root.path().display()))
-        .arg("--create")
-        .arg(root.path("usr/lib/tmpfiles.d/tallyd.conf")));
-    assert!(tmpfiles.status.success(), "{}", text(&tmpfiles));
+    let (ok, report) = run_command(
+        Command::new("systemd-tmpfiles")
+            .arg(format!("--root={}", root.root.path().display()))
+            .arg("--create")
+            .arg(root.path("usr/lib/tmpfiles.d/tallyd.conf")),
+    );
+    assert!(ok, "{report}");
     let state = std::fs::metadata(root.path("var/lib/tallyd")).unwrap();
     assert_eq!((state.uid(), state.mode() & 0o7777), (uid, 0o700));
     std::fs::write(root.path("var/lib/tallyd/tallyd.db"), b"state").unwrap();
@@ -421,25 +415,20 @@ fn the_installed_unit_verifies_and_rates_below_2() {
     std::fs::copy("/bin/kill", root.path("bin/kill")).unwrap();
 
     let root_arg = format!("--root={}", root.root.path().display());
-    let verify = run(Command::new("systemd-analyze").args([
+    let (ok, report) = run_command(Command::new("systemd-analyze").args([
         "verify",
         &root_arg,
         units.join("tallyd.service").to_str().unwrap(),
     ]));
-    let report = text(&verify);
     let ours: Vec<&str> = report.lines().filter(|l| l.contains("tallyd")).collect();
-    assert!(
-        verify.status.success() && ours.is_empty(),
-        "systemd-analyze verify:\n{report}"
-    );
+    assert!(ok && ours.is_empty(), "systemd-analyze verify:\n{report}");
 
-    let security = run(Command::new("systemd-analyze").args([
+    let (_, report) = run_command(Command::new("systemd-analyze").args([
         "security",
         "--offline=yes",
         &root_arg,
         "tallyd.service",
     ]));
-    let report = text(&security);
     // The drop-in applies: the package's static user, not a dynamic one.
     assert!(
         report.contains("Service runs under a static non-root user identity"),

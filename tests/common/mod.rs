@@ -1148,3 +1148,13 @@ pub fn declared_type<'a>(text: &'a str, family: &str) -> Option<&'a str> {
         (name == family).then_some(kind.trim())
     })
 }
+
+/// Runs `command` to completion: whether it succeeded, and its stdout followed by its stderr.
+pub fn run_command(command: &mut Command) -> (bool, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
