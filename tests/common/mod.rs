@@ -1172,3 +1172,13 @@ pub fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     );
     (output.status.success(), printed)
 }
+
+/// Runs `command` to completion: whether it succeeded, and its stdout followed by its stderr.
+pub fn run_command(command: &mut Command) -> (bool, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
