@@ -71,6 +71,7 @@ pub mod read;
 pub mod record;
 pub mod registry;
 pub mod relay;
+pub mod remote_write;
 pub mod rules;
 pub mod runtime;
 pub mod store;

@@ -37,6 +37,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub storage: StorageConfig,
     pub relay: RelayConfig,
+    /// `[[remote_write]]` endpoints (see `crate::remote_write`).
+    pub remote_write: Vec<crate::remote_write::config::RemoteWriteConfig>,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
     /// `[[metric]]` definitions, by final Prometheus name.

@@ -97,6 +97,8 @@ pub struct Settings {
     /// Where the store lives (`[storage] dir`, or `--data-dir`).
     pub data_dir: PathBuf,
     pub relay: RelayOptions,
+    /// The `[[remote_write]]` endpoints, with their secret and CA files read.
+    pub remote_write: Vec<crate::remote_write::RemoteWriteOptions>,
 }
 
 impl Settings {
@@ -170,6 +172,8 @@ impl Settings {
         // Rules that parse one by one may still fail together (compiling the set).
         let rules = RuleSet::new(&file.mapping).map_err(|e| invalid(e.to_string()))?;
         let definitions = build_definitions(&file.metrics, text).map_err(invalid)?;
+        let remote_write =
+            crate::remote_write::config::build_all(&file.remote_write).map_err(invalid)?;
         let lint = crate::lint::lint(text);
         if file.lint.strict {
             let failing: Vec<String> = lint
@@ -263,6 +267,7 @@ impl Settings {
                 flush_interval: secs(file.relay.flush_interval_seconds),
                 queue_bytes: file.relay.queue_bytes,
             },
+            remote_write,
             file,
         };
         if let Some(shared) = activation::shared_name(settings.systemd_names()) {
