@@ -396,7 +396,10 @@ impl Running {
         }
         if let Some(prepared) = remote_write {
             self.remote_write.replace(prepared).await;
-            tracing::info!(endpoints = new.remote_write.len(), "remote-write endpoints replaced");
+            tracing::info!(
+                endpoints = new.remote_write.len(),
+                "remote-write endpoints replaced"
+            );
         }
         if new.file.mapping != self.settings.file.mapping {
             self.rules.replace(Arc::clone(&new.rules));

@@ -197,7 +197,9 @@ impl RemoteWriteConfig {
         }
         for name in self.external_labels.keys() {
             if !crate::naming::is_clean_name(name) || name.starts_with("__") {
-                return Err(format!("external_labels: {name:?} is not a usable label name"));
+                return Err(format!(
+                    "external_labels: {name:?} is not a usable label name"
+                ));
             }
         }
         let ca = match &self.tls_ca_file {

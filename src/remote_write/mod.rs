@@ -274,7 +274,9 @@ impl Endpoint {
         }
         if left > 0 {
             self.stats.add_dropped(Drop::Shutdown, left);
-            self.stats.pending.fetch_sub(left as i64, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .pending
+                .fetch_sub(left as i64, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(url = %self.options.url, samples = left, "remote-write stopped with samples unsent");
         }
     }
@@ -716,20 +718,29 @@ mod tests {
         table.build().unwrap()
     }
 
-    fn collected(collector: &mut Collector, registry: &Registry) -> Vec<(Vec<(String, String)>, f64)> {
+    fn collected(
+        collector: &mut Collector,
+        registry: &Registry,
+    ) -> Vec<(Vec<(String, String)>, f64)> {
         collector.collect(registry, 1000);
         collector
             .values
             .iter()
             .map(|(s, v)| {
-                let labels = s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                let labels = s
+                    .labels
+                    .iter()
+                    .map(|l| (l.name.clone(), l.value.clone()))
+                    .collect();
                 (labels, *v)
             })
             .collect()
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        list.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -737,28 +748,62 @@ mod tests {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
         let recorder = Recorder::for_registry(&registry);
         let kept = [("keep", "y")];
-        recorder.record("jobs", Kind::Counter, kept, Update::Add(3.0)).unwrap();
-        recorder.record("jobs", Kind::Counter, [("keep", "n")], Update::Add(1.0)).unwrap();
-        recorder.record("temp", Kind::Gauge, [("keep", "y"), ("zone", "own")], Update::Set(-2.5)).unwrap();
         recorder
-            .record("lat", Kind::Histogram, kept, Update::Observe { value: 0.2, weight: 2 })
+            .record("jobs", Kind::Counter, kept, Update::Add(3.0))
+            .unwrap();
+        recorder
+            .record("jobs", Kind::Counter, [("keep", "n")], Update::Add(1.0))
+            .unwrap();
+        recorder
+            .record(
+                "temp",
+                Kind::Gauge,
+                [("keep", "y"), ("zone", "own")],
+                Update::Set(-2.5),
+            )
+            .unwrap();
+        recorder
+            .record(
+                "lat",
+                Kind::Histogram,
+                kept,
+                Update::Observe {
+                    value: 0.2,
+                    weight: 2,
+                },
+            )
             .unwrap();
         let mut collector = Collector::new(&options(2, 100));
         let first = collected(&mut collector, &registry);
         let find = |name: &str, extra: &[(&str, &str)]| {
             first.iter().find(|(labels, _)| {
                 labels.iter().any(|(n, v)| n == "__name__" && v == name)
-                    && extra.iter().all(|(n, v)| labels.iter().any(|(a, b)| a == n && b == v))
+                    && extra
+                        .iter()
+                        .all(|(n, v)| labels.iter().any(|(a, b)| a == n && b == v))
             })
         };
         assert_eq!(
             find("jobs_total", &[]).unwrap(),
-            &(pairs(&[("__name__", "jobs_total"), ("keep", "y"), ("site", "a"), ("zone", "b")]), 3.0)
+            &(
+                pairs(&[
+                    ("__name__", "jobs_total"),
+                    ("keep", "y"),
+                    ("site", "a"),
+                    ("zone", "b")
+                ]),
+                3.0
+            )
         );
         // The series' own zone wins over the external one.
         assert_eq!(
             find("temp", &[]).unwrap().0,
-            pairs(&[("__name__", "temp"), ("keep", "y"), ("site", "a"), ("zone", "own")])
+            pairs(&[
+                ("__name__", "temp"),
+                ("keep", "y"),
+                ("site", "a"),
+                ("zone", "own")
+            ])
         );
         assert_eq!(find("lat_bucket", &[("le", "0.1")]).unwrap().1, 0.0);
         assert_eq!(find("lat_bucket", &[("le", "0.25")]).unwrap().1, 2.0);
@@ -766,7 +811,10 @@ mod tests {
         assert_eq!(find("lat_count", &[]).unwrap().1, 2.0);
         assert!((find("lat_sum", &[]).unwrap().1 - 0.4).abs() < 1e-12);
         // keep="n" is left out by match_labels.
-        assert_eq!(first.iter().filter(|(l, _)| l[0].1 == "jobs_total").count(), 1);
+        assert_eq!(
+            first.iter().filter(|(l, _)| l[0].1 == "jobs_total").count(),
+            1
+        );
         let histogram_series = registry.settings().histogram_buckets.len() + 1 + 2;
         assert_eq!(first.len(), 1 + 1 + histogram_series);
 
@@ -777,7 +825,10 @@ mod tests {
 
         registry.remove_series("temp", |_| true);
         let third = collected(&mut collector, &registry);
-        let stale: Vec<_> = third.iter().filter(|(_, v)| wire::is_stale_marker(*v)).collect();
+        let stale: Vec<_> = third
+            .iter()
+            .filter(|(_, v)| wire::is_stale_marker(*v))
+            .collect();
         assert_eq!(stale.len(), 1, "{third:?}");
         assert_eq!(stale[0].0[0].1, "temp");
         // Marked once only.
@@ -793,7 +844,12 @@ mod tests {
         for i in 0..50 {
             let value = i.to_string();
             recorder
-                .record("g", Kind::Gauge, [("keep", "y"), ("i", value.as_str())], Update::Set(1.0))
+                .record(
+                    "g",
+                    Kind::Gauge,
+                    [("keep", "y"), ("i", value.as_str())],
+                    Update::Set(1.0),
+                )
                 .unwrap();
         }
         let options = options(1, 30);
@@ -833,7 +889,11 @@ mod tests {
         let batch = [queued(&a, 1), queued(&b, 1), queued(&a, 2), queued(&a, 3)];
         let request = wire::decode(&encode_batch(&batch, &mut Vec::new())).unwrap();
         assert_eq!(request.timeseries.len(), 2);
-        let times: Vec<i64> = request.timeseries[0].samples.iter().map(|s| s.timestamp).collect();
+        let times: Vec<i64> = request.timeseries[0]
+            .samples
+            .iter()
+            .map(|s| s.timestamp)
+            .collect();
         assert_eq!(request.timeseries[0].labels[0].value, "a");
         assert_eq!(times, [1, 2, 3]);
         assert_eq!(request.timeseries[1].samples.len(), 1);

@@ -34,17 +34,18 @@ impl Selector {
         }
         Ok(Selector {
             names: names.to_vec(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })
     }
 
     /// True when series of the family `name` may be selected (counters by their name without
     /// `_total`, as `# TYPE` lines name them).
     pub fn family(&self, name: &str) -> bool {
-        self.names.is_empty() || self.names.iter().any(|p| glob(p.as_bytes(), name.as_bytes()))
+        self.names.is_empty()
+            || self
+                .names
+                .iter()
+                .any(|p| glob(p.as_bytes(), name.as_bytes()))
     }
 
     /// True when a series with these `(name, value)` pairs is selected.
@@ -126,7 +127,11 @@ mod tests {
     #[test]
     fn patterns_that_can_match_no_name_are_refused() {
         let labels = BTreeMap::new();
-        assert!(Selector::new(&["a.b".into()], &labels).unwrap_err().contains("'.'"));
+        assert!(
+            Selector::new(&["a.b".into()], &labels)
+                .unwrap_err()
+                .contains("'.'")
+        );
         assert!(Selector::new(&[String::new()], &labels).is_err());
     }
 }

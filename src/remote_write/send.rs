@@ -256,7 +256,10 @@ mod tests {
             let low = backoff(min, max, attempt, 0);
             assert_eq!(low, full / 2, "attempt {attempt}");
             let high = backoff(min, max, attempt, u64::MAX);
-            assert!(high <= full && high > full.mul_f64(0.99), "attempt {attempt}: {high:?}");
+            assert!(
+                high <= full && high > full.mul_f64(0.99),
+                "attempt {attempt}: {high:?}"
+            );
         }
     }
 

@@ -160,7 +160,10 @@ impl RemoteWriteTelemetry {
         if visitor.family(&family) {
             for remote in &remotes {
                 for reason in Drop::ALL {
-                    let pairs = [("remote", remote.remote.as_str()), ("reason", reason.label())];
+                    let pairs = [
+                        ("remote", remote.remote.as_str()),
+                        ("reason", reason.label()),
+                    ];
                     let value = ValueView::Counter(remote.dropped(*reason) as f64);
                     visitor.series(&family, &series(&pairs, value));
                 }

@@ -122,7 +122,10 @@ mod tests {
     fn field_numbers_are_those_of_prompb() {
         use prost::Message;
         // Label{name=1: "a", value=2: "b"}: tag bytes 0x0a and 0x12.
-        assert_eq!(label("a", "b").encode_to_vec(), [0x0a, 1, b'a', 0x12, 1, b'b']);
+        assert_eq!(
+            label("a", "b").encode_to_vec(),
+            [0x0a, 1, b'a', 0x12, 1, b'b']
+        );
         // Sample{value=1 (fixed64, 0x09), timestamp=2 (varint, 0x10)}.
         let sample = Sample {
             value: 1.0,
