@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use tallyd::remote_write::wire::{self, WriteRequest};
 
 use common::prometheus::Prometheus;
@@ -545,4 +545,49 @@ fn cost_of_remote_write_for_100k_series() {
         latest.len()
     );
     assert!(samples >= SERIES * (snapshots - 1), "{samples} samples");
+}
+
+#[test]
+fn a_reload_moves_the_endpoint_and_a_bad_table_is_refused() {
+    use tallyd::config::Settings;
+    let (first, second) = (
+        Receiver::start(|_| (204, None)),
+        Receiver::start(|_| (204, None)),
+    );
+    let with = |url: &str, extra: &str| {
+        format!(
+            "[http]\nenable_lifecycle = true\n\n{}",
+            remote_write_config(url, 0.2, extra)
+        )
+    };
+    let text = Arc::new(Mutex::new(with(&first.url(), "")));
+    let reread = Arc::clone(&text);
+    let tallyd = InProcess::with_control(&with(&first.url(), ""), move |control| {
+        control.reload = Box::new(move || {
+            Settings::parse(&reread.lock().unwrap(), std::path::Path::new("reload.toml"))
+        });
+    });
+    tallyd.send(&["rw_moved:1|g"]);
+    first.wait_until("samples at the first receiver", |r| !r.is_empty());
+
+    *text.lock().unwrap() = with(&second.url(), "");
+    let reloaded = common::http_request(tallyd.http, "POST", "/-/reload", &[]);
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    second.wait_until("samples at the second receiver", |r| r.len() >= 2);
+    let settled = first.requests().len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        first.requests().len(),
+        settled,
+        "the old endpoint still sends"
+    );
+
+    *text.lock().unwrap() = with(&second.url(), "tls_ca_file = \"/nonexistent/ca.pem\"\n");
+    let refused = common::http_request(tallyd.http, "POST", "/-/reload", &[]);
+    assert_eq!(refused.status, 500);
+    assert!(refused.text().contains("tls_ca_file"), "{}", refused.text());
+    let before = second.requests().len();
+    second.wait_until("the running endpoint still sending", |r| {
+        r.len() > before + 1
+    });
 }
