@@ -42,6 +42,14 @@ fn self_metric(tallyd: &InProcess, series: &str) -> f64 {
     value_of(&tallyd.scrape(), series).unwrap_or_else(|| panic!("no {series} in the scrape"))
 }
 
+/// `tallyd_remote_write_<name>{remote="test"}`.
+fn remote(tallyd: &InProcess, name: &str) -> f64 {
+    self_metric(
+        tallyd,
+        &format!("tallyd_remote_write_{name}{{remote=\"test\"}}"),
+    )
+}
+
 fn start_prometheus() -> Option<Prometheus> {
     if !require(
         on_path("prometheus"),
@@ -88,25 +96,9 @@ fn prometheus_receives_counters_gauges_histograms_and_external_labels_exactly() 
     // A counter that moves arrives moved.
     tallyd.send(&["rw_jobs:1|c|#model:a"]);
     exactly(r#"rw_jobs_total{model="a",site="rwtest"}"#, 8.5);
-    assert!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_samples_total{remote="test"}"#
-        ) > 0.0
-    );
-    assert_eq!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_samples_failed_total{remote="test"}"#
-        ),
-        0.0
-    );
-    assert!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_highest_sent_timestamp_seconds{remote="test"}"#
-        ) > 1.7e9
-    );
+    assert!(remote(&tallyd, "samples_total") > 0.0);
+    assert_eq!(remote(&tallyd, "samples_failed_total"), 0.0);
+    assert!(remote(&tallyd, "highest_sent_timestamp_seconds") > 1.7e9);
 }
 
 /// Timestamps (ms) and values of `selector` over the last `window`, from a range query.
@@ -154,11 +146,7 @@ fn an_outage_of_30_seconds_loses_nothing_that_fitted_the_queue() {
     });
     // Wait for the queue to drain, then read every sample of the last two minutes.
     let deadline = Instant::now() + PROMETHEUS_TIMEOUT;
-    while self_metric(
-        &tallyd,
-        r#"tallyd_remote_write_queue_length{remote="test"}"#,
-    ) > 0.0
-    {
+    while remote(&tallyd, "queue_length") > 0.0 {
         assert!(Instant::now() < deadline, "the queue never drained");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -179,12 +167,7 @@ fn an_outage_of_30_seconds_loses_nothing_that_fitted_the_queue() {
         "{} samples across an outage of {outage:?}",
         samples.len()
     );
-    assert!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_samples_retried_total{remote="test"}"#
-        ) > 0.0
-    );
+    assert!(remote(&tallyd, "samples_retried_total") > 0.0);
     for reason in ["queue_full", "rejected", "shutdown"] {
         let series = format!(
             r#"tallyd_remote_write_samples_dropped_total{{remote="test",reason="{reason}"}}"#
@@ -352,10 +335,7 @@ fn a_receiver_answering_400_does_not_wedge_the_queue() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), all, "a refused sample was retried");
-    let failed = self_metric(
-        &tallyd,
-        r#"tallyd_remote_write_samples_failed_total{remote="test"}"#,
-    );
+    let failed = remote(&tallyd, "samples_failed_total");
     assert_eq!(failed, refused as f64);
     assert_eq!(
         self_metric(
@@ -364,19 +344,8 @@ fn a_receiver_answering_400_does_not_wedge_the_queue() {
         ),
         failed
     );
-    assert_eq!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_samples_retried_total{remote="test"}"#
-        ),
-        0.0
-    );
-    assert!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_samples_total{remote="test"}"#
-        ) >= 2.0
-    );
+    assert_eq!(remote(&tallyd, "samples_retried_total"), 0.0);
+    assert!(remote(&tallyd, "samples_total") >= 2.0);
 }
 
 #[test]
@@ -408,24 +377,10 @@ fn a_429_with_retry_after_and_a_503_are_retried_with_the_same_samples() {
         waited >= Duration::from_millis(950),
         "Retry-After: 1 honoured after {waited:?}"
     );
-    let retried = self_metric(
-        &tallyd,
-        r#"tallyd_remote_write_samples_retried_total{remote="test"}"#,
-    );
+    let retried = remote(&tallyd, "samples_retried_total");
     assert_eq!(retried, 2.0 * sample_count(first) as f64);
-    assert_eq!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_samples_failed_total{remote="test"}"#
-        ),
-        0.0
-    );
-    assert!(
-        self_metric(
-            &tallyd,
-            r#"tallyd_remote_write_samples_total{remote="test"}"#
-        ) >= sample_count(first) as f64
-    );
+    assert_eq!(remote(&tallyd, "samples_failed_total"), 0.0);
+    assert!(remote(&tallyd, "samples_total") >= sample_count(first) as f64);
 }
 
 #[test]

@@ -111,13 +111,8 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let value = f64::deserialize(d)?;
-    if (0.01..=3600.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "must be a number of seconds from 0.01 to 3600, got {value}"
-        )))
-    }
+    crate::validate::period_seconds(value).map_err(serde::de::Error::custom)?;
+    Ok(value)
 }
 
 fn bounded<'de, D: Deserializer<'de>>(d: D, least: usize, most: usize) -> Result<usize, D::Error> {

@@ -552,41 +552,31 @@ impl Collector {
         let one = |suffix: &str, extra: Option<(&str, String)>| {
             self.labelled(&pairs, format!("{name}{suffix}"), extra)
         };
+        // Bucket bounds and quantiles are spelled as the text formats spell them, so that
+        // `le="0.25"` selects the same series whether Prometheus scraped or received it.
+        let spelled = |value: f64| {
+            let mut text = Vec::new();
+            write_le(&mut text, value, Format::Text);
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        let with_sum_and_count = |points: &mut dyn Iterator<Item = Arc<Series>>| {
+            let mut derived: Vec<Arc<Series>> = points.collect();
+            derived.push(one("_sum", None));
+            derived.push(one("_count", None));
+            derived
+        };
         match series.value {
             ValueView::Counter(_) => vec![one("_total", None)],
             ValueView::Gauge(_) | ValueView::Set(_) => vec![one("", None)],
             ValueView::Histogram(h) => {
-                let mut derived: Vec<Arc<Series>> = h
-                    .bounds()
-                    .iter()
-                    .copied()
-                    .chain([f64::INFINITY])
-                    .map(|bound| {
-                        let mut le = Vec::new();
-                        write_le(&mut le, bound, Format::Text);
-                        let le = String::from_utf8_lossy(&le).into_owned();
-                        one("_bucket", Some(("le", le)))
-                    })
-                    .collect();
-                derived.push(one("_sum", None));
-                derived.push(one("_count", None));
-                derived
+                let bounds = h.bounds().iter().copied().chain([f64::INFINITY]);
+                with_sum_and_count(&mut bounds.map(|b| one("_bucket", Some(("le", spelled(b))))))
             }
             ValueView::Summary(s) => {
                 let mut quantiles = Vec::new();
                 s.read(|q, _| quantiles.push(q));
-                let mut derived: Vec<Arc<Series>> = quantiles
-                    .into_iter()
-                    .map(|q| {
-                        let mut text = Vec::new();
-                        write_le(&mut text, q, Format::Text);
-                        let text = String::from_utf8_lossy(&text).into_owned();
-                        one("", Some(("quantile", text)))
-                    })
-                    .collect();
-                derived.push(one("_sum", None));
-                derived.push(one("_count", None));
-                derived
+                let points = quantiles.into_iter();
+                with_sum_and_count(&mut points.map(|q| one("", Some(("quantile", spelled(q))))))
             }
         }
     }
