@@ -26,7 +26,9 @@
 //! - **Out**: [`read`] is the read seam (family metadata, label pairs, value views) over the
 //!   registry and [`telemetry`]'s own metrics; [`exposition`] writes it for a scrape (text,
 //!   OpenMetrics, protobuf) and [`http`] serves it (axum routes inside our own hyper accept
-//!   loop; `http::api` holds the REST API's problem documents, body limits and auth hook).
+//!   loop; `http::api` holds the REST API's problem documents, body limits and auth hook);
+//!   [`remote_write`] reads it the same way on an interval and pushes it to Prometheus
+//!   remote-write receivers.
 //! - **Running**: [`config`] turns flags and the TOML file into validated settings
 //!   ([`validate`] holds the checks every source shares; [`lint`] the naming lint; [`import`]
 //!   converts statsd_exporter mapping files); [`runtime`] binds and runs everything until a

@@ -488,16 +488,19 @@ fn cost_of_remote_write_for_100k_series() {
             *slot = slot.max(lag);
         }
     }
-    let worst_lag = latest.values().copied().fold(0.0, f64::max);
+    // The first snapshot also builds every series' label set; the others only look them up.
+    let lags: Vec<f64> = latest.values().copied().collect();
+    let first_lag = lags[0];
+    let worst_lag = lags[1..].iter().copied().fold(0.0, f64::max);
     println!(
         "remote-write, {SERIES} series: {per_snapshot:.3} CPU-s per snapshot (idle {idle:.4} CPU-s/s \
          subtracted) = {:.2} % of a core at a 15 s interval; {:.2} bytes/sample on the wire \
          ({samples} samples, {bytes} bytes, {} requests); latest arrival after a tick {worst_lag:.0} ms \
-         over {} snapshots",
+         over the {} snapshots after the first ({first_lag:.0} ms)",
         per_snapshot / 15.0 * 100.0,
         bytes as f64 / samples as f64,
         measured.len(),
-        latest.len()
+        lags.len() - 1
     );
     assert!(samples >= SERIES * (snapshots - 1), "{samples} samples");
 }
