@@ -715,7 +715,7 @@ fn write_le_fragment(out: &mut Vec<u8>, bound: f64, format: Format) {
 /// statsd_exporter gave them: Go's `strconv.FormatFloat(v, 'g', -1, 64)` in the classic text
 /// format (`0.005`, `1`, `2.5`, `1e+06`), and in OpenMetrics the same with `.0` appended to
 /// integers (`1.0`), the canonical form Prometheus' OpenMetrics parser normalises to.
-fn write_le(out: &mut Vec<u8>, bound: f64, format: Format) {
+pub(crate) fn write_le(out: &mut Vec<u8>, bound: f64, format: Format) {
     if !bound.is_finite() {
         out.extend_from_slice(non_finite(bound).as_bytes());
         return;

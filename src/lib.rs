@@ -28,7 +28,9 @@
 //! - **Out**: [`read`] is the read seam (family metadata, label pairs, value views) over the
 //!   registry and [`telemetry`]'s own metrics; [`exposition`] writes it for a scrape (text,
 //!   OpenMetrics, protobuf) and [`http`] serves it (axum routes inside our own hyper accept
-//!   loop; `http::api` holds the REST API's problem documents, body limits and auth hook).
+//!   loop; `http::api` holds the REST API's problem documents, body limits and auth hook);
+//!   [`remote_write`] reads it the same way on an interval and pushes it to Prometheus
+//!   remote-write receivers.
 //! - **Running**: [`config`] turns flags and the TOML file into validated settings
 //!   ([`validate`] holds the checks every source shares; [`lint`] the naming lint; [`import`]
 //!   converts statsd_exporter mapping files); [`runtime`] binds and runs everything until a
@@ -75,6 +77,7 @@ pub mod read;
 pub mod record;
 pub mod registry;
 pub mod relay;
+pub mod remote_write;
 pub mod rules;
 pub mod runtime;
 pub mod store;

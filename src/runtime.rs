@@ -5,14 +5,15 @@
 //! in-process and cancel their own token.
 //!
 //! What runs: one receive thread per UDP socket, TCP listen address and Unix socket (`listen`), a housekeeping thread (registry
-//! clock and expiry), the relay's sender thread when `[relay]` has targets, and the HTTP server on the caller's tokio runtime. One token stops them
+//! clock and expiry), the relay's sender thread when `[relay]` has targets, the `[[remote_write]]` tasks, and the HTTP server on the caller's tokio runtime. One token stops them
 //! all: the receive threads notice it within their receive timeout, the server drains its
 //! connections (bounded by `http::SHUTDOWN_GRACE`), then `run` joins the threads and returns.
 //!
 //! Reloads ([`Lifecycle::Reload`], sent by SIGHUP or `POST /-/reload`) build new settings with
 //! the caller's [`Control::reload`] and apply what can change while running: mapping rules,
-//! metric definitions, exposition options, the log filter, the relay's targets and `[push]`. A configuration that fails leaves
-//! the running one in force, and says why.
+//! metric definitions, exposition options, the log filter, the relay's targets, `[push]` and
+//! the `[[remote_write]]` endpoints (those that changed restart; see `remote_write`). A
+//! configuration that fails leaves the running one in force, and says why.
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use crate::push::Pushes;
 use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::relay::Relay;
+use crate::remote_write::RemoteWrite;
 use crate::store::Store;
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
@@ -164,6 +166,8 @@ struct Running {
     rules: Arc<SharedRules>,
     /// The relay, when `[relay]` had targets at start.
     relay: Option<Relay>,
+    /// The `[[remote_write]]` endpoints (none running when there are none).
+    remote_write: RemoteWrite,
 }
 
 /// Serves `listeners` with `settings` until `control.shutdown` is cancelled (or `/-/quit`),
@@ -237,6 +241,18 @@ pub async fn run(
         Arc::clone(&api.push),
         shutdown.clone(),
     ));
+    let remote_write =
+        match RemoteWrite::start(&settings.remote_write, &registry, &telemetry.remote_write) {
+            Ok(remote_write) => remote_write,
+            Err(e) => {
+                shutdown.cancel();
+                receivers.join();
+                let _ = housekeeping.join();
+                let _ = retention.await;
+                let _ = push_expiry.await;
+                return Err(format!("cannot start remote-write: {e}"));
+            }
+        };
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = Arc::new(HttpState {
@@ -281,6 +297,7 @@ pub async fn run(
         recorder,
         rules,
         relay,
+        remote_write,
     };
     loop {
         let request = tokio::select! {
@@ -290,7 +307,7 @@ pub async fn run(
         match request {
             Some(Lifecycle::Reload(reply)) => {
                 notify_systemd("RELOADING=1");
-                let outcome = running.reload(&mut control);
+                let outcome = running.reload(&mut control).await;
                 notify_systemd("READY=1");
                 // The requester may have gone; the reload stands either way.
                 let _ = reply.send(outcome);
@@ -314,6 +331,7 @@ pub async fn run(
     }
     let _ = retention.await;
     let _ = push_expiry.await;
+    running.remote_write.stop().await;
     // The receive threads notice the token within their receive timeout (200 ms). The relay
     // stops after them, so it sends their last lines.
     let relay = running.relay.take();
@@ -333,7 +351,7 @@ impl Running {
     /// Builds the settings again and applies what can change while running (log level,
     /// exposition, mapping rules, metric definitions). Settings that fail keep the running
     /// ones in force; the error says why.
-    fn reload(&mut self, control: &mut Control) -> Result<(), String> {
+    async fn reload(&mut self, control: &mut Control) -> Result<(), String> {
         let telemetry = &self.state.telemetry;
         let failed = |e: String| {
             tracing::error!("configuration reload failed, keeping the running configuration: {e}");
@@ -355,6 +373,15 @@ impl Running {
             }
             _ => None,
         };
+        // New remote-write endpoints are built (their clients, TLS roots) before anything is
+        // applied, so one that cannot be refuses the reload; they start with the rest, below.
+        let remote_write = match self.settings.remote_write != new.remote_write {
+            true => match self.remote_write.prepare(&new.remote_write) {
+                Ok(prepared) => Some(prepared),
+                Err(e) => return failed(format!("[[remote_write]] {e}")),
+            },
+            false => None,
+        };
         // Definitions first: a name another source (the API) defines refuses the whole
         // reload, as a bad file does, before anything else is applied.
         if new.definitions != self.settings.definitions {
@@ -373,6 +400,13 @@ impl Running {
         }
         if let (Some(relay), Some(targets)) = (&self.relay, relay_targets) {
             relay.replace_targets(targets);
+        }
+        if let Some(prepared) = remote_write {
+            self.remote_write.replace(prepared).await;
+            tracing::info!(
+                endpoints = new.remote_write.len(),
+                "remote-write endpoints replaced"
+            );
         }
         if new.file.mapping != self.settings.file.mapping {
             self.rules.replace(Arc::clone(&new.rules));

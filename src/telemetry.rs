@@ -164,6 +164,8 @@ pub struct Telemetry {
     api_requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     /// The relay's counters, when `[relay]` is on.
     relay: Mutex<Option<Arc<RelayStats>>>,
+    /// The `[[remote_write]]` endpoints' counters (`tallyd_remote_write_*`).
+    pub remote_write: Arc<crate::remote_write::stats::RemoteWriteTelemetry>,
     /// The HTTP server's refusals; it holds a clone.
     pub http: Arc<HttpStats>,
     /// The push routes' counters, when they are served.
@@ -184,6 +186,7 @@ impl Default for Telemetry {
             scrape_seconds: AtomicF64::default(),
             api_requests: Mutex::default(),
             relay: Mutex::default(),
+            remote_write: Arc::default(),
             http: Arc::default(),
             push: Mutex::default(),
         }
@@ -636,6 +639,7 @@ impl Telemetry {
             visitor.end_family(&family);
         }
         self.visit_api_requests(visitor);
+        self.remote_write.visit(visitor);
     }
 
     /// `tallyd_api_requests_total{route,code}`: the one self-metric with two labels.

@@ -58,6 +58,17 @@ pub fn ttl_seconds(ttl: f64) -> Result<(), String> {
     }
 }
 
+/// A period in seconds from 0.01 to an hour (intervals, timeouts, backoffs).
+pub fn period_seconds(value: f64) -> Result<(), String> {
+    if (0.01..=3600.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a number of seconds from 0.01 to 3600, got {value}"
+        ))
+    }
+}
+
 /// A native histogram bucket factor: 0 (no native buckets) or above 1 (each bucket at most that
 /// factor wider than the one before; 1.1 is client_golang's recommendation).
 pub fn native_bucket_factor(factor: f64) -> Result<(), String> {

@@ -38,6 +38,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub relay: RelayConfig,
     pub push: PushConfig,
+    /// `[[remote_write]]` endpoints (see `crate::remote_write`).
+    pub remote_write: Vec<crate::remote_write::config::RemoteWriteConfig>,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
     /// `[[metric]]` definitions, by final Prometheus name.

@@ -100,6 +100,8 @@ pub struct Settings {
     pub relay: RelayOptions,
     /// `[push]`: pushes from batch jobs.
     pub push: PushOptions,
+    /// The `[[remote_write]]` endpoints, with their secret and CA files read.
+    pub remote_write: Vec<crate::remote_write::RemoteWriteOptions>,
 }
 
 impl Settings {
@@ -173,6 +175,8 @@ impl Settings {
         // Rules that parse one by one may still fail together (compiling the set).
         let rules = RuleSet::new(&file.mapping).map_err(|e| invalid(e.to_string()))?;
         let definitions = build_definitions(&file.metrics, text).map_err(invalid)?;
+        let remote_write =
+            crate::remote_write::config::build_all(&file.remote_write).map_err(invalid)?;
         let lint = crate::lint::lint(text);
         if file.lint.strict {
             let failing: Vec<String> = lint
@@ -270,6 +274,7 @@ impl Settings {
                 default_ttl_secs: file.push.default_ttl_seconds,
                 add_counters: file.push.add_counters,
             },
+            remote_write,
             file,
         };
         if let Some(shared) = activation::shared_name(settings.systemd_names()) {

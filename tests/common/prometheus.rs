@@ -15,6 +15,8 @@ pub struct Prometheus {
     web: SocketAddr,
     storage: PathBuf,
     log: PathBuf,
+    /// The command line, to start it again after [`Prometheus::stop`].
+    args: Vec<String>,
     _config: TempFile,
 }
 
@@ -36,23 +38,47 @@ impl Prometheus {
         );
         let storage = config.path().with_extension("tsdb");
         let log = config.path().with_extension("log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.path().display()))
-            .arg(format!("--storage.tsdb.path={}", storage.display()))
-            .arg(format!("--web.listen-address={web}"))
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("run prometheus");
+        let mut args = vec![
+            format!("--config.file={}", config.path().display()),
+            format!("--storage.tsdb.path={}", storage.display()),
+            format!("--web.listen-address={web}"),
+        ];
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
+        let child = spawn(&args, &log, false);
         Prometheus {
             child,
             web,
             storage,
             log,
+            args,
             _config: config,
         }
+    }
+
+    /// The address of its web port (remote-write goes to `/api/v1/write` there).
+    pub fn web(&self) -> SocketAddr {
+        self.web
+    }
+
+    /// Stops it as systemd would (SIGTERM: it closes its storage cleanly), keeping the port and
+    /// the storage for [`Prometheus::restart`].
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus ignored SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts it again after [`Prometheus::stop`], on the same port and storage.
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.args, &self.log, true);
     }
 
     pub fn log(&self) -> String {
@@ -135,6 +161,24 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Runs `prometheus` with `args`, its log going to `log` (appended to on a restart).
+fn spawn(args: &[String], log: &std::path::Path, append: bool) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(log)
+        .unwrap();
+    Command::new("prometheus")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("run prometheus")
 }
 
 impl Drop for Prometheus {

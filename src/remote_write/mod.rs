@@ -1,0 +1,891 @@
+//! Prometheus remote-write 1.0 (`[[remote_write]]`): every `interval_seconds`, a snapshot of
+//! the selected series is queued for each endpoint and sent, protobuf and snappy, by a few
+//! shard tasks.
+//!
+//! ## Shape
+//!
+//! ```text
+//!  tick ─► snapshot (blocking thread; reads the registry through the read seam, family by
+//!          family, like a scrape) ─► samples, each to the shard of its series' hash
+//!                                        │  bounded: queue_samples in all; a full shard
+//!                                        ▼  drops the new samples (queue_full)
+//!          shard task × shards: take ≤ max_samples_per_send ─► one request ─► 2xx: done
+//!                                                                   5xx/429/error/timeout:
+//!                                                                   same batch again after
+//!                                                                   backoff or Retry-After
+//!                                                                   other 4xx: counted, dropped
+//! ```
+//!
+//! - A series always lands in the same shard, and a shard sends in queue order, so each
+//!   series' samples reach the receiver in timestamp order (receivers refuse out-of-order
+//!   ones). Shards are independent: one retrying does not hold the others.
+//! - The snapshot is what a scrape costs: each family's read lock is held while its series are
+//!   copied (one hash lookup per series; the label sets of a series are built once, when it is
+//!   first seen, and shared by every sample queued for it). Receive threads only wait for it
+//!   when they create a series in the family being read.
+//! - Memory at the bound: about 24 bytes per queued sample (a shared pointer to the series'
+//!   labels, the value and the timestamp) plus the label sets of the live selected series;
+//!   the default 500,000 samples is about 12 MB.
+//! - Staleness: a series sent before and missing from a snapshot (expired by the TTL,
+//!   deleted) is sent once more with the staleness NaN, so queries stop showing it at once
+//!   rather than five minutes later.
+//! - Retries go on for as long as the receiver answers 5xx or 429 (a shard keeps its batch;
+//!   the queue fills and later snapshots are dropped and counted): a receiver down for a while
+//!   gets everything that fitted the queue once it is back. A 4xx other than 429 (Mimir's
+//!   "too old" and "out of order") drops the batch: never retried, so it cannot wedge the
+//!   queue.
+//!
+//! Not done here: spilling the queue to the data directory, resending a gap from history
+//! (needs the history store), remote-write 2.0, native histograms (histograms are sent as
+//! classic `_bucket`/`_sum`/`_count` series) and metadata. tallyd's own `tallyd_*` metrics are
+//! not sent (Prometheus scrapes them).
+
+pub mod config;
+pub mod select;
+pub mod send;
+pub mod stats;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::body::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::select::Selector;
+use self::send::{Client, Outcome};
+use self::stats::{Drop, RemoteStats, RemoteWriteTelemetry};
+use self::wire::{Label, STALE_NAN_BITS, Sample, TimeSeries, WriteRequest};
+use crate::exposition::{Format, write_le};
+use crate::listen::LogLimit;
+use crate::read::{FamilyView, SeriesView, ValueView, Visitor};
+use crate::registry::{Kind, Registry};
+
+/// Credentials sent with every request.
+#[derive(Clone, PartialEq)]
+pub enum Auth {
+    None,
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Auth {
+    // Secrets stay out of logs and test output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Auth::Bearer(_) => f.write_str("Bearer(***)"),
+        }
+    }
+}
+
+/// One `[[remote_write]]` endpoint, validated (see `config` for each key).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteWriteOptions {
+    pub url: String,
+    /// The `remote` label of its self-metrics.
+    pub remote: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub selector: Selector,
+    /// Sorted by name.
+    pub external_labels: Vec<(String, String)>,
+    pub auth: Auth,
+    /// The CAs to trust (PEM), instead of the system's.
+    pub ca_pem: Option<String>,
+    pub shards: usize,
+    pub max_samples_per_send: usize,
+    pub queue_samples: usize,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// The running endpoints.
+pub struct RemoteWrite {
+    endpoints: Vec<Endpoint>,
+    registry: Arc<Registry>,
+    telemetry: Arc<RemoteWriteTelemetry>,
+}
+
+impl RemoteWrite {
+    /// Starts sending to every endpoint of `options` (none: nothing runs). Must be called
+    /// inside a tokio runtime.
+    pub fn start(
+        options: &[RemoteWriteOptions],
+        registry: &Arc<Registry>,
+        telemetry: &Arc<RemoteWriteTelemetry>,
+    ) -> Result<RemoteWrite, String> {
+        let mut endpoints = Vec::with_capacity(options.len());
+        for options in options {
+            let client = Client::new(options).map_err(|e| format!("{}: {e}", options.url))?;
+            endpoints.push((options.clone(), client));
+        }
+        let endpoints = endpoints
+            .into_iter()
+            .map(|(options, client)| Endpoint::start(options, client, registry, telemetry))
+            .collect();
+        Ok(RemoteWrite {
+            endpoints,
+            registry: Arc::clone(registry),
+            telemetry: Arc::clone(telemetry),
+        })
+    }
+
+    /// Builds what putting `options` in force needs (the clients of new endpoints), changing
+    /// nothing yet: a reload calls it before applying anything, so that an endpoint that
+    /// cannot be built (a CA file that is no PEM) refuses the whole reload.
+    pub fn prepare(&self, options: &[RemoteWriteOptions]) -> Result<Prepared, String> {
+        let mut fresh = Vec::new();
+        for options in options {
+            if !self.endpoints.iter().any(|e| e.options == *options) {
+                let client = Client::new(options).map_err(|e| format!("{}: {e}", options.url))?;
+                fresh.push((options.clone(), client));
+            }
+        }
+        Ok(Prepared {
+            options: options.to_vec(),
+            fresh,
+        })
+    }
+
+    /// Puts prepared options in force: endpoints whose options did not change keep running
+    /// (queue and staleness state kept); the others stop (their queued samples are counted as
+    /// dropped, reason `shutdown`) and the new ones start.
+    pub async fn replace(&mut self, prepared: Prepared) {
+        let Prepared { options, fresh } = prepared;
+        let (kept, gone): (Vec<Endpoint>, Vec<Endpoint>) = std::mem::take(&mut self.endpoints)
+            .into_iter()
+            .partition(|e| options.contains(&e.options));
+        for endpoint in gone {
+            endpoint.stop().await;
+        }
+        self.endpoints = kept;
+        for (options, client) in fresh {
+            self.endpoints.push(Endpoint::start(
+                options,
+                client,
+                &self.registry,
+                &self.telemetry,
+            ));
+        }
+    }
+
+    /// Stops every endpoint; what is still queued is counted as dropped (`shutdown`).
+    pub async fn stop(self) {
+        for endpoint in self.endpoints {
+            endpoint.stop().await;
+        }
+    }
+}
+
+/// New options and the clients of their new endpoints ([`RemoteWrite::prepare`]).
+pub struct Prepared {
+    options: Vec<RemoteWriteOptions>,
+    fresh: Vec<(RemoteWriteOptions, Client)>,
+}
+
+/// One endpoint's tasks and queue.
+struct Endpoint {
+    options: RemoteWriteOptions,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    shards: Arc<[Shard]>,
+    stats: Arc<RemoteStats>,
+}
+
+/// One shard's queue; its task waits on `ready` when it is empty.
+struct Shard {
+    queue: Mutex<VecDeque<Queued>>,
+    ready: Notify,
+    capacity: usize,
+}
+
+/// A sample waiting to be sent.
+struct Queued {
+    series: Arc<Series>,
+    sample: Sample,
+}
+
+impl Endpoint {
+    fn start(
+        options: RemoteWriteOptions,
+        client: Client,
+        registry: &Arc<Registry>,
+        telemetry: &RemoteWriteTelemetry,
+    ) -> Endpoint {
+        let stats = telemetry.remote(&options.remote);
+        let stop = CancellationToken::new();
+        let per_shard = options.queue_samples / options.shards;
+        let shards: Arc<[Shard]> = (0..options.shards)
+            .map(|_| Shard {
+                queue: Mutex::new(VecDeque::new()),
+                ready: Notify::new(),
+                capacity: per_shard,
+            })
+            .collect();
+        let client = Arc::new(client);
+        let mut tasks = Vec::with_capacity(options.shards + 1);
+        for index in 0..options.shards {
+            tasks.push(tokio::spawn(send_shard(
+                Arc::clone(&shards),
+                index,
+                Arc::clone(&client),
+                Arc::clone(&stats),
+                options.clone(),
+                stop.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(snapshots(
+            Collector::new(&options),
+            Arc::clone(registry),
+            Arc::clone(&shards),
+            Arc::clone(&stats),
+            options.interval,
+            stop.clone(),
+        )));
+        tracing::info!(
+            url = %options.url,
+            interval = ?options.interval,
+            shards = options.shards,
+            "remote-write started"
+        );
+        Endpoint {
+            options,
+            stop,
+            tasks,
+            shards,
+            stats,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let mut left = 0;
+        for shard in self.shards.iter() {
+            left += shard.queue.lock().drain(..).count() as u64;
+        }
+        if left > 0 {
+            self.stats.add_dropped(Drop::Shutdown, left);
+            self.stats
+                .pending
+                .fetch_sub(left as i64, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(url = %self.options.url, samples = left, "remote-write stopped with samples unsent");
+        }
+    }
+}
+
+/// Takes a snapshot every `interval` and queues it.
+async fn snapshots(
+    mut collector: Collector,
+    registry: Arc<Registry>,
+    shards: Arc<[Shard]>,
+    stats: Arc<RemoteStats>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    // After a stall, one snapshot, not a burst of catch-up ones.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let registry = Arc::clone(&registry);
+        let shards = Arc::clone(&shards);
+        let stats = Arc::clone(&stats);
+        // Off the reactor: a large registry takes a scrape's time to read.
+        let taken = tokio::task::spawn_blocking(move || {
+            collector.collect(&registry, unix_millis());
+            collector.enqueue(&shards, &stats);
+            collector
+        })
+        .await;
+        match taken {
+            Ok(back) => collector = back,
+            Err(e) => {
+                tracing::error!("a remote-write snapshot failed, this endpoint stops: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Sends one shard's queue, batch by batch, until `stop`.
+async fn send_shard(
+    shards: Arc<[Shard]>,
+    index: usize,
+    client: Arc<Client>,
+    stats: Arc<RemoteStats>,
+    options: RemoteWriteOptions,
+    stop: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let shard = &shards[index];
+    let mut batch: Vec<Queued> = Vec::with_capacity(options.max_samples_per_send);
+    let mut scratch = Vec::new();
+    let mut retry_log = LogLimit::default();
+    let mut refusal_log = LogLimit::default();
+    loop {
+        batch.clear();
+        {
+            let mut queue = shard.queue.lock();
+            let n = queue.len().min(options.max_samples_per_send);
+            batch.extend(queue.drain(..n));
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = shard.ready.notified() => continue,
+            }
+        }
+        let count = batch.len() as u64;
+        let body = Bytes::from(encode_batch(&batch, &mut scratch));
+        let newest = batch.iter().map(|q| q.sample.timestamp).max().unwrap_or(0);
+        let mut attempt = 0;
+        let finished = |stats: &RemoteStats| stats.pending.fetch_sub(count as i64, Relaxed);
+        loop {
+            let sent = tokio::select! {
+                _ = stop.cancelled() => None,
+                sent = client.send(body.clone()) => Some(sent),
+            };
+            let Some((outcome, took)) = sent else {
+                stats.add_dropped(Drop::Shutdown, count);
+                finished(&stats);
+                return;
+            };
+            stats.requests.fetch_add(1, Relaxed);
+            stats.request_seconds.add(took.as_secs_f64());
+            let wait = match outcome {
+                Outcome::Sent => {
+                    stats.samples.fetch_add(count, Relaxed);
+                    stats.highest_sent_ms.fetch_max(newest, Relaxed);
+                    finished(&stats);
+                    break;
+                }
+                Outcome::Refused { status, why } => {
+                    stats.failed.fetch_add(count, Relaxed);
+                    stats.add_dropped(Drop::Rejected, count);
+                    finished(&stats);
+                    if refusal_log.allow() {
+                        tracing::warn!(url = %options.url, status, samples = count, "remote-write receiver refused a batch, dropped (not retried): {why}");
+                    }
+                    break;
+                }
+                Outcome::Retry { why, retry_after } => {
+                    stats.retried.fetch_add(count, Relaxed);
+                    let wait = retry_after.unwrap_or_else(|| {
+                        send::backoff(
+                            options.min_backoff,
+                            options.max_backoff,
+                            attempt,
+                            send::jitter_bits(),
+                        )
+                    });
+                    if retry_log.allow() {
+                        tracing::warn!(url = %options.url, samples = count, ?wait, "remote-write failed, will retry: {why}");
+                    }
+                    wait
+                }
+            };
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    stats.add_dropped(Drop::Shutdown, count);
+                    finished(&stats);
+                    return;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// The request body for a batch: one `TimeSeries` per series, its samples in queue order.
+fn encode_batch(batch: &[Queued], scratch: &mut Vec<u8>) -> Vec<u8> {
+    let mut index: HashMap<*const Series, usize> = HashMap::with_capacity(batch.len());
+    let mut request = WriteRequest {
+        timeseries: Vec::with_capacity(batch.len()),
+    };
+    for queued in batch {
+        let slot = *index.entry(Arc::as_ptr(&queued.series)).or_insert_with(|| {
+            request.timeseries.push(TimeSeries {
+                labels: queued.series.labels.clone(),
+                samples: Vec::new(),
+            });
+            request.timeseries.len() - 1
+        });
+        request.timeseries[slot].samples.push(queued.sample);
+    }
+    wire::encode(&request, scratch)
+}
+
+/// One series as sent: its labels (sorted by name, `__name__` among them) and its shard.
+#[derive(Debug)]
+pub struct Series {
+    labels: Vec<Label>,
+    shard: usize,
+}
+
+/// A registry series the collector has seen: the series it is sent as (one for counters and
+/// gauges, one per bucket plus `_sum` and `_count` for histograms, ...).
+struct Known {
+    kind: Kind,
+    /// Empty when the selector's labels left the series out.
+    derived: Vec<Arc<Series>>,
+    /// The last snapshot that saw it.
+    generation: u64,
+}
+
+/// Reads snapshots and remembers which series it sent, for staleness.
+struct Collector {
+    selector: Selector,
+    external: Vec<(String, String)>,
+    shards: usize,
+    hasher: ahash::RandomState,
+    known: HashMap<Box<[u8]>, Known>,
+    generation: u64,
+    timestamp: i64,
+    /// The lookup key being built: family name, `{`, escaped labels.
+    key: Vec<u8>,
+    /// The snapshot's samples, in visiting order.
+    values: Vec<(Arc<Series>, f64)>,
+    /// Scratch for a series' values.
+    scratch: Vec<f64>,
+}
+
+impl Collector {
+    fn new(options: &RemoteWriteOptions) -> Collector {
+        Collector {
+            selector: options.selector.clone(),
+            external: options.external_labels.clone(),
+            shards: options.shards,
+            // Fixed keys: a series keeps its shard across reloads that keep the endpoint.
+            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            known: HashMap::new(),
+            generation: 0,
+            timestamp: 0,
+            key: Vec::new(),
+            values: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Reads every selected series of `registry` as at `timestamp` (Unix ms), and adds a
+    /// staleness marker for each series sent before that is gone.
+    fn collect(&mut self, registry: &Registry, timestamp: i64) {
+        self.generation += 1;
+        self.timestamp = timestamp;
+        self.values.clear();
+        registry.visit(self);
+        let generation = self.generation;
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        let values = &mut self.values;
+        self.known.retain(|_, known| {
+            if known.generation == generation {
+                return true;
+            }
+            values.extend(known.derived.iter().map(|s| (Arc::clone(s), stale)));
+            false
+        });
+    }
+
+    /// Queues the snapshot, each sample in its series' shard; a full shard drops it.
+    fn enqueue(&mut self, shards: &[Shard], stats: &RemoteStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut queued = 0u64;
+        let mut dropped = 0u64;
+        for (index, shard) in shards.iter().enumerate() {
+            let mut queue = shard.queue.lock();
+            let before = queued;
+            for (series, value) in self.values.iter().filter(|(s, _)| s.shard == index) {
+                if queue.len() >= shard.capacity {
+                    dropped += 1;
+                    continue;
+                }
+                queue.push_back(Queued {
+                    series: Arc::clone(series),
+                    sample: Sample {
+                        value: *value,
+                        timestamp: self.timestamp,
+                    },
+                });
+                queued += 1;
+            }
+            drop(queue);
+            if queued > before {
+                shard.ready.notify_one();
+            }
+        }
+        stats.pending.fetch_add(queued as i64, Relaxed);
+        if dropped > 0 {
+            stats.add_dropped(Drop::QueueFull, dropped);
+        }
+        self.values.clear();
+    }
+
+    /// The series a registry series is sent as, built on first sight.
+    fn derive(&self, family: &FamilyView<'_>, series: &SeriesView<'_>) -> Vec<Arc<Series>> {
+        let pairs: Vec<(String, String)> = series
+            .labels
+            .pairs()
+            .map(|(n, v)| (n.to_owned(), v.into_owned()))
+            .collect();
+        if !self.selector.series(&pairs) {
+            return Vec::new();
+        }
+        let name = family.name;
+        let one = |suffix: &str, extra: Option<(&str, String)>| {
+            self.labelled(&pairs, format!("{name}{suffix}"), extra)
+        };
+        // Bucket bounds and quantiles are spelled as the text formats spell them, so that
+        // `le="0.25"` selects the same series whether Prometheus scraped or received it.
+        let spelled = |value: f64| {
+            let mut text = Vec::new();
+            write_le(&mut text, value, Format::Text);
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        let with_sum_and_count = |points: &mut dyn Iterator<Item = Arc<Series>>| {
+            let mut derived: Vec<Arc<Series>> = points.collect();
+            derived.push(one("_sum", None));
+            derived.push(one("_count", None));
+            derived
+        };
+        match series.value {
+            ValueView::Counter(_) => vec![one("_total", None)],
+            ValueView::Gauge(_) | ValueView::Set(_) => vec![one("", None)],
+            ValueView::Histogram(h) => {
+                let bounds = h.bounds().iter().copied().chain([f64::INFINITY]);
+                with_sum_and_count(&mut bounds.map(|b| one("_bucket", Some(("le", spelled(b))))))
+            }
+            ValueView::Summary(s) => {
+                let mut quantiles = Vec::new();
+                s.read(|q, _| quantiles.push(q));
+                let points = quantiles.into_iter();
+                with_sum_and_count(&mut points.map(|q| one("", Some(("quantile", spelled(q))))))
+            }
+        }
+    }
+
+    /// One series: `__name__`, the series' labels, `extra`, and the external labels the
+    /// series does not have itself, sorted by name (receivers such as Mimir require it).
+    fn labelled(
+        &self,
+        pairs: &[(String, String)],
+        name: String,
+        extra: Option<(&str, String)>,
+    ) -> Arc<Series> {
+        let mut labels: Vec<Label> = Vec::with_capacity(pairs.len() + self.external.len() + 2);
+        labels.push(Label {
+            name: "__name__".into(),
+            value: name,
+        });
+        labels.extend(pairs.iter().map(|(n, v)| Label {
+            name: n.clone(),
+            value: v.clone(),
+        }));
+        if let Some((n, v)) = extra {
+            labels.push(Label {
+                name: n.to_owned(),
+                value: v,
+            });
+        }
+        for (n, v) in &self.external {
+            if !labels.iter().any(|l| l.name == *n) {
+                labels.push(Label {
+                    name: n.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut hash = 0u64;
+        for label in &labels {
+            hash = hash.rotate_left(5) ^ self.hasher.hash_one((&label.name, &label.value));
+        }
+        Arc::new(Series {
+            labels,
+            shard: (hash % self.shards as u64) as usize,
+        })
+    }
+}
+
+/// The values of a series, in the order of its derived series.
+fn values_of(value: &ValueView<'_>, out: &mut Vec<f64>) {
+    out.clear();
+    match *value {
+        ValueView::Counter(v) | ValueView::Gauge(v) => out.push(v),
+        ValueView::Set(n) => out.push(n as f64),
+        ValueView::Histogram(h) => {
+            let mut cumulative = 0u64;
+            for count in h.counts() {
+                cumulative = cumulative.saturating_add(count);
+                out.push(cumulative as f64);
+            }
+            out.push(h.sum());
+            out.push(cumulative as f64);
+        }
+        ValueView::Summary(s) => {
+            let (sum, count) = s.read(|_, v| out.push(v));
+            out.push(sum);
+            out.push(count as f64);
+        }
+    }
+}
+
+impl Visitor for Collector {
+    fn family(&mut self, family: &FamilyView<'_>) -> bool {
+        !crate::telemetry::is_reserved_name(family.name) && self.selector.family(family.name)
+    }
+
+    fn series(&mut self, family: &FamilyView<'_>, series: &SeriesView<'_>) {
+        self.key.clear();
+        self.key.extend_from_slice(family.name.as_bytes());
+        self.key.push(b'{');
+        series.labels.write_escaped(&mut self.key);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        values_of(&series.value, &mut scratch);
+        let fits = |known: &Known| {
+            known.kind == family.kind
+                && (known.derived.is_empty() || known.derived.len() == scratch.len())
+        };
+        let generation = self.generation;
+        let seen = match self.known.get_mut(self.key.as_slice()) {
+            Some(known) if fits(known) => {
+                known.generation = generation;
+                true
+            }
+            _ => false,
+        };
+        if !seen {
+            let derived = self.derive(family, series);
+            let known = Known {
+                kind: family.kind,
+                derived,
+                generation,
+            };
+            self.known.insert(self.key.as_slice().into(), known);
+        }
+        if let Some(known) = self.known.get(self.key.as_slice()) {
+            self.values.extend(
+                known
+                    .derived
+                    .iter()
+                    .zip(&scratch)
+                    .map(|(series, value)| (Arc::clone(series), *value)),
+            );
+        }
+        self.scratch = scratch;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Recorder;
+    use crate::registry::{RegistrySettings, Update};
+
+    fn options(shards: usize, queue: usize) -> RemoteWriteOptions {
+        let table: config::RemoteWriteConfig = toml::from_str(&format!(
+            "url = 'http://127.0.0.1:1/write'\nshards = {shards}\nqueue_samples = {queue}\n\
+             external_labels = {{ site = 'a', zone = 'b' }}\nmatch_labels = {{ keep = 'y' }}"
+        ))
+        .unwrap();
+        table.build().unwrap()
+    }
+
+    fn collected(
+        collector: &mut Collector,
+        registry: &Registry,
+    ) -> Vec<(Vec<(String, String)>, f64)> {
+        collector.collect(registry, 1000);
+        collector
+            .values
+            .iter()
+            .map(|(s, v)| {
+                let labels = s
+                    .labels
+                    .iter()
+                    .map(|l| (l.name.clone(), l.value.clone()))
+                    .collect();
+                (labels, *v)
+            })
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_sends_classic_series_with_external_labels_and_marks_the_gone_stale() {
+        let registry = Arc::new(Registry::new(RegistrySettings::default()));
+        let recorder = Recorder::for_registry(&registry);
+        let kept = [("keep", "y")];
+        recorder
+            .record("jobs", Kind::Counter, kept, Update::Add(3.0))
+            .unwrap();
+        recorder
+            .record("jobs", Kind::Counter, [("keep", "n")], Update::Add(1.0))
+            .unwrap();
+        recorder
+            .record(
+                "temp",
+                Kind::Gauge,
+                [("keep", "y"), ("zone", "own")],
+                Update::Set(-2.5),
+            )
+            .unwrap();
+        recorder
+            .record(
+                "lat",
+                Kind::Histogram,
+                kept,
+                Update::Observe {
+                    value: 0.2,
+                    weight: 2,
+                },
+            )
+            .unwrap();
+        let mut collector = Collector::new(&options(2, 100));
+        let first = collected(&mut collector, &registry);
+        let find = |name: &str, extra: &[(&str, &str)]| {
+            first.iter().find(|(labels, _)| {
+                labels.iter().any(|(n, v)| n == "__name__" && v == name)
+                    && extra
+                        .iter()
+                        .all(|(n, v)| labels.iter().any(|(a, b)| a == n && b == v))
+            })
+        };
+        assert_eq!(
+            find("jobs_total", &[]).unwrap(),
+            &(
+                pairs(&[
+                    ("__name__", "jobs_total"),
+                    ("keep", "y"),
+                    ("site", "a"),
+                    ("zone", "b")
+                ]),
+                3.0
+            )
+        );
+        // The series' own zone wins over the external one.
+        assert_eq!(
+            find("temp", &[]).unwrap().0,
+            pairs(&[
+                ("__name__", "temp"),
+                ("keep", "y"),
+                ("site", "a"),
+                ("zone", "own")
+            ])
+        );
+        assert_eq!(find("lat_bucket", &[("le", "0.1")]).unwrap().1, 0.0);
+        assert_eq!(find("lat_bucket", &[("le", "0.25")]).unwrap().1, 2.0);
+        assert_eq!(find("lat_bucket", &[("le", "+Inf")]).unwrap().1, 2.0);
+        assert_eq!(find("lat_count", &[]).unwrap().1, 2.0);
+        assert!((find("lat_sum", &[]).unwrap().1 - 0.4).abs() < 1e-12);
+        // keep="n" is left out by match_labels.
+        assert_eq!(
+            first.iter().filter(|(l, _)| l[0].1 == "jobs_total").count(),
+            1
+        );
+        let histogram_series = registry.settings().histogram_buckets.len() + 1 + 2;
+        assert_eq!(first.len(), 1 + 1 + histogram_series);
+
+        // Unchanged: the same series, and no staleness marker.
+        let second = collected(&mut collector, &registry);
+        assert_eq!(second.len(), first.len());
+        assert!(second.iter().all(|(_, v)| !wire::is_stale_marker(*v)));
+
+        registry.remove_series("temp", |_| true);
+        let third = collected(&mut collector, &registry);
+        let stale: Vec<_> = third
+            .iter()
+            .filter(|(_, v)| wire::is_stale_marker(*v))
+            .collect();
+        assert_eq!(stale.len(), 1, "{third:?}");
+        assert_eq!(stale[0].0[0].1, "temp");
+        // Marked once only.
+        let fourth = collected(&mut collector, &registry);
+        assert!(fourth.iter().all(|(_, v)| !wire::is_stale_marker(*v)));
+        assert_eq!(fourth.len(), first.len() - 1);
+    }
+
+    #[test]
+    fn a_full_shard_drops_and_counts_the_rest() {
+        let registry = Arc::new(Registry::new(RegistrySettings::default()));
+        let recorder = Recorder::for_registry(&registry);
+        for i in 0..50 {
+            let value = i.to_string();
+            recorder
+                .record(
+                    "g",
+                    Kind::Gauge,
+                    [("keep", "y"), ("i", value.as_str())],
+                    Update::Set(1.0),
+                )
+                .unwrap();
+        }
+        let options = options(1, 30);
+        let shards: Vec<Shard> = vec![Shard {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity: 30,
+        }];
+        let stats = RemoteWriteTelemetry::default().remote("r");
+        let mut collector = Collector::new(&options);
+        collector.collect(&registry, 5);
+        collector.enqueue(&shards, &stats);
+        assert_eq!(shards[0].queue.lock().len(), 30);
+        assert_eq!(stats.dropped(Drop::QueueFull), 20);
+        assert_eq!(stats.pending.load(std::sync::atomic::Ordering::Relaxed), 30);
+    }
+
+    #[test]
+    fn a_batch_groups_samples_by_series_in_order() {
+        let series = |name: &str| {
+            Arc::new(Series {
+                labels: vec![Label {
+                    name: "__name__".into(),
+                    value: name.into(),
+                }],
+                shard: 0,
+            })
+        };
+        let (a, b) = (series("a"), series("b"));
+        let queued = |s: &Arc<Series>, t| Queued {
+            series: Arc::clone(s),
+            sample: Sample {
+                value: t as f64,
+                timestamp: t,
+            },
+        };
+        let batch = [queued(&a, 1), queued(&b, 1), queued(&a, 2), queued(&a, 3)];
+        let request = wire::decode(&encode_batch(&batch, &mut Vec::new())).unwrap();
+        assert_eq!(request.timeseries.len(), 2);
+        let times: Vec<i64> = request.timeseries[0]
+            .samples
+            .iter()
+            .map(|s| s.timestamp)
+            .collect();
+        assert_eq!(request.timeseries[0].labels[0].value, "a");
+        assert_eq!(times, [1, 2, 3]);
+        assert_eq!(request.timeseries[1].samples.len(), 1);
+    }
+}
