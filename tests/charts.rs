@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Daemon, InProcess, http_send, on_path, repo_root, require};
+use common::{Daemon, InProcess, api_call as call, http_send, on_path, repo_root, require};
 use serde_json::{Value, json};
 
 const TENANT: &str = "acme";
@@ -45,26 +45,6 @@ fn config() -> String {
         ));
     }
     text
-}
-
-/// One API call with a bearer token: the status and the JSON body.
-fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let mut headers = vec![("Authorization", auth.as_str())];
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    if !body.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    let response = http_send(addr, method, path, &headers, body.as_bytes());
-    let json = serde_json::from_slice(&response.body)
-        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", response.text()));
-    (response.status, json)
 }
 
 fn iso(secs: i64) -> String {

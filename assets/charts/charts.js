@@ -444,6 +444,10 @@
       const { start, end } = model.range;
       scales.x = { time: true, range: () => [start, end] };
     }
+    if (bar) {
+      // Bars are read by their length: the y axis starts at zero.
+      scales.y = { range: (u, min, max) => uPlot.rangeNum(Math.min(0, min), Math.max(0, max), 0.1, true) };
+    }
     if (!model.time) {
       const last = model.xs.length - 1;
       scales.x = { time: false, range: () => [-0.5, last + 0.5] };

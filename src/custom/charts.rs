@@ -64,14 +64,10 @@ pub struct MatihEntry {
 pub struct DeeployEntry {
     pub id: String,
     pub deployment_id: String,
-    pub name: String,
-    pub graph_type: GraphType,
-    pub title_x_axis: Option<String>,
-    pub title_y_axis: String,
-    pub unit_x_axis: Option<String>,
-    pub unit_y_axis: Option<String>,
-    pub baseline_value: Option<f64>,
-    pub baseline_description: Option<String>,
+    /// The definition as Deeploy's routes answer it: name, graph type, axis titles and units,
+    /// baseline, aggregation method.
+    #[serde(flatten)]
+    pub spec: deeploy::Spec,
     /// What a chart uses when it names none: a timeseries' `aggregationMethod`, else average.
     pub aggregation: Aggregation,
 }
@@ -125,21 +121,11 @@ impl CustomMetrics {
             .deeploy()
             .all(tenant)
             .iter()
-            .map(|metric| {
-                let spec = &metric.spec;
-                DeeployEntry {
-                    id: metric.uid.clone(),
-                    deployment_id: metric.deployment.clone(),
-                    name: spec.name.clone(),
-                    graph_type: spec.graph_type,
-                    title_x_axis: spec.title_x_axis.clone(),
-                    title_y_axis: spec.title_y_axis.clone(),
-                    unit_x_axis: spec.unit_x_axis.clone(),
-                    unit_y_axis: spec.unit_y_axis.clone(),
-                    baseline_value: spec.baseline_value,
-                    baseline_description: spec.baseline_description.clone(),
-                    aggregation: default_aggregation(metric),
-                }
+            .map(|metric| DeeployEntry {
+                id: metric.uid.clone(),
+                deployment_id: metric.deployment.clone(),
+                spec: metric.spec.clone(),
+                aggregation: default_aggregation(metric),
             })
             .collect();
         Catalogue {

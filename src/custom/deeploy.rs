@@ -60,7 +60,7 @@ pub enum GraphType {
 }
 
 /// How a timeseries chart folds the points of one bin.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AggregationMethod {
     #[default]
@@ -82,7 +82,7 @@ impl AggregationMethod {
 }
 
 /// A definition: the body of a create (absent fields are `null`), and what is stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
     pub name: String,

@@ -35,49 +35,69 @@ struct Asset {
 const REVALIDATE: &str = "no-cache";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
+/// An asset's entry in [`ASSETS`].
+const fn asset(
+    path: &'static str,
+    body: &'static [u8],
+    content_type: &'static str,
+    cache_control: &'static str,
+) -> Asset {
+    Asset {
+        path,
+        body,
+        content_type,
+        cache_control,
+    }
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
 static ASSETS: [Asset; 7] = [
-    Asset {
-        path: "/charts",
-        body: include_bytes!("../../assets/charts/index.html"),
-        content_type: "text/html; charset=utf-8",
-        cache_control: REVALIDATE,
-    },
-    Asset {
-        path: "/charts/assets/charts.js",
-        body: include_bytes!("../../assets/charts/charts.js"),
-        content_type: "text/javascript; charset=utf-8",
-        cache_control: REVALIDATE,
-    },
-    Asset {
-        path: "/charts/assets/charts.css",
-        body: include_bytes!("../../assets/charts/charts.css"),
-        content_type: "text/css; charset=utf-8",
-        cache_control: REVALIDATE,
-    },
-    Asset {
-        path: "/charts/assets/uplot-1.6.32/uPlot.iife.min.js",
-        body: include_bytes!("../../assets/vendor/uplot/uPlot.iife.min.js"),
-        content_type: "text/javascript; charset=utf-8",
-        cache_control: IMMUTABLE,
-    },
-    Asset {
-        path: "/charts/assets/uplot-1.6.32/uPlot.min.css",
-        body: include_bytes!("../../assets/vendor/uplot/uPlot.min.css"),
-        content_type: "text/css; charset=utf-8",
-        cache_control: IMMUTABLE,
-    },
-    Asset {
-        path: "/charts/assets/uplot-1.6.32/LICENSE",
-        body: include_bytes!("../../assets/vendor/uplot/LICENSE"),
-        content_type: "text/plain; charset=utf-8",
-        cache_control: IMMUTABLE,
-    },
-    Asset {
-        path: "/charts/assets/uplot-1.6.32/VERSION",
-        body: include_bytes!("../../assets/vendor/uplot/VERSION"),
-        content_type: "text/plain; charset=utf-8",
-        cache_control: IMMUTABLE,
-    },
+    asset(
+        "/charts",
+        include_bytes!("../../assets/charts/index.html"),
+        HTML,
+        REVALIDATE,
+    ),
+    asset(
+        "/charts/assets/charts.js",
+        include_bytes!("../../assets/charts/charts.js"),
+        JS,
+        REVALIDATE,
+    ),
+    asset(
+        "/charts/assets/charts.css",
+        include_bytes!("../../assets/charts/charts.css"),
+        CSS,
+        REVALIDATE,
+    ),
+    asset(
+        "/charts/assets/uplot-1.6.32/uPlot.iife.min.js",
+        include_bytes!("../../assets/vendor/uplot/uPlot.iife.min.js"),
+        JS,
+        IMMUTABLE,
+    ),
+    asset(
+        "/charts/assets/uplot-1.6.32/uPlot.min.css",
+        include_bytes!("../../assets/vendor/uplot/uPlot.min.css"),
+        CSS,
+        IMMUTABLE,
+    ),
+    asset(
+        "/charts/assets/uplot-1.6.32/LICENSE",
+        include_bytes!("../../assets/vendor/uplot/LICENSE"),
+        TEXT,
+        IMMUTABLE,
+    ),
+    asset(
+        "/charts/assets/uplot-1.6.32/VERSION",
+        include_bytes!("../../assets/vendor/uplot/VERSION"),
+        TEXT,
+        IMMUTABLE,
+    ),
 ];
 
 /// Each asset's strong `ETag`: the first 16 hex digits of its SHA-256, computed once.
