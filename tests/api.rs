@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{Daemon, InProcess, http_send, on_path, require, value_of};
+use common::{Daemon, InProcess, api_call as call, http_send, on_path, require, value_of};
 use serde_json::{Value, json};
 
 const BASE: &str = "/api/v1/observability/custom-metrics";
@@ -48,30 +48,6 @@ fn config(extra: &str) -> String {
         .replace("SHA_OTHER", &sha256_hex(OTHER))
         .replace("SHA_READER", &sha256_hex(READER));
     format!("{extra}\n{tokens}")
-}
-
-/// One API call: the status and the JSON body (Null when there is none).
-fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let mut headers = vec![("Authorization", auth.as_str())];
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    if !body.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    let response = http_send(addr, method, path, &headers, body.as_bytes());
-    let json = if response.body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&response.body)
-            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", response.text()))
-    };
-    (response.status, json)
 }
 
 fn register_gauge(addr: SocketAddr, token: &str, name: &str) -> Value {

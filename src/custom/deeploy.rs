@@ -51,7 +51,7 @@ const HOURLY_SPAN_MS: i64 = 48 * HOUR_MS;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GraphType {
     Line,
@@ -60,7 +60,7 @@ pub enum GraphType {
 }
 
 /// How a timeseries chart folds the points of one bin.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AggregationMethod {
     #[default]
@@ -71,7 +71,7 @@ pub enum AggregationMethod {
 }
 
 impl AggregationMethod {
-    fn aggregation(self) -> Aggregation {
+    pub fn aggregation(self) -> Aggregation {
         match self {
             AggregationMethod::Average => Aggregation::Average,
             AggregationMethod::Sum => Aggregation::Sum,
@@ -82,7 +82,7 @@ impl AggregationMethod {
 }
 
 /// A definition: the body of a create (absent fields are `null`), and what is stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
     pub name: String,
@@ -276,6 +276,44 @@ impl Deeploy {
             .collect();
         metrics.sort_by_key(|m| m.store_id);
         metrics
+    }
+
+    /// The tenant's metrics in every deployment, by deployment, oldest first in each.
+    pub fn all(&self, tenant: &str) -> Vec<Arc<Metric>> {
+        let mut metrics: Vec<Arc<Metric>> = self
+            .catalog
+            .read()
+            .values()
+            .filter(|m| m.tenant == tenant)
+            .cloned()
+            .collect();
+        metrics.sort_by(|a, b| (&a.deployment, a.store_id).cmp(&(&b.deployment, b.store_id)));
+        metrics
+    }
+
+    /// The tenant's metric `id`, in whichever deployment, or 404.
+    pub fn find(&self, tenant: &str, id: &str) -> Result<Arc<Metric>, Problem> {
+        self.catalog
+            .read()
+            .get(id)
+            .filter(|m| m.tenant == tenant)
+            .cloned()
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "metric_not_found",
+                    format!("no Deeploy custom metric {id:?}"),
+                )
+            })
+    }
+
+    /// The metric's data points, in posting order.
+    pub async fn points(&self, metric: &Metric) -> Result<Vec<DataPoint>, Problem> {
+        let id = metric.store_id;
+        self.store
+            .read(move |reader| reader.data_points(id))
+            .await
+            .map_err(storage_failed)
     }
 
     /// The metric `id` of the deployment, or 404 (the same answer whether it belongs to
@@ -686,15 +724,28 @@ pub fn merge(current: &Spec, changes: Changes) -> Result<Spec, Problem> {
     Ok(spec)
 }
 
+/// The prediction log ids stored with a point (none when it had none).
+pub fn prediction_ids(point: &DataPoint) -> Vec<String> {
+    point
+        .prediction_ids
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
+/// A point's x value as it was posted (stored as its JSON text).
+pub fn x_value(point: &DataPoint) -> Value {
+    serde_json::from_str(&point.x).unwrap_or(Value::Null)
+}
+
+/// A timeseries point's x time (stored points were checked when posted).
+pub fn x_time(point: &DataPoint) -> Option<i64> {
+    time::parse_iso8601(x_value(point).as_str()?)
+}
+
 /// The chart of one metric from its points in posting order.
 pub fn chart(metric: &Metric, points: &[DataPoint]) -> ChartDocument {
-    let ids = |point: &DataPoint| -> Vec<String> {
-        point
-            .prediction_ids
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or_default()
-    };
+    let ids = prediction_ids;
     let average = if points.is_empty() {
         0.0
     } else {
@@ -706,7 +757,7 @@ pub fn chart(metric: &Metric, points: &[DataPoint]) -> ChartDocument {
             let mut data = Vec::with_capacity(points.len());
             let mut all_ids = Vec::with_capacity(points.len());
             for point in points {
-                labels.push(serde_json::from_str(&point.x).unwrap_or(Value::Null));
+                labels.push(x_value(point));
                 data.push(point.y);
                 all_ids.push(ids(point));
             }
@@ -715,10 +766,7 @@ pub fn chart(metric: &Metric, points: &[DataPoint]) -> ChartDocument {
         GraphType::Timeseries => {
             let timed: Vec<(i64, &DataPoint)> = points
                 .iter()
-                .filter_map(|point| {
-                    let x: Value = serde_json::from_str(&point.x).ok()?;
-                    Some((time::parse_iso8601(x.as_str()?)?, point))
-                })
+                .filter_map(|point| Some((x_time(point)?, point)))
                 .collect();
             let method = metric.spec.aggregation_method.unwrap_or_default();
             let bins = bin(&timed);

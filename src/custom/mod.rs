@@ -24,6 +24,7 @@ use crate::record::{Recorder, Refusal};
 use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
 use crate::store::{self, Point, Store, StoredMetric, Write, Written};
 
+pub mod charts;
 pub mod deeploy;
 pub mod names;
 pub mod query;
@@ -192,6 +193,43 @@ pub struct QuerySpec {
     pub aggregation: Option<String>,
     /// Label filters: every one must match.
     pub labels: BTreeMap<String, String>,
+}
+
+impl QuerySpec {
+    /// The bins and the aggregation asked for: `end` defaults to now, `start` to an hour
+    /// before it, `step` to a minute, `aggregation` to `default`. Each bad value is a 400
+    /// naming its parameter.
+    pub fn range(&self, default: Aggregation) -> Result<(Bins, Aggregation), Problem> {
+        let bad = |code: &'static str, field: &str, detail: String| {
+            Problem::new(StatusCode::BAD_REQUEST, code, detail).with_field(field)
+        };
+        let end = match &self.end {
+            Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "end", d))?,
+            None => time::now_ms(),
+        };
+        let start = match &self.start {
+            Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "start", d))?,
+            None => end - 3_600_000,
+        };
+        let step = match &self.step {
+            Some(text) => time::parse_step(text).map_err(|d| bad("invalid_step", "step", d))?,
+            None => 60_000,
+        };
+        let aggregation = match &self.aggregation {
+            Some(text) => {
+                serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
+                    bad(
+                        "invalid_aggregation",
+                        "aggregation",
+                        format!("{text:?} is not one of average, sum, min, max, count, last"),
+                    )
+                })?
+            }
+            None => default,
+        };
+        let bins = Bins::new(start, end, step).map_err(|d| bad("invalid_range", "start", d))?;
+        Ok((bins, aggregation))
+    }
 }
 
 /// A query's answer, with what it used.
@@ -665,38 +703,12 @@ impl CustomMetrics {
         spec: QuerySpec,
     ) -> Result<QueryAnswer, Problem> {
         let metric = self.get(tenant, name)?;
-        let bad = |code: &'static str, field: &str, detail: String| {
-            Problem::new(StatusCode::BAD_REQUEST, code, detail).with_field(field)
-        };
-        let now = time::now_ms();
-        let end = match &spec.end {
-            Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "end", d))?,
-            None => now,
-        };
-        let start = match &spec.start {
-            Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "start", d))?,
-            None => end - 3_600_000,
-        };
-        let step = match &spec.step {
-            Some(text) => time::parse_step(text).map_err(|d| bad("invalid_step", "step", d))?,
-            None => 60_000,
-        };
-        let aggregation = match &spec.aggregation {
-            Some(text) => {
-                serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
-                    bad(
-                        "invalid_aggregation",
-                        "aggregation",
-                        format!("{text:?} is not one of average, sum, min, max, count, last"),
-                    )
-                })?
-            }
-            None => metric
-                .spec
-                .aggregation
-                .unwrap_or(metric.spec.kind.default_aggregation()),
-        };
-        let bins = Bins::new(start, end, step).map_err(|d| bad("invalid_range", "start", d))?;
+        let default = metric
+            .spec
+            .aggregation
+            .unwrap_or(metric.spec.kind.default_aggregation());
+        let (bins, aggregation) = spec.range(default)?;
+        let (start, end, step) = (bins.start_ms, bins.end_ms, bins.step_ms);
         let answer = QueryAnswer {
             metric: name.to_owned(),
             aggregation,

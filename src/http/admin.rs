@@ -113,7 +113,8 @@ async fn landing_page(State(state): State<Arc<HttpState>>) -> Response {
          <li>Uptime: {uptime}</li>\n</ul>\n\
          <h2>Metrics with the most series</h2>\n\
          <table>\n<tr><th>metric</th><th>series</th></tr>\n{top}</table>\n\
-         <p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/-/healthy\">Health</a> \
+         <p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/charts\">Charts</a> \
+         &middot; <a href=\"/-/healthy\">Health</a> \
          &middot; <a href=\"/-/ready\">Readiness</a></p>\n</body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         series = state.registry.series_count(),

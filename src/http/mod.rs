@@ -11,6 +11,7 @@
 //!   neither a connection cap nor a header timeout;
 //! - `scrape`: `/metrics` — negotiation, the render slots, gzip;
 //! - `admin`: health, readiness, the landing page and the lifecycle endpoints;
+//! - `charts`: the charts page at `/charts` and its embedded assets;
 //! - [`api`]: the REST API under `/api`, Deeploy's under `/workspaces`, and Pushgateway's push
 //!   routes (`PUT`/`POST`/`DELETE /metrics/job/...`): problem documents, JSON and query
 //!   extractors with bounded bodies, the authentication hook, the routes.
@@ -42,6 +43,7 @@ use crate::telemetry::Telemetry;
 
 mod admin;
 pub mod api;
+mod charts;
 mod scrape;
 mod server;
 #[cfg(test)]
@@ -127,6 +129,7 @@ fn routes(state: &Arc<HttpState>) -> Router {
     let router = Router::new()
         .merge(scrape::routes(&state.options))
         .merge(admin::routes())
+        .merge(charts::routes())
         .fallback(not_found)
         // Only `/api` handlers read bodies; the limit is theirs.
         .layer(DefaultBodyLimit::max(api::DEFAULT_BODY_LIMIT))

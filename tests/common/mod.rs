@@ -770,6 +770,30 @@ pub fn http_request(
     http_send(addr, method, path, headers, b"")
 }
 
+/// One API call with a bearer token: the status and the JSON body (Null when there is none).
+pub fn api_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let response = http_send(addr, method, path, &headers, body.as_bytes());
+    let json = if response.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&response.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", response.text()))
+    };
+    (response.status, json)
+}
+
 /// `METHOD path` with `body` (and its `Content-Length` when not empty) over a fresh connection.
 pub fn http_send(
     addr: SocketAddr,

@@ -8,6 +8,7 @@
 //! - `auth.rs`: the `Authorization` header and the authentication hook.
 //!
 //! - `matih.rs`: the custom-metrics routes at the Matih seed's paths;
+//! - `charts.rs`: the charts page's catalogue of chartable metrics and Deeploy chart data;
 //! - `deeploy.rs`: Deeploy's custom-metrics routes, at the server root (`/workspaces/…`) where
 //!   its client calls them;
 //! - `pushgateway.rs`: Pushgateway's push routes (`/metrics/job/...`), outside `/api` but
@@ -16,6 +17,7 @@
 //! An unknown `/api` or `/workspaces` path answers a 404 problem document.
 
 mod auth;
+pub mod charts;
 pub mod deeploy;
 mod extract;
 pub mod inputs;
@@ -69,6 +71,7 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
         utoipa_axum::router::OpenApiRouter::with_openapi(openapi::Doc::openapi())
             .merge(matih::routes())
             .merge(inputs::routes())
+            .merge(charts::routes())
             .split_for_parts();
     let document = document.to_json().expect("the OpenAPI document serialises");
     router
