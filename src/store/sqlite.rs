@@ -139,7 +139,7 @@ pub struct SqliteEngine {
     connection: Connection,
     next_seq: i64,
     /// metric → labels → series id, for the series already written.
-    series: HashMap<i64, HashMap<Arc<str>, i64>>,
+    series: HashMap<i64, HashMap<Arc<str>, i64, ahash::RandomState>>,
     cached_series: usize,
 }
 
@@ -228,36 +228,40 @@ impl SqliteEngine {
                 Ok(Written::Removed(removed as u64))
             }
             Write::Points { metric, points } => {
+                // Series ids first (their cache needs `&mut self`), then one prepared statement
+                // for every row: looking it up in the statement cache per row cost more than
+                // binding it.
+                let mut series = Vec::with_capacity(points.len());
                 for point in points {
-                    let series = self.series_id(*metric, &point.labels)?;
+                    series.push(self.series_id(*metric, &point.labels)?);
+                }
+                let mut insert = self.connection.prepare_cached(
+                    "INSERT INTO points (metric, bucket, series, ts, seq, value)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for (point, series) in points.iter().zip(series) {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    self.connection
-                        .prepare_cached(
-                            "INSERT INTO points (metric, bucket, series, ts, seq, value)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )?
-                        .execute(params![
-                            metric,
-                            bucket_of(point.ts_ms),
-                            series,
-                            point.ts_ms,
-                            seq,
-                            point.value
-                        ])?;
+                    insert.execute(params![
+                        metric,
+                        bucket_of(point.ts_ms),
+                        series,
+                        point.ts_ms,
+                        seq,
+                        point.value
+                    ])?;
                 }
                 Ok(Written::Done)
             }
             Write::DataPoints { metric, points } => {
+                let mut insert = self.connection.prepare_cached(
+                    "INSERT INTO data_points (metric, seq, x, y, prediction_ids)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
                 for point in points {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    self.connection
-                        .prepare_cached(
-                            "INSERT INTO data_points (metric, seq, x, y, prediction_ids)
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![metric, seq, point.x, point.y, point.prediction_ids])?;
+                    insert.execute(params![metric, seq, point.x, point.y, point.prediction_ids])?;
                 }
                 Ok(Written::Done)
             }
