@@ -345,15 +345,19 @@ impl CustomMetrics {
 
     /// One of the tenant's definitions (or the file's), or 404.
     pub fn get(&self, tenant: &str, name: &str) -> Result<Arc<CustomMetric>, Problem> {
+        self.find(tenant, name).ok_or_else(|| not_found(name))
+    }
+
+    /// [`CustomMetrics::get`] for callers to whom absence is no error (no problem to build).
+    fn find(&self, tenant: &str, name: &str) -> Option<Arc<CustomMetric>> {
         if let Some(metric) = self.file_metric(tenant, name) {
-            return Ok(metric);
+            return Some(metric);
         }
         self.catalog
             .read()
             .get(&(tenant.to_owned(), name.to_owned()))
             .filter(|m| !m.read_only)
             .cloned()
-            .ok_or_else(|| not_found(name))
     }
 
     /// Defines a metric for `tenant`. Answers the definition and the naming lint's findings.
@@ -881,13 +885,11 @@ impl CustomMetrics {
     /// The label names the tenant's definition of family `family` (of `kind`) declares, if it
     /// has one with a schema: what API inputs that carry free-form tags fold theirs into.
     pub fn declared_labels(&self, tenant: &str, family: &str, kind: Kind) -> Option<Vec<String>> {
-        let total = format!("{family}_total");
-        let names: &[&str] = if kind == Kind::Counter {
-            &[family, &total]
-        } else {
-            &[family]
+        let metric = match self.find(tenant, family) {
+            Some(metric) => metric,
+            None if kind == Kind::Counter => self.find(tenant, &format!("{family}_total"))?,
+            None => return None,
         };
-        let metric = names.iter().find_map(|name| self.get(tenant, name).ok())?;
         if metric.read_only {
             let definition = self.recorder.definitions().get(metric.family())?;
             return definition
