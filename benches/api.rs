@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    Check, Daemon, Load, Run, Sent, Setup, Table, Unit, env_or, load_average, machine, measure_udp,
-    median, percentile, pin_self, thousands,
+    Check, Daemon, Load, Run, Sent, Setup, Table, Unit, env_or, load_average, measure_udp, median,
+    percentile, pin_self, thousands,
 };
 use tallyd::custom::time::format_instant;
 
@@ -41,6 +41,9 @@ const DAY_MS: i64 = 86_400_000;
 
 const GROUPS: [&str; 5] = ["record", "seldon", "latency", "query", "udp"];
 
+/// What a group measures, added to the table.
+type Group = fn(&Settings, &mut Table);
+
 struct Settings {
     /// Pinning, priority and binaries (`API_DAEMON_CPU`, `API_NICE`, `API_TALLYD`, …).
     base: Setup,
@@ -48,6 +51,9 @@ struct Settings {
     /// Length of one flat-out run (`record`, `seldon`).
     seconds: f64,
     connections: usize,
+    /// Flat-out runs poll their connections from one thread that never sleeps (`API_CLIENT=spin`)
+    /// rather than block in a thread per connection (`block`).
+    spin: bool,
     batch: usize,
     /// Label sets of the recorded gauge.
     series: usize,
@@ -92,6 +98,11 @@ impl Settings {
             runs: env_or("API_RUNS", if quick { 1 } else { 3 }).max(1),
             seconds: env_or("API_SECONDS", if quick { 2.0 } else { 5.0 }),
             connections: env_or("API_CONNECTIONS", 4).max(1),
+            spin: match env_or("API_CLIENT", "spin".to_string()).as_str() {
+                "spin" => true,
+                "block" => false,
+                other => panic!("API_CLIENT={other:?}: spin or block"),
+            },
             batch: env_or("API_BATCH", 1000).max(1),
             series: env_or("API_SERIES", 100).max(1),
             latency_rate: env_or("API_LATENCY_RATE", 2000.0),
@@ -163,86 +174,121 @@ impl Client {
         Ok(stream)
     }
 
-    /// Sends `request` (a whole HTTP/1.1 request) and reads its response.
+    /// Sends `request` (a whole HTTP/1.1 request) and waits for its response.
     fn exchange(&mut self, request: &[u8]) -> Result<Answer, String> {
         let reused = self.stream.is_some();
-        match self.try_exchange(request) {
+        let attempt = |client: &mut Client| {
+            client.send(request)?;
+            client
+                .receive(true)
+                .map(|answer| answer.expect("a blocking read answers"))
+        };
+        match attempt(self) {
             // tallyd may close a kept-alive connection between requests (idle timeout): once,
             // on a fresh one.
             Err(Closed::Early(_)) if reused => {
                 self.stream = None;
-                self.try_exchange(request).map_err(Closed::into_message)
+                attempt(self).map_err(Closed::into_message)
             }
             other => other.map_err(Closed::into_message),
         }
     }
 
-    fn try_exchange(&mut self, request: &[u8]) -> Result<Answer, Closed> {
-        let mut stream = match self.stream.take() {
-            Some(stream) => stream,
-            None => self
+    /// Writes a whole request (connecting first if tallyd closed the connection).
+    fn send(&mut self, request: &[u8]) -> Result<(), Closed> {
+        if self.stream.is_none() {
+            let stream = self
                 .open()
-                .map_err(|e| Closed::Late(format!("connect: {e}")))?,
-        };
-        stream
-            .write_all(request)
-            .map_err(|e| Closed::Early(format!("write: {e}")))?;
-        self.buf.clear();
-        let head_end = loop {
-            if let Some(at) = memchr::memmem::find(&self.buf, b"\r\n\r\n") {
-                break at;
-            }
-            let read = read_more(&mut stream, &mut self.buf)
-                .map_err(|e| Closed::Late(format!("read: {e}")))?;
-            if read == 0 {
-                let what = "connection closed before a response".to_string();
-                return Err(if self.buf.is_empty() {
-                    Closed::Early(what)
-                } else {
-                    Closed::Late(what)
-                });
-            }
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end])
-            .map_err(|_| Closed::Late("response head is not UTF-8".into()))?;
-        let status: u16 = head
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| Closed::Late(format!("bad status line in {head:?}")))?;
-        let mut length = None;
-        let mut close = false;
-        for line in head.split("\r\n").skip(1) {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse::<usize>().ok();
-            } else if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close");
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(Closed::Late(format!(
-                    "a {value} response: this client reads Content-Length only"
-                )));
-            }
-        }
-        let length =
-            length.ok_or_else(|| Closed::Late(format!("no Content-Length in {head:?}")))?;
-        let body_start = head_end + 4;
-        while self.buf.len() < body_start + length {
-            let read = read_more(&mut stream, &mut self.buf)
-                .map_err(|e| Closed::Late(format!("read: {e}")))?;
-            if read == 0 {
-                return Err(Closed::Late("connection closed within a body".into()));
-            }
-        }
-        let body = self.buf[body_start..body_start + length].to_vec();
-        if !close {
+                .map_err(|e| Closed::Late(format!("connect: {e}")))?;
             self.stream = Some(stream);
         }
-        Ok(Answer { status, body })
+        let stream = self.stream.as_mut().expect("connected");
+        self.buf.clear();
+        stream.write_all(request).map_err(|e| {
+            self.stream = None;
+            Closed::Early(format!("write: {e}"))
+        })
     }
+
+    /// The response to the request sent: waiting for it, or, with `wait` false, `None` when
+    /// it has not (all) arrived yet.
+    fn receive(&mut self, wait: bool) -> Result<Option<Answer>, Closed> {
+        let result = self.receive_on(wait);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn receive_on(&mut self, wait: bool) -> Result<Option<Answer>, Closed> {
+        loop {
+            if let Some((answer, close)) = parse_response(&self.buf)? {
+                if close {
+                    self.stream = None;
+                }
+                return Ok(Some(answer));
+            }
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| Closed::Late("not connected".into()))?;
+            match read_more(stream, &mut self.buf, wait) {
+                Ok(0) => {
+                    let what = "connection closed before a whole response".to_string();
+                    return Err(if self.buf.is_empty() {
+                        Closed::Early(what)
+                    } else {
+                        Closed::Late(what)
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !wait => return Ok(None),
+                Err(e) => return Err(Closed::Late(format!("read: {e}"))),
+            }
+        }
+    }
+}
+
+/// A whole response at the start of `buf`, and whether tallyd closes the connection after it;
+/// `None` while it is incomplete.
+fn parse_response(buf: &[u8]) -> Result<Option<(Answer, bool)>, Closed> {
+    let Some(head_end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| Closed::Late("response head is not UTF-8".into()))?;
+    let status: u16 = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| Closed::Late(format!("bad status line in {head:?}")))?;
+    let mut length = None;
+    let mut close = false;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(Closed::Late(format!(
+                "a {value} response: this client reads Content-Length only"
+            )));
+        }
+    }
+    let length = length.ok_or_else(|| Closed::Late(format!("no Content-Length in {head:?}")))?;
+    let body = head_end + 4..head_end + 4 + length;
+    if buf.len() < body.end {
+        return Ok(None);
+    }
+    let answer = Answer {
+        status,
+        body: buf[body].to_vec(),
+    };
+    Ok(Some((answer, close)))
 }
 
 /// Why an exchange failed: before any byte of the answer (a kept-alive connection the server
@@ -260,9 +306,24 @@ impl Closed {
     }
 }
 
-fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+/// One read into `buf`; without `wait`, `WouldBlock` when nothing has arrived.
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, wait: bool) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
     let mut chunk = [0u8; 16 * 1024];
-    let n = stream.read(&mut chunk)?;
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+    // SAFETY: recv into a buffer we own, of its length, on a socket we own.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            chunk.as_mut_ptr().cast(),
+            chunk.len(),
+            flags,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = n as usize;
     buf.extend_from_slice(&chunk[..n]);
     Ok(n)
 }
@@ -315,6 +376,9 @@ struct Drive {
     /// Sent in turn, each connection starting at its own offset.
     requests: Arc<Vec<Vec<u8>>>,
     verdict: Verdict,
+    /// Without a rate: every connection on one thread that polls them without ever sleeping
+    /// (see [`spin`]), rather than a thread per connection blocked in `recv`.
+    spin: bool,
 }
 
 /// What the drive's connections did.
@@ -350,9 +414,11 @@ impl Drive {
     /// Connects every connection, then starts them all at once.
     fn start(self, addr: SocketAddr) -> Driving {
         let stop = Arc::new(AtomicBool::new(false));
-        let barrier = Arc::new(Barrier::new(self.connections + 1));
+        let spinning = self.spin && self.rate.is_none();
+        let threads_wanted = if spinning { 1 } else { self.connections };
+        let barrier = Arc::new(Barrier::new(threads_wanted + 1));
         let started = Arc::new(OnceLock::new());
-        let threads = (0..self.connections)
+        let threads = (0..threads_wanted)
             .map(|k| {
                 let (stop, barrier, started) = (
                     Arc::clone(&stop),
@@ -363,6 +429,12 @@ impl Drive {
                 let (rate, connections, verdict) = (self.rate, self.connections, self.verdict);
                 let length = self.length;
                 std::thread::spawn(move || {
+                    if spinning {
+                        let mut clients: Vec<Client> =
+                            (0..connections).map(|_| Client::connect(addr)).collect();
+                        barrier.wait();
+                        return spin(&mut clients, &requests, verdict, &stop);
+                    }
                     let mut client = Client::connect(addr);
                     // Sleeps end closer to their deadline (the default slack is 50 µs).
                     // SAFETY: prctl with an integer argument.
@@ -393,6 +465,56 @@ impl Drive {
             started: start,
         }
     }
+}
+
+/// Every connection on the calling thread, which never sleeps: each sends its next request as
+/// soon as its answer is in, and every connection is polled in turn without blocking.
+///
+/// Why: a client blocked in `recv` is woken by tallyd's `send`, and on loopback tallyd's CPU
+/// pays for that wake-up of a thread on the other CPU (in a VM, an interprocessor interrupt):
+/// with a blocked client per connection it was about half of tallyd's CPU per Seldon post. A
+/// client across the network costs tallyd no such thing; a polling client costs it nothing
+/// either (nobody sleeps on the socket), at the price of this thread's whole CPU.
+fn spin(
+    clients: &mut [Client],
+    requests: &[Vec<u8>],
+    verdict: Verdict,
+    stop: &AtomicBool,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let every = clients.len();
+    let mut next: Vec<usize> = (0..every).collect();
+    let mut sent_at = vec![Instant::now(); every];
+    let failed = |outcome: &mut Outcome, error: String| {
+        outcome.errors += 1;
+        outcome.first_error.get_or_insert(error);
+    };
+    for (k, client) in clients.iter_mut().enumerate() {
+        sent_at[k] = Instant::now();
+        if let Err(e) = client.send(&requests[next[k] % requests.len()]) {
+            failed(&mut outcome, e.into_message());
+        }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        for (k, client) in clients.iter_mut().enumerate() {
+            let answered = match client.receive(false) {
+                Ok(None) => continue,
+                Ok(Some(answer)) => verdict(&answer),
+                Err(e) => Err(e.into_message()),
+            };
+            outcome.latencies.push(sent_at[k].elapsed().as_secs_f64());
+            match answered {
+                Ok(()) => outcome.done += 1,
+                Err(e) => failed(&mut outcome, e),
+            }
+            next[k] += every;
+            sent_at[k] = Instant::now();
+            if let Err(e) = client.send(&requests[next[k] % requests.len()]) {
+                failed(&mut outcome, e.into_message());
+            }
+        }
+    }
+    outcome
 }
 
 /// An open-loop schedule: request `i` due at `start + i / rate`, none due at `end` or later.
@@ -671,8 +793,10 @@ fn file_system(path: &Path) -> String {
 
 /// The durability floor: `n` times, 4 KiB written over a preallocated file in `dir` (as SQLite
 /// reuses its WAL) and `fdatasync`ed: what one commit costs the disk at least, in milliseconds
-/// each.
-fn fsync_floor(dir: &Path, n: usize) -> Vec<f64> {
+/// each. With `busy`, a thread spins on this CPU meanwhile: in this VM a disk completion that
+/// finds its CPU idle waits for the next timer tick (4 ms at 250 Hz), one that finds it busy
+/// does not, so tallyd's commits are faster when its CPU has work.
+fn fsync_floor(dir: &Path, n: usize, busy: bool) -> Vec<f64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     const PAGES: u64 = 256;
@@ -683,6 +807,15 @@ fn fsync_floor(dir: &Path, n: usize) -> Vec<f64> {
         file.write_all(&page).expect("write");
     }
     file.sync_all().expect("fsync");
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinner = busy.then(|| {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    });
     let times = (0..n as u64)
         .map(|i| {
             file.write_all_at(&page, (i % PAGES) * 4096).expect("write");
@@ -693,6 +826,10 @@ fn fsync_floor(dir: &Path, n: usize) -> Vec<f64> {
             started.elapsed().as_secs_f64() * 1e3
         })
         .collect();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(spinner) = spinner {
+        spinner.join().expect("the spinner");
+    }
     drop(file);
     let _ = std::fs::remove_file(path);
     times
@@ -726,6 +863,7 @@ fn flat_out(
         length: None,
         requests: Arc::clone(requests),
         verdict,
+        spin: s.spin,
     };
     let cpu_before = api.cpu_seconds();
     let own_before = own_cpu_seconds();
@@ -751,6 +889,56 @@ impl FlatRun {
     }
 }
 
+/// The figures of flat-out runs, run by run.
+#[derive(Default)]
+struct FlatFigures {
+    /// Items (points, posts, requests) per second.
+    rate: Vec<f64>,
+    /// Items per tallyd CPU-second.
+    per_cpu: Vec<f64>,
+    tallyd_share: Vec<f64>,
+    client_share: Vec<f64>,
+    /// Request to answer, in ms.
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl FlatFigures {
+    /// Adds run `run` of `what`, whose requests carry `items` `unit` each, and prints it.
+    fn add(
+        &mut self,
+        table: &mut Table,
+        what: &str,
+        run: usize,
+        r: &FlatRun,
+        items: f64,
+        unit: &str,
+    ) {
+        let done = r.outcome.done as f64 * items;
+        let (rate, per_cpu) = (done / r.outcome.seconds, done / r.tallyd_cpu);
+        let (p50, p99) = (r.outcome.latency_ms(50.0), r.outcome.latency_ms(99.0));
+        eprintln!(
+            "api:   {what} run {}: {} requests ({} failed) in {:.2} s = {rate:.0} {unit}/s; tallyd \
+             CPU {:.2} s ({:.0} % of its core) = {per_cpu:.0} {unit}/CPU-s; client CPU {:.0} %; \
+             request to answer p50 {p50:.3} ms, p99 {p99:.3} ms",
+            run + 1,
+            r.outcome.done,
+            r.outcome.errors,
+            r.outcome.seconds,
+            r.tallyd_cpu,
+            r.share(r.tallyd_cpu),
+            r.share(r.client_cpu),
+        );
+        report_errors(table, what, &r.outcome);
+        self.rate.push(rate);
+        self.per_cpu.push(per_cpu);
+        self.tallyd_share.push(r.share(r.tallyd_cpu));
+        self.client_share.push(r.share(r.client_cpu));
+        self.p50.push(p50);
+        self.p99.push(p99);
+    }
+}
+
 /// Figure 1: points recorded per second, in batches, durable.
 fn record_group(s: &Settings, table: &mut Table) {
     eprintln!(
@@ -759,12 +947,7 @@ fn record_group(s: &Settings, table: &mut Table) {
     );
     let api = Api::start(s);
     api.register_gauge("bench_points", &["host", "model"]);
-    let mut points_per_s = Vec::new();
-    let mut per_cpu = Vec::new();
-    let mut tallyd_share = Vec::new();
-    let mut client_share = Vec::new();
-    let mut p50 = Vec::new();
-    let mut p99 = Vec::new();
+    let mut figures = FlatFigures::default();
     for run in 0..s.runs {
         let requests = Arc::new(fresh_batches(s, "bench_points"));
         if run == 0 {
@@ -773,30 +956,7 @@ fn record_group(s: &Settings, table: &mut Table) {
             eprintln!("api:   warm-up: {} requests", warm.outcome.done);
         }
         let r = flat_out(s, &api, &requests, recorded_ok, s.seconds);
-        let points = r.outcome.done as f64 * s.batch as f64;
-        eprintln!(
-            "api:   run {}: {} requests ({} failed) in {:.2} s = {:.0} points/s; tallyd CPU {:.2} s \
-             ({:.0} % of its core) = {:.0} points/CPU-s; client CPU {:.0} %; batch latency p50 \
-             {:.1} ms, p99 {:.1} ms",
-            run + 1,
-            r.outcome.done,
-            r.outcome.errors,
-            r.outcome.seconds,
-            points / r.outcome.seconds,
-            r.tallyd_cpu,
-            r.share(r.tallyd_cpu),
-            points / r.tallyd_cpu,
-            r.share(r.client_cpu),
-            r.outcome.latency_ms(50.0),
-            r.outcome.latency_ms(99.0),
-        );
-        report_errors(table, "record", &r.outcome);
-        points_per_s.push(points / r.outcome.seconds);
-        per_cpu.push(points / r.tallyd_cpu);
-        tallyd_share.push(r.share(r.tallyd_cpu));
-        client_share.push(r.share(r.client_cpu));
-        p50.push(r.outcome.latency_ms(50.0));
-        p99.push(r.outcome.latency_ms(99.0));
+        figures.add(table, "record", run, &r, s.batch as f64, "points");
     }
     api.stop();
     let label = format!(
@@ -808,42 +968,42 @@ fn record_group(s: &Settings, table: &mut Table) {
     table.add(
         &format!("points recorded per second, durable, {label}"),
         Unit::Rate,
-        points_per_s,
+        figures.rate,
         "≥ 200,000/s",
         Check::AtLeast(200_000.0),
     );
     table.add(
         &format!("points recorded per tallyd CPU-second, {label}"),
         Unit::Count,
-        per_cpu,
+        figures.per_cpu,
         "",
         Check::None,
     );
     table.add(
         "tallyd CPU while recording (share of its one core)",
         Unit::Share,
-        tallyd_share,
+        figures.tallyd_share,
         "",
         Check::None,
     );
     table.add(
         "client CPU while recording (share of CPU 1)",
         Unit::Share,
-        client_share,
+        figures.client_share,
         "",
         Check::None,
     );
     table.add(
         "one batch, request to answer, p50",
         Unit::FineMillis,
-        p50,
+        figures.p50,
         "",
         Check::None,
     );
     table.add(
         "one batch, request to answer, p99",
         Unit::FineMillis,
-        p99,
+        figures.p99,
         "",
         Check::None,
     );
@@ -859,69 +1019,31 @@ fn seldon_group(s: &Settings, table: &mut Table) {
     let requests = Arc::new(seldon_posts(64));
     let warm = flat_out(s, &api, &requests, seldon_ok, 1.0);
     eprintln!("api:   warm-up: {} posts", warm.outcome.done);
-    let mut posts_per_s = Vec::new();
-    let mut per_cpu = Vec::new();
-    let mut tallyd_share = Vec::new();
-    let mut client_share = Vec::new();
-    let mut p50 = Vec::new();
+    let mut figures = FlatFigures::default();
     for run in 0..s.runs {
         let r = flat_out(s, &api, &requests, seldon_ok, s.seconds);
-        let posts = r.outcome.done as f64;
-        eprintln!(
-            "api:   run {}: {} posts ({} failed) in {:.2} s = {:.0} posts/s; tallyd CPU {:.2} s \
-             ({:.0} % of its core) = {:.0} posts/CPU-s; client CPU {:.0} %; p50 {:.3} ms, p99 \
-             {:.3} ms",
-            run + 1,
-            r.outcome.done,
-            r.outcome.errors,
-            r.outcome.seconds,
-            posts / r.outcome.seconds,
-            r.tallyd_cpu,
-            r.share(r.tallyd_cpu),
-            posts / r.tallyd_cpu,
-            r.share(r.client_cpu),
-            r.outcome.latency_ms(50.0),
-            r.outcome.latency_ms(99.0),
-        );
-        report_errors(table, "seldon", &r.outcome);
-        posts_per_s.push(posts / r.outcome.seconds);
-        per_cpu.push(posts / r.tallyd_cpu);
-        tallyd_share.push(r.share(r.tallyd_cpu));
-        client_share.push(r.share(r.client_cpu));
-        p50.push(r.outcome.latency_ms(50.0));
+        figures.add(table, "seldon", run, &r, 1.0, "posts");
     }
     // The transport alone: the cheapest route, flat out, the same connections.
     let healthy = Arc::new(vec![request("GET", "/-/healthy", "")]);
-    let mut floor = Vec::new();
+    let mut floor = FlatFigures::default();
     for run in 0..s.runs {
         let r = flat_out(s, &api, &healthy, status_ok, s.seconds);
-        let per_cpu = r.outcome.done as f64 / r.tallyd_cpu;
-        eprintln!(
-            "api:   HTTP floor run {}: GET /-/healthy {} requests ({} failed) = {:.0}/s, {:.0} \
-             per tallyd CPU-second ({:.0} % of its core)",
-            run + 1,
-            r.outcome.done,
-            r.outcome.errors,
-            r.outcome.rate(),
-            per_cpu,
-            r.share(r.tallyd_cpu),
-        );
-        report_errors(table, "HTTP floor", &r.outcome);
-        floor.push(per_cpu);
+        floor.add(table, "HTTP floor", run, &r, 1.0, "requests");
     }
     api.stop();
     let label = format!("3 metrics each, {} keep-alive connections", s.connections);
     table.add(
         &format!("Seldon posts per second, {label}"),
         Unit::Rate,
-        posts_per_s,
+        figures.rate,
         "≥ 30,000/s",
         Check::AtLeast(30_000.0),
     );
     table.add(
         &format!("Seldon posts per tallyd CPU-second, {label}"),
         Unit::Count,
-        per_cpu,
+        figures.per_cpu,
         "",
         Check::None,
     );
@@ -931,28 +1053,28 @@ fn seldon_group(s: &Settings, table: &mut Table) {
             s.connections
         ),
         Unit::Count,
-        floor,
+        floor.per_cpu,
         "",
         Check::None,
     );
     table.add(
         "tallyd CPU while taking Seldon posts (share of its one core)",
         Unit::Share,
-        tallyd_share,
+        figures.tallyd_share,
         "",
         Check::None,
     );
     table.add(
         "client CPU while posting (share of CPU 1)",
         Unit::Share,
-        client_share,
+        figures.client_share,
         "",
         Check::None,
     );
     table.add(
         "one Seldon post, request to answer, p50",
         Unit::FineMillis,
-        p50,
+        figures.p50,
         "",
         Check::None,
     );
@@ -973,21 +1095,28 @@ fn latency_group(s: &Settings, table: &mut Table) {
     api.register_gauge("bench_latency", &["host", "model"]);
     let (mut p50, mut p99, mut max, mut achieved, mut share) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut floor50, mut floor99) = (Vec::new(), Vec::new());
+    let (mut idle50, mut idle99, mut busy50, mut busy99) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..s.runs {
-        let floor = fsync_floor(api.dir(), 200);
-        let (f50, f99) = (
-            percentile(&floor, 50.0).unwrap_or(f64::NAN),
-            percentile(&floor, 99.0).unwrap_or(f64::NAN),
-        );
-        eprintln!(
-            "api:   run {}: fsync floor (4 KiB overwrite + fdatasync, 200 times): p50 {f50:.3} ms, \
-             p99 {f99:.3} ms, max {:.3} ms",
-            run + 1,
-            percentile(&floor, 100.0).unwrap_or(f64::NAN),
-        );
-        floor50.push(f50);
-        floor99.push(f99);
+        for (busy, p50s, p99s) in [
+            (false, &mut idle50, &mut idle99),
+            (true, &mut busy50, &mut busy99),
+        ] {
+            let floor = fsync_floor(api.dir(), 200, busy);
+            let (f50, f99) = (
+                percentile(&floor, 50.0).unwrap_or(f64::NAN),
+                percentile(&floor, 99.0).unwrap_or(f64::NAN),
+            );
+            eprintln!(
+                "api:   run {}: fsync floor, CPU {} (4 KiB overwrite + fdatasync, 200 times): \
+                 p50 {f50:.3} ms, p99 {f99:.3} ms, max {:.3} ms",
+                run + 1,
+                if busy { "kept busy" } else { "otherwise idle" },
+                percentile(&floor, 100.0).unwrap_or(f64::NAN),
+            );
+            p50s.push(f50);
+            p99s.push(f99);
+        }
         let requests = Arc::new(point_batches(
             "bench_latency",
             Points {
@@ -1004,6 +1133,7 @@ fn latency_group(s: &Settings, table: &mut Table) {
             length: Some(Duration::from_secs_f64(s.latency_seconds)),
             requests,
             verdict: recorded_ok,
+            spin: false,
         };
         let cpu_before = api.cpu_seconds();
         let outcome = drive.start(api.http).finish();
@@ -1039,20 +1169,6 @@ fn latency_group(s: &Settings, table: &mut Table) {
         Check::AtMost(2.0),
     );
     table.add(
-        "fsync floor on the store's disk: 4 KiB overwrite + fdatasync, p50",
-        Unit::FineMillis,
-        floor50,
-        "",
-        Check::None,
-    );
-    table.add(
-        "fsync floor, p99",
-        Unit::FineMillis,
-        floor99,
-        "",
-        Check::None,
-    );
-    table.add(
         "single-point record latency p50, same",
         Unit::FineMillis,
         p50,
@@ -1080,6 +1196,25 @@ fn latency_group(s: &Settings, table: &mut Table) {
         "",
         Check::None,
     );
+    for (label, p50s, p99s) in [
+        ("CPU otherwise idle", idle50, idle99),
+        ("CPU kept busy", busy50, busy99),
+    ] {
+        table.add(
+            &format!("fsync floor on the store's disk, {label}: 4 KiB overwrite + fdatasync, p50"),
+            Unit::FineMillis,
+            p50s,
+            "",
+            Check::None,
+        );
+        table.add(
+            &format!("fsync floor, {label}, p99"),
+            Unit::FineMillis,
+            p99s,
+            "",
+            Check::None,
+        );
+    }
 }
 
 /// Figure 4: one series, `query_days` of 1-minute points, queried with a 1 h step.
@@ -1218,6 +1353,7 @@ fn udp_group(s: &Settings, table: &mut Table) {
                 length: None,
                 requests: Arc::clone(&batches),
                 verdict: recorded_ok,
+                spin: false,
             }
             .start(api.http);
             let seldon = Drive {
@@ -1226,6 +1362,7 @@ fn udp_group(s: &Settings, table: &mut Table) {
                 length: None,
                 requests: Arc::clone(&posts),
                 verdict: seldon_ok,
+                spin: false,
             }
             .start(api.http);
             // The API at its pace first, then the UDP load through it.
@@ -1342,36 +1479,25 @@ fn main() {
         s.groups
     );
     let mut table = Table::new("api");
-    if s.wants("record") {
-        record_group(&s, &mut table);
+    let groups: [(&str, Group); 5] = [
+        ("record", record_group),
+        ("seldon", seldon_group),
+        ("latency", latency_group),
+        ("query", query_group),
+        ("udp", udp_group),
+    ];
+    for (name, group) in groups {
+        if s.wants(name) {
+            group(&s, &mut table);
+        }
     }
-    if s.wants("seldon") {
-        seldon_group(&s, &mut table);
-    }
-    if s.wants("latency") {
-        latency_group(&s, &mut table);
-    }
-    if s.wants("query") {
-        query_group(&s, &mut table);
-    }
-    if s.wants("udp") {
-        udp_group(&s, &mut table);
-    }
-    let load_after = load_average();
-    println!();
-    println!(
-        "tallyd HTTP API benchmark — {}; store on {fs}; daemon pinned to CPU {}, client and \
-         loader to CPU {}, all at nice {}; medians of {} run(s); {:.0} s; load average {} \
-         before, {} after",
-        machine(),
-        s.base.daemon_cpu,
-        s.base.loader_cpu,
-        s.base.nice,
+    common::print_table(
+        "tallyd HTTP API benchmark",
+        &format!("store on {fs}; "),
+        &s.base,
         s.runs,
-        started.elapsed().as_secs_f64(),
-        load_before,
-        load_after,
+        started,
+        &load_before,
+        &table,
     );
-    println!();
-    print!("{}", table.render());
 }

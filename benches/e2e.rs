@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Check, Daemon, Load, Run, Scrape, Sent, Setup, Table, Unit, env_or, json_number, load_average,
-    machine, median, metric_sum, pin_self, proc_sleeps, run_tallyd, thousands,
+    median, metric_sum, pin_self, proc_sleeps, run_tallyd, thousands,
 };
 
 const MIX: &str = "c:40,g:20,ms:25,h:5,d:5,s:5";
@@ -45,6 +45,9 @@ struct Settings {
 }
 
 const GROUPS: [&str; 5] = ["cpu20", "cpu1", "flat", "sweep", "big"];
+
+/// What a group measures, added to the table.
+type Group = fn(&Settings, &mut Table);
 
 impl Settings {
     fn from_env() -> Settings {
@@ -886,34 +889,25 @@ fn main() {
         s.groups
     );
     let mut table = Table::new("e2e");
-    if s.wants("cpu20") {
-        cpu_group(&s, &mut table, 20);
+    let groups: [(&str, Group); 5] = [
+        ("cpu20", |s, table| cpu_group(s, table, 20)),
+        ("cpu1", |s, table| cpu_group(s, table, 1)),
+        ("flat", flat_group),
+        ("sweep", sweep_group),
+        ("big", big_group),
+    ];
+    for (name, group) in groups {
+        if s.wants(name) {
+            group(&s, &mut table);
+        }
     }
-    if s.wants("cpu1") {
-        cpu_group(&s, &mut table, 1);
-    }
-    if s.wants("flat") {
-        flat_group(&s, &mut table);
-    }
-    if s.wants("sweep") {
-        sweep_group(&s, &mut table);
-    }
-    if s.wants("big") {
-        big_group(&s, &mut table);
-    }
-    let load_after = load_average();
-    println!();
-    println!(
-        "tallyd end-to-end benchmark — {}; daemon pinned to CPU {}, loader to CPU {}, both at nice {}; medians of {} run(s); {:.0} s; load average {} before, {} after",
-        machine(),
-        s.base.daemon_cpu,
-        s.base.loader_cpu,
-        s.base.nice,
+    common::print_table(
+        "tallyd end-to-end benchmark",
+        "",
+        &s.base,
         s.runs,
-        started.elapsed().as_secs_f64(),
-        load_before,
-        load_after,
+        started,
+        &load_before,
+        &table,
     );
-    println!();
-    print!("{}", table.render());
 }

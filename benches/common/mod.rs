@@ -1029,6 +1029,33 @@ pub fn machine() -> String {
     )
 }
 
+/// Prints `table` on stdout under one line: `title` — the machine; `context` (may be empty);
+/// the pinning and priority; the runs; the time taken since `started`; the load average then
+/// and now (high means other work shared the CPUs).
+pub fn print_table(
+    title: &str,
+    context: &str,
+    setup: &Setup,
+    runs: usize,
+    started: Instant,
+    load_before: &str,
+    table: &Table,
+) {
+    println!();
+    println!(
+        "{title} — {}; {context}daemon pinned to CPU {}, loaders to CPU {}, all at nice {}; \
+         medians of {runs} run(s); {:.0} s; load average {load_before} before, {} after",
+        machine(),
+        setup.daemon_cpu,
+        setup.loader_cpu,
+        setup.nice,
+        started.elapsed().as_secs_f64(),
+        load_average(),
+    );
+    println!();
+    print!("{}", table.render());
+}
+
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
