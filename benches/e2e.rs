@@ -8,11 +8,13 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{
     Check, Daemon, Load, Run, Scrape, Sent, Setup, Table, Unit, env_or, json_number, load_average,
-    median, metric_sum, pin_self, proc_sleeps, run_tallyd, thousands,
+    median, metric_sum, pin_self, proc_sleeps, run_tallyd, run_tallyd_at, thousands,
 };
 
 const MIX: &str = "c:40,g:20,ms:25,h:5,d:5,s:5";
@@ -42,9 +44,20 @@ struct Settings {
     load_under_scrape: f64,
     hot_series: u64,
     groups: BTreeSet<&'static str>,
+    /// Another tallyd binary run beside ours in the UDP groups (`E2E_BASELINE`).
+    baseline: Option<PathBuf>,
+    shared_receivers: usize,
 }
 
-const GROUPS: [&str; 5] = ["cpu20", "cpu1", "flat", "sweep", "big"];
+const GROUPS: [&str; 7] = [
+    "cpu20",
+    "cpu1",
+    "flat",
+    "sweep",
+    "transports",
+    "shared",
+    "big",
+];
 
 /// What a group measures, added to the table.
 type Group = fn(&Settings, &mut Table);
@@ -62,11 +75,14 @@ impl Settings {
                         "cpu1" => &["cpu1"],
                         "flat" | "loss" => &["flat"],
                         "sweep" => &["sweep"],
+                        "transports" | "tcp" | "unix" => &["transports"],
+                        "shared" | "activation" => &["shared"],
                         "big" | "scrape" | "rss" | "memory" => &["big"],
                         "all" => &GROUPS,
                         other => panic!(
                             "E2E_ONLY: unknown group {other:?} (cpu20, cpu1, cpu, floor, flat, \
-                             sweep, big, scrape, rss, all)"
+                             sweep, transports, tcp, unix, shared, activation, big, scrape, rss, \
+                             all)"
                         ),
                     };
                     groups.extend(chosen.iter().copied());
@@ -92,6 +108,8 @@ impl Settings {
             load_under_scrape: env_or("E2E_SCRAPE_LOAD", 500_000.0),
             hot_series: env_or("E2E_HOT_SERIES", 50_000),
             groups,
+            baseline: std::env::var_os("E2E_BASELINE").map(PathBuf::from),
+            shared_receivers: env_or("E2E_SHARED_RECEIVERS", 2),
         }
     }
 
@@ -102,11 +120,29 @@ impl Settings {
 
 /// tallyd on free ports, with `E2E_CONFIG` as its config file when set.
 fn tallyd(s: &Settings) -> Daemon {
-    let args = match std::env::var_os("E2E_CONFIG") {
-        Some(config) => vec!["--config".into(), config],
-        None => Vec::new(),
-    };
-    Daemon::tallyd(&s.base, &args)
+    tallyd_with(s, &[])
+}
+
+/// tallyd on free ports with `E2E_CONFIG`, then `extra` arguments.
+fn tallyd_with(s: &Settings, extra: &[OsString]) -> Daemon {
+    Daemon::tallyd_with(&s.base, &s.base.tallyd, &tallyd_args(extra), "tallyd")
+}
+
+/// The `E2E_BASELINE` binary on free ports with `E2E_CONFIG`, when set.
+fn baseline(s: &Settings) -> Option<Daemon> {
+    s.baseline
+        .as_ref()
+        .map(|binary| Daemon::tallyd_with(&s.base, binary, &tallyd_args(&[]), "baseline"))
+}
+
+/// tallyd's arguments beyond its free ports: `--config E2E_CONFIG` if set, then `extra`.
+fn tallyd_args(extra: &[OsString]) -> Vec<OsString> {
+    let mut args = Vec::new();
+    if let Some(config) = std::env::var_os("E2E_CONFIG") {
+        args.extend(["--config".into(), config]);
+    }
+    args.extend_from_slice(extra);
+    args
 }
 
 /// The UDP load of the CPU, flat and sweep groups.
@@ -199,11 +235,13 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
     };
     eprintln!("e2e: == CPU per line: {label}");
     let daemon = tallyd(s);
+    let baseline = baseline(s);
     let mut load = cpu_load(s, lines_per_datagram);
     load.rate = Some(rate);
     load.sockets = sockets;
     let mut tallyd_runs = Vec::new();
     let mut floor_runs = Vec::new();
+    let mut baseline_runs = Vec::new();
     let mut expected_counters = 0u64;
     let mut all_loss_free = true;
     for run in 0..s.runs {
@@ -213,6 +251,12 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
         all_loss_free &= t.loss_free();
         tallyd_runs.push(t);
         floor_runs.push(run_floor(s, &load));
+        if let Some(baseline) = &baseline {
+            baseline_runs.push(run_tallyd(&s.base, baseline, &load));
+        }
+    }
+    if let Some(baseline) = baseline {
+        drop(baseline.stop());
     }
     // Counter totals: exact when nothing was lost.
     let final_scrape = daemon.scrape(None);
@@ -310,6 +354,9 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
         "",
         Check::None,
     );
+    if !baseline_runs.is_empty() {
+        add_baseline_rows(table, &label, &tallyd_runs, &baseline_runs);
+    }
 }
 
 /// Flat out, 1 line per datagram: does tallyd keep up with everything one sender core sends?
@@ -322,14 +369,29 @@ fn flat_group(s: &Settings, table: &mut Table) {
         };
         eprintln!("e2e: == loss: {label}");
         let daemon = tallyd(s);
+        let baseline = baseline(s);
         let mut load = cpu_load(s, 1);
         load.sockets = sockets;
         let mut runs = Vec::new();
+        let mut baseline_runs = Vec::new();
         for run in 0..s.runs {
             load.seed = 1 + run as u64;
             runs.push(run_tallyd(&s.base, &daemon, &load));
+            if let Some(baseline) = &baseline {
+                baseline_runs.push(run_tallyd(&s.base, baseline, &load));
+            }
         }
         drop(daemon.stop());
+        if let Some(baseline) = baseline {
+            drop(baseline.stop());
+            table.add(
+                &format!("baseline loss, {label}"),
+                Unit::Percent,
+                baseline_runs.iter().map(Run::loss_percent).collect(),
+                "",
+                Check::None,
+            );
+        }
         table.add(
             &format!("loss, {label}"),
             Unit::Percent,
@@ -347,6 +409,57 @@ fn flat_group(s: &Settings, table: &mut Table) {
     }
 }
 
+/// One search for the highest loss-free line rate at 20 lines per datagram.
+struct Sweep {
+    /// The highest rate found loss-free (the flat-out rate if nothing was lost even then).
+    rate: f64,
+    /// Whether nothing was lost flat out (the loader, not tallyd, was the limit).
+    loader_bound: bool,
+    flat_rate: f64,
+    flat_lines_per_cpu_second: f64,
+}
+
+/// Flat out for `E2E_SWEEP_SECONDS`, then (if that lost anything) a bisection between 0 and
+/// the flat-out rate, `E2E_SWEEP_STEPS` steps.
+fn sweep(s: &Settings, daemon: &Daemon, seed: u64) -> Sweep {
+    let mut load = cpu_load(s, 20);
+    load.duration = Some(s.sweep_seconds);
+    load.seed = seed;
+    // Flat out first: the most one sender core gives.
+    eprintln!("e2e:  sweep ({}): flat out", daemon.name);
+    let probe = run_tallyd(&s.base, daemon, &load);
+    let max = probe.sent.lines_per_s;
+    let mut sweep = Sweep {
+        rate: max,
+        loader_bound: probe.loss_free(),
+        flat_rate: max,
+        flat_lines_per_cpu_second: probe.lines_per_cpu_second(),
+    };
+    if sweep.loader_bound {
+        return sweep;
+    }
+    let (mut lo, mut hi) = (0.0f64, max);
+    for step in 0..s.sweep_steps {
+        let mid = if step == 0 {
+            max / 2.0
+        } else {
+            (lo + hi) / 2.0
+        };
+        load.line_rate = Some(mid);
+        eprintln!("e2e:  sweep ({}): {:.0} lines/s", daemon.name, mid);
+        let r = run_tallyd(&s.base, daemon, &load);
+        // The loader must have delivered the rate asked for, or the step says nothing.
+        let delivered = r.sent.lines_per_s >= 0.97 * mid;
+        if r.loss_free() && delivered {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    sweep.rate = lo;
+    sweep
+}
+
 /// Bisection for the highest loss-free line rate at 20 lines per datagram.
 fn sweep_group(s: &Settings, table: &mut Table) {
     let label = format!(
@@ -355,76 +468,269 @@ fn sweep_group(s: &Settings, table: &mut Table) {
         s.cpu_series / 1000
     );
     eprintln!("e2e: == loss-free sweep: {label}");
-    let mut results = Vec::new();
-    let mut flat_lps = Vec::new();
-    let mut flat_rate = Vec::new();
-    let mut loader_bound = 0;
+    let mut sweeps = Vec::new();
     for run in 0..s.runs {
         let daemon = tallyd(s);
-        let mut load = cpu_load(s, 20);
-        load.duration = Some(s.sweep_seconds);
-        load.seed = 100 + run as u64;
-        // Flat out first: the most one sender core gives.
-        eprintln!("e2e:  sweep {}: flat out", run + 1);
-        let probe = run_tallyd(&s.base, &daemon, &load);
-        let max = probe.sent.lines_per_s;
-        flat_lps.push(probe.lines_per_cpu_second());
-        flat_rate.push(max);
-        if probe.loss_free() {
-            loader_bound += 1;
-            results.push(max);
-            drop(daemon.stop());
-            continue;
-        }
-        let (mut lo, mut hi) = (0.0f64, max);
-        for step in 0..s.sweep_steps {
-            let mid = if step == 0 {
-                max / 2.0
-            } else {
-                (lo + hi) / 2.0
-            };
-            load.line_rate = Some(mid);
-            eprintln!("e2e:  sweep {}: {:.0} lines/s", run + 1, mid);
-            let r = run_tallyd(&s.base, &daemon, &load);
-            // The loader must have delivered the rate asked for, or the step says nothing.
-            let delivered = r.sent.lines_per_s >= 0.97 * mid;
-            if r.loss_free() && delivered {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        results.push(lo);
+        sweeps.push(sweep(s, &daemon, 100 + run as u64));
         drop(daemon.stop());
     }
+    add_sweep_rows(s, table, &label, "", &sweeps);
+}
+
+/// The rows of a set of sweeps; `mode` qualifies the label (empty for plain tallyd).
+fn add_sweep_rows(s: &Settings, table: &mut Table, label: &str, mode: &str, sweeps: &[Sweep]) {
+    let loader_bound = sweeps.iter().filter(|w| w.loader_bound).count();
     if loader_bound > 0 {
         table.note(format!(
-            "sweep: in {loader_bound} of {} runs tallyd lost nothing even flat out; the figure \
-             is then the loader's rate (a lower bound)",
+            "sweep{mode}: in {loader_bound} of {} runs tallyd lost nothing even flat out; the \
+             figure is then the loader's rate (a lower bound)",
             s.runs
         ));
     }
     table.add(
-        &format!("highest loss-free rate (lines/s), {label}"),
+        &format!("highest loss-free rate (lines/s), {label}{mode}"),
         Unit::Rate,
-        results,
+        sweeps.iter().map(|w| w.rate).collect(),
         "≥ 2,000,000/s",
         Check::AtLeast(2e6),
     );
     table.add(
-        &format!("loader's flat-out rate (lines/s), {label}"),
+        &format!("loader's flat-out rate (lines/s), {label}{mode}"),
         Unit::Rate,
-        flat_rate,
+        sweeps.iter().map(|w| w.flat_rate).collect(),
         "",
         Check::None,
     );
     table.add(
-        &format!("tallyd lines per CPU-second at that flat-out rate, {label}"),
+        &format!("tallyd lines per CPU-second at that flat-out rate, {label}{mode}"),
         Unit::Count,
-        flat_lps,
+        sweeps.iter().map(|w| w.flat_lines_per_cpu_second).collect(),
         "",
         Check::None,
     );
+}
+
+/// Rows comparing `E2E_BASELINE` with tallyd, run by run under the same load.
+fn add_baseline_rows(table: &mut Table, label: &str, tallyd: &[Run], baseline: &[Run]) {
+    table.add(
+        &format!("baseline lines per CPU-second, {label}"),
+        Unit::Count,
+        baseline.iter().map(Run::lines_per_cpu_second).collect(),
+        "",
+        Check::None,
+    );
+    table.add(
+        &format!("tallyd CPU per line ÷ baseline, {label}"),
+        Unit::Times,
+        tallyd
+            .iter()
+            .zip(baseline)
+            .map(|(t, b)| t.micros_per_line() / b.micros_per_line())
+            .collect(),
+        "",
+        Check::None,
+    );
+    table.add(
+        &format!("baseline loss, {label}"),
+        Unit::Percent,
+        baseline.iter().map(Run::loss_percent).collect(),
+        "",
+        Check::None,
+    );
+}
+
+/// UDP, TCP and Unix datagrams into one tallyd, the same lines at the same rate, interleaved:
+/// what each transport costs per line, and what it loses.
+fn transports_group(s: &Settings, table: &mut Table) {
+    let socket = std::env::temp_dir().join(format!("tallyd-e2e-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let daemon = tallyd_with(
+        s,
+        &[
+            "--tcp-listen".into(),
+            "127.0.0.1:0".into(),
+            "--unix-listen".into(),
+            socket.clone().into(),
+        ],
+    );
+    let targets = [
+        ("UDP", daemon.udp.to_string()),
+        (
+            "TCP",
+            format!("tcp:{}", daemon.tcp.expect("a TCP listener")),
+        ),
+        (
+            "Unix datagrams",
+            format!(
+                "unix:{}",
+                daemon.unix.as_ref().expect("a Unix socket").display()
+            ),
+        ),
+    ];
+    let rated = format!(
+        "20 lines per datagram (or write), {} tags, {}k series, {}M lines/s",
+        s.tags,
+        s.cpu_series / 1000,
+        s.rate20 * 20.0 / 1e6
+    );
+    let flat = format!(
+        "20 lines per datagram (or write), {} tags, {}k series, flat out",
+        s.tags,
+        s.cpu_series / 1000
+    );
+    eprintln!("e2e: == transports: {rated}; then {flat}");
+    let mut at_rate: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut flat_out: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    for run in 0..s.runs {
+        for (i, (_, target)) in targets.iter().enumerate() {
+            let mut load = cpu_load(s, 20);
+            load.seed = 1 + run as u64;
+            load.rate = Some(s.rate20);
+            at_rate[i].push(run_tallyd_at(&s.base, &daemon, &load, target));
+            load.rate = None;
+            flat_out[i].push(run_tallyd_at(&s.base, &daemon, &load, target));
+        }
+    }
+    drop(daemon.stop());
+    let _ = std::fs::remove_file(&socket);
+    for ((transport, _), runs) in targets.iter().zip(&at_rate) {
+        table.add(
+            &format!("lines per CPU-second, {transport}, {rated}"),
+            Unit::Count,
+            runs.iter().map(Run::lines_per_cpu_second).collect(),
+            "",
+            Check::None,
+        );
+        table.add(
+            &format!("loss, {transport}, {rated}"),
+            Unit::Percent,
+            runs.iter().map(Run::loss_percent).collect(),
+            "0 %",
+            Check::AtMost(0.0),
+        );
+    }
+    for ((transport, _), runs) in targets.iter().zip(&flat_out) {
+        table.add(
+            &format!("lines per CPU-second, {transport}, {flat}"),
+            Unit::Count,
+            runs.iter().map(Run::lines_per_cpu_second).collect(),
+            "",
+            Check::None,
+        );
+        table.add(
+            &format!("send rate achieved (lines/s), {transport}, {flat}"),
+            Unit::Rate,
+            runs.iter().map(|r| r.sent.lines_per_s).collect(),
+            "",
+            Check::None,
+        );
+        table.add(
+            &format!("loss, {transport}, {flat}"),
+            Unit::Percent,
+            runs.iter().map(Run::loss_percent).collect(),
+            "",
+            Check::None,
+        );
+    }
+    table.note(
+        "transports: a TCP stream and a blocking Unix datagram socket slow the sender down \
+         instead of dropping, so their flat-out loss is 0 by construction; their send rate is \
+         what tallyd kept up with"
+            .into(),
+    );
+}
+
+/// A UDP reuse-port group against the same number of receive threads sharing one socket
+/// passed by systemd (`systemd-socket-activate`), same loads, interleaved.
+fn shared_group(s: &Settings, table: &mut Table) {
+    let n = s.shared_receivers;
+    let config = std::env::temp_dir().join(format!("tallyd-e2e-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("[udp]\nreceivers = {n}\n")).expect("write a config");
+    let modes = [
+        (
+            format!("reuse-port group of {n} sockets"),
+            Daemon::tallyd_with(
+                &s.base,
+                &s.base.tallyd,
+                &tallyd_args(&["--config".into(), config.clone().into()]),
+                "reuse-port",
+            ),
+        ),
+        (
+            format!("{n} threads on one passed socket"),
+            Daemon::activated(&s.base, &config),
+        ),
+    ];
+    let rated20 = format!(
+        "20 lines/datagram, {}M lines/s, {n} receive threads on CPU {}",
+        s.rate20 * 20.0 / 1e6,
+        s.base.daemon_cpu
+    );
+    let rated1 = format!(
+        "1 line/datagram, {} sockets, {}k datagrams/s, {n} receive threads on CPU {}",
+        s.sockets1,
+        s.rate1 / 1000.0,
+        s.base.daemon_cpu
+    );
+    eprintln!("e2e: == shared socket vs reuse-port group: {rated20}; {rated1}; sweep");
+    let mut runs20: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
+    let mut runs1: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
+    let mut sweeps: Vec<Vec<Sweep>> = vec![Vec::new(), Vec::new()];
+    for run in 0..s.runs {
+        for (i, (_, daemon)) in modes.iter().enumerate() {
+            let mut load = cpu_load(s, 20);
+            load.seed = 1 + run as u64;
+            load.rate = Some(s.rate20);
+            runs20[i].push(run_tallyd(&s.base, daemon, &load));
+            let mut load = cpu_load(s, 1);
+            load.seed = 1 + run as u64;
+            load.rate = Some(s.rate1);
+            load.sockets = s.sockets1;
+            runs1[i].push(run_tallyd(&s.base, daemon, &load));
+            sweeps[i].push(sweep(s, daemon, 100 + run as u64));
+        }
+    }
+    let names: Vec<String> = modes.iter().map(|(name, _)| name.clone()).collect();
+    for (_, daemon) in modes {
+        drop(daemon.stop());
+    }
+    let _ = std::fs::remove_file(&config);
+    for (label, runs) in [(&rated20, &runs20), (&rated1, &runs1)] {
+        for (name, runs) in names.iter().zip(runs) {
+            table.add(
+                &format!("lines per CPU-second, {name}, {label}"),
+                Unit::Count,
+                runs.iter().map(Run::lines_per_cpu_second).collect(),
+                "",
+                Check::None,
+            );
+            table.add(
+                &format!("loss, {name}, {label}"),
+                Unit::Percent,
+                runs.iter().map(Run::loss_percent).collect(),
+                "0 %",
+                Check::AtMost(0.0),
+            );
+        }
+        table.add(
+            &format!("CPU per line, shared socket ÷ reuse-port group, {label}"),
+            Unit::Times,
+            runs[1]
+                .iter()
+                .zip(&runs[0])
+                .map(|(shared, group)| shared.micros_per_line() / group.micros_per_line())
+                .collect(),
+            "",
+            Check::None,
+        );
+    }
+    let label = format!(
+        "20 lines/datagram, {n} receive threads on CPU {}",
+        s.base.daemon_cpu
+    );
+    for (name, sweeps) in names.iter().zip(&sweeps) {
+        add_sweep_rows(s, table, &label, &format!(", {name}"), sweeps);
+    }
 }
 
 /// Series per metric name in the big registries: 20 names, so 1M series are 50k per name, under
@@ -889,11 +1195,13 @@ fn main() {
         s.groups
     );
     let mut table = Table::new("e2e");
-    let groups: [(&str, Group); 5] = [
+    let groups: [(&str, Group); 7] = [
         ("cpu20", |s, table| cpu_group(s, table, 20)),
         ("cpu1", |s, table| cpu_group(s, table, 1)),
         ("flat", flat_group),
         ("sweep", sweep_group),
+        ("transports", transports_group),
+        ("shared", shared_group),
         ("big", big_group),
     ];
     for (name, group) in groups {

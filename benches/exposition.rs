@@ -1,6 +1,6 @@
 //! Exposition cost: ns per series rendering 100k counter series with two labels, through our
-//! own writer (classic text and OpenMetrics) and, for comparison in the same run, through
-//! `prometheus-client`'s `Collector` and OpenMetrics encoder over the same registry.
+//! own writers (classic text, OpenMetrics and protobuf) and, for comparison in the same run,
+//! through `prometheus-client`'s `Collector` and OpenMetrics encoder over the same registry.
 //!
 //! Differences to keep in mind when reading the figures: our OpenMetrics output writes a
 //! `_created` line per counter series (two lines per series; `prometheus-client`'s counters
@@ -118,6 +118,7 @@ fn exposition(c: &mut Criterion) {
     for (name, format) in [
         ("tallyd_text", Format::Text),
         ("tallyd_openmetrics", Format::OpenMetrics),
+        ("tallyd_protobuf", Format::Protobuf),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {

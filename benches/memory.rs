@@ -40,10 +40,12 @@ static ALLOCATOR: Counting = Counting;
 
 const SERIES: usize = 200_000;
 
-fn measure(statsd_type: &str, value: &str) -> (f64, f64) {
+/// `native_bucket_factor`: 0 for histograms without native buckets (the default).
+fn measure(statsd_type: &str, value: &str, native_bucket_factor: f64) -> (f64, f64) {
     let registry = Arc::new(Registry::new(RegistrySettings {
         max_series: usize::MAX,
         max_series_per_metric: usize::MAX,
+        native_bucket_factor,
         ..RegistrySettings::default()
     }));
     let stats = Arc::new(ReceiverStats::new("bench"));
@@ -82,13 +84,25 @@ fn main() {
     }
     println!("| type | heap bytes per series | without the ingest cache |");
     println!("|---|---|---|");
-    for (name, statsd_type, value) in [
-        ("counter", "c", "1"),
-        ("gauge", "g", "1"),
-        ("histogram (11 buckets)", "h", "0.3"),
-        ("set (1 member)", "s", "alice"),
+    for (name, statsd_type, value, native) in [
+        ("counter", "c", "1", 0.0),
+        ("gauge", "g", "1", 0.0),
+        ("histogram (11 buckets)", "h", "0.3", 0.0),
+        (
+            "histogram with native buckets (1 populated)",
+            "h",
+            "0.3",
+            1.1,
+        ),
+        (
+            "histogram with native buckets (8 populated)",
+            "h",
+            "0.3:0.5:0.9:1.7:3.3:6.1:12:25",
+            1.1,
+        ),
+        ("set (1 member)", "s", "alice", 0.0),
     ] {
-        let (with_cache, without_cache) = measure(statsd_type, value);
+        let (with_cache, without_cache) = measure(statsd_type, value, native);
         println!("| {name} | {with_cache:.0} | {without_cache:.0} |");
     }
     println!(

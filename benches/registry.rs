@@ -59,6 +59,47 @@ fn registry_update(c: &mut Criterion) {
         })
     });
 
+    // The same observation with native buckets on (factor 1.1, schema 3), and both kinds over
+    // latencies spread across three decades (each lands in a different native bucket, as real
+    // ones do), so the price of native buckets per observation reads off the difference.
+    let native_registry = Registry::new(RegistrySettings {
+        native_bucket_factor: 1.1,
+        ..registry.settings().clone()
+    });
+    let native = native_registry.resolve(&buf).unwrap();
+    group.bench_function("histogram_observe_existing_handle_native", |b| {
+        b.iter(|| {
+            native.apply(
+                black_box(Update::Observe {
+                    value: 0.042,
+                    weight: 1,
+                }),
+                native_registry.settings(),
+            )
+        })
+    });
+    let spread: Vec<f64> = (0..256).map(|i| 0.001 * 1.027f64.powi(i)).collect();
+    for (name, series, settings) in [
+        (
+            "histogram_observe_spread_values",
+            &histogram,
+            registry.settings(),
+        ),
+        (
+            "histogram_observe_spread_values_native",
+            &native,
+            native_registry.settings(),
+        ),
+    ] {
+        let mut next = spread.iter().cycle();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let value = *next.next().unwrap();
+                series.apply(black_box(Update::Observe { value, weight: 1 }), settings)
+            })
+        });
+    }
+
     let mut n = 0u64;
     group.bench_function("resolve_new_series", |b| {
         b.iter_batched(

@@ -3,8 +3,9 @@
 //! reloads. Subcommands (`import-mapping`) and `--check-config` do their job and exit.
 //!
 //! Everything that can fail for an operator's reason (a bad file, a port in use) fails before
-//! anything starts, with a message naming the culprit: exit code 2 for configuration, 1 for the
-//! rest. Readiness (`/-/ready`, systemd's `READY=1`) is announced once every listener is bound.
+//! anything starts, with a message naming the culprit: exit code 2 for configuration (and for
+//! sockets systemd passed that the configuration does not match), 1 for the rest. Readiness
+//! (`/-/ready`, systemd's `READY=1`) is announced once every listener is bound.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Cli, Command, Settings, TokenCommand};
 use crate::http::Lifecycle;
+use crate::listen::{OpenError, Passed};
 use crate::runtime::{self, Control, Listeners};
 
 /// How long the process waits for work still on the async runtime (a render in flight).
@@ -73,14 +75,62 @@ pub fn run(cli: Cli) -> ExitCode {
     for notice in &settings.deprecations {
         tracing::warn!("{notice}");
     }
-    match serve(cli, settings, log) {
+    raise_open_files_limit();
+    // SAFETY: no other thread runs yet (the async runtime starts in `serve`), and nothing else
+    // in the process owns the descriptors systemd passed.
+    let passed = match unsafe { Passed::from_env() } {
+        Ok(passed) => passed,
+        Err(e) => return failed(&e.to_string(), 2),
+    };
+    match serve(cli, settings, log, passed) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!("{message}");
-            eprintln!("tallyd: {message}");
-            ExitCode::from(1)
+        Err(Failed::Activation(message)) => failed(&message, 2),
+        Err(Failed::Other(message)) => failed(&message, 1),
+    }
+}
+
+/// Why `serve` stopped tallyd from starting or running.
+enum Failed {
+    /// The sockets systemd passed do not match the listen addresses (exit code 2).
+    Activation(String),
+    /// Anything else (exit code 1).
+    Other(String),
+}
+
+impl From<String> for Failed {
+    fn from(message: String) -> Self {
+        Failed::Other(message)
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as daemons that hold many connections
+/// should (the soft limit, often 1024 outside systemd, is kept low for programs that `select`;
+/// tallyd does not). The TCP listeners fit their caps to whatever limit results.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(
+                    "raised the open-files limit from {soft} to {}",
+                    limit.rlim_max
+                );
+            }
         }
     }
+}
+
+fn failed(message: &str, code: u8) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("tallyd: {message}");
+    ExitCode::from(code)
 }
 
 /// `tallyd import-mapping FILE`: the converted config on stdout, warnings on stderr.
@@ -122,7 +172,7 @@ fn init_logging(level: &str) -> LogHandle {
     handle
 }
 
-fn serve(cli: Cli, settings: Settings, log: LogHandle) -> Result<(), String> {
+fn serve(cli: Cli, settings: Settings, log: LogHandle, passed: Passed) -> Result<(), Failed> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tallyd-http")
@@ -135,7 +185,10 @@ fn serve(cli: Cli, settings: Settings, log: LogHandle) -> Result<(), String> {
         let _in_runtime = runtime.enter();
         Signals::install()?
     };
-    let listeners = Listeners::bind(&settings)?;
+    let listeners = Listeners::open(&settings, passed).map_err(|e| match e {
+        OpenError::Activation(e) => Failed::Activation(e.to_string()),
+        OpenError::Io(e) => Failed::Other(e.to_string()),
+    })?;
     let shutdown = CancellationToken::new();
     let requests = mpsc::channel(8);
     let control = Control {
@@ -150,7 +203,7 @@ fn serve(cli: Cli, settings: Settings, log: LogHandle) -> Result<(), String> {
     let result = runtime.block_on(runtime::run(listeners, settings, control));
     // The runtime may still hold a blocking render; don't wait on it forever.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
-    result
+    Ok(result?)
 }
 
 /// The signals tallyd acts on.

@@ -9,6 +9,10 @@
 //! The cache maps raw bytes, so `a:1|c|#x:1,y:2` and `a:1|c|#y:2,x:1` are two entries for one
 //! series; that costs memory, never correctness. It is bounded: when full it is cleared, and
 //! the next lines repopulate it from the registry.
+//!
+//! With `[relay]` on, the ingester also feeds its thread's [`Tap`]: each datagram as received
+//! (raw mode), or each sample it recorded, re-encoded from the cached series' rendered name and
+//! tags (mapped mode).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +27,9 @@ use crate::protocol::{
     parse_datagram,
 };
 use crate::record::{Recorder, Refusal, SeriesHandle};
-use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
+use crate::registry::{Kind, NativeOptions, SeriesKeyBuf, SeriesOptions, Update};
+use crate::relay::mapped::MappedForm;
+use crate::relay::{Hub, LineForm, Tap};
 use crate::rules::{Match, ObserverType, RuleCache, RuleSet};
 use crate::summary::SummaryConfig;
 use crate::telemetry::ReceiverStats;
@@ -38,6 +44,8 @@ pub struct IngestOptions {
     pub cache_capacity: usize,
     /// The mapping rules in force; a reload swaps them for every receive thread.
     pub rules: Arc<SharedRules>,
+    /// The relay, when `[relay]` has targets: each ingester feeds a tap of its own.
+    pub relay: Option<Hub>,
 }
 
 /// The mapping rules in force, swappable while receive threads run. A thread checks the
@@ -85,6 +93,7 @@ impl Default for IngestOptions {
             container_id_label: true,
             cache_capacity: 100_000,
             rules: Arc::default(),
+            relay: None,
         }
     }
 }
@@ -114,6 +123,7 @@ pub struct Ingester {
     options: IngestOptions,
     counts: IngestCounts,
     cache: SeriesCache,
+    relay: Option<Tap>,
 }
 
 /// This thread's map from raw name+type+tags bytes to series, and the slow path behind it.
@@ -128,6 +138,8 @@ struct SeriesCache {
 struct Cached {
     handle: SeriesHandle,
     scale: f64,
+    /// Its name and tags for the relay's mapped mode (`None` in any other mode).
+    relay: Option<Box<MappedForm>>,
 }
 
 /// The slow path: mapping rules and sanitising, then the write seam. Buffers are reused.
@@ -144,6 +156,8 @@ struct Resolver {
     last_warning: Option<Instant>,
     /// The `tenant` label of API-ingested lines.
     tenant: Option<Box<str>>,
+    /// Render each new series' [`MappedForm`] (the relay is in mapped mode).
+    relay_mapped: bool,
 }
 
 impl Ingester {
@@ -162,14 +176,20 @@ impl Ingester {
                 series_key: SeriesKeyBuf::default(),
                 last_warning: None,
                 tenant: None,
+                relay_mapped: options
+                    .relay
+                    .as_ref()
+                    .is_some_and(|hub| hub.form() == LineForm::Mapped),
             },
         };
+        let relay = options.relay.as_ref().map(Hub::tap);
         Ingester {
             recorder,
             stats,
             options,
             counts: IngestCounts::default(),
             cache,
+            relay,
         }
     }
 
@@ -183,6 +203,11 @@ impl Ingester {
         }
         self.counts.packets += 1;
         self.counts.bytes += datagram.len() as u64;
+        if let Some(tap) = &mut self.relay
+            && tap.form() == LineForm::Raw
+        {
+            tap.raw(datagram);
+        }
         let options = self.options.parse;
         parse_datagram(datagram, &options, self);
     }
@@ -194,9 +219,12 @@ impl Ingester {
         self
     }
 
-    /// Adds the counts gathered since the last flush to the shared self-metrics, and returns
-    /// them.
+    /// Adds the counts gathered since the last flush to the shared self-metrics, gives the
+    /// relay its chance to take this thread's lines, and returns the counts.
     pub fn flush_stats(&mut self) -> IngestCounts {
+        if let Some(tap) = &mut self.relay {
+            tap.flush();
+        }
         let counts = std::mem::take(&mut self.counts);
         let add = |target: &std::sync::atomic::AtomicU64, n: u64| {
             if n > 0 {
@@ -322,6 +350,10 @@ impl Resolver {
                 ttl_secs: rule.ttl().map(|ttl| ttl.as_secs().max(1) as u32),
                 summary: summary
                     .then(|| Arc::new(SummaryConfig::with_quantiles(rule.quantiles.as_deref()))),
+                native: NativeOptions {
+                    bucket_factor: rule.native_histogram_bucket_factor,
+                    max_buckets: rule.native_histogram_max_buckets,
+                },
             };
             if summary {
                 kind = Kind::Summary;
@@ -330,7 +362,11 @@ impl Resolver {
         let scale = rule.and_then(|r| r.scale).unwrap_or(1.0);
         let resolved = recorder.series(&self.name, kind, labels, &options, &mut self.series_key);
         match resolved {
-            Ok(handle) => Ok(Cached { handle, scale }),
+            Ok(handle) => Ok(Cached {
+                relay: self.relay_mapped.then(|| MappedForm::of(handle.series())),
+                handle,
+                scale,
+            }),
             Err(refusal) => {
                 if matches!(refusal, Refusal::TypeConflict | Refusal::SeriesLimit) {
                     self.warn(sample, refusal);
@@ -412,7 +448,12 @@ impl SampleSink for Ingester {
                 if cached.handle.drops_labels() {
                     self.counts.refusals[Refusal::LabelNotInSchema as usize] += 1;
                 }
-                recorder.apply(&cached.handle, update.scaled(cached.scale))
+                recorder.apply(&cached.handle, update.scaled(cached.scale))?;
+                // Mapped relaying takes only what was recorded.
+                if let (Some(tap), Some(form)) = (&mut self.relay, &cached.relay) {
+                    tap.mapped(form, sample, cached.scale);
+                }
+                Ok(())
             });
         if let Err(refusal) = outcome {
             self.counts.refusals[refusal as usize] += 1;

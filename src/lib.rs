@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  listen (udp, tcp, unix)     → protocol → ingest (rules, naming) ─┐
-//!  (HTTP inputs next) ────────────────────────────────────────────────┼→ record ─→ registry
+//!  http::api (Matih, Deeploy, Seldon, StatsD lines) → custom ────────┼→ record ─→ registry
 //!                                                                     │  (write seam)   │
 //!  http (/metrics: exposition) ← read (read seam) ← registry, telemetry ────────────────┘
 //! ```
@@ -15,12 +15,18 @@
 //!   line shape; [`record`] is the write seam every input calls: label pairs and an update in,
 //!   definitions ([`definitions`]), reserved names, type conflicts and limits applied, a series
 //!   handle or a refusal out.
-//! - **Kept**: [`registry`] holds series in lock-sharded maps; [`summary`] keeps a summary's
-//!   windowed quantiles.
+//! - **Over HTTP**: `http::api` takes custom metrics (the Matih and Deeploy APIs), Seldon's
+//!   `meta.metrics` and StatsD lines; [`custom`] holds their rules (tenants, definitions,
+//!   records, queries), [`store`] keeps definitions and points durably (SQLite), [`tokens`]
+//!   decides who may call.
+//! - **Passed on**: [`relay`] forwards the lines received (raw, or as mapped) to upstream
+//!   StatsD servers over UDP, off the receive threads.
+//! - **Kept**: [`registry`] holds series in lock-sharded maps (`registry::native`: histograms'
+//!   native buckets); [`summary`] keeps a summary's windowed quantiles.
 //! - **Out**: [`read`] is the read seam (family metadata, label pairs, value views) over the
-//!   registry and [`telemetry`]'s own metrics; [`exposition`] writes it for a scrape and
-//!   [`http`] serves it (axum routes inside our own hyper accept loop; `http::api` holds the
-//!   REST API's problem documents, body limits and auth hook).
+//!   registry and [`telemetry`]'s own metrics; [`exposition`] writes it for a scrape (text,
+//!   OpenMetrics, protobuf) and [`http`] serves it (axum routes inside our own hyper accept
+//!   loop; `http::api` holds the REST API's problem documents, body limits and auth hook).
 //! - **Running**: [`config`] turns flags and the TOML file into validated settings
 //!   ([`validate`] holds the checks every source shares; [`lint`] the naming lint; [`import`]
 //!   converts statsd_exporter mapping files); [`runtime`] binds and runs everything until a
@@ -64,6 +70,7 @@ pub mod protocol;
 pub mod read;
 pub mod record;
 pub mod registry;
+pub mod relay;
 pub mod rules;
 pub mod runtime;
 pub mod store;

@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use crate::registry::{Cell, Family, HistogramCell, Kind, Registry, SummaryCell};
+use crate::registry::{Cell, Family, HistogramCell, Kind, NativeSnapshot, Registry, SummaryCell};
 
 /// A family's metadata.
 #[derive(Clone, Copy, Debug)]
@@ -144,7 +144,9 @@ pub enum ValueView<'a> {
     Gauge(f64),
     /// A StatsD set: distinct members seen in the set window, exposed as a gauge.
     Set(u64),
-    /// Bucket bounds, per-bucket counts (the last is the `+Inf` overflow) and sum.
+    /// Bucket bounds, per-bucket counts (the last is the `+Inf` overflow) and sum, and native
+    /// (exponential) buckets where the family keeps them ([`HistogramCell::read_native`]: read
+    /// those first).
     Histogram(&'a HistogramCell),
     /// Windowed quantiles and cumulative sum and count.
     Summary(&'a SummaryCell),
@@ -224,6 +226,8 @@ pub enum Value {
         buckets: Vec<(f64, u64)>,
         sum: f64,
         count: u64,
+        /// Native buckets, for a family that keeps them.
+        native: Option<NativeSnapshot>,
     },
     Summary {
         /// `(quantile, value)`; the value is NaN while the window is empty.
@@ -241,6 +245,8 @@ impl Value {
             ValueView::Gauge(v) => Value::Gauge(v),
             ValueView::Set(n) => Value::Set(n),
             ValueView::Histogram(h) => {
+                let mut native = NativeSnapshot::default();
+                let native = h.read_native(&mut native).then_some(native);
                 let mut cumulative = 0u64;
                 let buckets: Vec<(f64, u64)> = h
                     .bounds()
@@ -257,6 +263,7 @@ impl Value {
                     buckets,
                     sum: h.sum(),
                     count: cumulative,
+                    native,
                 }
             }
             ValueView::Summary(s) => {
@@ -420,6 +427,7 @@ mod tests {
             buckets,
             sum,
             count,
+            native,
         } = &families[2].series[0].value
         else {
             panic!("not a histogram: {:?}", families[2]);
@@ -428,6 +436,7 @@ mod tests {
         assert_eq!(*count, 6);
         assert_eq!(buckets.first(), Some(&(0.005, 2)));
         assert_eq!(buckets.last(), Some(&(f64::INFINITY, 6)));
+        assert_eq!(*native, None, "native buckets are off by default");
         assert_eq!(families[3].series[0].value, Value::Set(2));
     }
 }

@@ -191,6 +191,7 @@ impl Recorder {
             options.unit = declared.unit.clone();
             options.ttl_secs = declared.ttl_secs.or(options.ttl_secs);
             options.summary = declared.summary.clone().or(options.summary.take());
+            options.native = declared.native.or(options.native);
         }
         key.set_kind(kind);
         key.finish();

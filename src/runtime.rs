@@ -1,18 +1,20 @@
-//! Running tallyd as a library: bind its sockets ([`Listeners::bind`]), then [`run`] them with a
-//! set of [`Settings`] until a [`CancellationToken`] is cancelled. The binary (`daemon`) adds
-//! only what belongs to a process: flags, logging, signals and exit codes. Tests bind
-//! `127.0.0.1:0`, run tallyd in-process and cancel their own token.
+//! Running tallyd as a library: bind its sockets ([`Listeners::bind`], or [`Listeners::open`]
+//! with the sockets systemd passed), then [`run`] them with a set of [`Settings`] until a
+//! [`CancellationToken`] is cancelled. The binary (`daemon`) adds only what belongs to a
+//! process: flags, logging, signals and exit codes. Tests bind `127.0.0.1:0`, run tallyd
+//! in-process and cancel their own token.
 //!
 //! What runs: one receive thread per UDP socket, TCP listen address and Unix socket (`listen`), a housekeeping thread (registry
-//! clock and expiry), and the HTTP server on the caller's tokio runtime. One token stops them
+//! clock and expiry), the relay's sender thread when `[relay]` has targets, and the HTTP server on the caller's tokio runtime. One token stops them
 //! all: the receive threads notice it within their receive timeout, the server drains its
 //! connections (bounded by `http::SHUTDOWN_GRACE`), then `run` joins the threads and returns.
 //!
 //! Reloads ([`Lifecycle::Reload`], sent by SIGHUP or `POST /-/reload`) build new settings with
 //! the caller's [`Control::reload`] and apply what can change while running: mapping rules,
-//! metric definitions, exposition options and the log filter. A configuration that fails leaves
+//! metric definitions, exposition options, the log filter and the relay's targets. A configuration that fails leaves
 //! the running one in force, and says why.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,10 +30,13 @@ use crate::custom::CustomMetrics;
 use crate::definitions::{Definitions, Source};
 use crate::http::api::{Access, ApiState, StatsdIntake};
 use crate::http::{self, HttpState, Lifecycle};
-use crate::ingest::SharedRules;
-use crate::listen::{self, BoundListener, Listener, tcp, unix};
+use crate::ingest::{IngestOptions, SharedRules};
+use crate::listen::{
+    self, BoundListener, Endpoint, Listener, OpenError, Passed, Role, tcp, udp, unix,
+};
 use crate::record::Recorder;
 use crate::registry::{self, Registry};
+use crate::relay::Relay;
 use crate::store::Store;
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
@@ -50,15 +55,34 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds every address the settings name, so that a port in use is reported (with its
-    /// address) before anything starts.
+    /// address) before anything starts. A `systemd:NAME` address fails: nothing was passed.
     pub fn bind(settings: &Settings) -> Result<Listeners, String> {
-        let udp = listen::bind(&settings.udp).map_err(|e| e.to_string())?;
-        let tcp = tcp::bind(&settings.tcp).map_err(|e| e.to_string())?;
-        let unix = unix::bind(&settings.unix).map_err(|e| e.to_string())?;
-        let addr = settings.http_listen;
-        let http = std::net::TcpListener::bind(addr)
-            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-            .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+        Listeners::open(settings, Passed::none()).map_err(|e| e.to_string())
+    }
+
+    /// Binds every address the settings name and adopts the sockets systemd passed for every
+    /// `systemd:NAME`; a passed socket that no listen address claims is refused first, since
+    /// nobody would read what clients send to it.
+    pub fn open(settings: &Settings, mut passed: Passed) -> Result<Listeners, OpenError> {
+        passed.refuse_unclaimed(settings.systemd_names().map(|(_, name)| name))?;
+        let udp = udp::open(&settings.udp, &mut passed)?;
+        let mut tcp = tcp::open(&settings.tcp, &mut passed)?;
+        tcp::fit_descriptor_limit(&mut tcp, settings.http.max_connections);
+        let unix = unix::open(&settings.unix, &mut passed)?;
+        let http = match &settings.http_listen {
+            Endpoint::Bind(addr) => std::net::TcpListener::bind(addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen for HTTP on {addr}: {e}"))
+            })?,
+            Endpoint::Systemd(name) => {
+                let listener = std::net::TcpListener::from(passed.take_one(name, Role::Http)?);
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!("serving HTTP on {addr} (socket passed by systemd)");
+                }
+                listener
+            }
+        };
+        http.set_nonblocking(true)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot use the HTTP listener: {e}")))?;
         Ok(Listeners {
             udp,
             tcp,
@@ -137,6 +161,8 @@ struct Running {
     state: Arc<HttpState>,
     recorder: Arc<Recorder>,
     rules: Arc<SharedRules>,
+    /// The relay, when `[relay]` had targets at start.
+    relay: Option<Relay>,
 }
 
 /// Serves `listeners` with `settings` until `control.shutdown` is cancelled (or `/-/quit`),
@@ -166,6 +192,15 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let telemetry = Arc::new(Telemetry::default());
     let rules = Arc::new(SharedRules::new(Arc::clone(&settings.rules)));
+    let relay = match settings.relay.targets.is_empty() {
+        true => None,
+        false => Some(Relay::start(&settings.relay)?),
+    };
+    let mut ingest = settings.ingest_options(Arc::clone(&rules));
+    if let Some(relay) = &relay {
+        telemetry.set_relay(Arc::clone(relay.hub().stats()));
+        ingest.relay = Some(relay.hub().clone());
+    }
     let sockets = (listeners.udp.into_iter().map(Listener::from))
         .chain(listeners.tcp.into_iter().map(Listener::from))
         .chain(listeners.unix.into_iter().map(Listener::from));
@@ -173,7 +208,7 @@ pub async fn run(
         sockets,
         Arc::clone(&recorder),
         &telemetry,
-        settings.ingest_options(Arc::clone(&rules)),
+        ingest.clone(),
         &shutdown,
     )
     .map_err(|e| format!("cannot start the receivers: {e}"))?;
@@ -187,7 +222,7 @@ pub async fn run(
         }
     };
 
-    let api = match start_api(&settings, &recorder, &telemetry, &rules, http_addr) {
+    let api = match start_api(&settings, &recorder, &telemetry, ingest, http_addr) {
         Ok(api) => api,
         Err(e) => {
             shutdown.cancel();
@@ -240,6 +275,7 @@ pub async fn run(
         state,
         recorder,
         rules,
+        relay,
     };
     loop {
         let request = tokio::select! {
@@ -272,9 +308,14 @@ pub async fn run(
         _ => {}
     }
     let _ = retention.await;
-    // The receive threads notice the token within their receive timeout (200 ms).
+    // The receive threads notice the token within their receive timeout (200 ms). The relay
+    // stops after them, so it sends their last lines.
+    let relay = running.relay.take();
     tokio::task::spawn_blocking(move || {
         receivers.join();
+        if let Some(relay) = relay {
+            relay.stop();
+        }
         let _ = housekeeping.join();
     })
     .await
@@ -297,6 +338,17 @@ impl Running {
             Ok(new) => new,
             Err(e) => return failed(e.to_string()),
         };
+        // Relay targets are resolved again at every reload (a name may have moved); one that
+        // cannot be refuses the reload, as a bad file does. They apply with the rest, below.
+        let relay_targets = match &self.relay {
+            Some(relay) if !new.relay.targets.is_empty() => {
+                match relay.resolve(&new.relay.targets) {
+                    Ok(targets) => Some(targets),
+                    Err(e) => return failed(e),
+                }
+            }
+            _ => None,
+        };
         // Definitions first: a name another source (the API) defines refuses the whole
         // reload, as a bad file does, before anything else is applied.
         if new.definitions != self.settings.definitions {
@@ -312,6 +364,9 @@ impl Running {
                 Ok(_) => {}
                 Err(e) => return failed(e.to_string()),
             }
+        }
+        if let (Some(relay), Some(targets)) = (&self.relay, relay_targets) {
+            relay.replace_targets(targets);
         }
         if new.file.mapping != self.settings.file.mapping {
             self.rules.replace(Arc::clone(&new.rules));
@@ -348,7 +403,7 @@ fn start_api(
     settings: &Settings,
     recorder: &Arc<Recorder>,
     telemetry: &Arc<Telemetry>,
-    rules: &Arc<SharedRules>,
+    ingest: IngestOptions,
     http_addr: SocketAddr,
 ) -> Result<Arc<ApiState>, String> {
     let store = Store::open(&settings.data_dir).map_err(|e| {
@@ -375,7 +430,8 @@ fn start_api(
     let statsd = StatsdIntake {
         recorder: Arc::clone(recorder),
         stats: telemetry.add_receiver("http", http::api::inputs::STATSD_PATH),
-        options: settings.ingest_options(Arc::clone(rules)),
+        // The listeners' options: the same rules (swapped on reload) and the same relay.
+        options: ingest,
     };
     Ok(Arc::new(ApiState {
         custom,

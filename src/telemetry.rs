@@ -15,6 +15,7 @@ use crate::protocol::{Extension, Reason};
 use crate::read::{FamilyView, Labels, SeriesView, ValueView, Visitor};
 use crate::record::Refusal;
 use crate::registry::{AtomicF64, Kind, Registry, SeriesLimit};
+use crate::relay::RelayStats;
 
 /// Counters of one receive thread. Aligned so two threads never share a cache line.
 #[repr(align(128))]
@@ -37,7 +38,9 @@ pub struct ReceiverStats {
     /// Datagrams longer than the receive buffer, cut short by the kernel and refused whole.
     pub oversized: AtomicU64,
     /// This receiver's socket's cumulative kernel drop count (`SO_RXQ_OVFL`), as last reported.
-    /// Every receiver has a socket of its own, so a listener's drops are the sum.
+    /// A receiver of a reuse-port group has a socket of its own; receivers sharing a socket
+    /// systemd passed each hold the part of its count they saw it grow by. Either way a
+    /// listener's drops are the sum.
     pub kernel_drops: AtomicU64,
     /// TCP: connections accepted and served.
     pub connections: AtomicU64,
@@ -45,6 +48,8 @@ pub struct ReceiverStats {
     pub connections_refused: AtomicU64,
     /// TCP: connections closed after `idle_timeout_seconds` without a byte.
     pub idle_timeouts: AtomicU64,
+    /// TCP: connections open now (a gauge).
+    pub open_connections: AtomicU64,
 }
 
 impl ReceiverStats {
@@ -71,6 +76,7 @@ impl ReceiverStats {
             connections: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             idle_timeouts: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
         }
     }
 
@@ -131,6 +137,19 @@ pub enum ReloadOutcome {
     Failure,
 }
 
+/// What the HTTP server refused or cut short.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connections answered 503 and closed because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed because a request's head did not arrive within
+    /// `header_read_timeout_seconds`.
+    pub header_timeouts: AtomicU64,
+    /// Connections reset because an exchange (rendering, or the client reading the response)
+    /// overran `request_timeout_seconds`.
+    pub request_timeouts: AtomicU64,
+}
+
 /// All of tallyd's own counters.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -143,6 +162,10 @@ pub struct Telemetry {
     scrape_seconds: AtomicF64,
     /// API answers by (route pattern, status code): a bounded set, since routes are patterns.
     api_requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// The relay's counters, when `[relay]` is on.
+    relay: Mutex<Option<Arc<RelayStats>>>,
+    /// The HTTP server's refusals; it holds a clone.
+    pub http: Arc<HttpStats>,
 }
 
 impl Default for Telemetry {
@@ -158,6 +181,8 @@ impl Default for Telemetry {
             scrapes: AtomicU64::new(0),
             scrape_seconds: AtomicF64::default(),
             api_requests: Mutex::default(),
+            relay: Mutex::default(),
+            http: Arc::default(),
         }
     }
 }
@@ -234,6 +259,11 @@ impl Telemetry {
         let stats = Arc::new(ReceiverStats::for_transport(transport, listener));
         self.receivers.lock().push(Arc::clone(&stats));
         stats
+    }
+
+    /// Reports the relay's counters (`tallyd_relay_*`) from now on.
+    pub fn set_relay(&self, stats: Arc<RelayStats>) {
+        *self.relay.lock() = Some(stats);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -369,6 +399,15 @@ impl Telemetry {
                 "tcp",
                 &|r| load(&r.idle_timeouts),
             ),
+            SelfMetric {
+                samples: per_listener("tcp", &|r| load(&r.open_connections)),
+                ..SelfMetric::labelled(
+                    "tallyd_tcp_open_connections",
+                    Kind::Gauge,
+                    "TCP connections open now, per listener.",
+                    "listener",
+                )
+            },
             per_transport(
                 "tallyd_tcp_bytes",
                 "Bytes of whole lines received over TCP (over-long lines excluded), per listener.",
@@ -508,6 +547,22 @@ impl Telemetry {
             .with("failure", self.reloads(ReloadOutcome::Failure) as f64),
         );
         out.push(SelfMetric::single(
+            "tallyd_http_connections_refused",
+            Kind::Counter,
+            "HTTP connections answered 503 and closed because [http] max_connections were open.",
+            load(&self.http.connections_refused) as f64,
+        ));
+        out.push(
+            SelfMetric::labelled(
+                "tallyd_http_timeouts",
+                Kind::Counter,
+                "HTTP connections closed because a request head (header) or a whole exchange (request) overran its [http] timeout.",
+                "stage",
+            )
+            .with("header", load(&self.http.header_timeouts) as f64)
+            .with("request", load(&self.http.request_timeouts) as f64),
+        );
+        out.push(SelfMetric::single(
             "tallyd_scrapes",
             Kind::Counter,
             "Scrapes of /metrics rendered.",
@@ -528,6 +583,9 @@ impl Telemetry {
             )
             .with(env!("CARGO_PKG_VERSION"), 1.0),
         );
+        if let Some(relay) = &*self.relay.lock() {
+            out.extend(relay.self_metrics());
+        }
         out.extend(process_metrics(self.started_unix));
         out
     }

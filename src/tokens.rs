@@ -97,14 +97,22 @@ fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-    let text = String::deserialize(d)?;
+    parse_sha256(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// A hex SHA-256 as the config file writes one.
+pub fn parse_sha256(text: &str) -> Result<[u8; 32], &'static str> {
     let mut hash = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut hash).map_err(|_| {
-        serde::de::Error::custom(
-            "must be 64 hex digits: the SHA-256 of the secret (`tallyd token new` prints one)",
-        )
-    })?;
+    hex::decode_to_slice(text.trim(), &mut hash).map_err(
+        |_| "must be 64 hex digits: the SHA-256 of the secret (`tallyd token new` prints one)",
+    )?;
     Ok(hash)
+}
+
+/// Whether `secret` hashes to `hash`, compared in constant time.
+pub fn secret_matches(hash: &[u8; 32], secret: &str) -> bool {
+    let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    hash.ct_eq(&presented).into()
 }
 
 fn some_scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Scope>, D::Error> {
@@ -155,11 +163,10 @@ impl Tokens {
 
     /// The token whose secret is `secret`; with `id`, only that token may match (Basic auth).
     pub fn check(&self, id: Option<&str>, secret: &str) -> Option<TokenOwner> {
-        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let mut found = None;
         // Every hash is compared, matched or not, so the time taken does not say which.
         for token in &self.tokens {
-            let same_secret: bool = token.secret_sha256.ct_eq(&hash).into();
+            let same_secret = secret_matches(&token.secret_sha256, secret);
             if same_secret && id.is_none_or(|id| id == token.id) && found.is_none() {
                 found = Some(TokenOwner {
                     id: token.id.clone(),

@@ -58,6 +58,29 @@ pub fn ttl_seconds(ttl: f64) -> Result<(), String> {
     }
 }
 
+/// A native histogram bucket factor: 0 (no native buckets) or above 1 (each bucket at most that
+/// factor wider than the one before; 1.1 is client_golang's recommendation).
+pub fn native_bucket_factor(factor: f64) -> Result<(), String> {
+    if factor == 0.0 || (factor.is_finite() && factor > 1.0) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 0 (no native buckets) or a number above 1 (such as 1.1), got {factor}"
+        ))
+    }
+}
+
+/// The most populated native buckets of one histogram: 1 to
+/// [`crate::registry::native::MOST_MAX_BUCKETS`] (memory per series stays bounded).
+pub fn native_max_buckets(max: u32) -> Result<(), String> {
+    let most = crate::registry::native::MOST_MAX_BUCKETS;
+    if (1..=most).contains(&max) {
+        Ok(())
+    } else {
+        Err(format!("must be between 1 and {most} buckets, got {max}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +107,29 @@ mod tests {
         assert!(quantiles(&[1.5]).unwrap_err().contains("between 0 and 1"));
         assert!(quantiles(&[f64::NAN]).is_err());
         assert!(quantiles(&[0.5, 0.5]).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_native_factor_is_zero_or_above_one() {
+        assert!(native_bucket_factor(0.0).is_ok());
+        assert!(native_bucket_factor(1.1).is_ok());
+        assert!(native_bucket_factor(65536.0).is_ok());
+        for bad in [1.0, 0.5, -1.1, f64::NAN, f64::INFINITY] {
+            let err = native_bucket_factor(bad).unwrap_err();
+            assert!(err.contains("above 1"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_native_bucket_cap_is_bounded() {
+        assert!(native_max_buckets(1).is_ok());
+        assert!(native_max_buckets(256).is_ok());
+        assert!(
+            native_max_buckets(0)
+                .unwrap_err()
+                .contains("between 1 and 4096")
+        );
+        assert!(native_max_buckets(4097).is_err());
     }
 
     #[test]

@@ -1023,6 +1023,8 @@ fn schemathesis_finds_the_live_api_true_to_its_openapi_document() {
         ])
         .args(["--max-examples", "25", "--no-color"])
         .args(["-H", &format!("Authorization: Bearer {WRITER}")])
+        // schemathesis keeps a `.schemathesis/` cache in its working directory: not the checkout.
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .output()
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1031,4 +1033,91 @@ fn schemathesis_finds_the_live_api_true_to_its_openapi_document() {
         "schemathesis found failures:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn a_scrape_token_closes_metrics_and_only_metrics() {
+    let tallyd = InProcess::with_config(&format!(
+        "[http]\nscrape_token_sha256 = \"{}\"",
+        sha256_hex("scrape-me")
+    ));
+    let addr = tallyd.http;
+    let response = http_send(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some("Bearer realm=\"tallyd\"")
+    );
+    assert_eq!(
+        http_send(
+            addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer wrong")],
+            b""
+        )
+        .status,
+        401
+    );
+    let response = http_send(
+        addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer scrape-me")],
+        b"",
+    );
+    assert_eq!(response.status, 200);
+    assert!(response.text().contains("tallyd_lines_total"));
+    assert_eq!(http_send(addr, "GET", "/-/healthy", &[], b"").status, 200);
+    let bad = tallyd::config::Settings::parse(
+        "[http]\nscrape_token_sha256 = \"abc\"",
+        std::path::Path::new("t.toml"),
+    );
+    assert!(bad.unwrap_err().to_string().contains("scrape_token_sha256"));
+}
+
+#[test]
+fn a_reload_puts_new_tokens_in_force() {
+    let reloaded = config("");
+    let mut requests = None;
+    // Start with one token only (the reader's), then reload the three.
+    let first = format!(
+        "[[api.tokens]]\nid = \"reader\"\nsecret_sha256 = \"{}\"\ntenant = \"550e8400\"\nscopes = [\"read\"]\n",
+        sha256_hex(READER)
+    );
+    let tallyd = InProcess::with_control(&first, |control| {
+        control.reload = Box::new(move || {
+            tallyd::config::Settings::parse(&reloaded, std::path::Path::new("reloaded.toml"))
+        });
+        requests = Some(control.requests.0.clone());
+    });
+    assert_eq!(call(tallyd.http, "GET", BASE, WRITER, None).0, 401);
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    requests
+        .expect("the control's sender")
+        .blocking_send(tallyd::http::Lifecycle::Reload(reply))
+        .expect("tallyd takes requests");
+    assert_eq!(outcome.blocking_recv(), Ok(Ok(())));
+    assert_eq!(call(tallyd.http, "GET", BASE, WRITER, None).0, 200);
+}
+
+#[test]
+fn a_method_a_route_does_not_take_is_a_405_problem_with_allow() {
+    let tallyd = InProcess::with_config(&config(""));
+    let response = http_send(
+        tallyd.http,
+        "PUT",
+        BASE,
+        &[("Authorization", &format!("Bearer {WRITER}"))],
+        b"",
+    );
+    assert_eq!(response.status, 405);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/problem+json")
+    );
+    let allow = response.header("allow").unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let problem: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(problem["code"], "method_not_allowed");
 }

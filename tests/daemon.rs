@@ -12,6 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::{
     ACCEPT_OPENMETRICS, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Daemon, InProcess, TempFile,
     assert_absent, declared_type, http_request, on_path, parse_exposition, repo_root, require,
@@ -1232,23 +1233,11 @@ fn a_real_prometheus_scrapes_it_without_error() {
         return;
     }
     let daemon = daemon_with_every_kind();
-    let prometheus = Prometheus::start(daemon.http);
+    let prometheus = Prometheus::start(daemon.http, &[]);
 
     // Prometheus asks for OpenMetrics first; a target whose scrape it cannot parse is "down"
     // with the parser's complaint in lastError.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let targets = loop {
-        let targets = prometheus.api("/api/v1/targets");
-        if targets.contains(r#""health":"up""#) || targets.contains(r#""health":"down""#) {
-            break targets;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never scraped tallyd:\n{targets}\n{}",
-            prometheus.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let targets = prometheus.wait_scraped(Duration::from_secs(30));
     assert!(
         targets.contains(r#""health":"up""#) && targets.contains(r#""lastError":"""#),
         "Prometheus could not scrape tallyd:\n{targets}"
@@ -1258,74 +1247,6 @@ fn a_real_prometheus_scrapes_it_without_error() {
         result.contains(r#""model":"v1""#) && result.contains(r#""model":"v2""#),
         "Prometheus has no requests_total series:\n{result}"
     );
-}
-
-/// A Prometheus server scraping one target every second; killed on drop.
-struct Prometheus {
-    child: std::process::Child,
-    web: std::net::SocketAddr,
-    storage: std::path::PathBuf,
-    log: std::path::PathBuf,
-    _config: TempFile,
-}
-
-impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Prometheus {
-        // Prometheus cannot report a port it picked, so take a free one and hand it over.
-        let web = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let config = TempFile::new(
-            "prometheus.yml",
-            &format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
-                 - job_name: tallyd\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        );
-        let storage = config.path().with_extension("tsdb");
-        let log = config.path().with_extension("log");
-        let child = std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.path().display()))
-            .arg(format!("--storage.tsdb.path={}", storage.display()))
-            .arg(format!("--web.listen-address={web}"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("run prometheus");
-        Prometheus {
-            child,
-            web,
-            storage,
-            log,
-            _config: config,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `GET path` on Prometheus's web port; an empty string while it is not listening yet.
-    fn api(&self, path: &str) -> String {
-        if std::net::TcpStream::connect(self.web).is_err() {
-            return String::new();
-        }
-        common::http_get(self.web, path, &[]).text()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("----- prometheus log -----\n{}", self.log());
-        }
-        let _ = std::fs::remove_dir_all(&self.storage);
-        let _ = std::fs::remove_file(&self.log);
-    }
 }
 
 /// Runs promtool with `stdin` as its input; returns whether it succeeded, and what it printed.

@@ -443,14 +443,46 @@ fn statsd_exporter_quirks_are_reproduced_and_reported() {
     assert!((session.ttl_seconds.unwrap() - 30e-9).abs() < 1e-15);
     warned(&imported, &["mappings[6]", "nanoseconds"]);
     warned(&imported, &["mappings[6]", "unknown_option"]);
+    // Native histograms: the rule's cap, the defaults' factor.
+    let uploads = rule_of(&set, "uploads.u.bytes", MS);
+    assert_eq!(uploads.buckets.as_deref(), Some(&[1024.0, 1048576.0][..]));
+    assert_eq!(uploads.native_histogram_bucket_factor, Some(1.1));
+    assert_eq!(uploads.native_histogram_max_buckets, Some(100));
+}
+
+#[test]
+fn native_histogram_keys_carry_over_key_by_key() {
+    let (imported, set) = import("native_histograms.yml");
+    let native = |name: &str| {
+        let rule = rule_of(&set, name, MS);
+        (
+            rule.native_histogram_bucket_factor,
+            rule.native_histogram_max_buckets,
+        )
+    };
+    // The defaults' factor; their cap of 0 is statsd_exporter's default, 256, tallyd's too.
+    assert_eq!(native("api.checkout.latency"), (Some(1.1), None));
+    assert_eq!(native("db.users.latency"), (Some(0.0), None));
+    assert_eq!(native("queue.jobs.wait"), (Some(2.0), Some(4096)));
     warned(
         &imported,
-        &["defaults.histogram_options.native_histogram_bucket_factor"],
+        &[
+            "mappings[2]",
+            "native_histogram_max_buckets",
+            "100000",
+            "4096",
+        ],
     );
-    warned(&imported, &["mappings[7]", "native_histogram_max_buckets"]);
-    assert_eq!(
-        rule_of(&set, "uploads.u.bytes", MS).buckets.as_deref(),
-        Some(&[1024.0, 1048576.0][..])
+    // Unmatched timers get the defaults' native buckets through the catch-all rule.
+    let Match::Mapped(catch_all) = mapped_catch_all(&set, "other.timer") else {
+        unreachable!()
+    };
+    let rule = set.rule(catch_all.rule);
+    assert_eq!(rule.native_histogram_bucket_factor, Some(1.1));
+    assert!(
+        imported
+            .toml
+            .contains("native_histogram_bucket_factor = 1.1\n")
     );
 }
 

@@ -5,60 +5,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, InProcess, require, run_tallyd};
+use common::{
+    Daemon, InProcess, SocketDir, closed_by_peer, connect_tcp as connect, require, run_tallyd,
+};
 
 const TCP: &str = "[tcp]\nlisten = [\"127.0.0.1:0\"]\n";
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
-/// Reads until the peer closes; true if it did within the stream's read timeout.
-fn closed_by_peer(stream: &mut TcpStream) -> bool {
-    let mut byte = [0u8; 64];
-    loop {
-        match stream.read(&mut byte) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
-/// A fresh directory for this test's socket files, removed (with them) on drop.
-struct SocketDir(PathBuf);
-
-impl SocketDir {
-    fn new(name: &str) -> SocketDir {
-        let dir =
-            std::env::temp_dir().join(format!("tallyd-listeners-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        SocketDir(dir)
-    }
-
-    fn path(&self) -> PathBuf {
-        self.0.join("dogstatsd.sock")
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn unix_config(path: &Path) -> String {
     format!("[unix]\nlisten = [{:?}]\n", path.display().to_string())

@@ -17,18 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Resident memory of a process, from /proc.
-fn rss_bytes(pid: libc::pid_t) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kib * 1024
-}
-
 const STEADY: usize = 10;
 
 #[test]

@@ -319,6 +319,8 @@ pub struct Daemon {
     pub pid: u32,
     pub udp: SocketAddr,
     pub http: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub unix: Option<PathBuf>,
     pub log: mpsc::Receiver<String>,
     pub name: &'static str,
     /// The bench's tag, for what this prints.
@@ -384,7 +386,17 @@ pub fn strip_ansi(line: &str) -> String {
 impl Daemon {
     /// tallyd on free loopback ports, with `args` added to its command line.
     pub fn tallyd(s: &Setup, args: &[std::ffi::OsString]) -> Daemon {
-        let mut command = pinned(s, &s.daemon_cpu, &s.tallyd);
+        Daemon::tallyd_with(s, &s.tallyd, args, "tallyd")
+    }
+
+    /// `binary` (tallyd, or a baseline build of it) on free loopback ports, with `args` added.
+    pub fn tallyd_with(
+        s: &Setup,
+        binary: &Path,
+        args: &[std::ffi::OsString],
+        name: &'static str,
+    ) -> Daemon {
+        let mut command = pinned(s, &s.daemon_cpu, binary);
         command.args([
             "--udp-listen",
             "127.0.0.1:0",
@@ -392,16 +404,45 @@ impl Daemon {
             "127.0.0.1:0",
         ]);
         command.args(args);
-        Daemon::start(s, command, "tallyd")
+        Daemon::start(s, command, name, None)
+    }
+
+    /// tallyd started by `systemd-socket-activate` on a UDP socket it passes as `statsd`, which
+    /// tallyd's receive threads then share; `config` sets their number.
+    pub fn activated(s: &Setup, config: &Path) -> Daemon {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.local_addr())
+            .expect("a free UDP port")
+            .port();
+        let udp: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut command = pinned(s, &s.daemon_cpu, Path::new("systemd-socket-activate"));
+        command
+            .args(["--datagram", &format!("--listen={udp}"), "--fdname=statsd"])
+            .arg(&s.tallyd)
+            .args(["--config", &config.display().to_string()])
+            .args([
+                "--udp-listen",
+                "systemd:statsd",
+                "--http-listen",
+                "127.0.0.1:0",
+            ]);
+        Daemon::start(s, command, "shared", Some(udp))
     }
 
     pub fn floor(s: &Setup) -> Daemon {
         let mut command = pinned(s, &s.daemon_cpu, &s.loader);
         command.args(["floor", "--listen", "127.0.0.1:0"]);
-        Daemon::start(s, command, "floor")
+        Daemon::start(s, command, "floor", None)
     }
 
-    pub fn start(s: &Setup, mut command: Command, name: &'static str) -> Daemon {
+    /// Runs `command` until its ready line; `trigger` gets one datagram once a launcher that
+    /// waits for traffic before starting tallyd has bound it.
+    pub fn start(
+        s: &Setup,
+        mut command: Command,
+        name: &'static str,
+        trigger: Option<SocketAddr>,
+    ) -> Daemon {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -434,15 +475,24 @@ impl Daemon {
             if line.contains("WARN") || line.contains("ERROR") {
                 eprintln!("{}: {name}: {line}", s.tag);
             }
+            if line.contains("Listening on")
+                && let Some(to) = trigger
+            {
+                let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                sender.send_to(b"e2e_trigger:1|c", to).unwrap();
+            }
             let Some(at) = line.find("ready: udp ") else {
                 continue;
             };
             let mut words = line[at + "ready: udp ".len()..].split_whitespace();
             let udp: SocketAddr = words.next().unwrap().parse().unwrap();
-            let mut http = None;
+            let (mut http, mut tcp, mut unix) = (None, None, None);
             while let Some(w) = words.next() {
-                if w == "http" {
-                    http = words.next().and_then(|a| a.parse().ok());
+                match w {
+                    "http" => http = words.next().and_then(|a| a.parse().ok()),
+                    "tcp" => tcp = words.next().and_then(|a| a.parse().ok()),
+                    "unix" => unix = words.next().map(PathBuf::from),
+                    _ => {}
                 }
             }
             return Daemon {
@@ -450,6 +500,8 @@ impl Daemon {
                 pid,
                 udp,
                 http,
+                tcp,
+                unix,
                 log: rx,
                 name,
                 tag: s.tag,
@@ -588,10 +640,11 @@ impl Load {
         }
     }
 
-    pub fn command(&self, s: &Setup, target: SocketAddr) -> Command {
+    /// `target` in the loader's syntax: `HOST:PORT` (UDP), `tcp:HOST:PORT`, `unix:PATH`.
+    pub fn command(&self, s: &Setup, target: &str) -> Command {
         let mut c = pinned(s, &s.loader_cpu, &s.loader);
         c.arg("send");
-        c.arg("--target").arg(target.to_string());
+        c.arg("--target").arg(target);
         c.arg("--lines-per-datagram")
             .arg(self.lines_per_datagram.to_string());
         c.arg("--series").arg(self.series.to_string());
@@ -622,10 +675,18 @@ impl Load {
     }
 
     pub fn run(&self, s: &Setup, target: SocketAddr) -> Sent {
-        Sent::from_child(self.spawn(s, target))
+        self.run_to(s, &target.to_string())
+    }
+
+    pub fn run_to(&self, s: &Setup, target: &str) -> Sent {
+        Sent::from_child(self.spawn_to(s, target))
     }
 
     pub fn spawn(&self, s: &Setup, target: SocketAddr) -> Child {
+        self.spawn_to(s, &target.to_string())
+    }
+
+    pub fn spawn_to(&self, s: &Setup, target: &str) -> Child {
         let child = self
             .command(s, target)
             .spawn()
@@ -935,9 +996,15 @@ impl Run {
     }
 }
 
-/// Drives `load` at tallyd and measures it (tallyd's registry must be small: this scrapes).
+/// Drives `load` at tallyd's UDP address and measures it (tallyd's registry must be small:
+/// this scrapes).
 pub fn run_tallyd(s: &Setup, daemon: &Daemon, load: &Load) -> Run {
-    measure_udp(s, daemon, || load.run(s, daemon.udp))
+    run_tallyd_at(s, daemon, load, &daemon.udp.to_string())
+}
+
+/// [`run_tallyd`] at `target`, in the loader's syntax (`tcp:…`, `unix:…`).
+pub fn run_tallyd_at(s: &Setup, daemon: &Daemon, load: &Load, target: &str) -> Run {
+    measure_udp(s, daemon, || load.run_to(s, target))
 }
 
 /// Measures what tallyd did with the UDP load `send` sends (it returns once the loader is done,
@@ -968,11 +1035,12 @@ pub fn measure_udp(s: &Setup, daemon: &Daemon, send: impl FnOnce() -> Sent) -> R
         sleeps,
     };
     eprintln!(
-        "{}:   tallyd: sent {} lines in {} datagrams ({:.0} dgram/s, {:.0} lines/s); received \
+        "{}:   {}: sent {} lines in {} datagrams ({:.0} dgram/s, {:.0} lines/s); received \
          {} lines, lost {} ({:.3} %), kernel drops {}; CPU {:.3} s = {:.3} µs/line, {:.0} \
          lines/CPU-s (receive threads {:.3} s, {:.0} lines/CPU-s), {:.1} datagrams per \
          wake-up (loader CPU {:.2} s)",
         s.tag,
+        daemon.name,
         run.sent.lines,
         run.sent.datagrams,
         run.sent.datagrams_per_s,

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::listen::Endpoint;
+
 /// The command line.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
@@ -18,19 +20,24 @@ pub struct Cli {
     /// config/tallyd.toml) apply.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// UDP address to receive StatsD on (repeat for several); replaces `udp.listen`.
+    /// UDP address to receive StatsD on (repeat for several); replaces `udp.listen`. Every
+    /// listen flag also takes `systemd:NAME`: the sockets systemd passed under that name.
     #[arg(long = "udp-listen", value_name = "ADDR")]
-    pub udp_listen: Vec<SocketAddr>,
+    pub udp_listen: Vec<Endpoint<SocketAddr>>,
     /// TCP address to accept StatsD lines on (repeat for several); replaces `tcp.listen`.
     #[arg(long = "tcp-listen", value_name = "ADDR")]
-    pub tcp_listen: Vec<SocketAddr>,
+    pub tcp_listen: Vec<Endpoint<SocketAddr>>,
     /// Unix datagram socket path to receive StatsD on (repeat for several); replaces
     /// `unix.listen`.
     #[arg(long = "unix-listen", value_name = "PATH")]
-    pub unix_listen: Vec<PathBuf>,
+    pub unix_listen: Vec<Endpoint<PathBuf>>,
+    /// Upstream StatsD server (`host:port`) to relay the lines received to over UDP (repeat
+    /// for several); replaces `relay.targets`. statsd_exporter's `--statsd.relay.address`.
+    #[arg(long = "relay-target", value_name = "ADDR")]
+    pub relay_target: Vec<String>,
     /// Address of the HTTP server (/metrics); replaces `http.listen`.
     #[arg(long = "http-listen", value_name = "ADDR")]
-    pub http_listen: Option<SocketAddr>,
+    pub http_listen: Option<Endpoint<SocketAddr>>,
     /// Directory of the API's durable store; replaces `storage.dir`.
     #[arg(long = "data-dir", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

@@ -14,8 +14,9 @@ use crate::http::HttpOptions;
 use crate::ingest::IngestOptions;
 use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
-use crate::listen::{Spread, UdpOptions};
+use crate::listen::{Endpoint, Spread, UdpOptions};
 use crate::registry::{DEFAULT_BUCKETS, RegistrySettings};
+use crate::relay::{LineForm, RelayOptions};
 use crate::rules::MappingRule;
 use crate::tokens::TokenConfig;
 
@@ -35,6 +36,7 @@ pub struct Config {
     pub log: LogConfig,
     pub api: ApiConfig,
     pub storage: StorageConfig,
+    pub relay: RelayConfig,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
     /// `[[metric]]` definitions, by final Prometheus name.
@@ -70,7 +72,8 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UdpConfig {
-    pub listen: Vec<SocketAddr>,
+    /// Addresses, or `systemd:NAME` for sockets systemd passed (as in every `listen`).
+    pub listen: Vec<Endpoint<SocketAddr>>,
     /// Receive threads (and sockets) per address; 0 = one per core.
     pub receivers: usize,
     pub receive_buffer_bytes: usize,
@@ -99,7 +102,7 @@ impl Default for UdpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpConfig {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Endpoint<SocketAddr>>,
     /// Longest line accepted (bytes before its `\n`), 64..=65536; longer ones are skipped.
     #[serde(deserialize_with = "line_size")]
     pub max_line_bytes: usize,
@@ -126,7 +129,7 @@ impl Default for TcpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnixConfig {
-    pub listen: Vec<PathBuf>,
+    pub listen: Vec<Endpoint<PathBuf>>,
     /// Permission bits of the socket file, an octal string ("0666").
     #[serde(deserialize_with = "file_mode")]
     pub mode: u32,
@@ -147,11 +150,41 @@ impl Default for UnixConfig {
     }
 }
 
+/// `[relay]`: forward the lines received to upstream StatsD servers (off unless `targets`
+/// names one).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// `host:port` of each upstream, resolved at start and at every reload.
+    #[serde(deserialize_with = "relay_targets")]
+    pub targets: Vec<String>,
+    pub lines: LineForm,
+    #[serde(deserialize_with = "relay_datagram_size")]
+    pub max_datagram_bytes: usize,
+    #[serde(deserialize_with = "flush_interval")]
+    pub flush_interval_seconds: f64,
+    #[serde(deserialize_with = "relay_queue")]
+    pub queue_bytes: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let defaults = RelayOptions::default();
+        RelayConfig {
+            targets: defaults.targets,
+            lines: defaults.lines,
+            max_datagram_bytes: defaults.max_datagram_bytes,
+            flush_interval_seconds: defaults.flush_interval.as_secs_f64(),
+            queue_bytes: defaults.queue_bytes,
+        }
+    }
+}
+
 /// `[http]`: the server for /metrics and the health endpoints.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    pub listen: SocketAddr,
+    pub listen: Endpoint<SocketAddr>,
     #[serde(deserialize_with = "positive_seconds")]
     pub header_read_timeout_seconds: f64,
     #[serde(deserialize_with = "positive_seconds")]
@@ -165,13 +198,16 @@ pub struct HttpConfig {
     pub gzip: bool,
     /// Serve `POST /-/reload` and `POST /-/quit` (statsd_exporter's `--web.enable-lifecycle`).
     pub enable_lifecycle: bool,
+    /// Hex SHA-256 of the bearer token `/metrics` requires; empty: `/metrics` is open.
+    #[serde(deserialize_with = "optional_sha256")]
+    pub scrape_token_sha256: Option<[u8; 32]>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         let defaults = HttpOptions::default();
         HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
+            listen: Endpoint::Bind(SocketAddr::from(([0, 0, 0, 0], 9102))),
             header_read_timeout_seconds: defaults.header_read_timeout.as_secs_f64(),
             request_timeout_seconds: defaults.request_timeout.as_secs_f64(),
             idle_timeout_seconds: defaults.idle_timeout.as_secs_f64(),
@@ -179,6 +215,7 @@ impl Default for HttpConfig {
             max_concurrent_scrapes: defaults.max_concurrent_scrapes,
             gzip: defaults.enable_gzip,
             enable_lifecycle: false,
+            scrape_token_sha256: None,
         }
     }
 }
@@ -286,6 +323,11 @@ pub struct AggregationConfig {
     pub max_set_members: usize,
     /// 0 = 16 per core.
     pub shards: usize,
+    /// Native buckets for every histogram that does not say otherwise: 0 = none, above 1 = on.
+    #[serde(deserialize_with = "native_bucket_factor")]
+    pub native_histogram_bucket_factor: f64,
+    #[serde(deserialize_with = "native_max_buckets")]
+    pub native_histogram_max_buckets: u32,
 }
 
 impl Default for AggregationConfig {
@@ -296,6 +338,8 @@ impl Default for AggregationConfig {
             set_window_seconds: registry.set_window_secs,
             max_set_members: registry.max_set_members,
             shards: 0,
+            native_histogram_bucket_factor: registry.native_bucket_factor,
+            native_histogram_max_buckets: registry.native_max_buckets,
         }
     }
 }
@@ -330,6 +374,16 @@ impl Default for LogConfig {
             level: "info".into(),
         }
     }
+}
+
+fn optional_sha256<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    crate::tokens::parse_sha256(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -401,6 +455,18 @@ fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
     Ok(bounds)
 }
 
+fn native_bucket_factor<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let factor = f64::deserialize(d)?;
+    crate::validate::native_bucket_factor(factor).map_err(serde::de::Error::custom)?;
+    Ok(factor)
+}
+
+fn native_max_buckets<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let max = u32::deserialize(d)?;
+    crate::validate::native_max_buckets(max).map_err(serde::de::Error::custom)?;
+    Ok(max)
+}
+
 fn ttl_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let ttl = u32::deserialize(d)?;
     crate::validate::ttl_seconds(f64::from(ttl)).map_err(serde::de::Error::custom)?;
@@ -421,6 +487,43 @@ fn some_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D
 
 fn some_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     usize::deserialize(d).map(Some)
+}
+
+fn relay_targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let targets = Vec::<String>::deserialize(d)?;
+    crate::relay::check_targets(&targets).map_err(serde::de::Error::custom)?;
+    Ok(targets)
+}
+
+fn relay_datagram_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    // 65,507 is the largest UDP payload over IPv4.
+    match usize::deserialize(d)? {
+        n @ 64..=65507 => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 64 and 65507 bytes, got {n}"
+        ))),
+    }
+}
+
+fn flush_interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if (0.01..=3600.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be a number of seconds from 0.01 to 3600, got {value}"
+        )))
+    }
+}
+
+fn relay_queue<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let least = crate::relay::BUFFER_BYTES;
+    match usize::deserialize(d)? {
+        n if (least..=1 << 30).contains(&n) => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between {least} (one relay buffer) and 1073741824 bytes, got {n}"
+        ))),
+    }
 }
 
 fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

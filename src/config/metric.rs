@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::definitions::{Aggregation, Definition};
-use crate::registry::{Kind, SeriesOptions};
+use crate::registry::{Kind, NativeOptions, SeriesOptions};
 use crate::summary::SummaryConfig;
 
 /// `[[metric]]`: a metric declared up front, with its type, help, unit and label schema.
@@ -32,6 +32,11 @@ pub struct MetricDefinition {
     pub quantiles: Option<Vec<f64>>,
     pub max_age_seconds: Option<u32>,
     pub age_buckets: Option<u32>,
+    /// Native histogram buckets (protobuf scrapes only): 0 for none, above 1 for buckets at most
+    /// that factor wider than the one before; by default `[aggregation]`'s.
+    pub native_histogram_bucket_factor: Option<f64>,
+    /// The most populated native buckets before they widen; by default `[aggregation]`'s.
+    pub native_histogram_max_buckets: Option<u32>,
     /// Remove a series of this metric idle this long (0 = never).
     pub ttl_seconds: Option<u32>,
     /// How a query bins this metric's points by default ([`Definition::aggregation`]; no
@@ -140,6 +145,25 @@ impl MetricDefinition {
             Some(spec) => Some(spec.bounds()?.into()),
             None => None,
         };
+        let native = NativeOptions {
+            bucket_factor: self.native_histogram_bucket_factor,
+            max_buckets: self.native_histogram_max_buckets,
+        };
+        if native != NativeOptions::default() && self.kind != Kind::Histogram {
+            return Err(
+                "native_histogram_bucket_factor and native_histogram_max_buckets are only for \
+                 histograms"
+                    .into(),
+            );
+        }
+        if let Some(factor) = native.bucket_factor {
+            crate::validate::native_bucket_factor(factor)
+                .map_err(|e| format!("native_histogram_bucket_factor {e}"))?;
+        }
+        if let Some(max) = native.max_buckets {
+            crate::validate::native_max_buckets(max)
+                .map_err(|e| format!("native_histogram_max_buckets {e}"))?;
+        }
         let summary_keys = self.quantiles.is_some()
             || self.max_age_seconds.is_some()
             || self.age_buckets.is_some();
@@ -176,6 +200,7 @@ impl MetricDefinition {
                 unit: self.unit.as_deref().map(Arc::from),
                 ttl_secs: self.ttl_seconds,
                 summary,
+                native,
             },
             aggregation: self.aggregation,
         };

@@ -15,7 +15,7 @@ mod settings;
 pub use cli::{Cli, Command, TokenCommand};
 pub use file::{
     AggregationConfig, Config, ExpositionConfig, HttpConfig, LimitsConfig, LintConfig, LogConfig,
-    StatsdConfig, TcpConfig, UdpConfig, UnixConfig, normalize_log_filter,
+    RelayConfig, StatsdConfig, TcpConfig, UdpConfig, UnixConfig, normalize_log_filter,
 };
 pub use metric::{BucketSpec, Generator, MetricDefinition};
 pub use settings::{ConfigError, Settings};
@@ -79,6 +79,83 @@ mod tests {
     }
 
     #[test]
+    fn native_histograms_are_off_by_default_and_aggregation_turns_them_on() {
+        let defaults = settings("").unwrap();
+        assert_eq!(defaults.registry.native_bucket_factor, 0.0);
+        assert_eq!(defaults.registry.native_max_buckets, 256);
+        let on = settings(
+            "[aggregation]\nnative_histogram_bucket_factor = 1.1\n\
+             native_histogram_max_buckets = 100\n",
+        )
+        .unwrap();
+        assert_eq!(on.registry.native_bucket_factor, 1.1);
+        assert_eq!(on.registry.native_max_buckets, 100);
+    }
+
+    #[test]
+    fn bad_native_histogram_keys_are_refused_with_the_key_and_line() {
+        for (text, key, line) in [
+            (
+                "[aggregation]\nnative_histogram_bucket_factor = 0.5\n",
+                "native_histogram_bucket_factor",
+                "line 2",
+            ),
+            (
+                "[aggregation]\nnative_histogram_max_buckets = 0\n",
+                "native_histogram_max_buckets",
+                "line 2",
+            ),
+            (
+                "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\nnative_histogram_bucket_factor = 1.0\n",
+                "native_histogram_bucket_factor",
+                "line ",
+            ),
+            (
+                "\n[[metric]]\nname = \"x\"\ntype = \"gauge\"\nnative_histogram_bucket_factor = 1.1\n",
+                "native_histogram_bucket_factor",
+                "line 2",
+            ),
+            (
+                "[[metric]]\nname = \"x\"\ntype = \"histogram\"\nnative_histogram_max_buckets = 5000\n",
+                "native_histogram_max_buckets",
+                "line 1",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key) && err.contains(line), "{text}: {err}");
+        }
+        let err = parse(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\nmatch_metric_type = \"counter\"\n\
+             native_histogram_max_buckets = 10\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("native_histogram"), "{err}");
+        let err = parse(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\nobserver_type = \"summary\"\n\
+             native_histogram_bucket_factor = 1.1\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("summary"), "{err}");
+    }
+
+    #[test]
+    fn rules_and_definitions_carry_native_histogram_keys() {
+        let settings = settings(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\n\
+             native_histogram_bucket_factor = 1.1\nnative_histogram_max_buckets = 64\n\
+             [[metric]]\nname = \"b_seconds\"\ntype = \"histogram\"\n\
+             native_histogram_bucket_factor = 0\n",
+        )
+        .unwrap();
+        let rule = settings.rules.rule(0);
+        assert_eq!(rule.native_histogram_bucket_factor, Some(1.1));
+        assert_eq!(rule.native_histogram_max_buckets, Some(64));
+        let native = settings.definitions["b_seconds"].options.native;
+        assert_eq!(native.bucket_factor, Some(0.0));
+        assert_eq!(native.max_buckets, None);
+    }
+
+    #[test]
     fn a_bad_log_filter_is_refused() {
         let err = parse("[log]\nlevel = \"info,[\"\n").unwrap_err();
         assert!(err.contains("invalid log filter"), "{err}");
@@ -100,7 +177,7 @@ mod tests {
         };
         let settings = Settings::from_cli(&cli).unwrap();
         assert_eq!(settings.udp.listen, cli.udp_listen);
-        assert_eq!(settings.http_listen, cli.http_listen.unwrap());
+        assert_eq!(Some(settings.http_listen), cli.http_listen);
         assert_eq!(settings.log_level, "debug");
     }
 
@@ -110,12 +187,43 @@ mod tests {
         assert!(defaults.tcp.listen.is_empty() && defaults.unix.listen.is_empty());
         let cli = Cli {
             tcp_listen: vec!["127.0.0.1:8126".parse().unwrap()],
-            unix_listen: vec!["/run/tallyd/dogstatsd.sock".into()],
+            unix_listen: vec!["/run/tallyd/dogstatsd.sock".parse().unwrap()],
             ..Cli::default()
         };
         let settings = Settings::from_cli(&cli).unwrap();
         assert_eq!(settings.tcp.listen, cli.tcp_listen);
         assert_eq!(settings.unix.listen, cli.unix_listen);
+    }
+
+    #[test]
+    fn listen_lists_take_systemd_names_beside_addresses() {
+        use crate::listen::Endpoint;
+        let file = parse(
+            "[udp]\nlisten = [\"systemd:statsd\", \"127.0.0.1:8125\"]\n\
+             [unix]\nlisten = [\"systemd:dogstatsd\"]\n[http]\nlisten = \"systemd:http\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.udp.listen,
+            [
+                Endpoint::Systemd("statsd".into()),
+                Endpoint::Bind("127.0.0.1:8125".parse().unwrap())
+            ]
+        );
+        assert_eq!(file.unix.listen, [Endpoint::Systemd("dogstatsd".into())]);
+        assert_eq!(file.http.listen, Endpoint::Systemd("http".into()));
+        let err = parse("[tcp]\n\nlisten = [\"systemd:a:b\"]\n").unwrap_err();
+        assert!(
+            err.contains("line 3") && err.contains("FileDescriptorName"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_systemd_name_claimed_by_two_listeners_is_refused() {
+        let err =
+            parse("[tcp]\nlisten = [\"systemd:s\"]\n[http]\nlisten = \"systemd:s\"\n").unwrap_err();
+        assert!(err.contains("both [tcp] listen and [http] listen"), "{err}");
     }
 
     #[test]
@@ -197,6 +305,53 @@ mod tests {
         let jobs = &settings.definitions["jobs"];
         assert_eq!(jobs.kind, crate::registry::Kind::Counter);
         assert_eq!(jobs.options.help.as_deref(), Some("Jobs."));
+    }
+
+    #[test]
+    fn relay_targets_change_at_reload_and_the_other_relay_keys_at_restart() {
+        let on = settings("[relay]\ntargets = [\"a:8125\"]\n").unwrap();
+        let moved = settings("[relay]\ntargets = [\"b:8125\", \"c:8125\"]\n").unwrap();
+        assert!(on.restart_required_changes(&moved).is_empty());
+        let off = settings("").unwrap();
+        assert_eq!(on.restart_required_changes(&off), ["relay"]);
+        assert_eq!(off.restart_required_changes(&on), ["relay"]);
+        let mapped = settings("[relay]\ntargets = [\"a:8125\"]\nlines = \"mapped\"\n").unwrap();
+        assert_eq!(on.restart_required_changes(&mapped), ["relay"]);
+    }
+
+    #[test]
+    fn relay_settings_are_built_and_bad_values_refused_with_their_line() {
+        let relay = settings(
+            "[relay]\ntargets = [\"[::1]:8125\"]\nlines = \"mapped\"\n\
+             max_datagram_bytes = 8000\nflush_interval_seconds = 0.25\nqueue_bytes = 262144\n",
+        )
+        .unwrap()
+        .relay;
+        assert_eq!(relay.targets, ["[::1]:8125"]);
+        assert_eq!(relay.lines, crate::relay::LineForm::Mapped);
+        assert_eq!(relay.max_datagram_bytes, 8000);
+        assert_eq!(relay.flush_interval, std::time::Duration::from_millis(250));
+        assert_eq!(relay.queue_bytes, 262144);
+        for (bad, says) in [
+            ("targets = [\"statsd\"]", "host:port"),
+            ("lines = \"cooked\"", "cooked"),
+            ("max_datagram_bytes = 65508", "65507"),
+            ("flush_interval_seconds = 0", "0.01"),
+            ("queue_bytes = 1000", "131072"),
+        ] {
+            let err = parse(&format!("[relay]\n{bad}\n")).unwrap_err();
+            assert!(err.contains(says) && err.contains("line 2"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_relay_target_flag_replaces_the_file_targets() {
+        let cli = Cli {
+            relay_target: vec!["statsd.internal:8125".into()],
+            ..Cli::default()
+        };
+        let settings = Settings::from_cli(&cli).unwrap();
+        assert_eq!(settings.relay.targets, cli.relay_target);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cli::Cli;
-use super::file::{AggregationConfig, Config, normalize_log_filter};
+use super::file::{AggregationConfig, Config, RelayConfig, normalize_log_filter};
 use super::metric::build_definitions;
 use crate::custom::ApiOptions;
 use crate::definitions::Definition;
@@ -19,11 +19,12 @@ use crate::exposition::ExpositionOptions;
 use crate::http::HttpOptions;
 use crate::ingest::{IngestOptions, SharedRules};
 use crate::lint::LintWarning;
-use crate::listen::UdpOptions;
 use crate::listen::tcp::TcpOptions;
 use crate::listen::unix::UnixOptions;
+use crate::listen::{Endpoint, Role, UdpOptions, activation};
 use crate::protocol::ParseOptions;
 use crate::registry::RegistrySettings;
+use crate::relay::RelayOptions;
 use crate::rules::RuleSet;
 use crate::tokens::Tokens;
 
@@ -76,7 +77,7 @@ pub struct Settings {
     pub udp: UdpOptions,
     pub tcp: TcpOptions,
     pub unix: UnixOptions,
-    pub http_listen: SocketAddr,
+    pub http_listen: Endpoint<SocketAddr>,
     pub http: HttpOptions,
     /// Serve `POST /-/reload` and `POST /-/quit`.
     pub enable_lifecycle: bool,
@@ -95,6 +96,7 @@ pub struct Settings {
     pub api_body_limit: usize,
     /// Where the store lives (`[storage] dir`, or `--data-dir`).
     pub data_dir: PathBuf,
+    pub relay: RelayOptions,
 }
 
 impl Settings {
@@ -121,8 +123,17 @@ impl Settings {
         if !cli.unix_listen.is_empty() {
             file.unix.listen = cli.unix_listen.clone();
         }
-        if let Some(addr) = cli.http_listen {
-            file.http.listen = addr;
+        if !cli.relay_target.is_empty() {
+            crate::relay::check_targets(&cli.relay_target).map_err(|message| {
+                ConfigError::Invalid {
+                    path: "--relay-target".into(),
+                    message,
+                }
+            })?;
+            file.relay.targets = cli.relay_target.clone();
+        }
+        if let Some(addr) = &cli.http_listen {
+            file.http.listen = addr.clone();
         }
         if let Some(dir) = &cli.data_dir {
             file.storage.dir = dir.clone();
@@ -177,7 +188,7 @@ impl Settings {
         crate::tokens::check_unique(&file.api.tokens).map_err(invalid)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let secs = Duration::from_secs_f64;
-        Ok(Settings {
+        let settings = Settings {
             rules: Arc::new(rules),
             definitions,
             lint,
@@ -202,7 +213,7 @@ impl Settings {
                 max_datagram_bytes: file.unix.max_datagram_bytes,
                 receive_buffer_bytes: file.unix.receive_buffer_bytes,
             },
-            http_listen: file.http.listen,
+            http_listen: file.http.listen.clone(),
             http: HttpOptions {
                 header_read_timeout: secs(file.http.header_read_timeout_seconds),
                 request_timeout: secs(file.http.request_timeout_seconds),
@@ -210,6 +221,7 @@ impl Settings {
                 max_connections: file.http.max_connections,
                 max_concurrent_scrapes: file.http.max_concurrent_scrapes,
                 enable_gzip: file.http.gzip,
+                scrape_token_sha256: file.http.scrape_token_sha256,
             },
             enable_lifecycle: file.http.enable_lifecycle,
             registry: RegistrySettings {
@@ -223,6 +235,8 @@ impl Settings {
                 max_series: file.limits.max_series,
                 max_series_per_metric: file.limits.max_series_per_metric,
                 series_ttl_secs: file.limits.series_ttl_seconds,
+                native_bucket_factor: aggregation.native_histogram_bucket_factor,
+                native_max_buckets: aggregation.native_histogram_max_buckets,
             },
             parse: ParseOptions {
                 gauge_deltas: file.statsd.gauge_deltas,
@@ -242,8 +256,43 @@ impl Settings {
             tokens: Tokens::new(file.api.tokens.clone()),
             api_body_limit: file.api.max_body_bytes,
             data_dir: file.storage.dir.clone(),
+            relay: RelayOptions {
+                targets: file.relay.targets.clone(),
+                lines: file.relay.lines,
+                max_datagram_bytes: file.relay.max_datagram_bytes,
+                flush_interval: secs(file.relay.flush_interval_seconds),
+                queue_bytes: file.relay.queue_bytes,
+            },
             file,
-        })
+        };
+        if let Some(shared) = activation::shared_name(settings.systemd_names()) {
+            return Err(invalid(shared));
+        }
+        Ok(settings)
+    }
+
+    /// Every `systemd:NAME` the listen addresses claim, with the listener that claims it.
+    pub fn systemd_names(&self) -> impl Iterator<Item = (Role, &str)> {
+        let udp = self
+            .udp
+            .listen
+            .iter()
+            .map(|e| (Role::Udp, e.systemd_name()));
+        let tcp = self
+            .tcp
+            .listen
+            .iter()
+            .map(|e| (Role::Tcp, e.systemd_name()));
+        let unix = self
+            .unix
+            .listen
+            .iter()
+            .map(|e| (Role::Unix, e.systemd_name()));
+        let http = std::iter::once((Role::Http, self.http_listen.systemd_name()));
+        udp.chain(tcp)
+            .chain(unix)
+            .chain(http)
+            .filter_map(|(role, name)| Some((role, name?)))
     }
 
     /// Ingest options over `rules` (the daemon's swappable copy of [`Settings::rules`]).
@@ -253,6 +302,7 @@ impl Settings {
             container_id_label: self.container_id_label,
             cache_capacity: self.cache_capacity,
             rules,
+            relay: None,
         }
     }
 
@@ -281,6 +331,26 @@ impl Settings {
         }
         if old.limits != new.limits {
             changed.push("limits");
+        }
+        if old.api.max_body_bytes != new.api.max_body_bytes {
+            changed.push("api.max_body_bytes");
+        }
+        if old.storage.dir != new.storage.dir {
+            changed.push("storage.dir");
+        }
+        // A reload re-resolves and applies `targets` while the relay stays on; turning it on
+        // or off, and its other keys, wait for a restart.
+        let shape = |relay: &RelayConfig| {
+            (
+                relay.targets.is_empty(),
+                RelayConfig {
+                    targets: Vec::new(),
+                    ..relay.clone()
+                },
+            )
+        };
+        if shape(&old.relay) != shape(&new.relay) {
+            changed.push("relay");
         }
         changed
     }

@@ -24,6 +24,7 @@ use crate::record::{Recorder, Refusal, SeriesHandle};
 use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
 use crate::store::{self, Point, Store, StoredMetric, Write, Written};
 
+pub mod deeploy;
 pub mod names;
 pub mod query;
 pub mod seldon;
@@ -233,6 +234,8 @@ pub struct CustomMetrics {
     shown: Mutex<HashMap<(i64, Arc<str>), i64>>,
     /// Definition changes one at a time (checks, store, registry as one step).
     changes: tokio::sync::Mutex<()>,
+    /// Deeploy's chart-backed metrics, in the same store.
+    deeploy: deeploy::Deeploy,
 }
 
 impl CustomMetrics {
@@ -243,6 +246,7 @@ impl CustomMetrics {
         options: ApiOptions,
     ) -> Result<CustomMetrics, String> {
         let stored = store.reader().metrics().map_err(|e| e.to_string())?;
+        let deeploy = deeploy::Deeploy::load(store.clone(), Arc::clone(&recorder), &stored);
         let service = CustomMetrics {
             store,
             recorder,
@@ -250,6 +254,7 @@ impl CustomMetrics {
             catalog: RwLock::new(HashMap::new()),
             shown: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            deeploy,
         };
         for row in stored {
             let read_only = row.scope != MATIH_SCOPE;
@@ -284,6 +289,10 @@ impl CustomMetrics {
             );
         }
         Ok(service)
+    }
+
+    pub fn deeploy(&self) -> &deeploy::Deeploy {
+        &self.deeploy
     }
 
     pub fn store(&self) -> &Store {
@@ -401,24 +410,9 @@ impl CustomMetrics {
         self.check_family_kind(&spec)?;
         let now = time::now_ms();
         let uid = uuid::Uuid::new_v4().to_string();
-        let document = serde_json::to_string(&spec).expect("a spec serialises");
-        let written = self
-            .store
-            .write(Write::PutMetric(StoredMetric {
-                id: 0,
-                uid: uid.clone(),
-                tenant: tenant.to_owned(),
-                scope: MATIH_SCOPE.into(),
-                name: spec.name.clone(),
-                document,
-                created_ms: now,
-                updated_ms: now,
-            }))
-            .await
-            .map_err(storage_failed)?;
-        let Written::Metric(store_id) = written else {
-            return Err(storage_failed("the store did not answer an id"));
-        };
+        let store_id = self
+            .put_definition(&uid, tenant, MATIH_SCOPE, &spec, now)
+            .await?;
         let metric = Arc::new(CustomMetric {
             store_id,
             uid,
@@ -856,30 +850,45 @@ impl CustomMetrics {
             }
             .into());
         }
-        let now = time::now_ms();
-        let written = self
-            .store
-            .write(Write::PutMetric(StoredMetric {
-                id: 0,
-                uid: format!("file:{tenant}:{name}"),
-                tenant: tenant.to_owned(),
-                scope: FILE_SCOPE.into(),
-                name: name.to_owned(),
-                document: serde_json::to_string(&metric.spec).expect("a spec serialises"),
-                created_ms: now,
-                updated_ms: now,
-            }))
-            .await
-            .map_err(storage_failed)?;
-        let Written::Metric(store_id) = written else {
-            return Err(storage_failed("the store did not answer an id"));
-        };
+        let uid = format!("file:{tenant}:{name}");
+        let store_id = self
+            .put_definition(&uid, tenant, FILE_SCOPE, &metric.spec, time::now_ms())
+            .await?;
         let stored = Arc::new(CustomMetric {
             store_id,
             ..(*metric).clone()
         });
         self.catalog.write().insert(key, Arc::clone(&stored));
         Ok(stored)
+    }
+
+    /// Stores a definition (new, or replacing the one with `uid`) and answers its store id.
+    async fn put_definition(
+        &self,
+        uid: &str,
+        tenant: &str,
+        scope: &str,
+        spec: &MetricSpec,
+        now: i64,
+    ) -> Result<i64, Problem> {
+        let written = self
+            .store
+            .write(Write::PutMetric(StoredMetric {
+                id: 0,
+                uid: uid.to_owned(),
+                tenant: tenant.to_owned(),
+                scope: scope.to_owned(),
+                name: spec.name.clone(),
+                document: serde_json::to_string(spec).expect("a spec serialises"),
+                created_ms: now,
+                updated_ms: now,
+            }))
+            .await
+            .map_err(storage_failed)?;
+        match written {
+            Written::Metric(id) => Ok(id),
+            _ => Err(storage_failed("the store did not answer an id")),
+        }
     }
 
     /// The config file's definitions, as the tenant sees them.

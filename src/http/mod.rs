@@ -11,13 +11,14 @@
 //!   neither a connection cap nor a header timeout;
 //! - `scrape`: `/metrics` — negotiation, the render slots, gzip;
 //! - `admin`: health, readiness, the landing page and the lifecycle endpoints;
-//! - [`api`]: the building blocks of the REST API under `/api` (problem documents, JSON and
-//!   query extractors with bounded bodies, the authentication hook). No public route yet.
+//! - [`api`]: the REST API under `/api`, and Deeploy's under `/workspaces` (problem documents,
+//!   JSON and query extractors with bounded bodies, the authentication hook, the routes).
 //!
-//! Bodies: outside `/api` no route takes one and none is ever read. A request that announces a
-//! body there gets its answer with `Connection: close`; hyper then reads at most what is
-//! already buffered and closes, so a huge upload costs us nothing. Under `/api` a body is read
-//! up to [`api::DEFAULT_BODY_LIMIT`] and refused with 413 beyond it.
+//! Bodies: outside the API's paths ([`api::owns`]) no route takes one and none is ever read. A
+//! request that announces a body there gets its answer with `Connection: close`; hyper then
+//! reads at most what is already buffered and closes, so a huge upload costs us nothing. On the
+//! API's paths a body is read up to the `[api] max_body_bytes` limit and refused with 413
+//! beyond it.
 
 use std::io;
 use std::sync::Arc;
@@ -89,6 +90,8 @@ pub struct HttpOptions {
     pub max_concurrent_scrapes: usize,
     /// Compress `/metrics` when the client accepts gzip.
     pub enable_gzip: bool,
+    /// The SHA-256 of the bearer token `/metrics` requires (`None`: open).
+    pub scrape_token_sha256: Option<[u8; 32]>,
 }
 
 impl Default for HttpOptions {
@@ -100,6 +103,7 @@ impl Default for HttpOptions {
             max_connections: 256,
             max_concurrent_scrapes: 4,
             enable_gzip: true,
+            scrape_token_sha256: None,
         }
     }
 }
@@ -113,7 +117,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let router = routes(&state);
-    server::run(listener, &state.options, router, shutdown).await
+    let stats = Arc::clone(&state.telemetry.http);
+    server::run(listener, &state.options, router, stats, shutdown).await
 }
 
 /// The route table. Built once per server: the scrape slots live in it.
@@ -131,8 +136,8 @@ fn routes(state: &Arc<HttpState>) -> Router {
     }
 }
 
-/// Unknown paths: a problem document under `/api` (API clients parse those), plain text
-/// elsewhere.
+/// Unknown paths: a problem document on the API's paths (API clients parse those), plain
+/// text elsewhere.
 async fn not_found(request: Request) -> Response {
     let path = request.uri().path();
     if api::owns(path) {
@@ -191,7 +196,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_api_path_is_a_404_problem() {
         let server = TestServer::start(HttpOptions::default()).await;
-        for path in ["/api", "/api/v1/nope"] {
+        for path in ["/api", "/api/v1/nope", "/workspaces/w/deployments/d/nope"] {
             let response = server.get(path, "").await;
             assert_eq!(response.status, 404, "{path}");
             assert_eq!(

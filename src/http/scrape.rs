@@ -30,6 +30,16 @@ pub(super) fn routes(options: &HttpOptions) -> Router<Arc<HttpState>> {
 }
 
 async fn metrics(state: &HttpState, slots: Arc<Semaphore>, headers: &HeaderMap) -> Response {
+    if let Some(hash) = &state.options.scrape_token_sha256
+        && !bearer_matches(headers, hash)
+    {
+        let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tallyd\""),
+        );
+        return response;
+    }
     let format = exposition::negotiate(header_list(headers, header::ACCEPT).as_deref());
     let compress = state.options.enable_gzip
         && exposition::gzip_allowed(header_list(headers, header::ACCEPT_ENCODING).as_deref());
@@ -74,6 +84,15 @@ async fn metrics(state: &HttpState, slots: Arc<Semaphore>, headers: &HeaderMap) 
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     response
+}
+
+/// Whether the request's `Authorization: Bearer` token hashes to `hash` (`[http]
+/// scrape_token_sha256`).
+fn bearer_matches(headers: &HeaderMap, hash: &[u8; 32]) -> bool {
+    matches!(
+        super::api::Credentials::from_headers(headers),
+        Ok(Some(super::api::Credentials::Bearer(token))) if crate::tokens::secret_matches(hash, &token)
+    )
 }
 
 /// All values of a header, joined with commas (a list header may be split over several lines).
@@ -132,6 +151,42 @@ mod tests {
             Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
         );
         assert!(response.text().ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn metrics_serves_gzipped_protobuf_to_a_prometheus_with_native_histograms() {
+        use prost::Message;
+
+        use crate::exposition::proto::MetricFamily;
+
+        let server =
+            TestServer::start_with(registry_with_gauges(3, 2), HttpOptions::default()).await;
+        let accept = "Accept: application/vnd.google.protobuf;\
+            proto=io.prometheus.client.MetricFamily;encoding=delimited,\
+            application/openmetrics-text;version=1.0.0;q=0.8,*/*;q=0.1\r\n\
+            Accept-Encoding: gzip\r\n";
+        let response = server.get("/metrics", accept).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some(
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; \
+                 encoding=delimited"
+            )
+        );
+        assert_eq!(response.header("content-encoding"), Some("gzip"));
+        let mut body = Vec::new();
+        flate2::read::GzDecoder::new(&response.body[..])
+            .read_to_end(&mut body)
+            .unwrap();
+        let mut rest = &body[..];
+        let mut families = Vec::new();
+        while !rest.is_empty() {
+            families.push(MetricFamily::decode_length_delimited(&mut rest).unwrap());
+        }
+        let named = |name: &str| families.iter().find(|f| f.name.as_deref() == Some(name));
+        assert_eq!(named("temperature").map(|f| f.metric.len()), Some(3));
+        assert!(named("tallyd_build_info").is_some(), "{families:?}");
     }
 
     #[tokio::test]

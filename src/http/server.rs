@@ -7,7 +7,9 @@
 //! - **Connections**: at most `max_connections` are served at once. One more is accepted and
 //!   answered at once with a canned `503` and closed, so it neither waits in the kernel's accept
 //!   queue until the client gives up nor costs a task: a scraper sees a clear error, and the
-//!   limit holds however many arrive.
+//!   limit holds however many arrive. Each refusal is counted
+//!   (`tallyd_http_connections_refused_total`), and so is each connection a timeout below
+//!   closes (`tallyd_http_timeouts_total{stage="header"|"request"}`).
 //! - **Slow clients**: the request head must arrive within `header_read_timeout` (hyper's own
 //!   timer; it also runs while a kept-alive connection waits for its next request, so it caps
 //!   keep-alive idleness too). Once a request is read, the whole exchange — rendering, waiting
@@ -47,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::{HttpOptions, SHUTDOWN_GRACE, api};
+use crate::telemetry::HttpStats;
 
 /// Most bytes hyper buffers for one connection's request head (hyper's floor is 8 KiB).
 pub(super) const MAX_BUF_SIZE: usize = 16 * 1024;
@@ -59,6 +62,7 @@ struct Server {
     options: HttpOptions,
     router: Router,
     builder: http1::Builder,
+    stats: Arc<HttpStats>,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains live connections for
@@ -68,6 +72,7 @@ pub(super) async fn run(
     listener: TcpListener,
     options: &HttpOptions,
     router: Router,
+    stats: Arc<HttpStats>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
@@ -82,6 +87,7 @@ pub(super) async fn run(
         options: options.clone(),
         router,
         builder,
+        stats,
     });
     let mut tasks = JoinSet::new();
     loop {
@@ -100,7 +106,10 @@ pub(super) async fn run(
                             drop(permit);
                         });
                     }
-                    Err(_) => refuse(stream),
+                    Err(_) => {
+                        server.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        refuse(stream);
+                    }
                 },
                 Err(e) => {
                     // Out of file descriptors and the like: pause instead of spinning; the
@@ -184,13 +193,19 @@ async fn serve_connection(stream: TcpStream, server: Arc<Server>, stopping: Canc
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
+                    // hyper's own timer: the request head did not arrive in time.
+                    if e.is_timeout() {
+                        server.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::debug!("HTTP connection ended: {e}");
                 }
                 return;
             }
             _ = watchdog.expired() => {
                 tracing::debug!("HTTP connection timed out; closing it");
-                watchdog.expire();
+                if watchdog.expire() {
+                    server.stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
             _ = stopping.cancelled(), if !shutting_down => {
@@ -285,11 +300,13 @@ impl Watchdog {
     }
 
     /// Called when the deadline passed: an exchange cut short gets a reset (see
-    /// [`WatchedStream`]'s `Drop`); an idle connection a normal close.
-    fn expire(&self) {
-        if self.phase.load(Ordering::Relaxed) != IDLE {
+    /// [`WatchedStream`]'s `Drop`), and `true` is returned; an idle connection a normal close.
+    fn expire(&self) -> bool {
+        let cut_short = self.phase.load(Ordering::Relaxed) != IDLE;
+        if cut_short {
             self.aborted.store(true, Ordering::Relaxed);
         }
+        cut_short
     }
 
     /// Completes once the current deadline passes; follows the deadline as it moves.

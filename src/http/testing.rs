@@ -78,7 +78,8 @@ impl TestServer {
         let stop = CancellationToken::new();
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
-            server::run(listener, &HttpOptions::default(), router, shutdown).await
+            let stats = Arc::default();
+            server::run(listener, &HttpOptions::default(), router, stats, shutdown).await
         });
         TestServer {
             addr,

@@ -11,10 +11,15 @@
 //!   quantiles, ttl). When those differ from tallyd's behaviour for unmatched names, a final
 //!   catch-all regex rule (`^.*$`, named `$0`, so sanitised exactly like an unmatched name)
 //!   carries them.
+//! - **Native histograms.** `native_histogram_bucket_factor` and `native_histogram_max_buckets`
+//!   (the rule's `histogram_options`, else the defaults', key by key) go on every histogram
+//!   rule that ends up with native buckets, or that turns them off explicitly. A factor of 1 or
+//!   less means off, as in client_golang (tallyd spells it 0); a cap of 0 is statsd_exporter's
+//!   default, 256, which is tallyd's too.
 //! - `ttl` (Go durations; a bare number is nanoseconds to Go's YAML decoder), `scale`, `help`,
 //!   `honor_labels`, `action: drop`, `match_metric_type` (`timer` included) carry over.
 //!
-//! Options with no tallyd equivalent (native histograms, summary `max_age`, `age_buckets`,
+//! Options with no tallyd equivalent (summary `max_age`, `age_buckets`,
 //! `buf_cap`, per-quantile error targets) and keys statsd_exporter ignores are reported as
 //! warnings naming the rule (`mappings[N]`, its `match`) and the option. Input statsd_exporter
 //! itself refuses (a missing `match` or `name`, an unknown `match_type`, conflicting options,
@@ -25,7 +30,9 @@ use crate::rules::{Action, MappingRule, MatchType, MetricClass, ObserverType};
 use super::re2::re2_to_rust;
 use super::templates::{SourceGroups, convert_template};
 use super::toml_out::fmt_number;
-use super::yaml::{Extra, Objective, SummaryOptions, Text, YamlDefaults, YamlMapping};
+use super::yaml::{
+    Extra, HistogramOptions, Objective, SummaryOptions, Text, YamlDefaults, YamlMapping,
+};
 use super::{ImportError, PROMETHEUS_DEFAULT_BUCKETS, STATSD_EXPORTER_DEFAULT_QUANTILES};
 
 pub(super) struct Defaults {
@@ -35,6 +42,59 @@ pub(super) struct Defaults {
     pub(super) match_type: MatchType,
     pub(super) glob_disable_ordering: bool,
     pub(super) ttl: f64,
+    pub(super) native: Native,
+}
+
+/// Native histogram settings as statsd_exporter's `histogram_options` give them, converted.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Native {
+    /// Above 1: on with that factor; 0: off (statsd_exporter's 1 or less).
+    factor: Option<f64>,
+    /// `None` for statsd_exporter's default (256, tallyd's too).
+    max_buckets: Option<u32>,
+}
+
+impl Native {
+    fn of(context: &str, options: &HistogramOptions, warnings: &mut Vec<String>) -> Native {
+        let factor = options
+            .native_histogram_bucket_factor
+            .map(|f| if f > 1.0 && f.is_finite() { f } else { 0.0 });
+        let most = crate::registry::native::MOST_MAX_BUCKETS;
+        let max_buckets = match options.native_histogram_max_buckets {
+            None | Some(0) => None,
+            Some(n) if n > most => {
+                warnings.push(format!(
+                    "{context}.native_histogram_max_buckets: {n} is more than tallyd allows \
+                     per series; {most} instead"
+                ));
+                Some(most)
+            }
+            Some(n) => Some(n),
+        };
+        Native {
+            factor,
+            max_buckets,
+        }
+    }
+
+    /// Each setting of `self`, else of `defaults`.
+    fn or(self, defaults: Native) -> Native {
+        Native {
+            factor: self.factor.or(defaults.factor),
+            max_buckets: self.max_buckets.or(defaults.max_buckets),
+        }
+    }
+
+    fn on(&self) -> bool {
+        self.factor.is_some_and(|f| f > 0.0)
+    }
+
+    /// Writes the settings onto a histogram rule: both when native buckets are on, the factor
+    /// alone when they are turned off explicitly, nothing otherwise (tallyd's default is off).
+    fn apply(&self, rule: &mut MappingRule) {
+        rule.native_histogram_bucket_factor = self.factor;
+        rule.native_histogram_max_buckets = self.max_buckets.filter(|_| self.on());
+    }
 }
 
 impl Defaults {
@@ -54,7 +114,8 @@ impl Defaults {
         };
         let mut histogram = d.histogram_options.unwrap_or_default();
         let mut summary = d.summary_options.unwrap_or_default();
-        native_histogram_warnings("defaults.histogram_options", &mut histogram.extra, warnings);
+        histogram_option_warnings("defaults.histogram_options", &mut histogram.extra, warnings);
+        let native = Native::of("defaults.histogram_options", &histogram, warnings);
         summary_option_warnings("defaults.summary_options", &summary, warnings);
         // As statsd_exporter: the nested options win; the legacy keys fill an empty list.
         let buckets = non_empty(histogram.buckets.take())
@@ -88,6 +149,7 @@ impl Defaults {
             match_type,
             glob_disable_ordering: d.glob_disable_ordering.is_some_and(|b| b.0),
             ttl,
+            native,
         })
     }
 
@@ -101,7 +163,8 @@ impl Defaults {
     pub(super) fn catch_all(&self) -> Option<(MappingRule, Vec<String>)> {
         let observer = self.observer();
         let observer_differs = observer == ObserverType::Summary
-            || self.buckets.as_slice() != PROMETHEUS_DEFAULT_BUCKETS.as_slice();
+            || self.buckets.as_slice() != PROMETHEUS_DEFAULT_BUCKETS.as_slice()
+            || self.native.on();
         if !observer_differs && self.ttl <= 0.0 {
             return None;
         }
@@ -128,6 +191,7 @@ impl Defaults {
                          {source}"
                     ));
                     rule.buckets = Some(self.buckets.clone());
+                    self.native.apply(&mut rule);
                 }
                 ObserverType::Summary => {
                     given.push(format!(
@@ -174,18 +238,11 @@ fn objective_warnings(context: &str, objectives: &[Objective], warnings: &mut Ve
     }
 }
 
-fn native_histogram_warnings(context: &str, extra: &mut Extra, warnings: &mut Vec<String>) {
+fn histogram_option_warnings(context: &str, extra: &mut Extra, warnings: &mut Vec<String>) {
     for key in std::mem::take(extra).into_keys() {
-        if key.starts_with("native_histogram") {
-            warnings.push(format!(
-                "{context}.{key}: native histograms have no equivalent in tallyd's config yet; \
-                 the classic buckets are kept"
-            ));
-        } else {
-            warnings.push(format!(
-                "{context}.{key}: not a statsd_exporter option (ignored there too)"
-            ));
-        }
+        warnings.push(format!(
+            "{context}.{key}: not a statsd_exporter option (ignored there too)"
+        ));
     }
 }
 
@@ -448,13 +505,12 @@ fn observer_options(
         }
         _ => {}
     }
+    let mut native = Native::default();
     if let Some(h) = &m.histogram_options {
         let mut extra = h.extra.clone();
-        native_histogram_warnings(
-            &format!("{context}: histogram_options"),
-            &mut extra,
-            warnings,
-        );
+        let context = format!("{context}: histogram_options");
+        histogram_option_warnings(&context, &mut extra, warnings);
+        native = Native::of(&context, h, warnings);
     }
     if let Some(s) = &m.summary_options {
         summary_option_warnings(&format!("{context}: summary_options"), s, warnings);
@@ -482,6 +538,7 @@ fn observer_options(
                 .unwrap_or_else(|| defaults.buckets.clone());
             crate::validate::buckets(&buckets)?;
             rule.buckets = Some(buckets);
+            native.or(defaults.native).apply(rule);
         }
         ObserverType::Summary => {
             let objectives = m

@@ -93,6 +93,8 @@ impl Converted {
             if class != MetricClass::Observer {
                 rule.observer_type = None;
                 rule.buckets = None;
+                rule.native_histogram_bucket_factor = None;
+                rule.native_histogram_max_buckets = None;
                 rule.quantiles = None;
             }
             write_rule(out, &rule, false);
@@ -132,6 +134,15 @@ pub(super) fn write_rule(out: &mut String, rule: &MappingRule, commented: bool) 
     }
     if let Some(buckets) = &rule.buckets {
         lines.push(format!("buckets = {}", toml_floats(buckets)));
+    }
+    if let Some(factor) = rule.native_histogram_bucket_factor {
+        lines.push(format!(
+            "native_histogram_bucket_factor = {}",
+            fmt_f64(factor)
+        ));
+    }
+    if let Some(max) = rule.native_histogram_max_buckets {
+        lines.push(format!("native_histogram_max_buckets = {max}"));
     }
     if let Some(quantiles) = &rule.quantiles {
         lines.push(format!("quantiles = {}", toml_floats(quantiles)));

@@ -270,6 +270,8 @@ pub(super) struct SummaryOptions {
 #[serde(default)]
 pub(super) struct HistogramOptions {
     pub(super) buckets: Option<Vec<f64>>,
+    pub(super) native_histogram_bucket_factor: Option<f64>,
+    pub(super) native_histogram_max_buckets: Option<u32>,
     #[serde(flatten)]
     pub(super) extra: Extra,
 }

@@ -9,6 +9,8 @@
 //!   connections on a current-thread tokio runtime (see that module for why and its bounds).
 //! - [`unix`]: Unix datagram sockets (DogStatsD's `dogstatsd_socket`), read with the same
 //!   [`udp::BatchReceiver`].
+//! - [`activation`]: the sockets systemd passed (`systemd:NAME` in a listen list); each
+//!   transport's `open` binds its addresses and adopts its passed sockets alike.
 //!
 //! Each transport is a variant of [`Listener`] (with a `From` for its bound type), its arms in
 //! [`Listener::label`], [`Listener::transport`] and `Listener::receive`, and a receive loop of
@@ -22,7 +24,9 @@
 //! Stopping is polled, not signalled: every transport's blocking call returns on its own at
 //! least every 200 ms (a socket receive timeout), and the loop checks its `Stop` in between.
 
+use std::fmt;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,6 +40,7 @@ use crate::protocol::Reason;
 use crate::record::Recorder;
 use crate::telemetry::{ReceiverStats, Telemetry};
 
+pub mod activation;
 pub mod tcp;
 pub mod udp;
 pub mod unix;
@@ -43,7 +48,63 @@ pub mod unix;
 #[cfg(test)]
 mod test_support;
 
-pub use udp::{BoundListener, Spread, UdpOptions, bind};
+pub use activation::{ActivationError, Endpoint, Passed, Role};
+pub use udp::{BoundListener, Spread, UdpOptions};
+
+/// Why a listen list could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Binding an address, or preparing a passed socket, failed.
+    Io(io::Error),
+    /// The passed sockets and the listen addresses disagree.
+    Activation(ActivationError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Io(e) => e.fmt(f),
+            OpenError::Activation(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}
+
+impl From<ActivationError> for OpenError {
+    fn from(e: ActivationError) -> Self {
+        OpenError::Activation(e)
+    }
+}
+
+/// Opens one listen list in order: `bind` for each address, `adopt` for each socket passed
+/// under a `systemd:NAME` (after [`Passed::take`] checked it fits `role`).
+fn open_endpoints<A, L>(
+    endpoints: &[Endpoint<A>],
+    role: Role,
+    passed: &mut Passed,
+    mut bind: impl FnMut(&A) -> io::Result<Vec<L>>,
+    mut adopt: impl FnMut(OwnedFd) -> io::Result<Vec<L>>,
+) -> Result<Vec<L>, OpenError> {
+    let mut opened = Vec::new();
+    for endpoint in endpoints {
+        match endpoint {
+            Endpoint::Bind(addr) => opened.extend(bind(addr)?),
+            Endpoint::Systemd(name) => {
+                for fd in passed.take(name, role)? {
+                    opened.extend(adopt(fd)?);
+                }
+            }
+        }
+    }
+    Ok(opened)
+}
 
 /// Least time between two log lines about the same kind of trouble, per thread.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -168,13 +229,13 @@ impl Intake {
 
 /// Rate limit for one kind of log line in one thread: at most one per [`LOG_INTERVAL`].
 #[derive(Debug, Default)]
-struct LogLimit {
+pub(crate) struct LogLimit {
     last: Option<Instant>,
 }
 
 impl LogLimit {
     /// True (and remembers now) if nothing was logged in the last [`LOG_INTERVAL`].
-    fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
         if self
             .last
@@ -281,7 +342,7 @@ pub fn spawn_receivers<L: Into<Listener>>(
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{Daemon, client, eventually, options};
+    use super::test_support::{Daemon, bind, client, eventually, options};
     use super::*;
 
     #[test]

@@ -45,7 +45,8 @@ use std::time::Duration;
 
 use memchr::{memchr, memchr_iter, memrchr};
 
-use super::{Intake, LOG_INTERVAL, LogLimit, Stop};
+use super::activation::{Endpoint, Passed, Role};
+use super::{Intake, LOG_INTERVAL, LogLimit, OpenError, Stop};
 use crate::protocol::Reason;
 
 /// The longest `max_line_bytes` allowed: the parser's own line limit (64 KiB), above which it
@@ -55,6 +56,10 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The read buffer a TCP thread shares among its connections.
 pub const READ_BUFFER: usize = 64 * 1024;
 
+/// Descriptors tallyd keeps for itself besides its connection caps: its other sockets, the
+/// runtimes' own, reads of `/proc` and of the configuration file.
+const OWN_DESCRIPTORS: usize = 64;
+
 /// A retained tail buffer larger than this is given back once its line is done, so an idle
 /// connection that once sent a long line does not keep its memory.
 const KEEP_TAIL_CAPACITY: usize = 4 * 1024;
@@ -62,8 +67,9 @@ const KEEP_TAIL_CAPACITY: usize = 4 * 1024;
 /// What `[tcp]` asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TcpOptions {
-    /// Addresses to accept connections on; none by default.
-    pub listen: Vec<SocketAddr>,
+    /// Addresses to accept connections on, or `systemd:NAME` for the listening sockets
+    /// systemd passed under that name; none by default.
+    pub listen: Vec<Endpoint<SocketAddr>>,
     /// Longest line accepted, in bytes before its `\n`.
     pub max_line_bytes: usize,
     /// Open connections per address at most.
@@ -100,13 +106,15 @@ impl TcpListener {
     }
 }
 
-/// Binds every TCP listen address, so that a port in use is reported (naming the address)
-/// before anything starts.
-pub fn bind(options: &TcpOptions) -> io::Result<Vec<TcpListener>> {
-    options
-        .listen
-        .iter()
-        .map(|&addr| {
+/// Binds every TCP listen address and adopts the listening sockets systemd passed for
+/// `systemd:NAME` entries, so that a port in use (named in the error) or a passed socket that
+/// does not fit is reported before anything starts.
+pub fn open(options: &TcpOptions, passed: &mut Passed) -> Result<Vec<TcpListener>, OpenError> {
+    super::open_endpoints(
+        &options.listen,
+        Role::Tcp,
+        passed,
+        |&addr| {
             let named = |e: io::Error| {
                 io::Error::new(
                     e.kind(),
@@ -114,24 +122,85 @@ pub fn bind(options: &TcpOptions) -> io::Result<Vec<TcpListener>> {
                 )
             };
             let listener = std::net::TcpListener::bind(addr).map_err(named)?;
-            listener.set_nonblocking(true).map_err(named)?;
-            let local_addr = listener.local_addr().map_err(named)?;
-            tracing::info!(
-                "listening for StatsD on TCP {local_addr}: at most {} connections, lines up to \
-                 {} bytes, idle timeout {:?}",
-                options.max_connections,
-                options.max_line_bytes,
-                options.idle_timeout
-            );
-            Ok(TcpListener {
-                listener,
-                local_addr,
-                max_line_bytes: options.max_line_bytes.max(1),
-                max_connections: options.max_connections.max(1),
-                idle_timeout: options.idle_timeout,
+            ready(listener, options, "").map_err(named).map(|l| vec![l])
+        },
+        |fd| {
+            ready(
+                std::net::TcpListener::from(fd),
+                options,
+                " (socket passed by systemd)",
+            )
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot use the TCP socket systemd passed: {e}"),
+                )
             })
-        })
-        .collect()
+            .map(|l| vec![l])
+        },
+    )
+}
+
+/// A bound (or passed) listening socket made ready for the receive thread's reactor.
+fn ready(
+    listener: std::net::TcpListener,
+    options: &TcpOptions,
+    origin: &str,
+) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(
+        "listening for StatsD on TCP {local_addr}{origin}: at most {} connections, lines up to \
+         {} bytes, idle timeout {:?}",
+        options.max_connections,
+        options.max_line_bytes,
+        options.idle_timeout
+    );
+    Ok(TcpListener {
+        listener,
+        local_addr,
+        max_line_bytes: options.max_line_bytes.max(1),
+        max_connections: options.max_connections.max(1),
+        idle_timeout: options.idle_timeout,
+    })
+}
+
+/// Lowers the listeners' `max_connections` where the process's limit on open files
+/// (`RLIMIT_NOFILE`) cannot hold them beside `reserved` descriptors for the rest of tallyd (the
+/// HTTP server's connections). Past that limit a connection cannot even be accepted: it waits
+/// in the kernel's queue, neither served nor refused, and a scrape finds no descriptor either.
+/// Under the lowered cap it is accepted, closed and counted like any refusal.
+pub fn fit_descriptor_limit(listeners: &mut [TcpListener], reserved: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct passed and nothing else.
+    if listeners.is_empty()
+        || unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return;
+    }
+    let limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let in_use = std::fs::read_dir("/proc/self/fd").map_or(0, |fds| fds.count());
+    let available = limit.saturating_sub(in_use + OWN_DESCRIPTORS + reserved);
+    let wanted: usize = listeners.iter().map(|l| l.max_connections).sum();
+    if wanted <= available {
+        return;
+    }
+    let each = (available / listeners.len()).max(1);
+    for listener in listeners.iter_mut() {
+        listener.max_connections = listener.max_connections.min(each);
+    }
+    tracing::warn!(
+        "the limit on open files (RLIMIT_NOFILE) is {limit}, too few for [tcp] max_connections \
+         ({wanted} over {} listener(s)) beside the HTTP server's {reserved} connections and \
+         tallyd's own {in_use} + {OWN_DESCRIPTORS}: each TCP listener now takes at most {each} \
+         connections, and refuses (and counts) more. Raise the limit (LimitNOFILE= in the unit, \
+         ulimit -n) to serve more",
+        listeners.len()
+    );
 }
 
 /// What the connections of one thread share.
@@ -141,6 +210,19 @@ struct Shared {
     open: Cell<usize>,
     max_line_bytes: usize,
     idle_timeout: Duration,
+}
+
+impl Shared {
+    /// Counts a connection opened (`+1`) or closed (`-1`), here and in the published gauge.
+    fn count_open(&self, change: isize) {
+        let open = self.open.get().saturating_add_signed(change);
+        self.open.set(open);
+        self.intake
+            .borrow()
+            .stats()
+            .open_connections
+            .store(open as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The body of one TCP thread: accepts and serves connections until `stop` is requested, then
@@ -186,9 +268,17 @@ async fn accept_loop(listener: TcpListener, shared: Rc<Shared>, stop: &Stop) {
     };
     let stats = std::sync::Arc::clone(&shared.intake.borrow().stats);
     let mut error_log = LogLimit::default();
+    // A quiet listener still flushes as often as a datagram receiver's timeout, so what the
+    // intake holds for others (the relay's lines) does not wait for the next read.
+    let mut flush = tokio::time::interval(super::udp::RECEIVE_TIMEOUT);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             () = stop.0.cancelled() => return,
+            _ = flush.tick() => {
+                shared.intake.borrow_mut().flush();
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -203,7 +293,7 @@ async fn accept_loop(listener: TcpListener, shared: Rc<Shared>, stop: &Stop) {
                 stats
                     .connections
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                shared.open.set(shared.open.get() + 1);
+                shared.count_open(1);
                 tokio::task::spawn_local(serve(Rc::clone(&shared), stream));
             }
             Err(e) => {
@@ -226,7 +316,7 @@ struct OpenSlot(Rc<Shared>);
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get().saturating_sub(1));
+        self.0.count_open(-1);
     }
 }
 

@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{BoundListener, ReceiverHandles, Spread, UdpOptions, bind, spawn_receivers};
+use super::udp::open;
+use super::{
+    BoundListener, OpenError, Passed, ReceiverHandles, Spread, UdpOptions, spawn_receivers,
+};
 use crate::ingest::IngestOptions;
 use crate::record::Recorder;
 use crate::registry::{Cell, Registry, RegistrySettings};
@@ -110,6 +113,14 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Binds `options`' addresses, as `udp::open` does for a tallyd that was not socket-activated.
+pub(super) fn bind(options: &UdpOptions) -> io::Result<Vec<BoundListener>> {
+    open(options, &mut Passed::none()).map_err(|e| match e {
+        OpenError::Io(e) => e,
+        OpenError::Activation(e) => io::Error::other(e),
+    })
 }
 
 pub(super) fn options(listen: &str, receivers: usize) -> UdpOptions {

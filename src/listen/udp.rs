@@ -39,7 +39,23 @@
 //!   `SO_RXQ_OVFL`: every datagram queued after a drop carries the socket's cumulative drop
 //!   count, which the receiver stores in [`ReceiverStats::kernel_drops`]. The figure therefore
 //!   moves when the next datagram after a burst of drops is read, not at the drop itself. Each
-//!   receiver has its own socket, so each reports its own socket's count.
+//!   receiver of a reuse-port group has its own socket, so each reports its own socket's
+//!   count; receivers sharing a passed socket (below) add up only what the count grew by since
+//!   any of them last saw it, so their sum is the socket's count, not a multiple of it.
+//!
+//! ## A socket passed by systemd
+//!
+//! `systemd:NAME` in `listen` adopts the socket systemd passed (see `activation`). Such a
+//! socket was bound by systemd, under another user, before tallyd ran: tallyd cannot add
+//! `SO_REUSEPORT` siblings to it (a reuse-port group only takes sockets of the same user, and
+//! a group the socket unit did not ask for does not exist). So the receive threads share the
+//! one socket, each with its own descriptor of it (`dup`): every `recvmmsg` takes from the same
+//! queue, and the kernel wakes one blocked receiver per arrival. What that costs next to a
+//! reuse-port group — one queue and its lock for all threads instead of one each, and no
+//! random spread — is measured by the end-to-end bench (`E2E_ONLY=shared`). Its receive buffer
+//! is raised to `receive_buffer_bytes` if the socket unit's `ReceiveBuffer=` left it smaller,
+//! and never lowered: systemd may set it above `net.core.rmem_max`, a size tallyd, without
+//! privileges, could not set again.
 //!
 //! [`ReceiverStats::oversized`]: crate::telemetry::ReceiverStats::oversized
 //! [`ReceiverStats::kernel_drops`]: crate::telemetry::ReceiverStats::kernel_drops
@@ -47,14 +63,16 @@
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::{Intake, LOG_INTERVAL, LogLimit, Stop};
+use super::activation::{Endpoint, Passed, Role};
+use super::{Intake, LOG_INTERVAL, LogLimit, OpenError, Stop};
 
 /// How often a blocked receive returns on its own, so the thread notices shutdown and an idle
 /// thread still publishes its counts.
@@ -73,8 +91,9 @@ const CHARGE_PER_SMALL_DATAGRAM: usize = 800;
 /// The UDP listeners and how their receive threads work.
 #[derive(Clone, Debug)]
 pub struct UdpOptions {
-    /// Addresses to receive on; IPv4 and IPv6, port 0 picks a free port.
-    pub listen: Vec<SocketAddr>,
+    /// Addresses to receive on (IPv4 and IPv6, port 0 picks a free port), or `systemd:NAME`
+    /// for the sockets systemd passed under that name.
+    pub listen: Vec<Endpoint<SocketAddr>>,
     /// Sockets (and threads) per address; 0 means one per available core.
     pub receivers_per_listener: usize,
     /// Requested `SO_RCVBUF` per socket. Linux doubles it for bookkeeping and caps it at
@@ -92,7 +111,10 @@ pub struct UdpOptions {
 impl Default for UdpOptions {
     fn default() -> Self {
         UdpOptions {
-            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 8125))],
+            listen: vec![Endpoint::Bind(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                8125,
+            )))],
             receivers_per_listener: 0,
             receive_buffer_bytes: 8 << 20,
             max_datagram_bytes: MAX_DATAGRAM,
@@ -136,6 +158,8 @@ pub struct BoundListener {
     spread: Spread,
     max_datagram_bytes: usize,
     batch: usize,
+    /// For receivers sharing one passed socket: the largest drop count any of them has seen.
+    shared_drops: Option<Arc<AtomicU64>>,
 }
 
 impl BoundListener {
@@ -156,22 +180,99 @@ impl BoundListener {
     pub fn spread(&self) -> Spread {
         self.spread
     }
+
+    /// True when this receiver shares a socket systemd passed with the other receivers of its
+    /// address, instead of having one of its own.
+    pub fn is_shared(&self) -> bool {
+        self.shared_drops.is_some()
+    }
 }
 
-/// Binds every socket of every listen address, so that a port in use is reported (with its
-/// address) before anything starts. Nothing is read until [`spawn_receivers`].
+/// Binds every socket of every listen address, and adopts the sockets systemd passed for
+/// `systemd:NAME` entries, so that a port in use or a passed socket that does not fit is
+/// reported before anything starts. Nothing is read until [`spawn_receivers`].
 ///
 /// [`spawn_receivers`]: super::spawn_receivers
-pub fn bind(options: &UdpOptions) -> io::Result<Vec<BoundListener>> {
+pub fn open(options: &UdpOptions, passed: &mut Passed) -> Result<Vec<BoundListener>, OpenError> {
     let receivers = match options.receivers_per_listener {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let mut bound = Vec::with_capacity(options.listen.len() * receivers);
-    for &addr in &options.listen {
-        bound.extend(bind_group(addr, receivers, options)?);
+    super::open_endpoints(
+        &options.listen,
+        Role::Udp,
+        passed,
+        |&addr| bind_group(addr, receivers, options),
+        |fd| adopt(fd, receivers, options),
+    )
+}
+
+/// `receivers` receivers sharing one socket systemd passed (see the module documentation).
+fn adopt(fd: OwnedFd, receivers: usize, options: &UdpOptions) -> io::Result<Vec<BoundListener>> {
+    let socket = Socket::from(fd);
+    let local_addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the passed UDP socket has no IP address"))?;
+    let named = |what: &str, e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot use the UDP socket systemd passed for {local_addr}: {what}{e}"),
+        )
+    };
+    // recvmmsg blocks until the receive timeout, whatever mode systemd left the socket in.
+    socket
+        .set_nonblocking(false)
+        .map_err(|e| named("cannot make it blocking: ", e))?;
+    socket
+        .set_read_timeout(Some(RECEIVE_TIMEOUT))
+        .map_err(|e| named("cannot set SO_RCVTIMEO: ", e))?;
+    if let Err(e) = enable_drop_reports(&socket) {
+        tracing::warn!(
+            "cannot enable SO_RXQ_OVFL on UDP {local_addr} ({e}); kernel receive drops will \
+             not be counted"
+        );
     }
-    Ok(bound)
+    let granted = match raise_receive_buffer(&socket, options.receive_buffer_bytes) {
+        Ok(granted) => granted,
+        Err(e) => {
+            tracing::warn!(
+                "cannot raise SO_RCVBUF of UDP {local_addr} to {} bytes: {e}",
+                options.receive_buffer_bytes
+            );
+            receive_buffer_size(&socket).unwrap_or(0)
+        }
+    };
+    let shared_drops = Arc::new(AtomicU64::new(0));
+    let mut sockets = Vec::with_capacity(receivers);
+    for _ in 1..receivers {
+        sockets.push(
+            socket
+                .try_clone()
+                .map_err(|e| named("cannot duplicate its descriptor: ", e))?,
+        );
+    }
+    sockets.push(socket);
+    tracing::info!(
+        "listening for StatsD on UDP {local_addr} (socket passed by systemd): {receivers} \
+         receiver(s) sharing it, receive buffer {granted} bytes as the kernel reports it (the \
+         larger of the socket unit's ReceiveBuffer= and {} requested; room for about {} small \
+         datagrams)",
+        options.receive_buffer_bytes,
+        granted / CHARGE_PER_SMALL_DATAGRAM
+    );
+    Ok(sockets
+        .into_iter()
+        .map(|socket| BoundListener {
+            socket,
+            local_addr,
+            receive_buffer_bytes: granted,
+            spread: Spread::Source,
+            max_datagram_bytes: options.max_datagram_bytes.clamp(1, MAX_DATAGRAM),
+            batch: options.batch.clamp(1, MAX_BATCH),
+            shared_drops: Some(Arc::clone(&shared_drops)),
+        })
+        .collect())
 }
 
 /// Binds `receivers` sockets sharing one address and port.
@@ -266,6 +367,7 @@ fn bind_group(
             spread,
             max_datagram_bytes,
             batch,
+            shared_drops: None,
         })
         .collect())
 }
@@ -296,6 +398,41 @@ pub fn set_receive_buffer(socket: &impl AsFd, requested: usize) -> io::Result<us
     let value = requested.min(i32::MAX as usize / 2) as libc::c_int;
     set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value)
         .or_else(|_| set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUF, value))?;
+    receive_buffer_size(socket)
+}
+
+/// For a socket systemd set up: raises its receive buffer towards `requested` but never lowers
+/// it. Without `CAP_NET_ADMIN`, `SO_RCVBUF` is capped at `net.core.rmem_max`, which may be
+/// below what the socket unit's `ReceiveBuffer=` set (systemd may exceed the cap): setting it
+/// then would shrink the buffer. Returns the size the kernel reports.
+pub fn raise_receive_buffer(socket: &impl AsFd, requested: usize) -> io::Result<usize> {
+    let current = receive_buffer_size(socket)?;
+    let value = requested.min(i32::MAX as usize / 2);
+    // The kernel reports twice the size set.
+    if current >= value * 2 {
+        return Ok(current);
+    }
+    if set_int_option(
+        socket,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        value as libc::c_int,
+    )
+    .is_err()
+    {
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(value);
+        if value.min(cap) * 2 > current {
+            set_int_option(
+                socket,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                value as libc::c_int,
+            )?;
+        }
+    }
     receive_buffer_size(socket)
 }
 
@@ -425,7 +562,41 @@ fn set_option<T>(
 /// `stop` is requested. The socket's receive timeout bounds how long that takes to notice.
 pub(super) fn receive_loop(listener: BoundListener, intake: &mut Intake, stop: &Stop) {
     let mut receiver = BatchReceiver::new(listener.batch, listener.max_datagram_bytes);
-    receive_datagrams(&listener.socket, &mut receiver, "UDP", intake, stop);
+    let drops = DropShare::new(listener.shared_drops);
+    receive_datagrams(&listener.socket, &mut receiver, drops, "UDP", intake, stop);
+}
+
+/// How one receiver turns the cumulative drop count its socket reports into its own counter,
+/// which the telemetry adds up per listener.
+#[derive(Debug)]
+pub(super) struct DropShare {
+    /// The largest count any receiver of a shared socket has seen; `None` for a socket of
+    /// this receiver's own.
+    shared: Option<Arc<AtomicU64>>,
+    /// The largest count this receiver has seen.
+    seen: u64,
+}
+
+impl DropShare {
+    pub(super) fn new(shared: Option<Arc<AtomicU64>>) -> Self {
+        DropShare { shared, seen: 0 }
+    }
+
+    fn publish(&mut self, total: u64, counter: &AtomicU64) {
+        let Some(shared) = &self.shared else {
+            counter.store(total, Ordering::Relaxed);
+            return;
+        };
+        // Every datagram after a drop carries the count: touch the shared atomic only when it
+        // grew, and claim only the growth no other receiver has claimed yet.
+        if total > self.seen {
+            self.seen = total;
+            let before = shared.fetch_max(total, Ordering::Relaxed);
+            if total > before {
+                counter.fetch_add(total - before, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// The receive loop of any datagram socket (UDP, Unix): batches from `socket` into `intake`
@@ -434,6 +605,7 @@ pub(super) fn receive_loop(listener: BoundListener, intake: &mut Intake, stop: &
 pub(super) fn receive_datagrams(
     socket: &impl AsFd,
     receiver: &mut BatchReceiver,
+    mut drops: DropShare,
     what: &str,
     intake: &mut Intake,
     stop: &Stop,
@@ -454,7 +626,7 @@ pub(super) fn receive_datagrams(
                     stats.oversized.fetch_add(oversized, Ordering::Relaxed);
                 }
                 if let Some(total) = batch.kernel_drops {
-                    stats.kernel_drops.store(total, Ordering::Relaxed);
+                    drops.publish(total, &stats.kernel_drops);
                 }
             }
             Err(e) if is_timeout(&e) => {}
@@ -694,7 +866,7 @@ mod tests {
     use std::net::UdpSocket;
 
     use super::super::test_support::{
-        Daemon, client, eventually, ipv6_loopback_available, options,
+        Daemon, bind, client, eventually, ipv6_loopback_available, options,
     };
     use super::*;
 
@@ -940,13 +1112,9 @@ mod tests {
         total
     }
 
-    #[test]
-    fn kernel_drops_are_counted_from_rxq_ovfl() {
-        let listeners = bind(&UdpOptions {
-            receive_buffer_bytes: 4096,
-            ..options("127.0.0.1:0", 1)
-        })
-        .unwrap();
+    /// Floods the listeners' (one) socket while nobody reads, then starts them and checks
+    /// that the drops they report add up to the kernel's own count, once.
+    fn assert_kernel_drops_counted_once(listeners: Vec<BoundListener>) {
         let addr = listeners[0].local_addr();
         // Nobody reads yet: the tiny buffer fills after a few datagrams, the rest are dropped.
         let flood = client(addr);
@@ -967,18 +1135,142 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
             dropped() > 0 && daemon.packets() + dropped() == sent
         });
-        let drops = dropped();
         assert!(
             settled,
-            "sent {sent}, received {}, dropped {drops}",
-            daemon.packets()
+            "sent {sent}, received {}, dropped {}",
+            daemon.packets(),
+            dropped()
         );
+        // Every receiver reads a datagram that carries the count (a receiver sharing the
+        // socket with others must not report it again).
+        let every_receiver_read = eventually(|| {
+            trigger.send(b"listen_trigger:1|c").unwrap();
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(2));
+            daemon
+                .stats()
+                .iter()
+                .all(|s| s.packets.load(Ordering::Relaxed) > 0)
+        });
+        assert!(every_receiver_read, "a receiver never got a datagram");
+        assert!(
+            eventually(|| daemon.packets() + dropped() == sent),
+            "sent {sent}, received {}, dropped {}",
+            daemon.packets(),
+            dropped()
+        );
+        let drops = dropped();
         let kept = daemon.counter("listen_flood").unwrap_or(0.0) as u64;
         assert!(kept > 0, "the buffer held nothing");
         assert!(drops <= SENT + 5, "{drops}");
         if let Some(kernel) = proc_udp_drops(addr.port()) {
             assert_eq!(drops, kernel, "/proc/net/udp disagrees");
         }
+    }
+
+    #[test]
+    fn kernel_drops_are_counted_from_rxq_ovfl() {
+        let listeners = bind(&UdpOptions {
+            receive_buffer_bytes: 4096,
+            ..options("127.0.0.1:0", 1)
+        })
+        .unwrap();
+        assert_kernel_drops_counted_once(listeners);
+    }
+
+    /// A UDP socket as systemd would pass it (bound, not read), opened under `systemd:statsd`
+    /// for `receivers` receivers.
+    fn adopted(receivers: usize, receive_buffer: Option<usize>) -> Vec<BoundListener> {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if let Some(bytes) = receive_buffer {
+            set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes as i32).unwrap();
+        }
+        let addr = socket.local_addr().unwrap();
+        let mut passed = Passed::from_sockets([("statsd".to_owned(), OwnedFd::from(socket))]);
+        let listeners = open(
+            &UdpOptions {
+                listen: vec!["systemd:statsd".parse().unwrap()],
+                // Not raised past what the test set.
+                receive_buffer_bytes: receive_buffer.unwrap_or(4096),
+                ..options("127.0.0.1:0", receivers)
+            },
+            &mut passed,
+        )
+        .unwrap();
+        assert_eq!(listeners.len(), receivers);
+        for listener in &listeners {
+            assert!(listener.is_shared());
+            assert_eq!(listener.local_addr(), addr);
+        }
+        listeners
+    }
+
+    #[test]
+    fn receivers_share_a_passed_socket_and_count_exactly() {
+        let listeners = adopted(3, None);
+        let daemon = Daemon::spawn(listeners);
+        let clients: Vec<_> = (0..4).map(|_| client(daemon.addr)).collect();
+        for round in 0..250 {
+            for socket in &clients {
+                socket
+                    .send(b"listen_shared:1|c\nlisten_shared:2|c")
+                    .unwrap();
+            }
+            if round % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        assert!(
+            eventually(|| daemon.counter("listen_shared") == Some(3000.0)),
+            "counter is {:?}",
+            daemon.counter("listen_shared")
+        );
+        assert_eq!(daemon.packets(), 1000);
+        assert_eq!(
+            daemon.thread_names(),
+            ["tallyd-udp-0", "tallyd-udp-1", "tallyd-udp-2"]
+        );
+        assert_eq!(
+            daemon.telemetry.listeners(),
+            vec![daemon.addr.to_string()],
+            "one listener label for the shared socket"
+        );
+    }
+
+    #[test]
+    fn kernel_drops_of_a_shared_socket_are_counted_once_not_per_receiver() {
+        assert_kernel_drops_counted_once(adopted(3, Some(4096)));
+    }
+
+    /// The receive buffer a passed socket ends up with, when its unit set `unit_bytes` and
+    /// the configuration asks for `requested`.
+    fn passed_receive_buffer(unit_bytes: i32, requested: usize) -> (usize, usize) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, unit_bytes)
+            .or_else(|_| set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, unit_bytes))
+            .unwrap();
+        let before = receive_buffer_size(&socket).unwrap();
+        let mut passed = Passed::from_sockets([("s".to_owned(), OwnedFd::from(socket))]);
+        let listeners = open(
+            &UdpOptions {
+                listen: vec!["systemd:s".parse().unwrap()],
+                receive_buffer_bytes: requested,
+                ..options("127.0.0.1:0", 1)
+            },
+            &mut passed,
+        )
+        .unwrap();
+        let after = receive_buffer_size(&listeners[0].socket).unwrap();
+        assert_eq!(listeners[0].receive_buffer_bytes(), after);
+        (before, after)
+    }
+
+    #[test]
+    fn a_passed_socket_receive_buffer_is_raised_to_the_request_never_lowered() {
+        let (before, after) = passed_receive_buffer(8192, 256 * 1024);
+        assert!(after > before, "not raised: {before} -> {after}");
+        let (before, after) = passed_receive_buffer(512 * 1024, 16 * 1024);
+        assert_eq!(after, before, "lowered");
     }
 
     fn control_message(level: libc::c_int, kind: libc::c_int, data: &[u8]) -> Vec<u8> {
@@ -1048,7 +1340,7 @@ mod tests {
         assert_eq!(UdpOptions::default().spread, Spread::Random);
         assert_eq!(
             UdpOptions::default().listen,
-            vec!["127.0.0.1:8125".parse().unwrap()]
+            vec!["127.0.0.1:8125".parse::<Endpoint<SocketAddr>>().unwrap()]
         );
     }
 }

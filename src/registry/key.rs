@@ -40,6 +40,29 @@ pub struct SeriesOptions {
     pub ttl_secs: Option<u32>,
     /// Quantiles and window for summaries instead of the defaults.
     pub summary: Option<Arc<SummaryConfig>>,
+    /// Native buckets for histograms, where they differ from the registry default.
+    pub native: NativeOptions,
+}
+
+/// A histogram family's native buckets as a rule or a definition asks for them; each setting
+/// left `None` takes the registry's default (`[aggregation]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NativeOptions {
+    /// `native_histogram_bucket_factor`: above 1, native buckets at most that factor wider than
+    /// the one before; 0, no native buckets.
+    pub bucket_factor: Option<f64>,
+    /// `native_histogram_max_buckets`: populated buckets before they widen.
+    pub max_buckets: Option<u32>,
+}
+
+impl NativeOptions {
+    /// Each setting of `self`, or else of `fallback`.
+    pub fn or(self, fallback: NativeOptions) -> NativeOptions {
+        NativeOptions {
+            bucket_factor: self.bucket_factor.or(fallback.bucket_factor),
+            max_buckets: self.max_buckets.or(fallback.max_buckets),
+        }
+    }
 }
 
 impl SeriesKeyBuf {

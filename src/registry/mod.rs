@@ -19,9 +19,11 @@
 //! this file, the shards, the families and the limits.
 
 mod key;
+pub mod native;
 mod series;
 
-pub use key::{SeriesKeyBuf, SeriesOptions, escape_label_value};
+pub use key::{NativeOptions, SeriesKeyBuf, SeriesOptions, escape_label_value};
+pub use native::{NativeConfig, NativeSnapshot};
 pub use series::{AtomicF64, Cell, HistogramCell, Series, SetCell, SummaryCell, Update};
 
 use std::collections::{BTreeMap, HashMap};
@@ -121,6 +123,10 @@ pub struct RegistrySettings {
     pub max_series_per_metric: usize,
     /// A series not updated for this many seconds is removed; 0 keeps series forever.
     pub series_ttl_secs: u32,
+    /// Native buckets for histograms that say nothing of their own: a factor above 1 turns
+    /// them on (0: off), with at most `native_max_buckets` populated.
+    pub native_bucket_factor: f64,
+    pub native_max_buckets: u32,
 }
 
 impl Default for RegistrySettings {
@@ -133,6 +139,8 @@ impl Default for RegistrySettings {
             max_series: 1_000_000,
             max_series_per_metric: 100_000,
             series_ttl_secs: 0,
+            native_bucket_factor: 0.0,
+            native_max_buckets: native::DEFAULT_MAX_BUCKETS,
         }
     }
 }
@@ -146,6 +154,8 @@ pub struct Family {
     unit: Option<Arc<str>>,
     buckets: Arc<[f64]>,
     summary: Arc<SummaryConfig>,
+    /// Native buckets of the family's histograms, if any.
+    native: Option<NativeConfig>,
     series: RwLock<Vec<Arc<Series>>>,
 }
 
@@ -169,6 +179,11 @@ impl Family {
 
     pub fn buckets(&self) -> &[f64] {
         &self.buckets
+    }
+
+    /// How the family's histograms keep native buckets; `None` for none (and other kinds).
+    pub fn native(&self) -> Option<&NativeConfig> {
+        self.native.as_ref()
     }
 
     pub fn series_count(&self) -> usize {
@@ -405,9 +420,10 @@ impl Registry {
             cell: match kind {
                 Kind::Counter => Cell::Counter(AtomicF64::default()),
                 Kind::Gauge => Cell::Gauge(AtomicF64::default()),
-                Kind::Histogram => {
-                    Cell::Histogram(Box::new(HistogramCell::new(Arc::clone(&family.buckets))))
-                }
+                Kind::Histogram => Cell::Histogram(Box::new(HistogramCell::new(
+                    Arc::clone(&family.buckets),
+                    family.native,
+                ))),
                 Kind::Set => Cell::Set(Box::new(SetCell {
                     members: Mutex::new(HashMap::default()),
                 })),
@@ -467,6 +483,19 @@ impl Registry {
                 .clone()
                 .unwrap_or_else(|| Arc::clone(&self.settings.histogram_buckets)),
             summary: options.summary.clone().unwrap_or_default(),
+            native: match kind {
+                Kind::Histogram => NativeConfig::new(
+                    options
+                        .native
+                        .bucket_factor
+                        .unwrap_or(self.settings.native_bucket_factor),
+                    options
+                        .native
+                        .max_buckets
+                        .unwrap_or(self.settings.native_max_buckets),
+                ),
+                _ => None,
+            },
             series: RwLock::default(),
         });
         for claimed in exposed {

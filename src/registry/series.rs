@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::RegistrySettings;
 #[cfg(doc)]
 use super::SeriesKeyBuf;
+use super::native::{NativeConfig, NativeHistogram, NativeSnapshot};
 use crate::record::Refusal;
 use crate::summary::SummaryState;
 
@@ -47,22 +48,25 @@ impl AtomicF64 {
 }
 
 /// Histogram state: per-bucket counts (not cumulative; the last slot is the `+Inf` overflow)
-/// and the sum. The count is the total of the buckets, so a scrape always sees
-/// `_count == _bucket{le="+Inf"}` even while observations land.
+/// and the sum, and native buckets when the family has them. The count is the total of the
+/// buckets, so a scrape always sees `_count == _bucket{le="+Inf"}` even while observations land.
 #[derive(Debug)]
 pub struct HistogramCell {
     bounds: Arc<[f64]>,
     counts: Box<[AtomicU64]>,
     sum: AtomicF64,
+    /// `None` unless the family keeps native buckets: then an observation costs one branch more.
+    native: Option<Box<NativeHistogram>>,
 }
 
 impl HistogramCell {
-    pub(super) fn new(bounds: Arc<[f64]>) -> Self {
+    pub(super) fn new(bounds: Arc<[f64]>, native: Option<NativeConfig>) -> Self {
         let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
         HistogramCell {
             bounds,
             counts,
             sum: AtomicF64::default(),
+            native: native.map(|config| Box::new(NativeHistogram::new(config))),
         }
     }
 
@@ -72,6 +76,11 @@ impl HistogramCell {
         let index = self.bounds.partition_point(|bound| *bound < value);
         self.counts[index].fetch_add(weight, Ordering::Relaxed);
         self.sum.add(value * weight as f64);
+        // After the classic counts, so that a reader who takes the native buckets first (under
+        // their lock) then the counts finds every native observation among the counts.
+        if let Some(native) = &self.native {
+            native.observe(value, weight);
+        }
     }
 
     /// Upper bounds, without the final `+Inf`.
@@ -86,6 +95,25 @@ impl HistogramCell {
 
     pub fn sum(&self) -> f64 {
         self.sum.get()
+    }
+
+    /// Whether the histogram keeps native buckets.
+    pub fn has_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// Copies the native buckets into `out` and returns true, or returns false when the
+    /// histogram has none. Read them *before* [`HistogramCell::counts`]: the counts read after
+    /// then include every native observation, so `_count` is at least the native buckets'
+    /// total, as Prometheus requires of a native histogram.
+    pub fn read_native(&self, out: &mut NativeSnapshot) -> bool {
+        match &self.native {
+            Some(native) => {
+                native.read(out);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -229,7 +257,7 @@ impl Series {
     }
 
     /// The family name, as spelled in the key.
-    pub(super) fn family_name(&self) -> &str {
+    pub fn family_name(&self) -> &str {
         &self.key[1..self.labels_at as usize - 1]
     }
 

@@ -45,8 +45,8 @@
 //!
 //! **What the caller applies** from [`RuleSet::rule`] (the lookup only names the series):
 //! `honor_labels` (a sample's tags win over the rule's labels of the same name; by default the
-//! rule's labels win), `observer_type`, `buckets` and `quantiles` for timers, histograms and
-//! distributions, `ttl_seconds`, `scale` (multiplies every value, after a timer's milliseconds
+//! rule's labels win), `observer_type`, `buckets`, `native_histogram_bucket_factor`,
+//! `native_histogram_max_buckets` and `quantiles` for timers, histograms and distributions, `ttl_seconds`, `scale` (multiplies every value, after a timer's milliseconds
 //! become seconds, gauge deltas included) and `help`.
 //!
 //! **Types** (`match_metric_type`): `counter` (`c`), `gauge` (`g`), `observer` or `timer`
@@ -185,6 +185,9 @@ pub struct MappingRule {
     /// `None`: tallyd's default (histogram).
     pub observer_type: Option<ObserverType>,
     pub buckets: Option<Vec<f64>>,
+    /// Native histogram buckets: 0 for none, above 1 for on (statsd_exporter's key).
+    pub native_histogram_bucket_factor: Option<f64>,
+    pub native_histogram_max_buckets: Option<u32>,
     pub quantiles: Option<Vec<f64>>,
     /// Idle time after which a series of this rule is removed; `0` = never.
     pub ttl_seconds: Option<f64>,
@@ -206,6 +209,8 @@ impl MappingRule {
             honor_labels: false,
             observer_type: None,
             buckets: None,
+            native_histogram_bucket_factor: None,
+            native_histogram_max_buckets: None,
             quantiles: None,
             ttl_seconds: None,
             scale: None,
@@ -358,6 +363,14 @@ fn compile(rule: &MappingRule) -> Result<Compiled, String> {
                 ("honor_labels", rule.honor_labels),
                 ("observer_type", rule.observer_type.is_some()),
                 ("buckets", rule.buckets.is_some()),
+                (
+                    "native_histogram_bucket_factor",
+                    rule.native_histogram_bucket_factor.is_some(),
+                ),
+                (
+                    "native_histogram_max_buckets",
+                    rule.native_histogram_max_buckets.is_some(),
+                ),
                 ("quantiles", rule.quantiles.is_some()),
                 ("ttl_seconds", rule.ttl_seconds.is_some()),
                 ("scale", rule.scale.is_some()),
@@ -416,6 +429,14 @@ fn check_options(rule: &MappingRule) -> Result<(), String> {
     if let Some(quantiles) = &rule.quantiles {
         crate::validate::quantiles(quantiles)?;
     }
+    if let Some(factor) = rule.native_histogram_bucket_factor {
+        crate::validate::native_bucket_factor(factor)?;
+    }
+    if let Some(max) = rule.native_histogram_max_buckets {
+        crate::validate::native_max_buckets(max)?;
+    }
+    let native = rule.native_histogram_bucket_factor.is_some()
+        || rule.native_histogram_max_buckets.is_some();
     if let Some(ttl) = rule.ttl_seconds {
         crate::validate::ttl_seconds(ttl)?;
     }
@@ -425,6 +446,7 @@ fn check_options(rule: &MappingRule) -> Result<(), String> {
     let observer_options = [
         ("observer_type", rule.observer_type.is_some()),
         ("buckets", rule.buckets.is_some()),
+        ("native_histogram_bucket_factor", native),
         ("quantiles", rule.quantiles.is_some()),
     ];
     if let Some(class) = rule
@@ -441,6 +463,9 @@ fn check_options(rule: &MappingRule) -> Result<(), String> {
     match rule.observer_type {
         Some(ObserverType::Summary) if rule.buckets.is_some() => {
             Err("`buckets` has no effect with observer_type = \"summary\"".into())
+        }
+        Some(ObserverType::Summary) if native => {
+            Err("native histogram keys have no effect with observer_type = \"summary\"".into())
         }
         Some(ObserverType::Histogram) if rule.quantiles.is_some() => {
             Err("`quantiles` has no effect with observer_type = \"histogram\"".into())

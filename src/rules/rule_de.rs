@@ -20,6 +20,8 @@ const FIELDS: &[&str] = &[
     "observer_type",
     "buckets",
     "quantiles",
+    "native_histogram_bucket_factor",
+    "native_histogram_max_buckets",
     "ttl_seconds",
     "scale",
     "help",
@@ -39,6 +41,8 @@ enum Field {
     ObserverType,
     Buckets,
     Quantiles,
+    NativeHistogramBucketFactor,
+    NativeHistogramMaxBuckets,
     TtlSeconds,
     Scale,
     Help,
@@ -56,6 +60,8 @@ struct Partial {
     observer_type: Option<ObserverType>,
     buckets: Option<Vec<f64>>,
     quantiles: Option<Vec<f64>>,
+    native_histogram_bucket_factor: Option<f64>,
+    native_histogram_max_buckets: Option<u32>,
     ttl_seconds: Option<f64>,
     scale: Option<f64>,
     help: Option<String>,
@@ -86,6 +92,16 @@ impl Partial {
                     crate::validate::quantiles(q)
                 })?)
             }
+            Field::NativeHistogramBucketFactor => {
+                self.native_histogram_bucket_factor = Some(checked(f64::deserialize(d)?, |f| {
+                    crate::validate::native_bucket_factor(*f)
+                })?)
+            }
+            Field::NativeHistogramMaxBuckets => {
+                self.native_histogram_max_buckets = Some(checked(u32::deserialize(d)?, |m| {
+                    crate::validate::native_max_buckets(*m)
+                })?)
+            }
             Field::TtlSeconds => {
                 self.ttl_seconds = Some(checked(f64::deserialize(d)?, |t| {
                     crate::validate::ttl_seconds(*t)
@@ -111,6 +127,8 @@ impl Partial {
             honor_labels: self.honor_labels,
             observer_type: self.observer_type,
             buckets: self.buckets,
+            native_histogram_bucket_factor: self.native_histogram_bucket_factor,
+            native_histogram_max_buckets: self.native_histogram_max_buckets,
             quantiles: self.quantiles,
             ttl_seconds: self.ttl_seconds,
             scale: self.scale,

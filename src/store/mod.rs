@@ -77,7 +77,7 @@ pub enum Write {
     DeleteMetric { id: i64 },
     /// Appends points to a metric.
     Points { metric: i64, points: Vec<Point> },
-    /// Appends Deeploy data points to a metric.
+    /// Appends Deeploy data points to a metric. Answers their first sequence number.
     DataPoints { metric: i64, points: Vec<DataPoint> },
     /// Removes every Deeploy data point of a metric.
     ClearDataPoints { metric: i64 },
@@ -92,6 +92,11 @@ pub enum Written {
     Metric(i64),
     /// How many rows went.
     Removed(u64),
+    /// The sequence number of the first data point appended; the others follow it one by one.
+    /// Unique in the file and never reused: the points' ids.
+    DataPoints {
+        first_seq: i64,
+    },
     Done,
 }
 
@@ -481,6 +486,37 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn data_points_answer_their_sequence_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "chart")).await;
+        let batch = |n: usize| Write::DataPoints {
+            metric: id,
+            points: vec![
+                DataPoint {
+                    x: "1".into(),
+                    y: 1.0,
+                    prediction_ids: None,
+                };
+                n
+            ],
+        };
+        let Written::DataPoints { first_seq: first } = store.write(batch(3)).await.unwrap() else {
+            panic!("no sequence numbers");
+        };
+        drop(store);
+        // Numbers are never reused, across a reopen too.
+        let store = Store::open(dir.path()).unwrap();
+        let second = store.write(batch(1)).await.unwrap();
+        assert_eq!(
+            second,
+            Written::DataPoints {
+                first_seq: first + 3
+            }
         );
     }
 

@@ -258,12 +258,13 @@ impl SqliteEngine {
                     "INSERT INTO data_points (metric, seq, x, y, prediction_ids)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
+                let first_seq = self.next_seq;
                 for point in points {
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     insert.execute(params![metric, seq, point.x, point.y, point.prediction_ids])?;
                 }
-                Ok(Written::Done)
+                Ok(Written::DataPoints { first_seq })
             }
             Write::ClearDataPoints { metric } => {
                 let removed = self

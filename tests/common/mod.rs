@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod prometheus;
+
 /// How long a daemon may take to bind its listeners and log its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long [`Endpoints::wait_for`] polls before it gives up. UDP is asynchronous: a datagram that
@@ -95,6 +97,70 @@ fn thread_tag() -> String {
             |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
             "_",
         )
+}
+
+/// A fresh directory for a test's socket files (under the system temp dir, and named without
+/// the test's name: a socket path holds at most 107 bytes), removed with them on drop.
+pub struct SocketDir(PathBuf);
+
+impl SocketDir {
+    pub fn new(name: &str) -> SocketDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("tallyd-sockets-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        SocketDir(dir)
+    }
+
+    /// The socket path a test uses, inside the directory.
+    pub fn path(&self) -> PathBuf {
+        self.0.join("dogstatsd.sock")
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP peers and processes
+
+/// A TCP connection whose reads give up after 10 s.
+pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Reads until the peer closes; true if it closed (or reset) within the read timeout.
+pub fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Resident memory of a process (VmRSS), from /proc.
+pub fn rss_bytes(pid: libc::pid_t) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,11 +332,6 @@ impl Daemon {
     ) -> Daemon {
         let mut command = Command::new(tallyd_bin());
         command.envs(env.iter().copied());
-        // Each daemon keeps its store apart, unless the test chose the directory.
-        let data_dir = tempfile::tempdir().expect("a temporary data directory");
-        if !extra_args.contains(&"--data-dir") {
-            command.arg("--data-dir").arg(data_dir.path());
-        }
         if let Some(file) = &config {
             command.arg("--config").arg(file.path());
         }
@@ -281,14 +342,33 @@ impl Daemon {
                 "--http-listen",
                 "127.0.0.1:0",
             ])
-            .args(extra_args)
+            .args(extra_args);
+        Daemon::spawn(command, config, |_| {})
+    }
+
+    /// Runs `command` — tallyd, or a launcher that execs it (`systemd-socket-activate`) — and
+    /// waits for tallyd's ready line, calling `on_line` with every line logged before it (a
+    /// launcher that waits for traffic is told when to expect it that way).
+    pub fn spawn(
+        mut command: Command,
+        config: Option<TempFile>,
+        mut on_line: impl FnMut(&str),
+    ) -> Daemon {
+        // Each daemon keeps its store apart, unless the test chose the directory (a launcher
+        // passes the trailing arguments on to tallyd).
+        let data_dir = tempfile::tempdir().expect("a temporary data directory");
+        if !command.get_args().any(|arg| arg == "--data-dir") {
+            command.arg("--data-dir").arg(data_dir.path());
+        }
+        command
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let program = command.get_program().to_string_lossy().into_owned();
         let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tallyd_bin()));
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
 
         let log = Arc::new(Mutex::new(String::new()));
         let (lines_tx, lines_rx) = mpsc::channel();
@@ -311,6 +391,7 @@ impl Daemon {
                     if let Some(ready) = parse_ready_line(&line) {
                         break ready;
                     }
+                    on_line(&line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {

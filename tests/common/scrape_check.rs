@@ -60,6 +60,7 @@ pub fn check_scrape(out: &[u8], format: Format) -> Result<Vec<Sample<'_>>, Strin
             .strip_suffix("# EOF\n")
             .ok_or("OpenMetrics without a final # EOF")?,
         Format::Text => text,
+        Format::Protobuf => return Err("protobuf is not a text format".into()),
     };
 
     let mut families: HashSet<&str> = HashSet::new();
@@ -245,6 +246,8 @@ fn sample_suffix(family: &Family, name: &str, format: Format) -> Option<&'static
         (Type::Histogram, Format::OpenMetrics) => &["_bucket", "_sum", "_count", "_created"],
         (Type::Summary, Format::Text) => &["", "_sum", "_count"],
         (Type::Summary, Format::OpenMetrics) => &["", "_sum", "_count", "_created"],
+        // `check_scrape` refuses protobuf before any sample.
+        (_, Format::Protobuf) => &[],
     };
     let rest = name.strip_prefix(family.name)?;
     suffixes.iter().copied().find(|s| *s == rest)

@@ -1,5 +1,5 @@
-//! `tallyd-load`: deterministic StatsD/DogStatsD traffic over UDP (`send`), and the
-//! receive-only floor (`floor`) that tallyd's CPU per line is judged against.
+//! `tallyd-load`: deterministic StatsD/DogStatsD traffic over UDP, TCP or a Unix datagram socket
+//! (`send`), and the receive-only floor (`floor`) that tallyd's CPU per line is judged against.
 //!
 //! `send` writes a JSON object on stdout describing exactly what the kernel accepted (datagrams,
 //! lines, lines per type, the sum of every counter increment, optionally per series), so the
@@ -12,7 +12,8 @@
 //!
 //! - [`generate`]: the deterministic line generator (series picks, types, values, the
 //!   Prometheus text of a counter series);
-//! - [`send`]: packing lines into datagrams, pacing, `sendmmsg`, and the `send` report;
+//! - [`send`]: packing lines into datagrams, pacing, `sendmmsg` (or stream writes for TCP), and
+//!   the `send` report;
 //! - [`floor`]: the receive-only floor, its minimal scan, and the `floor` report;
 //! - [`json`]: the one-line JSON writer both reports use;
 //! - [`os`]: CPU time (`getrusage`), timer slack, and the stop-on-signal flag.
@@ -23,7 +24,10 @@ mod json;
 mod os;
 mod send;
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -31,7 +35,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "tallyd-load",
     version,
-    about = "Deterministic StatsD/DogStatsD UDP load, and the receive-only floor."
+    about = "Deterministic StatsD/DogStatsD load (UDP, TCP, Unix datagrams), and the receive-only floor."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,9 +53,10 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 struct SendArgs {
-    /// Where to send.
+    /// Where to send: `HOST:PORT` (UDP), `tcp:HOST:PORT` (newline-terminated lines over one
+    /// stream per --sockets) or `unix:PATH` (Unix datagrams).
     #[arg(long, default_value = "127.0.0.1:8125")]
-    target: SocketAddr,
+    target: Target,
     /// Lines per datagram (the most, with --pack-bytes). Default 1, or unlimited with
     /// --pack-bytes.
     #[arg(long, value_name = "N")]
@@ -111,6 +116,42 @@ struct SendArgs {
     /// text (`tl_c_m0_total{series="3",tag1="value1"}`).
     #[arg(long)]
     per_series_totals: bool,
+}
+
+/// Where `send` sends, and over what.
+#[derive(Clone, Debug)]
+enum Target {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let addr = |a: &str| {
+            a.parse::<SocketAddr>()
+                .map_err(|e| format!("{a:?} is not HOST:PORT: {e}"))
+        };
+        if let Some(rest) = text.strip_prefix("tcp:") {
+            addr(rest).map(Target::Tcp)
+        } else if let Some(path) = text.strip_prefix("unix:") {
+            Ok(Target::Unix(path.into()))
+        } else {
+            addr(text.strip_prefix("udp:").unwrap_or(text)).map(Target::Udp)
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Udp(addr) => write!(f, "{addr}"),
+            Target::Tcp(addr) => write!(f, "tcp:{addr}"),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

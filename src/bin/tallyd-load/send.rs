@@ -1,16 +1,75 @@
 //! `send`: packs generated lines into datagrams (`--lines-per-datagram`, `--pack-bytes`), paces
 //! them (`--rate`, `--line-rate`), sends them in `sendmmsg` batches round robin over the sender
 //! sockets, retries what the kernel refused, and reports on stdout exactly what it accepted.
+//! Over TCP a "datagram" is a run of lines written at once, each ending in `\n`; a batch is one
+//! `write_all`, which blocks while tallyd is behind (a stream does not drop).
 
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use crate::generate::{COUNTER, Generator, LineRecord};
 use crate::json::Json;
 use crate::os::{rusage, set_timer_slack};
-use crate::{Order, SendArgs};
+use crate::{Order, SendArgs, Target};
+
+/// One sender socket.
+enum Sink {
+    /// A connected UDP or Unix datagram socket: batches go out with `sendmmsg`.
+    Datagrams(std::os::fd::OwnedFd),
+    /// A TCP stream, and the buffer a batch is written from.
+    Stream(TcpStream, Vec<u8>),
+}
+
+impl Sink {
+    fn open(target: &Target) -> Result<Sink, String> {
+        match target {
+            Target::Udp(addr) => {
+                let bind_addr: SocketAddr = if addr.is_ipv4() {
+                    "0.0.0.0:0".parse().unwrap()
+                } else {
+                    "[::]:0".parse().unwrap()
+                };
+                let socket = UdpSocket::bind(bind_addr).map_err(|e| format!("bind: {e}"))?;
+                socket
+                    .connect(addr)
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                Ok(Sink::Datagrams(socket.into()))
+            }
+            Target::Unix(path) => {
+                let socket = UnixDatagram::unbound().map_err(|e| format!("socket: {e}"))?;
+                socket
+                    .connect(path)
+                    .map_err(|e| format!("connect {}: {e}", path.display()))?;
+                Ok(Sink::Datagrams(socket.into()))
+            }
+            Target::Tcp(addr) => {
+                let stream =
+                    TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+                let _ = stream.set_nodelay(true);
+                Ok(Sink::Stream(stream, Vec::new()))
+            }
+        }
+    }
+
+    /// Sends `slots`; returns how many the kernel took (a stream takes them all or fails).
+    fn send(&mut self, slots: &[Slot], buffers: &mut SendBuffers) -> io::Result<usize> {
+        match self {
+            Sink::Datagrams(socket) => sendmmsg(socket, slots, buffers),
+            Sink::Stream(stream, buffer) => {
+                buffer.clear();
+                for slot in slots {
+                    buffer.extend_from_slice(&slot.data);
+                    buffer.push(b'\n');
+                }
+                stream.write_all(buffer)?;
+                Ok(slots.len())
+            }
+        }
+    }
+}
 
 /// Everything the kernel accepted.
 #[derive(Default)]
@@ -47,18 +106,9 @@ pub(crate) fn run(args: SendArgs) -> Result<(), String> {
     };
     set_timer_slack();
 
-    let bind_addr: SocketAddr = if args.target.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
     let mut sockets = Vec::with_capacity(sockets_wanted);
     for _ in 0..sockets_wanted {
-        let socket = UdpSocket::bind(bind_addr).map_err(|e| format!("bind: {e}"))?;
-        socket
-            .connect(args.target)
-            .map_err(|e| format!("connect {}: {e}", args.target))?;
-        sockets.push(socket);
+        sockets.push(Sink::open(&args.target)?);
     }
 
     let mut slots: Vec<Slot> = (0..batch)
@@ -165,11 +215,12 @@ pub(crate) fn run(args: SendArgs) -> Result<(), String> {
         }
 
         // Send them, retrying what the kernel did not take.
-        let socket = &sockets[batch_no % sockets.len()];
+        let socket_count = sockets.len();
+        let socket = &mut sockets[batch_no % socket_count];
         batch_no = batch_no.wrapping_add(1);
         let mut first = 0;
         while first < count {
-            match sendmmsg(socket, &slots[first..count], &mut send_buffers) {
+            match socket.send(&slots[first..count], &mut send_buffers) {
                 Ok(n) => {
                     for slot in &slots[first..first + n] {
                         commit(slot, &mut sent, &mut touched, &mut per_series);
@@ -282,7 +333,7 @@ struct SendBuffers {
 }
 
 /// One `sendmmsg` of `slots` on a connected socket: how many the kernel took.
-fn sendmmsg(socket: &UdpSocket, slots: &[Slot], buffers: &mut SendBuffers) -> io::Result<usize> {
+fn sendmmsg(socket: &impl AsFd, slots: &[Slot], buffers: &mut SendBuffers) -> io::Result<usize> {
     let n = slots.len().min(1024);
     buffers.iovecs.clear();
     buffers
@@ -302,7 +353,14 @@ fn sendmmsg(socket: &UdpSocket, slots: &[Slot], buffers: &mut SendBuffers) -> io
     // SAFETY: every header points at one iovec (not moved since: `iovecs` is not touched
     // until the next call), every iovec at a live buffer; the kernel only reads them (and
     // writes msg_len).
-    let r = unsafe { libc::sendmmsg(socket.as_raw_fd(), buffers.headers.as_mut_ptr(), n as _, 0) };
+    let r = unsafe {
+        libc::sendmmsg(
+            socket.as_fd().as_raw_fd(),
+            buffers.headers.as_mut_ptr(),
+            n as _,
+            0,
+        )
+    };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -1,6 +1,7 @@
 //! How an API route reads its input. [`ApiJson`] and [`ApiQuery`] do what axum's `Json` and
 //! `Query` do, but every rejection is a [`Problem`] naming the field (or line and column) at
-//! fault; [`read_body`] reads a body within the router's limit and never past it.
+//! fault; [`ApiPath`] does the same for path parameters; [`read_body`] reads a body within the
+//! router's limit and never past it.
 
 use axum::RequestExt as _;
 use axum::extract::rejection::QueryRejection;
@@ -208,6 +209,30 @@ fn query_problem(rejection: &QueryRejection) -> Problem {
         "invalid_query",
         rejection.body_text(),
     )
+}
+
+/// The path parameters deserialised into `T`; a segment that does not fit (percent-encoding
+/// that is not UTF-8, say) is a 400 problem.
+#[derive(Clone, Debug, Default)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                rejection.body_text(),
+            )),
+        }
+    }
 }
 
 /// A JSON body that is one object or an array of them (a record of one point or of a batch).

@@ -7,11 +7,14 @@
 //! - `extract.rs`: JSON and query extractors whose every rejection is a problem document;
 //! - `auth.rs`: the `Authorization` header and the authentication hook.
 //!
-//! - `matih.rs`: the custom-metrics routes at the Matih seed's paths.
+//! - `matih.rs`: the custom-metrics routes at the Matih seed's paths;
+//! - `deeploy.rs`: Deeploy's custom-metrics routes, at the server root (`/workspaces/…`) where
+//!   its client calls them.
 //!
-//! An unknown `/api` path answers a 404 problem document.
+//! An unknown `/api` or `/workspaces` path answers a 404 problem document.
 
 mod auth;
+pub mod deeploy;
 mod extract;
 pub mod inputs;
 pub mod matih;
@@ -22,7 +25,7 @@ pub use auth::{
     Access, AuthRejection, Authenticator, Caller, Credentials, DEFAULT_TENANT, TENANT_HEADER,
 };
 pub use extract::OneOrMany;
-pub use extract::{ApiJson, ApiQuery, read_body};
+pub use extract::{ApiJson, ApiPath, ApiQuery, read_body};
 pub use problem::Problem;
 
 use std::sync::Arc;
@@ -73,6 +76,9 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
                 )
             }),
         )
+        // Deeploy's routes are its client's contract, not ours: they are not in the document.
+        .merge(deeploy::routes())
+        .layer(axum::middleware::map_response(problem::method_problem))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.telemetry),
             count_request,
@@ -97,10 +103,12 @@ async fn count_request(
     response
 }
 
-/// Whether `path` belongs to the API (whose answers are JSON, and whose routes may read bodies).
+/// Whether `path` belongs to the API (whose answers are JSON, and whose routes may read bodies):
+/// `/api` and, for Deeploy's client, `/workspaces`.
 pub fn owns(path: &str) -> bool {
     path.strip_prefix("/api")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        || deeploy::owns(path)
 }
 
 #[cfg(test)]
@@ -124,6 +132,7 @@ mod tests {
         assert!(owns("/api/"));
         assert!(owns("/api/v1/tokens"));
         assert!(!owns("/apis"));
+        assert!(owns("/workspaces/w/deployments/d/customMetrics"));
         assert!(!owns("/metrics"));
         assert!(!owns("/"));
     }

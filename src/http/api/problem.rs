@@ -108,6 +108,27 @@ impl IntoResponse for Problem {
     }
 }
 
+/// axum answers a method a route does not take with an empty 405; API clients read every error
+/// body as JSON (Deeploy's client does), so it becomes a problem document (keeping `Allow`).
+pub async fn method_problem(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let detail = match allow.as_ref().and_then(|methods| methods.to_str().ok()) {
+        Some(methods) => format!("this resource takes {methods}"),
+        None => "this resource does not take that method".to_owned(),
+    };
+    let mut problem =
+        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
