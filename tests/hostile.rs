@@ -289,11 +289,17 @@ fn half_closed_and_vanished_peers_are_finished_and_their_slots_freed() {
     // (A sentinel refused while resets still held every slot is simply sent again.)
     let deadline = Instant::now() + Duration::from_secs(10);
     while value_of(&tallyd.scrape(), "hostile_sentinel_total").is_none() {
-        assert!(Instant::now() < deadline, "the sentinel connection was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel connection was never served"
+        );
         let mut sentinel = connect(addr);
         sentinel.write_all(b"hostile_sentinel:1|c").unwrap();
         sentinel.shutdown(Shutdown::Write).unwrap();
-        assert!(closed_by_peer(&mut sentinel), "tallyd kept the sentinel open");
+        assert!(
+            closed_by_peer(&mut sentinel),
+            "tallyd kept the sentinel open"
+        );
     }
     let listener = format!("listener=\"{addr}\"");
     tallyd.wait_for(&[(format!("tallyd_tcp_open_connections{{{listener}}}"), 0.0)]);
