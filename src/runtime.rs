@@ -245,12 +245,14 @@ pub async fn run(
             .then(|| control.requests.0.clone()),
         api: Some(Arc::clone(&api)),
     });
+    // Ready before the server runs: a request already waiting in the listen backlog may be
+    // answered on another worker thread as soon as it is spawned.
+    ready.store(true, Ordering::SeqCst);
     let server = tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&state),
         shutdown.clone(),
     ));
-    ready.store(true, Ordering::SeqCst);
     notify_systemd("READY=1");
     // Tests and scripts read the bound ports (port 0 picks one) from this line; the TCP and
     // Unix listeners, when there are any, come after the HTTP address.
