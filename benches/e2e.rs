@@ -5,13 +5,17 @@
 //!
 //! `cargo bench --bench e2e`; knobs (`E2E_QUICK=1`, `E2E_ONLY=…`, …) are in `benches/README.md`.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use common::{
+    Check, Daemon, Load, Run, Scrape, Sent, Setup, Table, Unit, env_or, json_number, load_average,
+    median, metric_sum, pin_self, proc_sleeps, run_tallyd, run_tallyd_at, thousands,
+};
 
 const MIX: &str = "c:40,g:20,ms:25,h:5,d:5,s:5";
 const OPENMETRICS: &str =
@@ -22,11 +26,10 @@ const OPENMETRICS: &str =
 // ---------------------------------------------------------------------------------------------
 
 struct Settings {
+    /// Pinning, priority and binaries (`E2E_DAEMON_CPU`, `E2E_NICE`, `E2E_TALLYD`, …).
+    base: Setup,
     runs: usize,
     seconds: f64,
-    daemon_cpu: String,
-    loader_cpu: String,
-    nice: i32,
     mix: String,
     tags: usize,
     cpu_series: u64,
@@ -41,8 +44,6 @@ struct Settings {
     load_under_scrape: f64,
     hot_series: u64,
     groups: BTreeSet<&'static str>,
-    tallyd: PathBuf,
-    loader: PathBuf,
     /// Another tallyd binary run beside ours in the UDP groups (`E2E_BASELINE`).
     baseline: Option<PathBuf>,
     shared_receivers: usize,
@@ -58,15 +59,8 @@ const GROUPS: [&str; 7] = [
     "big",
 ];
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
-        _ => default,
-    }
-}
+/// What a group measures, added to the table.
+type Group = fn(&Settings, &mut Table);
 
 impl Settings {
     fn from_env() -> Settings {
@@ -96,13 +90,10 @@ impl Settings {
             }
             _ => groups.extend(GROUPS),
         }
-        let (tallyd, loader) = binaries();
         Settings {
+            base: Setup::from_env("E2E", "e2e"),
             runs: env_or("E2E_RUNS", if quick { 1 } else { 3 }).max(1),
             seconds: env_or("E2E_SECONDS", if quick { 1.5 } else { 3.0 }),
-            daemon_cpu: env_or("E2E_DAEMON_CPU", "0".to_string()),
-            loader_cpu: env_or("E2E_LOADER_CPU", "1".to_string()),
-            nice: env_or("E2E_NICE", -19),
             mix: env_or("E2E_MIX", MIX.to_string()),
             tags: env_or("E2E_TAGS", 3),
             cpu_series: env_or("E2E_CPU_SERIES", 1000),
@@ -117,8 +108,6 @@ impl Settings {
             load_under_scrape: env_or("E2E_SCRAPE_LOAD", 500_000.0),
             hot_series: env_or("E2E_HOT_SERIES", 50_000),
             groups,
-            tallyd,
-            loader,
             baseline: std::env::var_os("E2E_BASELINE").map(PathBuf::from),
             shared_receivers: env_or("E2E_SHARED_RECEIVERS", 2),
         }
@@ -129,896 +118,48 @@ impl Settings {
     }
 }
 
-/// The release binaries: cargo's own paths when it provides them, else `target/release`
-/// (built with `cargo build --release --bins` if missing). `E2E_TALLYD` / `E2E_LOAD` override.
-fn binaries() -> (PathBuf, PathBuf) {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target"))
-        .join("release");
-    let pick = |over: &str, from_cargo: Option<&str>, name: &str| -> PathBuf {
-        if let Some(path) = std::env::var_os(over) {
-            return PathBuf::from(path);
-        }
-        match from_cargo {
-            Some(path) if Path::new(path).exists() => PathBuf::from(path),
-            _ => target.join(name),
-        }
-    };
-    let tallyd = pick("E2E_TALLYD", option_env!("CARGO_BIN_EXE_tallyd"), "tallyd");
-    let loader = pick(
-        "E2E_LOAD",
-        option_env!("CARGO_BIN_EXE_tallyd-load"),
-        "tallyd-load",
-    );
-    if !tallyd.exists() || !loader.exists() {
-        eprintln!("e2e: building the release binaries (cargo build --release --bins)");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--bins"])
-            .current_dir(manifest)
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "cargo build --release --bins failed");
-    }
-    (tallyd, loader)
+/// tallyd on free ports, with `E2E_CONFIG` as its config file when set.
+fn tallyd(s: &Settings) -> Daemon {
+    tallyd_with(s, &[])
 }
 
-// ---------------------------------------------------------------------------------------------
-// Figures and the table
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy)]
-enum Unit {
-    Count,
-    Rate,
-    Micros,
-    Percent,
-    Millis,
-    Bytes,
-    MiB,
-    Times,
-    Decimal,
+/// tallyd on free ports with `E2E_CONFIG`, then `extra` arguments.
+fn tallyd_with(s: &Settings, extra: &[OsString]) -> Daemon {
+    Daemon::tallyd_with(&s.base, &s.base.tallyd, &tallyd_args(extra), "tallyd")
 }
 
-#[derive(Clone, Copy)]
-enum Check {
-    None,
-    AtLeast(f64),
-    AtMost(f64),
+/// The `E2E_BASELINE` binary on free ports with `E2E_CONFIG`, when set.
+fn baseline(s: &Settings) -> Option<Daemon> {
+    s.baseline
+        .as_ref()
+        .map(|binary| Daemon::tallyd_with(&s.base, binary, &tallyd_args(&[]), "baseline"))
 }
 
-struct Figure {
-    name: String,
-    unit: Unit,
-    runs: Vec<f64>,
-    target: String,
-    check: Check,
-}
-
-#[derive(Default)]
-struct Table {
-    figures: Vec<Figure>,
-    notes: Vec<String>,
-}
-
-impl Table {
-    fn add(&mut self, name: &str, unit: Unit, runs: Vec<f64>, target: &str, check: Check) {
-        self.figures.push(Figure {
-            name: name.to_string(),
-            unit,
-            runs,
-            target: target.to_string(),
-            check,
-        });
-    }
-
-    fn note(&mut self, text: String) {
-        eprintln!("e2e: note: {text}");
-        self.notes.push(text);
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("| figure | median | runs | target |\n|---|---|---|---|\n");
-        for f in &self.figures {
-            let valid: Vec<f64> = f.runs.iter().copied().filter(|v| !v.is_nan()).collect();
-            let median = median(&valid);
-            let runs = f
-                .runs
-                .iter()
-                .map(|&v| format_value(v, f.unit))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let verdict = match (f.check, median) {
-                (_, None) => "",
-                (Check::None, _) => "",
-                (Check::AtLeast(t), Some(m)) if m >= t => " ✅",
-                (Check::AtMost(t), Some(m)) if m <= t => " ✅",
-                _ => " ❌",
-            };
-            let target = if f.target.is_empty() {
-                "—".to_string()
-            } else {
-                format!("{}{verdict}", f.target)
-            };
-            out.push_str(&format!(
-                "| {} | {} | {} | {} |\n",
-                f.name,
-                median.map_or("n/a".into(), |m| format!("**{}**", format_value(m, f.unit))),
-                runs,
-                target
-            ));
-        }
-        if !self.notes.is_empty() {
-            out.push('\n');
-            for n in &self.notes {
-                out.push_str(&format!("- {n}\n"));
-            }
-        }
-        out
-    }
-}
-
-fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
-}
-
-fn thousands(value: f64) -> String {
-    let negative = value < 0.0;
-    let digits = format!("{:.0}", value.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if negative { format!("-{out}") } else { out }
-}
-
-fn format_value(value: f64, unit: Unit) -> String {
-    if value.is_nan() {
-        return "error".into();
-    }
-    match unit {
-        Unit::Count => thousands(value),
-        Unit::Rate => format!("{}/s", thousands(value)),
-        Unit::Micros => format!("{value:.3} µs"),
-        Unit::Percent => {
-            if value == 0.0 {
-                "0 %".into()
-            } else {
-                format!("{value:.3} %")
-            }
-        }
-        Unit::Millis => format!("{value:.1} ms"),
-        Unit::Bytes => format!("{} B", thousands(value)),
-        Unit::MiB => format!("{value:.1} MiB"),
-        Unit::Times => format!("{value:.2}×"),
-        Unit::Decimal => format!("{value:.1}"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes: tallyd, the floor, the loader
-// ---------------------------------------------------------------------------------------------
-
-/// A receiver under test (tallyd or the floor), pinned with taskset.
-struct Daemon {
-    child: Child,
-    pid: u32,
-    udp: SocketAddr,
-    http: Option<SocketAddr>,
-    tcp: Option<SocketAddr>,
-    unix: Option<PathBuf>,
-    log: mpsc::Receiver<String>,
-    name: &'static str,
-}
-
-/// `nice -n <E2E_NICE> taskset -c <cpu> <program>` (`nice` and `taskset` exec, so the pid is
-/// the program's), in a session of its own (so, with autogroup scheduling, a scheduling group of
-/// its own, which [`prioritise`] raises), and sent SIGTERM if the bench dies.
-fn pinned(s: &Settings, cpu: &str, program: &Path) -> Command {
-    let mut c = if s.nice != 0 {
-        let mut c = Command::new("nice");
-        c.arg("-n").arg(s.nice.to_string()).arg("taskset");
-        c
-    } else {
-        Command::new("taskset")
-    };
-    c.arg("-c").arg(cpu).arg(program);
-    if s.nice != 0 {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                libc::setsid();
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-    }
-    c
-}
-
-/// With autogroup scheduling (`kernel.sched_autogroup_enabled`), `nice` only ranks a process
-/// within its session's group, and every other session (other people's builds on this shared
-/// machine) gets an equal share of the CPU whatever its niceness. Giving the new session's group
-/// the same niceness keeps the daemon and the loader ahead of them on their CPUs.
-fn prioritise(s: &Settings, pid: u32) {
-    if s.nice != 0 {
-        let _ = std::fs::write(format!("/proc/{pid}/autogroup"), s.nice.to_string());
-    }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Daemon {
-    fn tallyd(s: &Settings) -> Daemon {
-        Daemon::tallyd_with(s, &s.tallyd, &[], "tallyd")
-    }
-
-    /// `binary` (tallyd, or the baseline) on free loopback ports, with `extra` arguments.
-    fn tallyd_with(s: &Settings, binary: &Path, extra: &[String], name: &'static str) -> Daemon {
-        let mut command = pinned(s, &s.daemon_cpu, binary);
-        command.args(tallyd_args(extra));
-        Daemon::start(s, command, name, None)
-    }
-
-    /// tallyd started by `systemd-socket-activate` on a UDP socket it passes as `statsd`, which
-    /// tallyd's receive threads then share; `config` sets their number.
-    fn activated(s: &Settings, config: &Path) -> Daemon {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|socket| socket.local_addr())
-            .expect("a free UDP port")
-            .port();
-        let udp: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut command = pinned(s, &s.daemon_cpu, Path::new("systemd-socket-activate"));
-        command
-            .args(["--datagram", &format!("--listen={udp}"), "--fdname=statsd"])
-            .arg(&s.tallyd)
-            .args(["--config", &config.display().to_string()])
-            .args([
-                "--udp-listen",
-                "systemd:statsd",
-                "--http-listen",
-                "127.0.0.1:0",
-            ]);
-        Daemon::start(s, command, "shared", Some(udp))
-    }
-
-    fn floor(s: &Settings) -> Daemon {
-        let mut command = pinned(s, &s.daemon_cpu, &s.loader);
-        command.args(["floor", "--listen", "127.0.0.1:0"]);
-        Daemon::start(s, command, "floor", None)
-    }
-
-    /// Runs `command` until its ready line; `trigger` gets one datagram once a launcher that
-    /// waits for traffic before starting tallyd has bound it.
-    fn start(
-        s: &Settings,
-        mut command: Command,
-        name: &'static str,
-        trigger: Option<SocketAddr>,
-    ) -> Daemon {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let pid = child.id();
-        prioritise(s, pid);
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(strip_ansi(&line)).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("{name} did not report ready within 20 s");
-                }
-            };
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("e2e: {name}: {line}");
-            }
-            if line.contains("Listening on")
-                && let Some(to) = trigger
-            {
-                let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-                sender.send_to(b"e2e_trigger:1|c", to).unwrap();
-            }
-            let Some(at) = line.find("ready: udp ") else {
-                continue;
-            };
-            let mut words = line[at + "ready: udp ".len()..].split_whitespace();
-            let udp: SocketAddr = words.next().unwrap().parse().unwrap();
-            let (mut http, mut tcp, mut unix) = (None, None, None);
-            while let Some(w) = words.next() {
-                match w {
-                    "http" => http = words.next().and_then(|a| a.parse().ok()),
-                    "tcp" => tcp = words.next().and_then(|a| a.parse().ok()),
-                    "unix" => unix = words.next().map(PathBuf::from),
-                    _ => {}
-                }
-            }
-            return Daemon {
-                child,
-                pid,
-                udp,
-                http,
-                tcp,
-                unix,
-                log: rx,
-                name,
-            };
-        }
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(self.pid)
-    }
-
-    fn rss(&self) -> (u64, u64) {
-        proc_rss(self.pid)
-    }
-
-    fn port(&self) -> u16 {
-        self.udp.port()
-    }
-
-    /// Waits until the socket queue(s) on our port are empty and the process stops using CPU.
-    fn drain(&self) {
-        let start = Instant::now();
-        let mut last_cpu = self.cpu_seconds();
-        let mut quiet = 0;
-        while start.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(50));
-            let (queued, _) = udp_socket_state(self.port());
-            let cpu = self.cpu_seconds();
-            if queued == 0 && cpu == last_cpu {
-                quiet += 1;
-                if quiet >= 3 {
-                    return;
-                }
-            } else {
-                quiet = 0;
-            }
-            last_cpu = cpu;
-        }
-        eprintln!("e2e: {} did not drain within 120 s", self.name);
-    }
-
-    fn kernel_drops(&self) -> u64 {
-        udp_socket_state(self.port()).1
-    }
-
-    fn scrape(&self, accept: Option<&str>) -> Scrape {
-        scrape(self.http.expect("no http address"), accept)
-    }
-
-    fn forward_log(&self) {
-        while let Ok(line) = self.log.try_recv() {
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("e2e: {}: {line}", self.name);
-            }
-        }
-    }
-
-    /// SIGTERM, then the process's stdout (the floor's JSON).
-    fn stop(mut self) -> String {
-        self.forward_log();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = out.read_to_string(&mut stdout);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                _ if Instant::now() > deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        stdout
-    }
-}
-
-/// tallyd's arguments in the bench: free loopback ports, `E2E_CONFIG` if set, then `extra`.
-fn tallyd_args(extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--udp-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-    ]
-    .map(String::from)
-    .to_vec();
-    if let Ok(config) = std::env::var("E2E_CONFIG") {
-        args.extend(["--config".to_string(), config]);
+/// tallyd's arguments beyond its free ports: `--config E2E_CONFIG` if set, then `extra`.
+fn tallyd_args(extra: &[OsString]) -> Vec<OsString> {
+    let mut args = Vec::new();
+    if let Some(config) = std::env::var_os("E2E_CONFIG") {
+        args.extend(["--config".into(), config]);
     }
     args.extend_from_slice(extra);
     args
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `tallyd-load send` arguments for one run.
-#[derive(Clone)]
-struct Load {
-    lines_per_datagram: usize,
-    series: u64,
-    families: Option<u64>,
-    tags: usize,
-    mix: String,
-    order: &'static str,
-    start: u64,
-    rate: Option<f64>,
-    line_rate: Option<f64>,
-    duration: Option<f64>,
-    lines: Option<u64>,
-    sockets: usize,
-    seed: u64,
-    prefix: &'static str,
-}
-
-impl Load {
-    fn new(s: &Settings, lines_per_datagram: usize) -> Load {
-        Load {
-            lines_per_datagram,
-            series: s.cpu_series,
-            families: None,
-            tags: s.tags,
-            mix: s.mix.clone(),
-            order: "random",
-            start: 0,
-            rate: None,
-            line_rate: None,
-            duration: Some(s.seconds),
-            lines: None,
-            sockets: 1,
-            seed: 1,
-            prefix: "tl",
-        }
-    }
-
-    /// `target` in the loader's syntax: `HOST:PORT` (UDP), `tcp:HOST:PORT`, `unix:PATH`.
-    fn command(&self, s: &Settings, target: &str) -> Command {
-        let mut c = pinned(s, &s.loader_cpu, &s.loader);
-        c.arg("send");
-        c.arg("--target").arg(target);
-        c.arg("--lines-per-datagram")
-            .arg(self.lines_per_datagram.to_string());
-        c.arg("--series").arg(self.series.to_string());
-        if let Some(f) = self.families {
-            c.arg("--families").arg(f.to_string());
-        }
-        c.arg("--tags").arg(self.tags.to_string());
-        c.arg("--mix").arg(&self.mix);
-        c.arg("--order").arg(self.order);
-        c.arg("--start").arg(self.start.to_string());
-        c.arg("--sockets").arg(self.sockets.to_string());
-        c.arg("--seed").arg(self.seed.to_string());
-        c.arg("--prefix").arg(self.prefix);
-        if let Some(r) = self.rate {
-            c.arg("--rate").arg(r.to_string());
-        }
-        if let Some(r) = self.line_rate {
-            c.arg("--line-rate").arg(r.to_string());
-        }
-        if let Some(d) = self.duration {
-            c.arg("--duration").arg(d.to_string());
-        }
-        if let Some(n) = self.lines {
-            c.arg("--lines").arg(n.to_string());
-        }
-        c.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        c
-    }
-
-    fn run(&self, s: &Settings, target: SocketAddr) -> Sent {
-        self.run_to(s, &target.to_string())
-    }
-
-    fn run_to(&self, s: &Settings, target: &str) -> Sent {
-        Sent::from_child(self.spawn_to(s, target))
-    }
-
-    fn spawn(&self, s: &Settings, target: SocketAddr) -> Child {
-        self.spawn_to(s, &target.to_string())
-    }
-
-    fn spawn_to(&self, s: &Settings, target: &str) -> Child {
-        let child = self
-            .command(s, target)
-            .spawn()
-            .expect("cannot run tallyd-load");
-        prioritise(s, child.id());
-        child
-    }
-}
-
-/// What `tallyd-load send` reported.
-#[derive(Debug, Clone, Default)]
-struct Sent {
-    datagrams: u64,
-    lines: u64,
-    counter_sum: u64,
-    series_touched: u64,
-    lines_per_s: f64,
-    datagrams_per_s: f64,
-    loader_cpu_s: f64,
-}
-
-impl Sent {
-    fn parse(json: &str) -> Sent {
-        let n = |key: &str| json_number(json, key).unwrap_or_else(|| panic!("no {key} in {json}"));
-        Sent {
-            datagrams: n("datagrams") as u64,
-            lines: n("lines") as u64,
-            counter_sum: n("counter_sum") as u64,
-            series_touched: n("series_touched") as u64,
-            lines_per_s: n("lines_per_s"),
-            datagrams_per_s: n("datagrams_per_s"),
-            loader_cpu_s: n("loader_cpu_s"),
-        }
-    }
-
-    fn from_child(child: Child) -> Sent {
-        let output = child.wait_with_output().expect("tallyd-load");
-        assert!(output.status.success(), "tallyd-load failed");
-        Sent::parse(&String::from_utf8_lossy(&output.stdout))
-    }
-}
-
-/// The number after `"key":` in a flat JSON object.
-fn json_number(json: &str, key: &str) -> Option<f64> {
-    let pattern = format!("\"{key}\":");
-    let at = json.find(&pattern)? + pattern.len();
-    let rest = &json[at..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
-}
-
-// ---------------------------------------------------------------------------------------------
-// /proc and HTTP
-// ---------------------------------------------------------------------------------------------
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime + stime of the whole process, in seconds.
-fn proc_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at state, field 3.
-    let Some(close) = stat.rfind(')') else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let utime: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    let stime: f64 = fields
-        .get(12)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    (utime + stime) / clock_ticks()
-}
-
-/// Voluntary context switches (a blocking receive that found nothing, then a wake-up), summed
-/// over the process's threads.
-fn proc_sleeps(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
-/// (VmRSS, VmHWM) in bytes.
-fn proc_rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// (bytes queued, datagrams dropped) summed over the IPv4 UDP sockets bound to `port`.
-fn udp_socket_state(port: u16) -> (u64, u64) {
-    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    let mut queued = 0;
-    let mut drops = 0;
-    for line in table.lines().skip(1) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 13 {
-            continue;
-        }
-        let local_port = fields[1]
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
-        if local_port != Some(port) {
-            continue;
-        }
-        if let Some((_, rx)) = fields[4].split_once(':') {
-            queued += u64::from_str_radix(rx, 16).unwrap_or(0);
-        }
-        drops += fields[12].parse::<u64>().unwrap_or(0);
-    }
-    (queued, drops)
-}
-
-struct Scrape {
-    seconds: f64,
-    body: Vec<u8>,
-    content_type: String,
-}
-
-impl Scrape {
-    /// The sum of the samples of `name` (any labels).
-    fn sum(&self, name: &str) -> f64 {
-        metric_sum(&self.body, |n| n == name.as_bytes())
-    }
-}
-
-/// Adds up the sample values of every metric whose name passes `wanted`.
-fn metric_sum(body: &[u8], wanted: impl Fn(&[u8]) -> bool) -> f64 {
-    let mut total = 0.0;
-    for line in body.split(|&b| b == b'\n') {
-        if line.is_empty() || line[0] == b'#' {
-            continue;
-        }
-        let name_end = line
-            .iter()
-            .position(|&b| b == b'{' || b == b' ')
-            .unwrap_or(line.len());
-        if !wanted(&line[..name_end]) {
-            continue;
-        }
-        // The value follows the last `} ` (labels may hold spaces) or the first space.
-        let after_labels = match line[name_end..].first() {
-            Some(b'{') => match line.iter().rposition(|&b| b == b'}') {
-                Some(p) => p + 1,
-                None => continue,
-            },
-            _ => name_end,
-        };
-        let value = std::str::from_utf8(&line[after_labels..])
-            .ok()
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok());
-        if let Some(v) = value {
-            total += v;
-        }
-    }
-    total
-}
-
-/// GET /metrics, uncompressed, with the given Accept header; times the whole exchange.
-fn scrape(addr: SocketAddr, accept: Option<&str>) -> Scrape {
-    let start = Instant::now();
-    let mut stream = TcpStream::connect(addr).expect("connect to tallyd's HTTP port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(a) = accept {
-        request.push_str(&format!("Accept: {a}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::with_capacity(1 << 20);
-    stream.read_to_end(&mut raw).expect("read the scrape");
-    let seconds = start.elapsed().as_secs_f64();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response");
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    assert!(
-        head.starts_with("http/1.1 200"),
-        "scrape failed: {}",
-        head.lines().next().unwrap_or("")
-    );
-    let content_type = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-type:"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let mut body = raw.split_off(split + 4);
-    if head
-        .lines()
-        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Scrape {
-        seconds,
-        body,
-        content_type,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len());
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size_text = std::str::from_utf8(&data[..eol]).unwrap_or("0");
-        let size =
-            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = eol + 2;
-        let end = (start + size).min(data.len());
-        out.extend_from_slice(&data[start..end]);
-        data = &data[(end + 2).min(data.len())..];
-    }
-    out
+/// The UDP load of the CPU, flat and sweep groups.
+fn cpu_load(s: &Settings, lines_per_datagram: usize) -> Load {
+    Load::new(lines_per_datagram, s.cpu_series, s.tags, &s.mix, s.seconds)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Measurements
 // ---------------------------------------------------------------------------------------------
 
-/// One load run against tallyd: what the daemon did with it.
-struct Run {
-    sent: Sent,
-    lines_in: u64,
-    drops: u64,
-    cpu: f64,
-    /// Voluntary context switches during the run (the receive thread going to sleep).
-    sleeps: u64,
-}
-
-impl Run {
-    fn lost_lines(&self) -> u64 {
-        self.sent.lines.saturating_sub(self.lines_in)
-    }
-    fn loss_percent(&self) -> f64 {
-        100.0 * self.lost_lines() as f64 / self.sent.lines.max(1) as f64
-    }
-    fn lines_per_cpu_second(&self) -> f64 {
-        self.lines_in as f64 / self.cpu
-    }
-    fn micros_per_line(&self) -> f64 {
-        self.cpu * 1e6 / self.lines_in.max(1) as f64
-    }
-    fn datagrams_per_sleep(&self) -> f64 {
-        self.sent.datagrams as f64 / self.sleeps.max(1) as f64
-    }
-    fn loss_free(&self) -> bool {
-        self.lost_lines() == 0 && self.drops == 0
-    }
-}
-
-/// Drives `load` at tallyd's UDP address and measures it (tallyd's registry must be small:
-/// this scrapes).
-fn run_tallyd(s: &Settings, daemon: &Daemon, load: &Load) -> Run {
-    run_tallyd_at(s, daemon, load, &daemon.udp.to_string())
-}
-
-/// [`run_tallyd`] at `target`, in the loader's syntax (`tcp:…`, `unix:…`).
-fn run_tallyd_at(s: &Settings, daemon: &Daemon, load: &Load, target: &str) -> Run {
-    let before = daemon.scrape(None);
-    let lines_before = before.sum("tallyd_lines_total") as u64;
-    let drops_before = daemon.kernel_drops();
-    let cpu_before = daemon.cpu_seconds();
-    let sleeps_before = proc_sleeps(daemon.pid);
-    let sent = load.run_to(s, target);
-    daemon.drain();
-    let cpu = daemon.cpu_seconds() - cpu_before;
-    let sleeps = proc_sleeps(daemon.pid) - sleeps_before;
-    let drops = daemon.kernel_drops() - drops_before;
-    let after = daemon.scrape(None);
-    let lines_in = after.sum("tallyd_lines_total") as u64 - lines_before;
-    daemon.forward_log();
-    let run = Run {
-        sent,
-        lines_in,
-        drops,
-        cpu,
-        sleeps,
-    };
-    eprintln!(
-        "e2e:   {} at {target}: sent {} lines in {} datagrams ({:.0} dgram/s, {:.0} lines/s); received \
-         {} lines, lost {} ({:.3} %), kernel drops {}; CPU {:.3} s = {:.3} µs/line, {:.0} \
-         lines/CPU-s, {:.1} datagrams per wake-up (loader CPU {:.2} s)",
-        daemon.name,
-        run.sent.lines,
-        run.sent.datagrams,
-        run.sent.datagrams_per_s,
-        run.sent.lines_per_s,
-        run.lines_in,
-        run.lost_lines(),
-        run.loss_percent(),
-        run.drops,
-        run.cpu,
-        run.micros_per_line(),
-        run.lines_per_cpu_second(),
-        run.datagrams_per_sleep(),
-        run.sent.loader_cpu_s
-    );
-    run
-}
-
 /// The same load against the receive-only floor.
 fn run_floor(s: &Settings, load: &Load) -> Run {
-    let floor = Daemon::floor(s);
+    let floor = Daemon::floor(&s.base);
     let cpu_before = floor.cpu_seconds();
     let sleeps_before = proc_sleeps(floor.pid);
-    let sent = load.run(s, floor.udp);
+    let sent = load.run(&s.base, floor.udp);
     floor.drain();
     let cpu = floor.cpu_seconds() - cpu_before;
     let sleeps = proc_sleeps(floor.pid) - sleeps_before;
@@ -1031,6 +172,7 @@ fn run_floor(s: &Settings, load: &Load) -> Run {
         lines_in,
         drops,
         cpu,
+        receiver_cpu: cpu,
         sleeps,
     };
     if run.loss_free() && counter_sum != run.sent.counter_sum {
@@ -1092,12 +234,9 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
         )
     };
     eprintln!("e2e: == CPU per line: {label}");
-    let daemon = Daemon::tallyd(s);
-    let baseline = s
-        .baseline
-        .as_ref()
-        .map(|binary| Daemon::tallyd_with(s, binary, &[], "baseline"));
-    let mut load = Load::new(s, lines_per_datagram);
+    let daemon = tallyd(s);
+    let baseline = baseline(s);
+    let mut load = cpu_load(s, lines_per_datagram);
     load.rate = Some(rate);
     load.sockets = sockets;
     let mut tallyd_runs = Vec::new();
@@ -1107,13 +246,13 @@ fn cpu_group(s: &Settings, table: &mut Table, lines_per_datagram: usize) {
     let mut all_loss_free = true;
     for run in 0..s.runs {
         load.seed = 1 + run as u64;
-        let t = run_tallyd(s, &daemon, &load);
+        let t = run_tallyd(&s.base, &daemon, &load);
         expected_counters += t.sent.counter_sum;
         all_loss_free &= t.loss_free();
         tallyd_runs.push(t);
         floor_runs.push(run_floor(s, &load));
         if let Some(baseline) = &baseline {
-            baseline_runs.push(run_tallyd(s, baseline, &load));
+            baseline_runs.push(run_tallyd(&s.base, baseline, &load));
         }
     }
     if let Some(baseline) = baseline {
@@ -1229,20 +368,17 @@ fn flat_group(s: &Settings, table: &mut Table) {
             format!("1 line/datagram, flat out, {sockets} sockets")
         };
         eprintln!("e2e: == loss: {label}");
-        let daemon = Daemon::tallyd(s);
-        let baseline = s
-            .baseline
-            .as_ref()
-            .map(|binary| Daemon::tallyd_with(s, binary, &[], "baseline"));
-        let mut load = Load::new(s, 1);
+        let daemon = tallyd(s);
+        let baseline = baseline(s);
+        let mut load = cpu_load(s, 1);
         load.sockets = sockets;
         let mut runs = Vec::new();
         let mut baseline_runs = Vec::new();
         for run in 0..s.runs {
             load.seed = 1 + run as u64;
-            runs.push(run_tallyd(s, &daemon, &load));
+            runs.push(run_tallyd(&s.base, &daemon, &load));
             if let Some(baseline) = &baseline {
-                baseline_runs.push(run_tallyd(s, baseline, &load));
+                baseline_runs.push(run_tallyd(&s.base, baseline, &load));
             }
         }
         drop(daemon.stop());
@@ -1286,12 +422,12 @@ struct Sweep {
 /// Flat out for `E2E_SWEEP_SECONDS`, then (if that lost anything) a bisection between 0 and
 /// the flat-out rate, `E2E_SWEEP_STEPS` steps.
 fn sweep(s: &Settings, daemon: &Daemon, seed: u64) -> Sweep {
-    let mut load = Load::new(s, 20);
+    let mut load = cpu_load(s, 20);
     load.duration = Some(s.sweep_seconds);
     load.seed = seed;
     // Flat out first: the most one sender core gives.
     eprintln!("e2e:  sweep ({}): flat out", daemon.name);
-    let probe = run_tallyd(s, daemon, &load);
+    let probe = run_tallyd(&s.base, daemon, &load);
     let max = probe.sent.lines_per_s;
     let mut sweep = Sweep {
         rate: max,
@@ -1311,7 +447,7 @@ fn sweep(s: &Settings, daemon: &Daemon, seed: u64) -> Sweep {
         };
         load.line_rate = Some(mid);
         eprintln!("e2e:  sweep ({}): {:.0} lines/s", daemon.name, mid);
-        let r = run_tallyd(s, daemon, &load);
+        let r = run_tallyd(&s.base, daemon, &load);
         // The loader must have delivered the rate asked for, or the step says nothing.
         let delivered = r.sent.lines_per_s >= 0.97 * mid;
         if r.loss_free() && delivered {
@@ -1334,7 +470,7 @@ fn sweep_group(s: &Settings, table: &mut Table) {
     eprintln!("e2e: == loss-free sweep: {label}");
     let mut sweeps = Vec::new();
     for run in 0..s.runs {
-        let daemon = Daemon::tallyd(s);
+        let daemon = tallyd(s);
         sweeps.push(sweep(s, &daemon, 100 + run as u64));
         drop(daemon.stop());
     }
@@ -1408,16 +544,14 @@ fn add_baseline_rows(table: &mut Table, label: &str, tallyd: &[Run], baseline: &
 fn transports_group(s: &Settings, table: &mut Table) {
     let socket = std::env::temp_dir().join(format!("tallyd-e2e-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
-    let daemon = Daemon::tallyd_with(
+    let daemon = tallyd_with(
         s,
-        &s.tallyd,
         &[
             "--tcp-listen".into(),
             "127.0.0.1:0".into(),
             "--unix-listen".into(),
-            socket.display().to_string(),
+            socket.clone().into(),
         ],
-        "tallyd",
     );
     let targets = [
         ("UDP", daemon.udp.to_string()),
@@ -1449,12 +583,12 @@ fn transports_group(s: &Settings, table: &mut Table) {
     let mut flat_out: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
     for run in 0..s.runs {
         for (i, (_, target)) in targets.iter().enumerate() {
-            let mut load = Load::new(s, 20);
+            let mut load = cpu_load(s, 20);
             load.seed = 1 + run as u64;
             load.rate = Some(s.rate20);
-            at_rate[i].push(run_tallyd_at(s, &daemon, &load, target));
+            at_rate[i].push(run_tallyd_at(&s.base, &daemon, &load, target));
             load.rate = None;
-            flat_out[i].push(run_tallyd_at(s, &daemon, &load, target));
+            flat_out[i].push(run_tallyd_at(&s.base, &daemon, &load, target));
         }
     }
     drop(daemon.stop());
@@ -1516,27 +650,27 @@ fn shared_group(s: &Settings, table: &mut Table) {
         (
             format!("reuse-port group of {n} sockets"),
             Daemon::tallyd_with(
-                s,
-                &s.tallyd,
-                &["--config".into(), config.display().to_string()],
+                &s.base,
+                &s.base.tallyd,
+                &tallyd_args(&["--config".into(), config.clone().into()]),
                 "reuse-port",
             ),
         ),
         (
             format!("{n} threads on one passed socket"),
-            Daemon::activated(s, &config),
+            Daemon::activated(&s.base, &config),
         ),
     ];
     let rated20 = format!(
         "20 lines/datagram, {}M lines/s, {n} receive threads on CPU {}",
         s.rate20 * 20.0 / 1e6,
-        s.daemon_cpu
+        s.base.daemon_cpu
     );
     let rated1 = format!(
         "1 line/datagram, {} sockets, {}k datagrams/s, {n} receive threads on CPU {}",
         s.sockets1,
         s.rate1 / 1000.0,
-        s.daemon_cpu
+        s.base.daemon_cpu
     );
     eprintln!("e2e: == shared socket vs reuse-port group: {rated20}; {rated1}; sweep");
     let mut runs20: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
@@ -1544,15 +678,15 @@ fn shared_group(s: &Settings, table: &mut Table) {
     let mut sweeps: Vec<Vec<Sweep>> = vec![Vec::new(), Vec::new()];
     for run in 0..s.runs {
         for (i, (_, daemon)) in modes.iter().enumerate() {
-            let mut load = Load::new(s, 20);
+            let mut load = cpu_load(s, 20);
             load.seed = 1 + run as u64;
             load.rate = Some(s.rate20);
-            runs20[i].push(run_tallyd(s, daemon, &load));
-            let mut load = Load::new(s, 1);
+            runs20[i].push(run_tallyd(&s.base, daemon, &load));
+            let mut load = cpu_load(s, 1);
             load.seed = 1 + run as u64;
             load.rate = Some(s.rate1);
             load.sockets = s.sockets1;
-            runs1[i].push(run_tallyd(s, daemon, &load));
+            runs1[i].push(run_tallyd(&s.base, daemon, &load));
             sweeps[i].push(sweep(s, daemon, 100 + run as u64));
         }
     }
@@ -1592,7 +726,7 @@ fn shared_group(s: &Settings, table: &mut Table) {
     }
     let label = format!(
         "20 lines/datagram, {n} receive threads on CPU {}",
-        s.daemon_cpu
+        s.base.daemon_cpu
     );
     for (name, sweeps) in names.iter().zip(&sweeps) {
         add_sweep_rows(s, table, &label, &format!(", {name}"), sweeps);
@@ -1630,7 +764,7 @@ fn fill(s: &Settings, daemon: &Daemon, total: u64) -> f64 {
     for _ in 0..5 {
         let drops_before = daemon.kernel_drops();
         let t = Instant::now();
-        let sent = load.run(s, daemon.udp);
+        let sent = load.run(&s.base, daemon.udp);
         daemon.drain();
         let drops = daemon.kernel_drops() - drops_before;
         let rate = load.line_rate.unwrap();
@@ -1654,7 +788,7 @@ fn warm_up(s: &Settings, daemon: &Daemon) {
     let mut load = big_load(s, 1);
     load.lines = Some(2000);
     load.line_rate = Some(100_000.0);
-    load.run(s, daemon.udp);
+    load.run(&s.base, daemon.udp);
     daemon.drain();
     std::thread::sleep(Duration::from_millis(300));
 }
@@ -1728,7 +862,7 @@ fn big_group(s: &Settings, table: &mut Table) {
             "e2e: == memory and scrape, {mid_k}k series (run {})",
             run + 1
         );
-        let daemon = Daemon::tallyd(s);
+        let daemon = tallyd(s);
         warm_up(s, &daemon);
         let (rss0, _) = daemon.rss();
         fill(s, &daemon, s.mid_series);
@@ -1767,7 +901,7 @@ fn big_group(s: &Settings, table: &mut Table) {
             "e2e: == memory and scrape, {big_label} series (run {})",
             run + 1
         );
-        let daemon = Daemon::tallyd(s);
+        let daemon = tallyd(s);
         warm_up(s, &daemon);
         let (rss0, _) = daemon.rss();
         r.fill_rate.push(fill(s, &daemon, s.big_series));
@@ -1832,7 +966,7 @@ fn big_group(s: &Settings, table: &mut Table) {
             });
             let drops_before = daemon.kernel_drops();
             let cpu_before = daemon.cpu_seconds();
-            let child = load.spawn(s, daemon.udp);
+            let child = load.spawn(&s.base, daemon.udp);
             let during = scraping.then(|| {
                 std::thread::sleep(Duration::from_secs_f64(1.0));
                 daemon.scrape(None)
@@ -2041,129 +1175,47 @@ fn big_group(s: &Settings, table: &mut Table) {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-
-fn pin_self(cpu: &str) {
-    let Ok(cpu) = cpu.parse::<usize>() else {
-        return;
-    };
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity take it by pointer.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn machine() -> String {
-    // SAFETY: sysconf has no preconditions. (Not available_parallelism: we are pinned.)
-    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let rmem = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap_or_default();
-    format!(
-        "{cpus} CPUs ({model}), Linux {}, net.core.rmem_max {}",
-        kernel.trim(),
-        rmem.trim()
-    )
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs us too: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") && std::env::var_os("E2E_FORCE").is_none() {
-        eprintln!("e2e: not run (use `cargo bench --bench e2e`)");
+    if !common::enter("E2E", "e2e") {
         return;
-    }
-    // The bench is the scraper: it too needs its CPU, so it runs again as a child in a session
-    // (autogroup) of its own, at the same niceness as the daemon and the loader.
-    let nice: i32 = env_or("E2E_NICE", -19);
-    if nice != 0 && std::env::var_os("E2E_INNER").is_none() {
-        use std::os::unix::process::CommandExt;
-        let mut command = Command::new(std::env::current_exe().expect("the bench's own path"));
-        command
-            .args(std::env::args_os().skip(1))
-            .env("E2E_INNER", "1");
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                libc::setsid();
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("cannot re-run the bench");
-        let _ = std::fs::write(format!("/proc/{}/autogroup", child.id()), nice.to_string());
-        let status = child.wait().expect("the bench");
-        std::process::exit(status.code().unwrap_or(1));
     }
     let s = Settings::from_env();
     // The bench itself (the scraper) stays off the daemon's CPU.
-    pin_self(&s.loader_cpu);
+    pin_self(&s.base.loader_cpu);
     let started = Instant::now();
     let load_before = load_average();
     eprintln!(
         "e2e: tallyd {} and {}; daemon on CPU {}, loader on CPU {}, nice {}; {} run(s) per figure; groups: {:?}",
-        s.tallyd.display(),
-        s.loader.display(),
-        s.daemon_cpu,
-        s.loader_cpu,
-        s.nice,
+        s.base.tallyd.display(),
+        s.base.loader.display(),
+        s.base.daemon_cpu,
+        s.base.loader_cpu,
+        s.base.nice,
         s.runs,
         s.groups
     );
-    let mut table = Table::default();
-    if s.wants("cpu20") {
-        cpu_group(&s, &mut table, 20);
+    let mut table = Table::new("e2e");
+    let groups: [(&str, Group); 7] = [
+        ("cpu20", |s, table| cpu_group(s, table, 20)),
+        ("cpu1", |s, table| cpu_group(s, table, 1)),
+        ("flat", flat_group),
+        ("sweep", sweep_group),
+        ("transports", transports_group),
+        ("shared", shared_group),
+        ("big", big_group),
+    ];
+    for (name, group) in groups {
+        if s.wants(name) {
+            group(&s, &mut table);
+        }
     }
-    if s.wants("cpu1") {
-        cpu_group(&s, &mut table, 1);
-    }
-    if s.wants("flat") {
-        flat_group(&s, &mut table);
-    }
-    if s.wants("sweep") {
-        sweep_group(&s, &mut table);
-    }
-    if s.wants("transports") {
-        transports_group(&s, &mut table);
-    }
-    if s.wants("shared") {
-        shared_group(&s, &mut table);
-    }
-    if s.wants("big") {
-        big_group(&s, &mut table);
-    }
-    let load_after = load_average();
-    println!();
-    println!(
-        "tallyd end-to-end benchmark — {}; daemon pinned to CPU {}, loader to CPU {}, both at nice {}; medians of {} run(s); {:.0} s; load average {} before, {} after",
-        machine(),
-        s.daemon_cpu,
-        s.loader_cpu,
-        s.nice,
+    common::print_table(
+        "tallyd end-to-end benchmark",
+        "",
+        &s.base,
         s.runs,
-        started.elapsed().as_secs_f64(),
-        load_before,
-        load_after,
+        started,
+        &load_before,
+        &table,
     );
-    println!();
-    print!("{}", table.render());
 }

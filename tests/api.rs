@@ -509,6 +509,83 @@ fn queries_bin_by_step_and_filter_by_labels() {
 }
 
 #[test]
+fn a_batch_shows_in_metrics_as_its_points_would_one_by_one() {
+    let tallyd = InProcess::with_config(&config(""));
+    let addr = tallyd.http;
+    for spec in [
+        json!({"name": "served_total", "type": "counter", "labels": ["model"]}),
+        json!({"name": "queue_depth", "type": "gauge", "labels": ["model"]}),
+        json!({"name": "wait_seconds", "type": "histogram", "labels": ["model"]}),
+    ] {
+        let (status, body) = call(addr, "POST", BASE, WRITER, Some(spec));
+        assert_eq!(status, 201, "{body}");
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let ago = |seconds: i64| {
+        jiff::Timestamp::from_second(now - seconds)
+            .unwrap()
+            .to_string()
+    };
+    let record = |name: &str, points: Value| {
+        let path = format!("{BASE}/{name}/data");
+        let (status, body) = call(addr, "POST", &path, WRITER, Some(points));
+        assert_eq!(status, 200, "{body}");
+    };
+    // A counter adds every increment, label sets interleaved.
+    record(
+        "served_total",
+        json!([
+            {"value": 1, "labels": {"model": "a"}},
+            {"value": 4, "labels": {"model": "b"}},
+            {"value": 2, "labels": {"model": "a"}},
+            {"value": 3, "labels": {"model": "a"}},
+        ]),
+    );
+    // A gauge shows its latest point; of two with the same timestamp, the later in the batch.
+    record(
+        "queue_depth",
+        json!([
+            {"value": 1, "labels": {"model": "a"}, "timestamp": ago(20)},
+            {"value": 2, "labels": {"model": "a"}, "timestamp": ago(10)},
+            {"value": 7, "labels": {"model": "b"}, "timestamp": ago(10)},
+            {"value": 3, "labels": {"model": "a"}, "timestamp": ago(10)},
+            {"value": 4, "labels": {"model": "a"}, "timestamp": ago(30)},
+        ]),
+    );
+    // An older point afterwards changes nothing.
+    record(
+        "queue_depth",
+        json!({"value": 9, "labels": {"model": "a"}, "timestamp": ago(15)}),
+    );
+    // A histogram observes every value.
+    record(
+        "wait_seconds",
+        json!([
+            {"value": 0.5, "labels": {"model": "a"}},
+            {"value": 0.1, "labels": {"model": "b"}},
+            {"value": 1.5, "labels": {"model": "a"}},
+        ]),
+    );
+    let text = tallyd.scrape();
+    let value = |series: &str| value_of(&text, &series.replace("}", r#",tenant="550e8400"}"#));
+    assert_eq!(value(r#"served_total{model="a"}"#), Some(6.0), "{text}");
+    assert_eq!(value(r#"served_total{model="b"}"#), Some(4.0), "{text}");
+    assert_eq!(value(r#"queue_depth{model="a"}"#), Some(3.0), "{text}");
+    assert_eq!(value(r#"queue_depth{model="b"}"#), Some(7.0), "{text}");
+    assert_eq!(
+        value(r#"wait_seconds_count{model="a"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(value(r#"wait_seconds_sum{model="a"}"#), Some(2.0), "{text}");
+    assert_eq!(
+        value(r#"wait_seconds_count{model="b"}"#),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
 fn file_definitions_are_visible_to_every_tenant_and_read_only() {
     let tallyd = InProcess::with_config(&config(
         "[[metric]]\nname = \"queue_depth\"\ntype = \"gauge\"\nhelp = \"Jobs waiting.\"\nlabels = [\"queue\"]",

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::{Aggregation, Definition, Source};
 use crate::http::api::Problem;
 use crate::naming::counter_family;
-use crate::record::{Recorder, Refusal};
+use crate::record::{Recorder, Refusal, SeriesHandle};
 use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
 use crate::store::{self, Point, Store, StoredMetric, Write, Written};
 
@@ -392,15 +392,19 @@ impl CustomMetrics {
 
     /// One of the tenant's definitions (or the file's), or 404.
     pub fn get(&self, tenant: &str, name: &str) -> Result<Arc<CustomMetric>, Problem> {
+        self.find(tenant, name).ok_or_else(|| not_found(name))
+    }
+
+    /// [`CustomMetrics::get`] for callers to whom absence is no error (no problem to build).
+    fn find(&self, tenant: &str, name: &str) -> Option<Arc<CustomMetric>> {
         if let Some(metric) = self.file_metric(tenant, name) {
-            return Ok(metric);
+            return Some(metric);
         }
         self.catalog
             .read()
             .get(&(tenant.to_owned(), name.to_owned()))
             .filter(|m| !m.read_only)
             .cloned()
-            .ok_or_else(|| not_found(name))
     }
 
     /// Defines a metric for `tenant`. Answers the definition and the naming lint's findings.
@@ -550,8 +554,12 @@ impl CustomMetrics {
         let now = time::now_ms();
         let oldest = now - metric.retention_ms(&options);
         let declared: Vec<&str> = metric.spec.labels.iter().map(String::as_str).collect();
+        // A point's labels (a BTreeMap) come sorted by name.
+        let mut wanted = declared.clone();
+        wanted.sort_unstable();
         let mut points = Vec::with_capacity(samples.len());
-        let mut labels_keys: HashMap<&BTreeMap<String, String>, Arc<str>> = HashMap::new();
+        let mut labels_keys: HashMap<&BTreeMap<String, String>, Arc<str>, ahash::RandomState> =
+            HashMap::default();
         for (i, sample) in samples.iter().enumerate() {
             let field = |name: &str| {
                 if samples.len() == 1 {
@@ -576,10 +584,13 @@ impl CustomMetrics {
                     field("value"),
                 ));
             }
-            let given: Vec<&str> = sample.labels.keys().map(String::as_str).collect();
-            let mut wanted = declared.clone();
-            wanted.sort_unstable();
-            if given != wanted {
+            if !sample
+                .labels
+                .keys()
+                .map(String::as_str)
+                .eq(wanted.iter().copied())
+            {
+                let given: Vec<&str> = sample.labels.keys().map(String::as_str).collect();
                 return Err(unprocessable(
                     "labels_mismatch",
                     format!(
@@ -641,16 +652,79 @@ impl CustomMetrics {
             })
             .await
             .map_err(storage_failed)?;
-        for (sample, point) in samples.iter().zip(&points) {
-            if let Err(refusal) = self.show(&metric, tenant, &sample.labels, Some(point)) {
-                // Stored, but /metrics refused it meanwhile (a limit reached by another input).
-                tracing::debug!(
-                    "a stored point of {name:?} is not in /metrics: {}",
-                    refusal.label()
-                );
+        self.show_points(&metric, tenant, &samples, &points);
+        Ok(count)
+    }
+
+    /// Puts stored points in the registry. Counters and histograms take every point, with one
+    /// series lookup per label set; a gauge takes only its newest point of the batch (the last
+    /// of equal timestamps), as it would one point after another.
+    fn show_points(
+        &self,
+        metric: &CustomMetric,
+        tenant: &str,
+        samples: &[Sample],
+        points: &[Point],
+    ) {
+        // Label sets by the address of their key text, which their points share.
+        let set_of = |point: &Point| Arc::as_ptr(&point.labels).cast::<u8>().addr();
+        let not_shown = |refusal: Refusal| {
+            // Stored, but /metrics refused it meanwhile (a limit reached by another input).
+            tracing::debug!(
+                "a stored point of {:?} is not in /metrics: {}",
+                metric.spec.name,
+                refusal.label()
+            );
+        };
+        let kind = metric.spec.kind.kind();
+        if kind == Kind::Gauge {
+            let mut newest: HashMap<usize, usize, ahash::RandomState> = HashMap::default();
+            for (i, point) in points.iter().enumerate() {
+                newest
+                    .entry(set_of(point))
+                    .and_modify(|best| {
+                        if point.ts_ms >= points[*best].ts_ms {
+                            *best = i;
+                        }
+                    })
+                    .or_insert(i);
+            }
+            for &i in newest.values() {
+                if let Err(refusal) =
+                    self.show(metric, tenant, &samples[i].labels, Some(&points[i]))
+                {
+                    not_shown(refusal);
+                }
+            }
+            return;
+        }
+        let now = self.recorder.registry().now_secs();
+        let mut handles: HashMap<usize, SeriesHandle, ahash::RandomState> = HashMap::default();
+        for (sample, point) in samples.iter().zip(points) {
+            let update = match kind {
+                Kind::Counter => Update::Add(point.value),
+                _ => Update::Observe {
+                    value: point.value,
+                    weight: 1,
+                },
+            };
+            let set = set_of(point);
+            let done = match handles.get(&set) {
+                Some(handle) if handle.touch(now) => self.recorder.apply(handle, update),
+                _ => {
+                    let pairs = std::iter::once((TENANT_LABEL, tenant))
+                        .chain(sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    self.recorder
+                        .record(metric.family(), kind, pairs, update)
+                        .map(|handle| {
+                            handles.insert(set, handle);
+                        })
+                }
+            };
+            if let Err(refusal) = done {
+                not_shown(refusal);
             }
         }
-        Ok(count)
     }
 
     /// Puts a point in the registry (or, without one, only checks its series can exist).
@@ -902,13 +976,11 @@ impl CustomMetrics {
     /// The label names the tenant's definition of family `family` (of `kind`) declares, if it
     /// has one with a schema: what API inputs that carry free-form tags fold theirs into.
     pub fn declared_labels(&self, tenant: &str, family: &str, kind: Kind) -> Option<Vec<String>> {
-        let total = format!("{family}_total");
-        let names: &[&str] = if kind == Kind::Counter {
-            &[family, &total]
-        } else {
-            &[family]
+        let metric = match self.find(tenant, family) {
+            Some(metric) => metric,
+            None if kind == Kind::Counter => self.find(tenant, &format!("{family}_total"))?,
+            None => return None,
         };
-        let metric = names.iter().find_map(|name| self.get(tenant, name).ok())?;
         if metric.read_only {
             let definition = self.recorder.definitions().get(metric.family())?;
             return definition

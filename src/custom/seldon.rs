@@ -10,6 +10,7 @@
 //! says which and why: none goes missing silently (SeldonIO/seldon-core#4314).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -39,9 +40,28 @@ pub struct SeldonRefusal {
     pub detail: String,
 }
 
+/// Where a metric sits in a body: `meta.metrics[2]`, `seldonMessages[1].meta.metrics[0]`,
+/// `metrics[0]`. Spelled out only when an answer names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// The index in `seldonMessages`, for a SeldonMessageList.
+    message: Option<usize>,
+    list: &'static str,
+    index: usize,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(message) = self.message {
+            write!(f, "seldonMessages[{message}].")?;
+        }
+        write!(f, "{}[{}]", self.list, self.index)
+    }
+}
+
 /// The metrics of a body: a SeldonMessage, a SeldonMessageList or `{"metrics": [...]}`, each
 /// with where it sits. `Err` when the body is none of them.
-pub fn metrics_of(body: &Value) -> Result<Vec<(String, &Value)>, String> {
+pub fn metrics_of(body: &Value) -> Result<Vec<(Place, &Value)>, String> {
     if !body.is_object() {
         return Err("the body must be a JSON object".into());
     }
@@ -51,41 +71,58 @@ pub fn metrics_of(body: &Value) -> Result<Vec<(String, &Value)>, String> {
         };
         let mut all = Vec::new();
         for (i, message) in messages.iter().enumerate() {
-            all.extend(message_metrics(&format!("seldonMessages[{i}]."), message)?);
+            all.extend(message_metrics(Some(i), message)?);
         }
         return Ok(all);
     }
     if let Some(metrics) = body.get("metrics") {
-        return listed("metrics", metrics);
+        return listed(None, "metrics", metrics);
     }
     if body.get("meta").is_some() {
-        return message_metrics("", body);
+        return message_metrics(None, body);
     }
     Err("the body has neither meta.metrics, seldonMessages nor metrics".into())
 }
 
 /// The `meta.metrics` of one SeldonMessage; a message without metrics carries none.
-fn message_metrics<'a>(at: &str, message: &'a Value) -> Result<Vec<(String, &'a Value)>, String> {
-    match message.get("meta").and_then(|meta| meta.get("metrics")) {
-        Some(metrics) => listed(&format!("{at}meta.metrics"), metrics),
+fn message_metrics(message: Option<usize>, body: &Value) -> Result<Vec<(Place, &Value)>, String> {
+    match body.get("meta").and_then(|meta| meta.get("metrics")) {
+        Some(metrics) => listed(message, "meta.metrics", metrics),
         None => Ok(Vec::new()),
     }
 }
 
-fn listed<'a>(at: &str, metrics: &'a Value) -> Result<Vec<(String, &'a Value)>, String> {
+fn listed<'a>(
+    message: Option<usize>,
+    list: &'static str,
+    metrics: &'a Value,
+) -> Result<Vec<(Place, &'a Value)>, String> {
     match metrics {
         Value::Array(items) => Ok(items
             .iter()
             .enumerate()
-            .map(|(i, item)| (format!("{at}[{i}]"), item))
+            .map(|(index, item)| {
+                let place = Place {
+                    message,
+                    list,
+                    index,
+                };
+                (place, item)
+            })
             .collect()),
-        _ => Err(format!("{at} is not an array")),
+        _ => {
+            let mut at = String::new();
+            if let Some(message) = message {
+                at = format!("seldonMessages[{message}].");
+            }
+            Err(format!("{at}{list} is not an array"))
+        }
     }
 }
 
 impl CustomMetrics {
     /// Records Seldon metrics for `tenant` into `/metrics`.
-    pub fn record_seldon(&self, tenant: &str, metrics: &[(String, &Value)]) -> SeldonAnswer {
+    pub fn record_seldon(&self, tenant: &str, metrics: &[(Place, &Value)]) -> SeldonAnswer {
         let mut answer = SeldonAnswer::default();
         for (at, metric) in metrics {
             match self.record_one_seldon(tenant, metric) {
@@ -96,7 +133,7 @@ impl CustomMetrics {
                     }
                 }
                 Err((code, detail)) => answer.refused.push(SeldonRefusal {
-                    at: at.clone(),
+                    at: at.to_string(),
                     key: metric.get("key").and_then(Value::as_str).map(str::to_owned),
                     code,
                     detail,

@@ -11,15 +11,28 @@
 //! only after that commit is durable. A `2xx` built on that answer survives `kill -9` and power
 //! loss. The receive threads of the StatsD listeners never write here.
 //!
+//! Recorded points are committed in two steps: durably into a journal (what the answer waits
+//! for), then into the table queries read, many batches at once ([`Engine::apply_pending`]; the
+//! [`sqlite`] module says why). The writer applies what is pending when [`APPLY_POINTS`] points
+//! wait, when the oldest has waited [`APPLY_AFTER`], when a reader asks (below), and before it
+//! stops; the engine itself applies before deletes and expiry, and at open. So the points
+//! waiting in memory are bounded by [`APPLY_POINTS`] plus one group.
+//!
 //! Reads: on the blocking pool, through the engine's own read connections, beside the writer.
+//! Read-your-writes: while points are pending, a read first sends the writer a barrier and
+//! waits for it to apply them, so it sees every point acknowledged before it asked. With
+//! nothing pending (a shared counter says so) a read costs no trip to the writer.
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub mod journal;
 pub mod sqlite;
 
 /// Most writes committed in one transaction.
@@ -27,6 +40,13 @@ pub const MAX_GROUP: usize = 256;
 
 /// Requests waiting for the writer before senders wait too.
 const QUEUE: usize = 1024;
+
+/// Pending points that make the writer apply them (about 2 MB of them in memory, applied in
+/// tens of milliseconds).
+pub const APPLY_POINTS: usize = 50_000;
+
+/// The longest a point waits in the journal while the writer has nothing else to do.
+pub const APPLY_AFTER: Duration = Duration::from_secs(1);
 
 /// Time buckets of the points table, in milliseconds: points are keyed metric → bucket →
 /// series → time, so a write lands near the end of its metric's key range and one series'
@@ -126,6 +146,18 @@ pub trait Engine: Send + 'static {
     /// that fails alone (its own result is `Err`) leaves the others in; an `Err` for the whole
     /// call means none of them happened.
     fn commit(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError>;
+
+    /// Points committed but not yet visible to the [`Reader`] (an engine that writes them in
+    /// one step has none).
+    fn pending(&self) -> usize {
+        0
+    }
+
+    /// Makes every pending point visible to the [`Reader`], durably. On an error they stay
+    /// pending (and durable).
+    fn apply_pending(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Answers reads, from any thread.
@@ -151,9 +183,13 @@ pub trait Reader: Send + Sync + 'static {
     fn data_points(&self, metric: i64) -> Result<Vec<DataPoint>, StoreError>;
 }
 
-struct Job {
-    write: Write,
-    answer: oneshot::Sender<Result<Written, StoreError>>,
+enum Job {
+    Write {
+        write: Write,
+        answer: oneshot::Sender<Result<Written, StoreError>>,
+    },
+    /// A reader's barrier: answered once every point committed before it is applied.
+    Apply(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// The handle the API holds: cheap to clone, usable from any task.
@@ -161,6 +197,8 @@ struct Job {
 pub struct Store {
     writes: mpsc::Sender<Job>,
     reader: Arc<dyn Reader>,
+    /// The engine's pending points, as the writer last saw them.
+    pending: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Store {
@@ -180,28 +218,48 @@ impl Store {
     /// Starts the writer thread for `engine`.
     pub fn start(engine: impl Engine, reader: Arc<dyn Reader>) -> Store {
         let (writes, jobs) = mpsc::channel(QUEUE);
+        let pending = Arc::new(AtomicUsize::new(engine.pending()));
+        let shown = Arc::clone(&pending);
         thread::Builder::new()
             .name("tallyd-store".into())
-            .spawn(move || write_loop(engine, jobs))
+            .spawn(move || write_loop(engine, jobs, &shown))
             .expect("spawning the store writer");
-        Store { writes, reader }
+        Store {
+            writes,
+            reader,
+            pending,
+        }
     }
 
     /// Applies `write` and answers once it is durable. Waits while the writer's queue is full.
     pub async fn write(&self, write: Write) -> Result<Written, StoreError> {
         let (answer, answered) = oneshot::channel();
         self.writes
-            .send(Job { write, answer })
+            .send(Job::Write { write, answer })
             .await
             .map_err(|_| StoreError::Closed)?;
         answered.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs `read` on the blocking pool with the store's reader.
+    /// Points acknowledged but not yet visible to readers.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Runs `read` on the blocking pool with the store's reader, once every point acknowledged
+    /// before this call is visible to it.
     pub async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if self.pending() > 0 {
+            let (answer, answered) = oneshot::channel();
+            self.writes
+                .send(Job::Apply(answer))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answered.await.map_err(|_| StoreError::Closed)??;
+        }
         let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || read(reader.as_ref()))
             .await
@@ -215,33 +273,102 @@ impl Store {
 }
 
 /// The writer thread: group commit until every handle is gone.
-fn write_loop(mut engine: impl Engine, mut jobs: mpsc::Receiver<Job>) {
+fn write_loop(mut engine: impl Engine, mut jobs: mpsc::Receiver<Job>, shown: &AtomicUsize) {
+    // Only to wait for a job with a deadline; the engine runs on this thread.
+    let clock = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a timer for the store writer");
     let mut writes = Vec::with_capacity(MAX_GROUP);
     let mut answers = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = jobs.blocking_recv() {
+    let mut barriers = Vec::new();
+    // When the oldest pending point was committed (roughly: the first commit that left some).
+    let mut pending_since: Option<Instant> = (engine.pending() > 0).then(Instant::now);
+    loop {
+        let first = match pending_since {
+            None => jobs.blocking_recv(),
+            Some(since) => {
+                let due = since + APPLY_AFTER;
+                // The timer is made inside `block_on`: it needs the runtime's context.
+                let waited = clock
+                    .block_on(async { tokio::time::timeout_at(due.into(), jobs.recv()).await });
+                match waited {
+                    Ok(job) => job,
+                    Err(_elapsed) => {
+                        let _ = apply(&mut engine, shown, &mut pending_since);
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(first) = first else { break };
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            writes.push(job.write);
-            answers.push(job.answer);
-            if writes.len() < MAX_GROUP {
+            match job {
+                Job::Write { write, answer } => {
+                    writes.push(write);
+                    answers.push(answer);
+                }
+                Job::Apply(answer) => barriers.push(answer),
+            }
+            if writes.len() + barriers.len() < MAX_GROUP {
                 next = jobs.try_recv().ok();
             }
         }
-        match engine.commit(&writes) {
-            Ok(results) => {
-                for (answer, result) in answers.drain(..).zip(results) {
-                    let _ = answer.send(result);
-                }
+        if !writes.is_empty() {
+            let committed = engine.commit(&writes);
+            writes.clear();
+            // Before any answer: a reader told "nothing pending" must not miss an answered point.
+            shown.store(engine.pending(), Ordering::Release);
+            if engine.pending() == 0 {
+                pending_since = None;
+            } else if pending_since.is_none() {
+                pending_since = Some(Instant::now());
             }
-            Err(error) => {
-                tracing::error!("{error}");
-                for answer in answers.drain(..) {
-                    let _ = answer.send(Err(error.clone()));
+            match committed {
+                Ok(results) => {
+                    for (answer, result) in answers.drain(..).zip(results) {
+                        let _ = answer.send(result);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!("{error}");
+                    for answer in answers.drain(..) {
+                        let _ = answer.send(Err(error.clone()));
+                    }
                 }
             }
         }
-        writes.clear();
+        let due = pending_since.is_some_and(|since| since.elapsed() >= APPLY_AFTER);
+        if !barriers.is_empty() || due || engine.pending() >= APPLY_POINTS {
+            let applied = apply(&mut engine, shown, &mut pending_since);
+            for answer in barriers.drain(..) {
+                let _ = answer.send(applied.clone());
+            }
+        }
     }
+    // What is still pending is durable and would be applied at the next open; applying it now
+    // keeps that start quick.
+    let _ = apply(&mut engine, shown, &mut pending_since);
+}
+
+/// Applies the engine's pending points and says so in `shown`.
+fn apply(
+    engine: &mut impl Engine,
+    shown: &AtomicUsize,
+    pending_since: &mut Option<Instant>,
+) -> Result<(), StoreError> {
+    let applied = engine.apply_pending();
+    match &applied {
+        Ok(()) => *pending_since = None,
+        Err(error) => {
+            tracing::error!("applying journaled points: {error}");
+            // Try again after another while, not in a loop.
+            *pending_since = Some(Instant::now());
+        }
+    }
+    shown.store(engine.pending(), Ordering::Release);
+    applied
 }
 
 /// The canonical text of a label set: a JSON object with keys in sorted order, so one series
@@ -602,5 +729,160 @@ mod tests {
             [("a".into(), "1".into()), ("b".into(), "2".into())]
         );
         assert_eq!(labels_key(std::iter::empty()), "{}");
+    }
+
+    fn count(dir: &Path, table: &str) -> i64 {
+        let connection = rusqlite::Connection::open(dir.join(sqlite::FILE_NAME)).unwrap();
+        connection
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+    }
+
+    fn points_of(metric: i64, n: i64) -> Write {
+        Write::Points {
+            metric,
+            points: (0..n)
+                .map(|i| {
+                    point(
+                        &labels_key([("k", ["a", "b", "c"][i as usize % 3])]),
+                        i,
+                        i as f64,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_see_acknowledged_points_before_they_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "score")).await;
+        store.write(points_of(id, 10)).await.unwrap();
+        // Journaled and acknowledged, not yet in the points table.
+        assert_eq!(store.pending(), 10);
+        assert_eq!(count(dir.path(), "points"), 0);
+        assert_eq!(count(dir.path(), "journal"), 1);
+        // The read's barrier applies them first.
+        assert_eq!(scan(&store, id, 0, 100, None).await.len(), 10);
+        assert_eq!(store.pending(), 0);
+        assert_eq!(count(dir.path(), "points"), 10);
+        assert_eq!(count(dir.path(), "journal"), 0);
+    }
+
+    #[tokio::test]
+    async fn pending_points_are_applied_when_many_or_old_without_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "score")).await;
+        let settled = |store: Store| async move {
+            let deadline = Instant::now() + APPLY_AFTER * 5;
+            while store.pending() > 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} points still pending",
+                    store.pending()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        // Old: one point, then nothing else to do.
+        let started = Instant::now();
+        store.write(points_of(id, 1)).await.unwrap();
+        settled(store.clone()).await;
+        assert!(started.elapsed() >= APPLY_AFTER);
+        assert_eq!(count(dir.path(), "points"), 1);
+        // Many: the batch that reaches APPLY_POINTS is applied right after its commit.
+        store
+            .write(points_of(id, APPLY_POINTS as i64))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        settled(store.clone()).await;
+        assert!(started.elapsed() < APPLY_AFTER);
+        assert_eq!(count(dir.path(), "points"), 1 + APPLY_POINTS as i64);
+    }
+
+    #[test]
+    fn a_journal_left_by_a_crash_is_applied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _reader) = sqlite::open(dir.path()).unwrap();
+        let results = engine.commit(&[Write::PutMetric(metric("u1", "t1", "score"))]);
+        let Ok(Written::Metric(id)) = results.unwrap()[0] else {
+            panic!("no metric id");
+        };
+        engine
+            .commit(&[points_of(id, 5), points_of(id, 7)])
+            .unwrap();
+        assert_eq!(engine.pending(), 12);
+        // Gone without applying, as after kill -9.
+        drop(engine);
+        assert_eq!(count(dir.path(), "journal"), 2);
+        assert_eq!(count(dir.path(), "points"), 0);
+
+        let (engine, reader) = sqlite::open(dir.path()).unwrap();
+        assert_eq!(engine.pending(), 0);
+        assert_eq!(count(dir.path(), "journal"), 0);
+        let mut seen = Vec::new();
+        reader
+            .scan(id, 0, 100, None, &mut |_, ts, value| seen.push((ts, value)))
+            .unwrap();
+        seen.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mut expected: Vec<(i64, f64)> = (0..5).chain(0..7).map(|i| (i, i as f64)).collect();
+        expected.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn expiry_and_deletes_act_after_the_pending_points_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, reader) = sqlite::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for uid in ["u1", "u2"] {
+            let results = engine.commit(&[Write::PutMetric(metric(uid, "t1", uid))]);
+            let Ok(Written::Metric(id)) = results.unwrap()[0] else {
+                panic!("no metric id");
+            };
+            ids.push(id);
+        }
+        let (expiring, deleted) = (ids[0], ids[1]);
+        // Points and the expiry that cuts them in one group; pending points of the metric
+        // deleted in the next group.
+        let results = engine
+            .commit(&[
+                points_of(expiring, 10),
+                points_of(deleted, 3),
+                Write::Expire {
+                    metric: expiring,
+                    before_ms: 4,
+                },
+                points_of(expiring, 2),
+            ])
+            .unwrap();
+        assert_eq!(results[2], Ok(Written::Removed(4)));
+        // The group's points after the expiry wait on.
+        assert_eq!(engine.pending(), 2);
+        engine.commit(&[points_of(deleted, 3)]).unwrap();
+        let results = engine
+            .commit(&[Write::DeleteMetric { id: deleted }])
+            .unwrap();
+        // 6 points, 3 series, the definition.
+        assert_eq!(results[0], Ok(Written::Removed(10)));
+        assert_eq!(engine.pending(), 0);
+        assert_eq!(count(dir.path(), "journal"), 0);
+        let mut left = Vec::new();
+        for id in ids {
+            reader
+                .scan(id, 0, 100, None, &mut |_, ts, _| left.push((id, ts)))
+                .unwrap();
+        }
+        left.sort_unstable();
+        let expected: Vec<(i64, i64)> = [0, 1, 4, 5, 6, 7, 8, 9]
+            .into_iter()
+            .map(|ts| (expiring, ts))
+            .collect();
+        assert_eq!(left, expected);
     }
 }

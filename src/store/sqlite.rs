@@ -11,10 +11,28 @@
 //!   query one seek per bucket. The sequence number, unique across the file, keeps two points of
 //!   a series with the same millisecond apart;
 //! - `data_points`: Deeploy's points in posting order;
+//! - `journal`: recorded points not yet in `points`, one row per batch (see below);
 //! - `meta`: the next sequence number.
 //!
 //! One point costs about 40 bytes on disk (five small integers, a double, the record and cell
 //! headers), before the WAL is checkpointed.
+//!
+//! **Recorded points go through the journal.** Inserted straight into `points`, a batch of 1,000
+//! points over 100 series touched ~100 leaf pages, each a 4-KiB WAL frame in the commit: the
+//! durable part of a record cost 100–200 bytes of I/O per point. So a [`Write::Points`] resolves
+//! its series (new ones are inserted into `series` at once, which is rare), encodes the batch as
+//! one row of `journal` ([`super::journal`], ~12 bytes a point, appended at the table's end: a
+//! few pages per batch) and keeps the decoded points in memory. The group's commit makes the row
+//! durable and the request is answered. Later, [`Engine::apply_pending`] moves everything
+//! pending into `points` in one transaction — sorted by the points key, so each leaf page is
+//! written once per apply, not once per batch — and deletes the applied journal rows. When an
+//! apply happens is the writer's choice ([`super`]: enough points, their age, a reader's
+//! barrier); this engine itself applies before any write that must see the points written
+//! before it (`DeleteMetric`, `Expire`), in the same transaction, and at [`open`], so journal
+//! rows left by a crash are in `points` before the store serves anything.
+//!
+//! Another table keyed by time (history tiers, say) joins the same way: a write that reads or
+//! rewrites points applies the pending ones first.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +41,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::journal::{self, Pending};
 use super::{DataPoint, Engine, Reader, StoreError, StoredMetric, Write, Written, bucket_of};
 
 /// The file in the data directory.
@@ -69,6 +88,10 @@ CREATE TABLE IF NOT EXISTS data_points (
     prediction_ids TEXT,
     PRIMARY KEY (metric, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
 ";
 
 /// Read connections kept for reuse; more readers at once open more and close them after.
@@ -114,21 +137,28 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
         .optional()
         .map_err(engine_error)?
         .unwrap_or(0);
-    let engine = SqliteEngine {
+    let mut engine = SqliteEngine {
         connection,
         next_seq,
         series: HashMap::new(),
         cached_series: 0,
+        pending: Vec::new(),
+        journal_last: 0,
+        body: Vec::new(),
+        checkpoints: Checkpointer::start(&path)?,
     };
+    engine.recover()?;
     let reader = SqliteReader {
         path,
         pool: Mutex::new(Vec::new()),
+        with_journal: false,
     };
     Ok((engine, reader))
 }
 
-/// Opens the store in `dir` for reading only, as tools beside a running daemon do: nothing is
-/// created or changed, and a missing or newer store is an error.
+/// Opens the store in `dir` for reading only, as tools beside a running daemon do (its scans read
+/// the journal too, so they see every acknowledged point): nothing is created or changed, and a
+/// missing or newer store is an error.
 pub fn open_reader(dir: &Path) -> Result<SqliteReader, StoreError> {
     let path = dir.join(FILE_NAME);
     if !path.is_file() {
@@ -141,6 +171,7 @@ pub fn open_reader(dir: &Path) -> Result<SqliteReader, StoreError> {
     let reader = SqliteReader {
         path: path.clone(),
         pool: Mutex::new(Vec::new()),
+        with_journal: true,
     };
     let version: i64 = reader.with(|c| c.query_row("PRAGMA user_version", [], |row| row.get(0)))?;
     if version != SCHEMA_VERSION {
@@ -177,7 +208,66 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
+    // The checkpointer does it (below), so the writer never waits for a checkpoint's I/O.
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(())
+}
+
+/// Commits after which the checkpointer is woken even without an apply (a store that only
+/// takes definitions and Deeploy data points would otherwise grow its WAL for ever).
+const CHECKPOINT_COMMITS: u32 = 1_000;
+
+/// Copies the WAL into the database file from a thread of its own, after each apply, so that
+/// the writer, which would otherwise checkpoint inside a commit every 1,000 pages, never waits
+/// for that I/O and its `fsync`s (which left tallyd's core idle while every request waited).
+/// SQLite lets a `PASSIVE` checkpoint run beside the writer; the WAL restarts from its
+/// beginning at the first write after a complete one. Journal pages are written and freed over
+/// and over, and an apply rewrites the last leaf of each busy series: a checkpoint copies a
+/// page once however often the WAL holds it.
+struct Checkpointer {
+    /// Dropped with the engine, which ends the thread.
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// Commits since the last request.
+    commits: u32,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let connection = Connection::open(path)
+            .map_err(|e| StoreError::Engine(format!("cannot open {}: {e}", path.display())))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(engine_error)?;
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("tallyd-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    let done = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                    });
+                    match done {
+                        Ok((wal, copied)) => tracing::debug!(wal, copied, "checkpoint"),
+                        Err(error) => tracing::warn!("checkpointing the store's WAL: {error}"),
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Engine(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Checkpointer { wake, commits: 0 })
+    }
+
+    fn request(&mut self) {
+        self.commits = 0;
+        // Full means a checkpoint is already asked for; it will copy these pages too.
+        let _ = self.wake.try_send(());
+    }
+
+    fn committed(&mut self) {
+        self.commits += 1;
+        if self.commits >= CHECKPOINT_COMMITS {
+            self.request();
+        }
+    }
 }
 
 /// The writer's connection.
@@ -185,18 +275,40 @@ pub struct SqliteEngine {
     connection: Connection,
     next_seq: i64,
     /// metric → labels → series id, for the series already written.
-    series: HashMap<i64, HashMap<Arc<str>, i64>>,
+    series: HashMap<i64, HashMap<Arc<str>, i64, ahash::RandomState>>,
     cached_series: usize,
+    /// Journaled points not yet in `points`, in journal order.
+    pending: Vec<Pending>,
+    /// The `seq` of the last journal row written: rows up to it hold exactly `pending`.
+    journal_last: i64,
+    /// A journal body being built, kept for its allocation.
+    body: Vec<u8>,
+    checkpoints: Checkpointer,
 }
 
 impl Engine for SqliteEngine {
     fn commit(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let seq_before = self.next_seq;
+        let (pending_before, journal_before) = (self.pending.len(), self.journal_last);
         self.connection
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(engine_error)?;
         let mut results = Vec::with_capacity(writes.len());
+        // How many of `pending` this transaction moved into `points`.
+        let mut moved = 0;
         for write in writes {
+            // Deletes and expiry act after the points written before them.
+            if matches!(write, Write::DeleteMetric { .. } | Write::Expire { .. })
+                && moved < self.pending.len()
+            {
+                let moving = self.move_pending(moved);
+                if let Err(error) = moving {
+                    let _ = self.connection.execute_batch("ROLLBACK");
+                    self.forget(seq_before, pending_before, journal_before);
+                    return Err(engine_error(error));
+                }
+                moved = self.pending.len();
+            }
             self.connection
                 .execute_batch("SAVEPOINT one")
                 .map_err(engine_error)?;
@@ -219,12 +331,11 @@ impl Engine for SqliteEngine {
             .and_then(|_| self.connection.execute_batch("COMMIT"));
         if let Err(error) = committed {
             let _ = self.connection.execute_batch("ROLLBACK");
-            // What this transaction cached may not exist.
-            self.next_seq = seq_before;
-            self.series.clear();
-            self.cached_series = 0;
+            self.forget(seq_before, pending_before, journal_before);
             return Err(engine_error(error));
         }
+        self.pending.drain(..moved);
+        self.checkpoints.committed();
         // A failed write's savepoint was rolled back, but the series it cached may be gone.
         if results.iter().any(Result::is_err) {
             self.series.clear();
@@ -232,9 +343,106 @@ impl Engine for SqliteEngine {
         }
         Ok(results)
     }
+
+    fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn apply_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // The points are durable already, in the journal rows this transaction deletes: it need
+        // not wait for its own fsync. Lost at power loss, it is lost whole (the WAL's checksums)
+        // and the journal applies again; otherwise the next durable commit's fsync, or the
+        // checkpoint's, covers its frames, which come before.
+        self.connection
+            .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
+            .map_err(engine_error)?;
+        let applied = self
+            .move_pending(0)
+            .and_then(|()| self.connection.execute_batch("COMMIT"));
+        match applied {
+            Ok(()) => {
+                self.pending.clear();
+                self.checkpoints.request();
+            }
+            // Nothing moved: the points stay pending, their journal rows in place.
+            Err(_) => drop(self.connection.execute_batch("ROLLBACK")),
+        }
+        let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");
+        applied.and(durable_again).map_err(engine_error)
+    }
 }
 
 impl SqliteEngine {
+    /// Forgets what a rolled-back transaction did to the engine's own state.
+    fn forget(&mut self, seq_before: i64, pending_before: usize, journal_before: i64) {
+        self.next_seq = seq_before;
+        self.pending.truncate(pending_before);
+        self.journal_last = journal_before;
+        // What this transaction cached may not exist.
+        self.series.clear();
+        self.cached_series = 0;
+    }
+
+    /// Reads the journal rows a previous run left (a crash between a batch's commit and its
+    /// apply) and applies them.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        {
+            let mut statement = self
+                .connection
+                .prepare("SELECT seq, body FROM journal ORDER BY seq")
+                .map_err(engine_error)?;
+            let mut rows = statement.query([]).map_err(engine_error)?;
+            while let Some(row) = rows.next().map_err(engine_error)? {
+                let seq: i64 = row.get(0).map_err(engine_error)?;
+                let body = row
+                    .get_ref(1)
+                    .and_then(|v| Ok(v.as_blob()?))
+                    .map_err(engine_error)?;
+                journal::decode(body, &mut self.pending).map_err(|why| {
+                    StoreError::Engine(format!("journal row {seq} cannot be read: {why}"))
+                })?;
+                self.journal_last = seq;
+            }
+        }
+        if !self.pending.is_empty() {
+            tracing::info!(
+                points = self.pending.len(),
+                "applying recorded points journaled before a restart"
+            );
+        }
+        self.apply_pending()
+    }
+
+    /// Inserts `pending[from..]` into `points` and deletes the journal rows that held them,
+    /// inside the caller's transaction. `pending` is left as it is: what moved is dropped from
+    /// it once the transaction commits.
+    fn move_pending(&mut self, from: usize) -> rusqlite::Result<()> {
+        let moving = &mut self.pending[from..];
+        // In key order each leaf page is filled or rewritten once.
+        moving.sort_unstable_by_key(|p| (p.metric, bucket_of(p.ts_ms), p.series, p.ts_ms, p.seq));
+        let mut insert = self.connection.prepare_cached(
+            "INSERT INTO points (metric, bucket, series, ts, seq, value)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for p in moving.iter() {
+            insert.execute(params![
+                p.metric,
+                bucket_of(p.ts_ms),
+                p.series,
+                p.ts_ms,
+                p.seq,
+                p.value
+            ])?;
+        }
+        self.connection
+            .prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
+            .execute([self.journal_last])?;
+        Ok(())
+    }
+
     fn apply(&mut self, write: &Write) -> rusqlite::Result<Written> {
         match write {
             Write::PutMetric(metric) => {
@@ -274,37 +482,43 @@ impl SqliteEngine {
                 Ok(Written::Removed(removed as u64))
             }
             Write::Points { metric, points } => {
+                let mut resolved = Vec::with_capacity(points.len());
                 for point in points {
                     let series = self.series_id(*metric, &point.labels)?;
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    self.connection
-                        .prepare_cached(
-                            "INSERT INTO points (metric, bucket, series, ts, seq, value)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )?
-                        .execute(params![
-                            metric,
-                            bucket_of(point.ts_ms),
-                            series,
-                            point.ts_ms,
-                            seq,
-                            point.value
-                        ])?;
+                    resolved.push((series, point.ts_ms, point.value));
                 }
+                let first_seq = self.next_seq;
+                let mut body = std::mem::take(&mut self.body);
+                body.clear();
+                journal::encode(*metric, first_seq, &resolved, &mut body);
+                let journaled = self
+                    .connection
+                    .prepare_cached("INSERT INTO journal (body) VALUES (?1)")
+                    .and_then(|mut insert| insert.insert([&body]));
+                self.body = body;
+                self.journal_last = journaled?;
+                self.next_seq += points.len() as i64;
+                self.pending.extend(resolved.iter().enumerate().map(
+                    |(i, &(series, ts_ms, value))| Pending {
+                        metric: *metric,
+                        series,
+                        ts_ms,
+                        seq: first_seq + i as i64,
+                        value,
+                    },
+                ));
                 Ok(Written::Done)
             }
             Write::DataPoints { metric, points } => {
+                let mut insert = self.connection.prepare_cached(
+                    "INSERT INTO data_points (metric, seq, x, y, prediction_ids)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
                 let first_seq = self.next_seq;
                 for point in points {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    self.connection
-                        .prepare_cached(
-                            "INSERT INTO data_points (metric, seq, x, y, prediction_ids)
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![metric, seq, point.x, point.y, point.prediction_ids])?;
+                    insert.execute(params![metric, seq, point.x, point.y, point.prediction_ids])?;
                 }
                 Ok(Written::DataPoints { first_seq })
             }
@@ -358,6 +572,10 @@ impl SqliteEngine {
 pub struct SqliteReader {
     path: std::path::PathBuf,
     pool: Mutex<Vec<Connection>>,
+    /// Whether scans read the journal too: a reader beside another process's writer (the
+    /// `tallyd history` tools) cannot ask that writer to apply what is pending, so it reads the
+    /// journal rows itself, in the same read transaction as the points.
+    with_journal: bool,
 }
 
 impl SqliteReader {
@@ -387,6 +605,68 @@ impl SqliteReader {
             pool.push(connection);
         }
         result
+    }
+}
+
+impl SqliteReader {
+    /// [`Reader::scan`] over the points table and the journal rows not yet applied, read in one
+    /// transaction (an apply moves points from one to the other atomically, so each point is
+    /// seen once), sorted by series, time and sequence.
+    fn scan_with_journal(
+        &self,
+        metric: i64,
+        start_ms: i64,
+        end_ms: i64,
+        series: Option<&[i64]>,
+        visit: &mut dyn FnMut(i64, i64, f64),
+    ) -> Result<(), StoreError> {
+        let wanted = |id: i64| series.is_none_or(|s| s.contains(&id));
+        let mut found: Vec<(i64, i64, i64, f64)> = Vec::new();
+        let mut damaged = None;
+        self.with(|connection| {
+            let transaction = connection.unchecked_transaction()?;
+            let mut points = transaction.prepare(
+                "SELECT series, ts, seq, value FROM points
+                 WHERE metric = ?1 AND bucket >= ?2 AND bucket <= ?3 AND ts >= ?4 AND ts < ?5",
+            )?;
+            let (first, last) = (bucket_of(start_ms), bucket_of(end_ms - 1));
+            let mut rows = points.query(params![metric, first, last, start_ms, end_ms])?;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                if wanted(id) {
+                    found.push((id, row.get(1)?, row.get(2)?, row.get(3)?));
+                }
+            }
+            let mut journal_rows =
+                transaction.prepare("SELECT seq, body FROM journal ORDER BY seq")?;
+            let mut rows = journal_rows.query([])?;
+            let mut pending = Vec::new();
+            while let Some(row) = rows.next()? {
+                let seq: i64 = row.get(0)?;
+                let body: Vec<u8> = row.get(1)?;
+                pending.clear();
+                if let Err(why) = journal::decode(&body, &mut pending) {
+                    damaged = Some(format!("journal row {seq} cannot be read: {why}"));
+                    break;
+                }
+                found.extend(
+                    pending
+                        .iter()
+                        .filter(|p| p.metric == metric && wanted(p.series))
+                        .filter(|p| (start_ms..end_ms).contains(&p.ts_ms))
+                        .map(|p| (p.series, p.ts_ms, p.seq, p.value)),
+                );
+            }
+            Ok(())
+        })?;
+        if let Some(why) = damaged {
+            return Err(StoreError::Engine(why));
+        }
+        found.sort_by_key(|&(series, ts, seq, _)| (series, ts, seq));
+        for (id, ts, _, value) in found {
+            visit(id, ts, value);
+        }
+        Ok(())
     }
 }
 
@@ -432,6 +712,9 @@ impl Reader for SqliteReader {
     ) -> Result<(), StoreError> {
         if end_ms <= start_ms {
             return Ok(());
+        }
+        if self.with_journal {
+            return self.scan_with_journal(metric, start_ms, end_ms, series, visit);
         }
         let (first, last) = (bucket_of(start_ms), bucket_of(end_ms - 1));
         let seeks = (last - first + 1).saturating_mul(series.map_or(i64::MAX, |s| s.len() as i64));
