@@ -175,14 +175,16 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// A tallyd with every family it can serve on show: UDP, TCP and Unix listeners that have
-/// received a line, a relay target, an API request answered. Returns the sample names of its
+/// received a line, a relay target, a remote-write receiver (one that is not there: its
+/// families are served all the same), an API request answered. Returns the sample names of its
 /// scrape.
 fn served_names() -> BTreeSet<String> {
     let relay_target = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dir = SocketDir::new("dashboard");
     let socket = dir.path();
     let config = format!(
-        "[tcp]\nlisten = [\"127.0.0.1:0\"]\n[unix]\nlisten = [{:?}]\n[relay]\ntargets = [\"{}\"]\n",
+        "[tcp]\nlisten = [\"127.0.0.1:0\"]\n[unix]\nlisten = [{:?}]\n[relay]\ntargets = [\"{}\"]\n\
+         [[remote_write]]\nurl = \"http://127.0.0.1:9/api/v1/write\"\n",
         socket.display().to_string(),
         relay_target.local_addr().unwrap()
     );
