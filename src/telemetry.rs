@@ -6,7 +6,7 @@
 //! the registry's metrics ([`Telemetry::visit`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -170,6 +170,8 @@ pub struct Telemetry {
     pub http: Arc<HttpStats>,
     /// The push routes' counters, when they are served.
     push: Mutex<Option<Arc<crate::push::PushStats>>>,
+    /// The store's count of points journaled and not yet applied, when the API runs.
+    store_pending: Mutex<Option<Arc<AtomicUsize>>>,
 }
 
 impl Default for Telemetry {
@@ -189,6 +191,7 @@ impl Default for Telemetry {
             remote_write: Arc::default(),
             http: Arc::default(),
             push: Mutex::default(),
+            store_pending: Mutex::default(),
         }
     }
 }
@@ -275,6 +278,11 @@ impl Telemetry {
     /// Reports the push routes' counters (`tallyd_push*`) from now on.
     pub fn set_push(&self, stats: Arc<crate::push::PushStats>) {
         *self.push.lock() = Some(stats);
+    }
+
+    /// Reports the store's pending points (`tallyd_store_pending_points`) from now on.
+    pub fn set_store_pending(&self, pending: Arc<AtomicUsize>) {
+        *self.store_pending.lock() = Some(pending);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -599,6 +607,15 @@ impl Telemetry {
         }
         if let Some(push) = &*self.push.lock() {
             out.extend(push.self_metrics());
+        }
+        if let Some(pending) = &*self.store_pending.lock() {
+            out.push(SelfMetric::single(
+                "tallyd_store_pending_points",
+                Kind::Gauge,
+                "Recorded points acknowledged (durable in the store's journal) and not yet applied \
+                 to the table queries read; applied within a second, or at once when a query asks.",
+                pending.load(Ordering::Relaxed) as f64,
+            ));
         }
         out.extend(process_metrics(self.started_unix));
         out

@@ -246,6 +246,12 @@ impl Store {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// The count behind [`Store::pending`], for the self-metrics: it does not keep the writer
+    /// running, as a handle would.
+    pub fn pending_count(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.pending)
+    }
+
     /// Runs `read` on the blocking pool with the store's reader, once every point acknowledged
     /// before this call is visible to it.
     pub async fn read<T: Send + 'static>(
