@@ -205,7 +205,9 @@ impl QuerySpec {
         };
         let end = match &self.end {
             Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "end", d))?,
-            None => time::now_ms(),
+            // `end` is exclusive: the default takes in a point recorded this very millisecond
+            // (a client that records and then queries at once must see its point).
+            None => time::now_ms() + 1,
         };
         let start = match &self.start {
             Some(text) => time::parse_instant(text).map_err(|d| bad("invalid_time", "start", d))?,
