@@ -275,8 +275,36 @@ fn adopt(fd: OwnedFd, receivers: usize, options: &UdpOptions) -> io::Result<Vec<
         .collect())
 }
 
+/// Tries for port 0 before giving up: see [`bind_group`].
+const PORT_ZERO_ATTEMPTS: usize = 8;
+
 /// Binds `receivers` sockets sharing one address and port.
+///
+/// For port 0 the probe picks a free port and closes it before the group binds it, so another
+/// process may take the port in between; then the group is bound again on a new free port
+/// (a few times), since "any free port" was asked for. A port given explicitly is tried once.
 fn bind_group(
+    addr: SocketAddr,
+    receivers: usize,
+    options: &UdpOptions,
+) -> io::Result<Vec<BoundListener>> {
+    let mut attempt = 1;
+    loop {
+        match bind_group_once(addr, receivers, options) {
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == io::ErrorKind::AddrInUse
+                    && attempt < PORT_ZERO_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One attempt of [`bind_group`].
+fn bind_group_once(
     addr: SocketAddr,
     receivers: usize,
     options: &UdpOptions,
