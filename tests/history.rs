@@ -9,21 +9,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{Daemon, http_send, require, tallyd_bin};
+use common::{Daemon, json_call, require, tallyd_bin};
 use serde_json::{Value, json};
 
 const BASE: &str = "/api/v1/observability/custom-metrics";
 
 /// An anonymous call on loopback (no tokens configured) as `tenant`.
 fn call(addr: SocketAddr, method: &str, path: &str, tenant: &str, body: Value) -> (u16, Value) {
-    let body = body.to_string();
-    let headers = [
-        ("X-Tenant-ID", tenant),
-        ("Content-Type", "application/json"),
-    ];
-    let response = http_send(addr, method, path, &headers, body.as_bytes());
-    let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-    (response.status, json)
+    let body = (!body.is_null()).then_some(body);
+    json_call(addr, method, path, &[("X-Tenant-ID", tenant)], body)
 }
 
 fn define(addr: SocketAddr, tenant: &str, spec: Value) {

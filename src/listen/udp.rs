@@ -183,6 +183,7 @@ impl BoundListener {
 
     /// True when this receiver shares a socket systemd passed with the other receivers of its
     /// address, instead of having one of its own.
+    #[cfg(test)]
     pub fn is_shared(&self) -> bool {
         self.shared_drops.is_some()
     }

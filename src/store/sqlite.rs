@@ -156,6 +156,28 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
     Ok((engine, reader))
 }
 
+/// Every point the journal holds, in journal order, and the `seq` of its last row (0 when it
+/// has none): what a restart applies, and what a reader beside another process's writer adds.
+fn read_journal(connection: &Connection) -> Result<(Vec<Pending>, i64), StoreError> {
+    let mut statement = connection
+        .prepare("SELECT seq, body FROM journal ORDER BY seq")
+        .map_err(engine_error)?;
+    let mut rows = statement.query([]).map_err(engine_error)?;
+    let (mut pending, mut last_row) = (Vec::new(), 0);
+    while let Some(row) = rows.next().map_err(engine_error)? {
+        let seq: i64 = row.get(0).map_err(engine_error)?;
+        let body = row
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_blob()?))
+            .map_err(engine_error)?;
+        journal::decode(body, &mut pending).map_err(|why| {
+            StoreError::Engine(format!("journal row {seq} cannot be read: {why}"))
+        })?;
+        last_row = seq;
+    }
+    Ok((pending, last_row))
+}
+
 /// Opens the store in `dir` for reading only, as tools beside a running daemon do (its scans read
 /// the journal too, so they see every acknowledged point): nothing is created or changed, and a
 /// missing or newer store is an error.
@@ -389,24 +411,9 @@ impl SqliteEngine {
     /// Reads the journal rows a previous run left (a crash between a batch's commit and its
     /// apply) and applies them.
     fn recover(&mut self) -> Result<(), StoreError> {
-        {
-            let mut statement = self
-                .connection
-                .prepare("SELECT seq, body FROM journal ORDER BY seq")
-                .map_err(engine_error)?;
-            let mut rows = statement.query([]).map_err(engine_error)?;
-            while let Some(row) = rows.next().map_err(engine_error)? {
-                let seq: i64 = row.get(0).map_err(engine_error)?;
-                let body = row
-                    .get_ref(1)
-                    .and_then(|v| Ok(v.as_blob()?))
-                    .map_err(engine_error)?;
-                journal::decode(body, &mut self.pending).map_err(|why| {
-                    StoreError::Engine(format!("journal row {seq} cannot be read: {why}"))
-                })?;
-                self.journal_last = seq;
-            }
-        }
+        let (left, last_row) = read_journal(&self.connection)?;
+        self.pending.extend(left);
+        self.journal_last = self.journal_last.max(last_row);
         if !self.pending.is_empty() {
             tracing::info!(
                 points = self.pending.len(),
@@ -621,9 +628,7 @@ impl SqliteReader {
         visit: &mut dyn FnMut(i64, i64, f64),
     ) -> Result<(), StoreError> {
         let wanted = |id: i64| series.is_none_or(|s| s.contains(&id));
-        let mut found: Vec<(i64, i64, i64, f64)> = Vec::new();
-        let mut damaged = None;
-        self.with(|connection| {
+        let (mut found, journal) = self.with(|connection| {
             let transaction = connection.unchecked_transaction()?;
             let mut points = transaction.prepare(
                 "SELECT series, ts, seq, value FROM points
@@ -631,37 +636,23 @@ impl SqliteReader {
             )?;
             let (first, last) = (bucket_of(start_ms), bucket_of(end_ms - 1));
             let mut rows = points.query(params![metric, first, last, start_ms, end_ms])?;
+            let mut found: Vec<(i64, i64, i64, f64)> = Vec::new();
             while let Some(row) = rows.next()? {
                 let id: i64 = row.get(0)?;
                 if wanted(id) {
                     found.push((id, row.get(1)?, row.get(2)?, row.get(3)?));
                 }
             }
-            let mut journal_rows =
-                transaction.prepare("SELECT seq, body FROM journal ORDER BY seq")?;
-            let mut rows = journal_rows.query([])?;
-            let mut pending = Vec::new();
-            while let Some(row) = rows.next()? {
-                let seq: i64 = row.get(0)?;
-                let body: Vec<u8> = row.get(1)?;
-                pending.clear();
-                if let Err(why) = journal::decode(&body, &mut pending) {
-                    damaged = Some(format!("journal row {seq} cannot be read: {why}"));
-                    break;
-                }
-                found.extend(
-                    pending
-                        .iter()
-                        .filter(|p| p.metric == metric && wanted(p.series))
-                        .filter(|p| (start_ms..end_ms).contains(&p.ts_ms))
-                        .map(|p| (p.series, p.ts_ms, p.seq, p.value)),
-                );
-            }
-            Ok(())
+            Ok((found, read_journal(&transaction)))
         })?;
-        if let Some(why) = damaged {
-            return Err(StoreError::Engine(why));
-        }
+        let (pending, _) = journal?;
+        found.extend(
+            pending
+                .iter()
+                .filter(|p| p.metric == metric && wanted(p.series))
+                .filter(|p| (start_ms..end_ms).contains(&p.ts_ms))
+                .map(|p| (p.series, p.ts_ms, p.seq, p.value)),
+        );
         found.sort_by_key(|&(series, ts, seq, _)| (series, ts, seq));
         for (id, ts, _, value) in found {
             visit(id, ts, value);

@@ -779,7 +779,24 @@ pub fn api_call(
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
     let auth = format!("Bearer {token}");
-    let mut headers = vec![("Authorization", auth.as_str())];
+    json_call(
+        addr,
+        method,
+        path,
+        &[("Authorization", auth.as_str())],
+        body,
+    )
+}
+
+/// One JSON call with `headers`: the status and the JSON body (Null when there is none).
+pub fn json_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut headers = headers.to_vec();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     if !body.is_empty() {
         headers.push(("Content-Type", "application/json"));
