@@ -44,6 +44,7 @@ use crate::telemetry::Telemetry;
 mod admin;
 pub mod api;
 mod charts;
+pub mod client;
 mod scrape;
 mod server;
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::RemoteWriteOptions;
 use super::select::Selector;
-use super::{Auth, RemoteWriteOptions};
 
 /// One `[[remote_write]]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -139,45 +139,17 @@ fn queue<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 impl RemoteWriteConfig {
     /// The endpoint's options, with the secret files read; the error names the key.
     pub fn build(&self) -> Result<RemoteWriteOptions, String> {
-        let read = |key: &str, path: &PathBuf| {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
-        };
-        let bearer = match (&self.bearer_token, &self.bearer_token_file) {
-            (Some(_), Some(_)) => {
-                return Err("bearer_token and bearer_token_file are both set: keep one".into());
-            }
-            (Some(token), None) => Some(token.clone()),
-            (None, Some(path)) => Some(read("bearer_token_file", path)?),
-            (None, None) => None,
-        };
-        let basic = match &self.basic_auth {
-            None => None,
-            Some(basic) => {
-                let password = match (&basic.password, &basic.password_file) {
-                    (Some(_), Some(_)) => {
-                        return Err("basic_auth: password and password_file are both set: \
-                                    keep one"
-                            .into());
-                    }
-                    (Some(p), None) => p.clone(),
-                    (None, Some(path)) => read("basic_auth.password_file", path)?,
-                    (None, None) => {
-                        return Err("basic_auth: needs password or password_file".into());
-                    }
-                };
-                Some((basic.username.clone(), password))
-            }
-        };
-        let auth = match (basic, bearer) {
-            (Some(_), Some(_)) => {
-                return Err("basic_auth and a bearer token are both set: keep one".into());
-            }
-            (Some((username, password)), None) => Auth::Basic { username, password },
-            (None, Some(token)) => Auth::Bearer(token),
-            (None, None) => Auth::None,
-        };
+        let auth = crate::http::client::auth_from_keys(
+            self.basic_auth.as_ref().map(|b| {
+                (
+                    b.username.as_str(),
+                    b.password.as_deref(),
+                    b.password_file.as_deref(),
+                )
+            }),
+            self.bearer_token.as_deref(),
+            self.bearer_token_file.as_deref(),
+        )?;
         if self.min_backoff_seconds > self.max_backoff_seconds {
             return Err(format!(
                 "min_backoff_seconds ({}) is above max_backoff_seconds ({})",
@@ -198,7 +170,7 @@ impl RemoteWriteConfig {
             }
         }
         let ca = match &self.tls_ca_file {
-            Some(path) => Some(read("tls_ca_file", path)?),
+            Some(path) => Some(crate::http::client::read_secret("tls_ca_file", path)?),
             None => None,
         };
         Ok(RemoteWriteOptions {

@@ -1,22 +1,15 @@
 //! Talking to a receiver: the hyper client over rustls, one request per batch, what each answer
 //! means (sent, retry, give up), and how long to wait before a retry.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
-use super::{Auth, RemoteWriteOptions};
+use super::RemoteWriteOptions;
+use crate::http::client::{HttpClient, error_chain};
 
 /// Most of an error answer's body read (for the log line); the rest is not waited for.
 const ERROR_BODY_BYTES: usize = 4096;
@@ -44,7 +37,7 @@ pub struct Client {
     uri: Uri,
     authorization: Option<HeaderValue>,
     timeout: Duration,
-    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpClient,
 }
 
 impl Client {
@@ -55,64 +48,11 @@ impl Client {
             .url
             .parse()
             .map_err(|e| format!("url {:?}: {e}", options.url))?;
-        // ring rather than aws-lc-rs: it builds with the C compiler alone (no cmake, no Go).
-        // rustls 0.23.48 deprecates its default set for lacking post-quantum key exchange,
-        // which metrics in transit can do without; the suites and checks are unchanged.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match (&options.ca_pem, uri.scheme_str()) {
-            (Some(pem), _) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let cert = cert.map_err(|e| format!("tls_ca_file: not PEM: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("tls_ca_file: a certificate is unusable: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("tls_ca_file: holds no certificate".into());
-                }
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                builder.with_tls_config(config)
-            }
-            (None, Some("https")) => builder
-                .with_provider_and_native_roots(provider)
-                .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?,
-            // Plain HTTP: TLS is never used, so no roots are read.
-            (None, _) => {
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                builder.with_tls_config(config)
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
-        let authorization = match &options.auth {
-            Auth::None => None,
-            Auth::Basic { username, password } => {
-                let encoded = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{password}"));
-                Some(format!("Basic {encoded}"))
-            }
-            Auth::Bearer(token) => Some(format!("Bearer {token}")),
-        };
-        let authorization = match authorization {
-            Some(value) => Some(
-                HeaderValue::from_str(&value)
-                    .map_err(|_| "the credentials hold characters a header cannot carry")?,
-            ),
-            None => None,
-        };
-        let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let http = crate::http::client::build(
+            options.ca_pem.as_deref(),
+            uri.scheme_str() == Some("https"),
+        )?;
+        let authorization = crate::http::client::authorization(&options.auth)?;
         Ok(Client {
             uri,
             authorization,
@@ -229,17 +169,6 @@ pub fn backoff(min: Duration, max: Duration, attempt: u32, random: u64) -> Durat
 /// Random bits for [`backoff`]'s jitter; a fixed value if the system has none to give.
 pub fn jitter_bits() -> u64 {
     getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
