@@ -385,6 +385,14 @@ impl Running {
             },
             false => None,
         };
+        // A new query backend is built (its client, TLS roots) before anything is applied too.
+        let query = match (&self.state.api, new.query != self.settings.query) {
+            (Some(api), true) => match api.query.prepare(&new.query) {
+                Ok(prepared) => Some(prepared),
+                Err(e) => return failed(e),
+            },
+            _ => None,
+        };
         // Definitions first: a name another source (the API) defines refuses the whole
         // reload, as a bad file does, before anything else is applied.
         if new.definitions != self.settings.definitions {
@@ -426,6 +434,9 @@ impl Running {
             api.access.replace(new.tokens.clone());
             api.custom.set_options(new.api.clone());
             api.push.set_options(new.push.clone());
+            if let Some(prepared) = query {
+                api.query.install(prepared);
+            }
         }
         let pending = self.settings.restart_required_changes(&new);
         if pending.is_empty() {
@@ -480,7 +491,12 @@ fn start_api(
     };
     let push = Arc::new(Pushes::new(Arc::clone(recorder), settings.push.clone()));
     telemetry.set_push(Arc::clone(push.stats()));
+    let query = crate::custom::backend::QueryBackend::new(
+        &settings.query,
+        Arc::clone(&telemetry.query_backend),
+    )?;
     Ok(Arc::new(ApiState {
+        query,
         custom,
         access,
         body_limit: settings.api_body_limit,

@@ -172,6 +172,8 @@ pub struct Telemetry {
     push: Mutex<Option<Arc<crate::push::PushStats>>>,
     /// The store's count of points journaled and not yet applied, when the API runs.
     store_pending: Mutex<Option<Arc<AtomicUsize>>>,
+    /// `[query]` backend requests by outcome (`tallyd_query_backend_requests_total`).
+    pub query_backend: Arc<crate::custom::backend::BackendStats>,
 }
 
 impl Default for Telemetry {
@@ -192,6 +194,7 @@ impl Default for Telemetry {
             http: Arc::default(),
             push: Mutex::default(),
             store_pending: Mutex::default(),
+            query_backend: Arc::default(),
         }
     }
 }
@@ -617,6 +620,7 @@ impl Telemetry {
                 pending.load(Ordering::Relaxed) as f64,
             ));
         }
+        out.push(self.query_backend.self_metrics());
         out.extend(process_metrics(self.started_unix));
         out
     }

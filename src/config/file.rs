@@ -40,6 +40,8 @@ pub struct Config {
     pub push: PushConfig,
     /// `[[remote_write]]` endpoints (see `crate::remote_write`).
     pub remote_write: Vec<crate::remote_write::config::RemoteWriteConfig>,
+    /// `[query]`: where the query API answers from (see `crate::custom::backend`).
+    pub query: crate::custom::backend::QueryConfig,
     /// `[[mapping]]` rules, first match in file order wins (see `rules`).
     pub mapping: Vec<MappingRule>,
     /// `[[metric]]` definitions, by final Prometheus name.

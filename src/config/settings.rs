@@ -102,6 +102,8 @@ pub struct Settings {
     pub push: PushOptions,
     /// The `[[remote_write]]` endpoints, with their secret and CA files read.
     pub remote_write: Vec<crate::remote_write::RemoteWriteOptions>,
+    /// `[query]`: the backend behind the query API, with its secret and CA files read.
+    pub query: crate::custom::backend::QueryOptions,
 }
 
 impl Settings {
@@ -177,6 +179,7 @@ impl Settings {
         let definitions = build_definitions(&file.metrics, text).map_err(invalid)?;
         let remote_write =
             crate::remote_write::config::build_all(&file.remote_write).map_err(invalid)?;
+        let query = file.query.build().map_err(invalid)?;
         let lint = crate::lint::lint(text);
         if file.lint.strict {
             let failing: Vec<String> = lint
@@ -275,6 +278,7 @@ impl Settings {
                 add_counters: file.push.add_counters,
             },
             remote_write,
+            query,
             file,
         };
         if let Some(shared) = activation::shared_name(settings.systemd_names()) {

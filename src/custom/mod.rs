@@ -24,6 +24,7 @@ use crate::record::{Recorder, Refusal, SeriesHandle};
 use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
 use crate::store::{self, Point, Store, StoredMetric, Write, Written};
 
+pub mod backend;
 pub mod charts;
 pub mod deeploy;
 pub mod names;
@@ -106,7 +107,7 @@ impl MetricType {
     }
 
     /// The aggregation of a query that names none, when the definition names none either.
-    fn default_aggregation(self) -> Aggregation {
+    pub(crate) fn default_aggregation(self) -> Aggregation {
         match self {
             MetricType::Counter => Aggregation::Sum,
             _ => Aggregation::Average,

@@ -204,7 +204,7 @@ async fn record(
         ("aggregation" = Option<Aggregation>, Query, description = "Default: the metric's own"),
         ("labels" = Option<String>, Query, description = "Filters as `name:value,name:value` (or repeated `labels[name]=value`)")
     ),
-    responses((status = 200, description = "The bins", body = QueryAnswer), Problems)
+    responses((status = 200, description = "The bins; with `\"backend\": \"prometheus\"` added when `[query]` answers from a Prometheus-compatible store", body = QueryAnswer), Problems)
 )]
 async fn query(
     State(state): State<Arc<ApiState>>,
@@ -214,6 +214,13 @@ async fn query(
 ) -> Result<Response, Problem> {
     caller.require(Scope::Read)?;
     let spec = parse_query(raw.as_deref().unwrap_or(""))?;
+    // `[query] backend`: a remote store answers instead of the local one, in the same shape.
+    if let Some(backend) = state.query.current() {
+        let answer = backend
+            .answer(&state.custom, &caller.tenant, &name, spec)
+            .await?;
+        return Ok(ApiJson(answer).into_response());
+    }
     let answer = state.custom.query(&caller.tenant, &name, spec).await?;
     Ok(ApiJson(answer).into_response())
 }

@@ -53,6 +53,8 @@ pub struct ApiState {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Pushes from batch jobs (Pushgateway's routes).
     pub push: Arc<crate::push::Pushes>,
+    /// `[query]`: the remote store the query answers from, when one is configured.
+    pub query: crate::custom::backend::QueryBackend,
 }
 
 /// What an ingester for StatsD lines over HTTP is made of (one per request).

@@ -68,7 +68,18 @@ impl utoipa::IntoResponses for Problems {
                 "Well-formed but refused: the field at fault is named",
             ),
             ("429", "A series limit is reached"),
+            (
+                "502",
+                "The query backend ([query]) cannot be reached, answered an error, or answered \
+                 something unreadable (codes backend_unavailable, backend_error, \
+                 backend_bad_answer)",
+            ),
             ("503", "The store could not take the write"),
+            (
+                "504",
+                "The query backend ([query]) did not answer within its timeout \
+                 (code backend_timeout)",
+            ),
         ]
         .into_iter()
         .map(|(status, description)| {
