@@ -55,6 +55,12 @@ impl Prometheus {
         }
     }
 
+    /// Its storage directory (blocks made by `promtool tsdb create-blocks-from` go there,
+    /// between [`Prometheus::stop`] and [`Prometheus::restart`]).
+    pub fn storage(&self) -> &std::path::Path {
+        &self.storage
+    }
+
     /// The address of its web port (remote-write goes to `/api/v1/write` there).
     pub fn web(&self) -> SocketAddr {
         self.web
