@@ -5,30 +5,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{Daemon, json_call, require, tallyd_bin};
+use common::{
+    Daemon, define_custom as define, record_custom as record, require, tallyd_bin,
+    tenant_call as call,
+};
 use serde_json::{Value, json};
 
 const BASE: &str = "/api/v1/observability/custom-metrics";
-
-/// An anonymous call on loopback (no tokens configured) as `tenant`.
-fn call(addr: SocketAddr, method: &str, path: &str, tenant: &str, body: Value) -> (u16, Value) {
-    let body = (!body.is_null()).then_some(body);
-    json_call(addr, method, path, &[("X-Tenant-ID", tenant)], body)
-}
-
-fn define(addr: SocketAddr, tenant: &str, spec: Value) {
-    let (status, body) = call(addr, "POST", BASE, tenant, spec);
-    assert_eq!(status, 201, "{body}");
-}
-
-fn record(addr: SocketAddr, tenant: &str, name: &str, points: Value) {
-    let (status, body) = call(addr, "POST", &format!("{BASE}/{name}/data"), tenant, points);
-    assert_eq!(status, 200, "{body}");
-}
 
 fn history(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(tallyd_bin())

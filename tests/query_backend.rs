@@ -13,25 +13,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
-use common::{Daemon, json_call, require, tallyd_bin, value_of};
+use common::{
+    CUSTOM_METRICS as BASE, Daemon, define_custom as define, record_custom, require, tallyd_bin,
+    tenant_call as call, value_of,
+};
 use serde_json::{Value, json};
 
-const BASE: &str = "/api/v1/observability/custom-metrics";
-
-fn call(addr: SocketAddr, method: &str, path: &str, tenant: &str, body: Value) -> (u16, Value) {
-    let body = (!body.is_null()).then_some(body);
-    json_call(addr, method, path, &[("X-Tenant-ID", tenant)], body)
-}
-
-fn define(addr: SocketAddr, tenant: &str, spec: Value) {
-    let (status, body) = call(addr, "POST", BASE, tenant, spec);
-    assert_eq!(status, 201, "{body}");
-}
-
 fn record(addr: SocketAddr, tenant: &str, name: &str, points: Vec<Value>) {
-    let path = format!("{BASE}/{name}/data");
-    let (status, body) = call(addr, "POST", &path, tenant, Value::Array(points));
-    assert_eq!(status, 200, "{body}");
+    record_custom(addr, tenant, name, Value::Array(points));
 }
 
 fn query(addr: SocketAddr, tenant: &str, name: &str, params: &str) -> (u16, Value) {
@@ -167,25 +156,22 @@ fn import(tallyd: &Daemon, prometheus: &mut Prometheus) {
     }
 }
 
-/// The series of an answer as (labels, [(timestamp, value)]), sorted by labels.
-fn series(answer: &Value) -> Vec<(Value, Vec<(String, f64)>)> {
-    let mut out: Vec<(Value, Vec<(String, f64)>)> = answer["series"]
+/// One bin of an answer.
+#[derive(Debug, serde::Deserialize)]
+struct Bin {
+    timestamp: String,
+    value: f64,
+}
+
+/// The series of an answer as (labels, bins), sorted by labels.
+fn series(answer: &Value) -> Vec<(Value, Vec<Bin>)> {
+    let mut out: Vec<(Value, Vec<Bin>)> = answer["series"]
         .as_array()
         .unwrap_or_else(|| panic!("no series in {answer}"))
         .iter()
         .map(|s| {
-            let points = s["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p["timestamp"].as_str().unwrap().to_owned(),
-                        p["value"].as_f64().unwrap(),
-                    )
-                })
-                .collect();
-            (s["labels"].clone(), points)
+            let bins = serde_json::from_value(s["points"].clone()).unwrap();
+            (s["labels"].clone(), bins)
         })
         .collect();
     out.sort_by_key(|(labels, _)| labels.to_string());
@@ -201,12 +187,12 @@ fn assert_agree(what: &str, local: &Value, remote: &Value, close: bool) {
         && l.iter().zip(&r).all(|((ll, lp), (rl, rp))| {
             ll == rl
                 && lp.len() == rp.len()
-                && lp.iter().zip(rp).all(|((lt, lv), (rt, rv))| {
-                    lt == rt
+                && lp.iter().zip(rp).all(|(l, r)| {
+                    l.timestamp == r.timestamp
                         && if close {
-                            (lv - rv).abs() <= 1e-12 * lv.abs().max(1.0)
+                            (l.value - r.value).abs() <= 1e-12 * l.value.abs().max(1.0)
                         } else {
-                            lv == rv
+                            l.value == r.value
                         }
                 })
         });

@@ -162,13 +162,7 @@ impl QueryConfig {
                 "url: backend = \"prometheus\" needs the API root, e.g. http://127.0.0.1:9090",
             )?;
             let auth = client::auth_from_keys(
-                self.basic_auth.as_ref().map(|b| {
-                    (
-                        b.username.as_str(),
-                        b.password.as_deref(),
-                        b.password_file.as_deref(),
-                    )
-                }),
+                self.basic_auth.as_ref(),
                 self.bearer_token.as_deref(),
                 self.bearer_token_file.as_deref(),
             )?;
@@ -308,6 +302,10 @@ pub struct Prometheus {
     http: HttpClient,
     stats: Arc<BackendStats>,
 }
+
+/// One series an answer holds: its labels (without `__name__` and `tenant`) and its points as
+/// (milliseconds, value).
+type Fetched = (BTreeMap<String, String>, Vec<(i64, f64)>);
 
 /// Why a request failed.
 enum Failure {
@@ -459,7 +457,7 @@ impl Prometheus {
         uri: &Uri,
         form: String,
         tenant: &str,
-    ) -> Result<Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>, Problem> {
+    ) -> Result<Vec<Fetched>, Problem> {
         let result = self.send(uri, form, tenant).await;
         let outcome = match &result {
             Ok(_) => Outcome::Success,
@@ -488,12 +486,7 @@ impl Prometheus {
         })
     }
 
-    async fn send(
-        &self,
-        uri: &Uri,
-        form: String,
-        tenant: &str,
-    ) -> Result<Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>, Failure> {
+    async fn send(&self, uri: &Uri, form: String, tenant: &str) -> Result<Vec<Fetched>, Failure> {
         let mut request = Request::post(uri.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
@@ -680,10 +673,7 @@ struct ResultSeries {
 
 /// An answer's series as (labels, (milliseconds, value)); any status but 2xx, or an envelope
 /// saying `error`, is the backend's error with its message.
-fn read_answer(
-    status: StatusCode,
-    body: &[u8],
-) -> Result<Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>, Failure> {
+fn read_answer(status: StatusCode, body: &[u8]) -> Result<Vec<Fetched>, Failure> {
     let envelope: Result<Envelope, _> = serde_json::from_slice(body);
     if !status.is_success() {
         let why = match envelope {

@@ -18,6 +18,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::remote_write::Auth;
+use crate::remote_write::config::BasicAuthConfig;
 
 /// A pooled client for `http://` and `https://` URLs, with whole bodies.
 pub type HttpClient = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -95,7 +96,7 @@ pub fn read_secret(key: &str, path: &Path) -> Result<String, String> {
 /// (`username` with `password` or `password_file`) or a bearer token (inline or from a file),
 /// at most one of them. The error names the key at fault.
 pub fn auth_from_keys(
-    basic: Option<(&str, Option<&str>, Option<&Path>)>,
+    basic: Option<&BasicAuthConfig>,
     bearer_token: Option<&str>,
     bearer_token_file: Option<&Path>,
 ) -> Result<Auth, String> {
@@ -109,18 +110,18 @@ pub fn auth_from_keys(
     };
     let basic = match basic {
         None => None,
-        Some((username, password, password_file)) => {
-            let password = match (password, password_file) {
+        Some(basic) => {
+            let password = match (&basic.password, &basic.password_file) {
                 (Some(_), Some(_)) => {
                     return Err(
                         "basic_auth: password and password_file are both set: keep one".into(),
                     );
                 }
-                (Some(p), None) => p.to_owned(),
+                (Some(p), None) => p.clone(),
                 (None, Some(path)) => read_secret("basic_auth.password_file", path)?,
                 (None, None) => return Err("basic_auth: needs password or password_file".into()),
             };
-            Some((username.to_owned(), password))
+            Some((basic.username.clone(), password))
         }
     };
     match (basic, bearer) {
@@ -167,9 +168,14 @@ mod tests {
 
     #[test]
     fn one_kind_of_credentials_at_most() {
-        let error = auth_from_keys(Some(("u", Some("p"), None)), Some("t"), None).unwrap_err();
+        let basic = |password: Option<&str>| BasicAuthConfig {
+            username: "u".into(),
+            password: password.map(str::to_owned),
+            password_file: None,
+        };
+        let error = auth_from_keys(Some(&basic(Some("p"))), Some("t"), None).unwrap_err();
         assert!(error.contains("keep one"), "{error}");
-        let error = auth_from_keys(Some(("u", None, None)), None, None).unwrap_err();
+        let error = auth_from_keys(Some(&basic(None)), None, None).unwrap_err();
         assert!(error.contains("basic_auth"), "{error}");
         let missing = Path::new("/nonexistent/secret");
         let error = auth_from_keys(None, None, Some(missing)).unwrap_err();

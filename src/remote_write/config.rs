@@ -140,13 +140,7 @@ impl RemoteWriteConfig {
     /// The endpoint's options, with the secret files read; the error names the key.
     pub fn build(&self) -> Result<RemoteWriteOptions, String> {
         let auth = crate::http::client::auth_from_keys(
-            self.basic_auth.as_ref().map(|b| {
-                (
-                    b.username.as_str(),
-                    b.password.as_deref(),
-                    b.password_file.as_deref(),
-                )
-            }),
+            self.basic_auth.as_ref(),
             self.bearer_token.as_deref(),
             self.bearer_token_file.as_deref(),
         )?;

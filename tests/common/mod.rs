@@ -788,6 +788,34 @@ pub fn api_call(
     )
 }
 
+/// The custom-metrics API's root (the Matih paths).
+pub const CUSTOM_METRICS: &str = "/api/v1/observability/custom-metrics";
+
+/// An anonymous call on loopback (a daemon without tokens) as `tenant`; `Null` sends no body.
+pub fn tenant_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    tenant: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = (!body.is_null()).then_some(body);
+    json_call(addr, method, path, &[("X-Tenant-ID", tenant)], body)
+}
+
+/// Defines a custom metric for `tenant`, which must succeed.
+pub fn define_custom(addr: SocketAddr, tenant: &str, spec: serde_json::Value) {
+    let (status, body) = tenant_call(addr, "POST", CUSTOM_METRICS, tenant, spec);
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Records points (one, or an array) to `tenant`'s metric `name`, which must succeed.
+pub fn record_custom(addr: SocketAddr, tenant: &str, name: &str, points: serde_json::Value) {
+    let path = format!("{CUSTOM_METRICS}/{name}/data");
+    let (status, body) = tenant_call(addr, "POST", &path, tenant, points);
+    assert_eq!(status, 200, "{body}");
+}
+
 /// One JSON call with `headers`: the status and the JSON body (Null when there is none).
 pub fn json_call(
     addr: SocketAddr,
