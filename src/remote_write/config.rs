@@ -265,3 +265,39 @@ pub fn build_all(tables: &[RemoteWriteConfig]) -> Result<Vec<RemoteWriteOptions>
     }
     Ok(built)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(extra: &str) -> Result<RemoteWriteOptions, String> {
+        let text = format!("url = 'http://127.0.0.1:9/write'\n{extra}");
+        toml::from_str::<RemoteWriteConfig>(&text)
+            .map_err(|e| e.to_string())?
+            .build()
+    }
+
+    #[test]
+    fn protobuf_message_is_v1_unless_set_to_v2_or_auto() {
+        assert_eq!(table("").unwrap().protobuf_message, ProtobufMessage::V1);
+        for (text, message) in [
+            ("v1", ProtobufMessage::V1),
+            ("v2", ProtobufMessage::V2),
+            ("auto", ProtobufMessage::Auto),
+        ] {
+            let options = table(&format!("protobuf_message = '{text}'")).unwrap();
+            assert_eq!(options.protobuf_message, message);
+        }
+    }
+
+    #[test]
+    fn an_unknown_protobuf_message_is_refused_with_the_key_and_the_choices() {
+        let text = "[[remote_write]]\nurl = 'http://127.0.0.1:9/write'\nprotobuf_message = 'v3'\n";
+        let err = crate::config::Settings::parse(text, std::path::Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        for part in ["protobuf_message", "v3", "v1", "v2", "auto"] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+    }
+}

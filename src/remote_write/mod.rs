@@ -36,7 +36,6 @@
 //!   gets everything that fitted the queue once it is back. A 4xx other than 429 (Mimir's
 //!   "too old" and "out of order") drops the batch: never retried, so it cannot wedge the
 //!   queue.
-//!
 //! - Remote-write 2.0 (`protobuf_message = "v2"` or `"auto"`, `v2`): the same batches as
 //!   `io.prometheus.write.v2.Request`, each series with its family's type, help and unit. A
 //!   receiver that turns out to read 1.0 only (`send::negotiate`) makes the endpoint send 1.0
@@ -882,11 +881,11 @@ mod tests {
         assert_eq!(fourth.len(), first.len() - 1);
     }
 
-    #[test]
-    fn a_full_shard_drops_and_counts_the_rest() {
+    /// A registry of `n` selected gauges.
+    fn gauges(n: usize) -> Arc<Registry> {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
         let recorder = Recorder::for_registry(&registry);
-        for i in 0..50 {
+        for i in 0..n {
             let value = i.to_string();
             recorder
                 .record(
@@ -897,12 +896,22 @@ mod tests {
                 )
                 .unwrap();
         }
-        let options = options(1, 30);
-        let shards: Vec<Shard> = vec![Shard {
+        registry
+    }
+
+    fn one_shard(capacity: usize) -> Vec<Shard> {
+        vec![Shard {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
-            capacity: 30,
-        }];
+            capacity,
+        }]
+    }
+
+    #[test]
+    fn a_full_shard_drops_and_counts_the_rest() {
+        let registry = gauges(50);
+        let options = options(1, 30);
+        let shards = one_shard(30);
         let stats = RemoteWriteTelemetry::default().remote("r");
         let mut collector = Collector::new(&options);
         collector.collect(&registry, 5);
@@ -919,25 +928,9 @@ mod tests {
             24,
             "the bound documented above"
         );
-        let registry = Arc::new(Registry::new(RegistrySettings::default()));
-        let recorder = Recorder::for_registry(&registry);
-        for i in 0..1500 {
-            let value = i.to_string();
-            recorder
-                .record(
-                    "g",
-                    Kind::Gauge,
-                    [("keep", "y"), ("i", value.as_str())],
-                    Update::Set(1.0),
-                )
-                .unwrap();
-        }
+        let registry = gauges(1500);
         let capacity = 1000;
-        let shards = vec![Shard {
-            queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            capacity,
-        }];
+        let shards = one_shard(capacity);
         let stats = RemoteWriteTelemetry::default().remote("r");
         let mut collector = Collector::new(&options(1, capacity));
         // Fill, half drain (a send), fill again: the ring buffer never outgrows twice the bound.

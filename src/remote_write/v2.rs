@@ -276,10 +276,7 @@ mod tests {
     use crate::exposition::proto::tests::keys;
 
     fn label(name: &str, value: &str) -> Label {
-        Label {
-            name: name.into(),
-            value: value.into(),
-        }
+        Label::new(name, value)
     }
 
     #[test]

@@ -33,6 +33,15 @@ pub struct Label {
     pub value: String,
 }
 
+impl Label {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Label {
+        Label {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
 /// `prometheus.Sample`: a value at a Unix time in milliseconds.
 #[derive(Clone, Copy, PartialEq, prost::Message)]
 pub struct Sample {
@@ -95,10 +104,7 @@ mod tests {
     use super::*;
 
     fn label(name: &str, value: &str) -> Label {
-        Label {
-            name: name.into(),
-            value: value.into(),
-        }
+        Label::new(name, value)
     }
 
     #[test]
