@@ -176,7 +176,7 @@ pub struct MetricFamily {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use prost::Message;
@@ -255,7 +255,7 @@ mod tests {
     }
 
     /// The top-level `(field number, wire type)` of each field in an encoded message.
-    fn keys(bytes: &[u8]) -> Vec<(u32, u8)> {
+    pub(crate) fn keys(bytes: &[u8]) -> Vec<(u32, u8)> {
         let mut at = 0;
         let mut out = Vec::new();
         while at < bytes.len() {

@@ -53,6 +53,25 @@ pub struct RemoteWriteConfig {
     pub min_backoff_seconds: f64,
     #[serde(default = "default_max_backoff", deserialize_with = "interval")]
     pub max_backoff_seconds: f64,
+    /// The protocol: `v1` (remote-write 1.0), `v2` or `auto` (2.0, falling back to 1.0).
+    #[serde(default)]
+    pub protobuf_message: ProtobufMessage,
+}
+
+/// `protobuf_message`: which message the endpoint is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtobufMessage {
+    /// `prometheus.WriteRequest` (remote-write 1.0), which every receiver reads.
+    #[default]
+    V1,
+    /// `io.prometheus.write.v2.Request`, with metadata; a receiver that turns out to read
+    /// only 1.0 (a 415, or a 2xx without the written-count headers) gets 1.0 from then on.
+    V2,
+    /// As `v2`, and a 400 to a 2.0 request before the receiver ever confirmed one is also
+    /// taken as "1.0 only" (1.x receivers may answer 400 to a body they cannot read), so the
+    /// batch is resent as 1.0 rather than dropped.
+    Auto,
 }
 
 /// `basic_auth = { username = "...", password = "..." }` (or `password_file`).
@@ -186,6 +205,7 @@ impl RemoteWriteConfig {
             queue_samples: self.queue_samples,
             min_backoff: Duration::from_secs_f64(self.min_backoff_seconds),
             max_backoff: Duration::from_secs_f64(self.max_backoff_seconds),
+            protobuf_message: self.protobuf_message,
         })
     }
 }
@@ -210,4 +230,40 @@ pub fn build_all(tables: &[RemoteWriteConfig]) -> Result<Vec<RemoteWriteOptions>
         built.push(options);
     }
     Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(extra: &str) -> Result<RemoteWriteOptions, String> {
+        let text = format!("url = 'http://127.0.0.1:9/write'\n{extra}");
+        toml::from_str::<RemoteWriteConfig>(&text)
+            .map_err(|e| e.to_string())?
+            .build()
+    }
+
+    #[test]
+    fn protobuf_message_is_v1_unless_set_to_v2_or_auto() {
+        assert_eq!(table("").unwrap().protobuf_message, ProtobufMessage::V1);
+        for (text, message) in [
+            ("v1", ProtobufMessage::V1),
+            ("v2", ProtobufMessage::V2),
+            ("auto", ProtobufMessage::Auto),
+        ] {
+            let options = table(&format!("protobuf_message = '{text}'")).unwrap();
+            assert_eq!(options.protobuf_message, message);
+        }
+    }
+
+    #[test]
+    fn an_unknown_protobuf_message_is_refused_with_the_key_and_the_choices() {
+        let text = "[[remote_write]]\nurl = 'http://127.0.0.1:9/write'\nprotobuf_message = 'v3'\n";
+        let err = crate::config::Settings::parse(text, std::path::Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        for part in ["protobuf_message", "v3", "v1", "v2", "auto"] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
-//! Prometheus remote-write 1.0 (`[[remote_write]]`): every `interval_seconds`, a snapshot of
-//! the selected series is queued for each endpoint and sent, protobuf and snappy, by a few
-//! shard tasks.
+//! Prometheus remote-write 1.0 and 2.0 (`[[remote_write]]`): every `interval_seconds`, a
+//! snapshot of the selected series is queued for each endpoint and sent, protobuf and snappy,
+//! by a few shard tasks.
 //!
 //! ## Shape
 //!
@@ -23,9 +23,11 @@
 //!   copied (one hash lookup per series; the label sets of a series are built once, when it is
 //!   first seen, and shared by every sample queued for it). Receive threads only wait for it
 //!   when they create a series in the family being read.
-//! - Memory at the bound: about 24 bytes per queued sample (a shared pointer to the series'
+//! - Memory at the bound: 24 bytes per queued sample (a shared pointer to the series'
 //!   labels, the value and the timestamp) plus the label sets of the live selected series;
-//!   the default 500,000 samples is about 12 MB.
+//!   the default 500,000 samples is 12 MB. A shard's ring buffer grows by doubling and keeps
+//!   its size once grown, so the queue holds at most twice that (24 MB) from the first time
+//!   it filled (tested: `the_queue_stays_within_its_memory_bound`).
 //! - Staleness: a series sent before and missing from a snapshot (expired by the TTL,
 //!   deleted) is sent once more with the staleness NaN, so queries stop showing it at once
 //!   rather than five minutes later.
@@ -34,16 +36,21 @@
 //!   gets everything that fitted the queue once it is back. A 4xx other than 429 (Mimir's
 //!   "too old" and "out of order") drops the batch: never retried, so it cannot wedge the
 //!   queue.
+//! - Remote-write 2.0 (`protobuf_message = "v2"` or `"auto"`, `v2`): the same batches as
+//!   `io.prometheus.write.v2.Request`, each series with its family's type, help and unit. A
+//!   receiver that turns out to read 1.0 only (`send::negotiate`) makes the endpoint send 1.0
+//!   from then on, and the batch that showed it is sent again as 1.0 at once: nothing is lost.
 //!
 //! Not done here: spilling the queue to the data directory, resending a gap from history
-//! (needs the history store), remote-write 2.0, native histograms (histograms are sent as
-//! classic `_bucket`/`_sum`/`_count` series) and metadata. tallyd's own `tallyd_*` metrics are
-//! not sent (Prometheus scrapes them).
+//! (needs the history store), native histograms (histograms are sent as classic
+//! `_bucket`/`_sum`/`_count` series). tallyd's own `tallyd_*` metrics are not sent (Prometheus
+//! scrapes them).
 
 pub mod config;
 pub mod select;
 pub mod send;
 pub mod stats;
+pub mod v2;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -57,7 +64,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::select::Selector;
-use self::send::{Client, Outcome};
+use self::send::{Client, Outcome, Protocol};
 use self::stats::{Drop, RemoteStats, RemoteWriteTelemetry};
 use self::wire::{Label, STALE_NAN_BITS, Sample, TimeSeries, WriteRequest};
 use crate::exposition::{Format, write_le};
@@ -103,6 +110,7 @@ pub struct RemoteWriteOptions {
     pub queue_samples: usize,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    pub protobuf_message: config::ProtobufMessage,
 }
 
 /// The running endpoints.
@@ -354,14 +362,20 @@ async fn send_shard(
             }
         }
         let count = batch.len() as u64;
-        let body = Bytes::from(encode_batch(&batch, &mut scratch));
+        let mut protocol = client.protocol();
+        let mut body = Bytes::from(encode_batch(&batch, protocol, &mut scratch));
         let newest = batch.iter().map(|q| q.sample.timestamp).max().unwrap_or(0);
         let mut attempt = 0;
         let finished = |stats: &RemoteStats| stats.pending.fetch_sub(count as i64, Relaxed);
         loop {
+            // Another shard found the receiver reads 1.0 only while this batch waited.
+            if client.protocol() != protocol {
+                protocol = client.protocol();
+                body = Bytes::from(encode_batch(&batch, protocol, &mut scratch));
+            }
             let sent = tokio::select! {
                 _ = stop.cancelled() => None,
-                sent = client.send(body.clone()) => Some(sent),
+                sent = client.send(body.clone(), protocol) => Some(sent),
             };
             let Some((outcome, took)) = sent else {
                 stats.add_dropped(Drop::Shutdown, count);
@@ -385,6 +399,14 @@ async fn send_shard(
                         tracing::warn!(url = %options.url, status, samples = count, "remote-write receiver refused a batch, dropped (not retried): {why}");
                     }
                     break;
+                }
+                Outcome::Unsupported { why } => {
+                    if client.fall_back() {
+                        stats.fallbacks.fetch_add(1, Relaxed);
+                        tracing::warn!(url = %options.url, "remote-write receiver reads 1.0 only; this endpoint sends 1.0 from now on: {why}");
+                    }
+                    // At once, as 1.0: nothing of the batch was written.
+                    continue;
                 }
                 Outcome::Retry { why, retry_after } => {
                     stats.retried.fetch_add(count, Relaxed);
@@ -416,7 +438,13 @@ async fn send_shard(
 }
 
 /// The request body for a batch: one `TimeSeries` per series, its samples in queue order.
-fn encode_batch(batch: &[Queued], scratch: &mut Vec<u8>) -> Vec<u8> {
+fn encode_batch(batch: &[Queued], protocol: Protocol, scratch: &mut Vec<u8>) -> Vec<u8> {
+    if protocol == Protocol::V2 {
+        let samples = batch
+            .iter()
+            .map(|q| (q.series.labels.as_slice(), &*q.series.meta, q.sample));
+        return v2::encode(samples, scratch);
+    }
     let mut index: HashMap<*const Series, usize> = HashMap::with_capacity(batch.len());
     let mut request = WriteRequest {
         timeseries: Vec::with_capacity(batch.len()),
@@ -439,6 +467,8 @@ fn encode_batch(batch: &[Queued], scratch: &mut Vec<u8>) -> Vec<u8> {
 pub struct Series {
     labels: Vec<Label>,
     shard: usize,
+    /// Its family's type, help and unit, sent by 2.0.
+    meta: Arc<v2::Meta>,
 }
 
 /// A registry series the collector has seen: the series it is sent as (one for counters and
@@ -466,6 +496,8 @@ struct Collector {
     values: Vec<(Arc<Series>, f64)>,
     /// Scratch for a series' values.
     scratch: Vec<f64>,
+    /// The metadata of the families seen, shared by their series.
+    metas: HashMap<Box<str>, Arc<v2::Meta>>,
 }
 
 impl Collector {
@@ -482,6 +514,7 @@ impl Collector {
             key: Vec::new(),
             values: Vec::new(),
             scratch: Vec::new(),
+            metas: HashMap::new(),
         }
     }
 
@@ -538,8 +571,26 @@ impl Collector {
         self.values.clear();
     }
 
+    /// The metadata of `family`, shared with its series seen before unless it changed.
+    fn meta(&mut self, family: &FamilyView<'_>) -> Arc<v2::Meta> {
+        let fresh = v2::Meta::of(family);
+        match self.metas.get(family.name) {
+            Some(known) if **known == fresh => Arc::clone(known),
+            _ => {
+                let meta = Arc::new(fresh);
+                self.metas.insert(family.name.into(), Arc::clone(&meta));
+                meta
+            }
+        }
+    }
+
     /// The series a registry series is sent as, built on first sight.
-    fn derive(&self, family: &FamilyView<'_>, series: &SeriesView<'_>) -> Vec<Arc<Series>> {
+    fn derive(
+        &self,
+        family: &FamilyView<'_>,
+        series: &SeriesView<'_>,
+        meta: &Arc<v2::Meta>,
+    ) -> Vec<Arc<Series>> {
         let pairs: Vec<(String, String)> = series
             .labels
             .pairs()
@@ -550,7 +601,7 @@ impl Collector {
         }
         let name = family.name;
         let one = |suffix: &str, extra: Option<(&str, String)>| {
-            self.labelled(&pairs, format!("{name}{suffix}"), extra)
+            self.labelled(&pairs, format!("{name}{suffix}"), extra, meta)
         };
         // Bucket bounds and quantiles are spelled as the text formats spell them, so that
         // `le="0.25"` selects the same series whether Prometheus scraped or received it.
@@ -588,6 +639,7 @@ impl Collector {
         pairs: &[(String, String)],
         name: String,
         extra: Option<(&str, String)>,
+        meta: &Arc<v2::Meta>,
     ) -> Arc<Series> {
         let mut labels: Vec<Label> = Vec::with_capacity(pairs.len() + self.external.len() + 2);
         labels.push(Label {
@@ -620,6 +672,7 @@ impl Collector {
         Arc::new(Series {
             labels,
             shard: (hash % self.shards as u64) as usize,
+            meta: Arc::clone(meta),
         })
     }
 }
@@ -672,7 +725,8 @@ impl Visitor for Collector {
             _ => false,
         };
         if !seen {
-            let derived = self.derive(family, series);
+            let meta = self.meta(family);
+            let derived = self.derive(family, series, &meta);
             let known = Known {
                 kind: family.kind,
                 derived,
@@ -827,11 +881,11 @@ mod tests {
         assert_eq!(fourth.len(), first.len() - 1);
     }
 
-    #[test]
-    fn a_full_shard_drops_and_counts_the_rest() {
+    /// A registry of `n` selected gauges.
+    fn gauges(n: usize) -> Arc<Registry> {
         let registry = Arc::new(Registry::new(RegistrySettings::default()));
         let recorder = Recorder::for_registry(&registry);
-        for i in 0..50 {
+        for i in 0..n {
             let value = i.to_string();
             recorder
                 .record(
@@ -842,12 +896,22 @@ mod tests {
                 )
                 .unwrap();
         }
-        let options = options(1, 30);
-        let shards: Vec<Shard> = vec![Shard {
+        registry
+    }
+
+    fn one_shard(capacity: usize) -> Vec<Shard> {
+        vec![Shard {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
-            capacity: 30,
-        }];
+            capacity,
+        }]
+    }
+
+    #[test]
+    fn a_full_shard_drops_and_counts_the_rest() {
+        let registry = gauges(50);
+        let options = options(1, 30);
+        let shards = one_shard(30);
         let stats = RemoteWriteTelemetry::default().remote("r");
         let mut collector = Collector::new(&options);
         collector.collect(&registry, 5);
@@ -855,6 +919,33 @@ mod tests {
         assert_eq!(shards[0].queue.lock().len(), 30);
         assert_eq!(stats.dropped(Drop::QueueFull), 20);
         assert_eq!(stats.pending.load(std::sync::atomic::Ordering::Relaxed), 30);
+    }
+
+    #[test]
+    fn the_queue_stays_within_its_memory_bound() {
+        assert_eq!(
+            std::mem::size_of::<Queued>(),
+            24,
+            "the bound documented above"
+        );
+        let registry = gauges(1500);
+        let capacity = 1000;
+        let shards = one_shard(capacity);
+        let stats = RemoteWriteTelemetry::default().remote("r");
+        let mut collector = Collector::new(&options(1, capacity));
+        // Fill, half drain (a send), fill again: the ring buffer never outgrows twice the bound.
+        for timestamp in 0..4 {
+            collector.collect(&registry, timestamp);
+            collector.enqueue(&shards, &stats);
+            let mut queue = shards[0].queue.lock();
+            assert_eq!(queue.len(), capacity);
+            assert!(queue.capacity() <= 2 * capacity, "{}", queue.capacity());
+            queue.drain(..capacity / 2);
+        }
+        assert_eq!(
+            stats.dropped(Drop::QueueFull),
+            1500 - 1000 + 3 * (1500 - 500)
+        );
     }
 
     #[test]
@@ -866,6 +957,11 @@ mod tests {
                     value: name.into(),
                 }],
                 shard: 0,
+                meta: Arc::new(v2::Meta {
+                    kind: v2::MetricType::Gauge,
+                    help: format!("{name} help"),
+                    unit: String::new(),
+                }),
             })
         };
         let (a, b) = (series("a"), series("b"));
@@ -877,7 +973,7 @@ mod tests {
             },
         };
         let batch = [queued(&a, 1), queued(&b, 1), queued(&a, 2), queued(&a, 3)];
-        let request = wire::decode(&encode_batch(&batch, &mut Vec::new())).unwrap();
+        let request = wire::decode(&encode_batch(&batch, Protocol::V1, &mut Vec::new())).unwrap();
         assert_eq!(request.timeseries.len(), 2);
         let times: Vec<i64> = request.timeseries[0]
             .samples
@@ -887,5 +983,16 @@ mod tests {
         assert_eq!(request.timeseries[0].labels[0].value, "a");
         assert_eq!(times, [1, 2, 3]);
         assert_eq!(request.timeseries[1].samples.len(), 1);
+
+        // 2.0 groups alike, and each series carries its family's metadata.
+        let body = encode_batch(&batch, Protocol::V2, &mut Vec::new());
+        let request = v2::decode(&body).unwrap();
+        assert_eq!(request.timeseries.len(), 2);
+        let first = &request.timeseries[0];
+        assert_eq!(request.labels(first).unwrap()[0].1, "a");
+        let times: Vec<i64> = first.samples.iter().map(|s| s.timestamp).collect();
+        assert_eq!(times, [1, 2, 3]);
+        let help = first.metadata.unwrap().help_ref;
+        assert_eq!(request.symbol(help).unwrap(), "a help");
     }
 }

@@ -1,6 +1,14 @@
 //! Talking to a receiver: the hyper client over rustls, one request per batch, what each answer
-//! means (sent, retry, give up), and how long to wait before a retry.
+//! means (sent, retry, give up, or "this receiver reads 1.0 only"), and how long to wait
+//! before a retry.
+//!
+//! Remote-write 2.0 negotiation follows the spec's words: a 415 to a 2.0 request, or a 2xx
+//! without any `X-Prometheus-Remote-Write-*-Written` header (a 1.0 receiver that ignored the
+//! `Content-Type` and read the body as an empty 1.0 request, as Prometheus 2.42 does), means
+//! the batch was not written; the endpoint then sends 1.0 for as long as it runs, and the
+//! batch is sent again as 1.0.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -9,6 +17,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode, Uri};
 
 use super::RemoteWriteOptions;
+use super::config::ProtobufMessage;
+use super::v2;
 use crate::http::client::{HttpClient, error_chain};
 
 /// Most of an error answer's body read (for the log line); the rest is not waited for.
@@ -30,6 +40,17 @@ pub enum Outcome {
     },
     /// Any other status: sending it again would be refused again.
     Refused { status: u16, why: String },
+    /// A 2.0 request the receiver did not read as 2.0: send the batch again as 1.0.
+    Unsupported { why: String },
+}
+
+/// The message a request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `prometheus.WriteRequest`.
+    V1,
+    /// `io.prometheus.write.v2.Request`.
+    V2,
 }
 
 /// One endpoint's client: the URL, the headers every request carries, and the connection pool.
@@ -38,6 +59,11 @@ pub struct Client {
     authorization: Option<HeaderValue>,
     timeout: Duration,
     http: HttpClient,
+    message: ProtobufMessage,
+    /// Set once the receiver showed it reads 1.0 only; shared by the endpoint's shards.
+    fell_back: AtomicBool,
+    /// Set once the receiver confirmed a 2.0 request with a written-count header.
+    confirmed: AtomicBool,
 }
 
 impl Client {
@@ -58,13 +84,33 @@ impl Client {
             authorization,
             timeout: options.timeout,
             http,
+            message: options.protobuf_message,
+            fell_back: AtomicBool::new(false),
+            confirmed: AtomicBool::new(false),
         })
     }
 
-    /// Sends one snappy-compressed `WriteRequest`, waiting at most the timeout for the answer.
-    pub async fn send(&self, body: Bytes) -> (Outcome, Duration) {
+    /// The message to encode the next batch as.
+    pub fn protocol(&self) -> Protocol {
+        if self.message == ProtobufMessage::V1 || self.fell_back.load(Ordering::Relaxed) {
+            Protocol::V1
+        } else {
+            Protocol::V2
+        }
+    }
+
+    /// Sends 1.0 from now on; true for the one call that made the switch (to log and count
+    /// it once, whichever shard saw the answer first).
+    pub fn fall_back(&self) -> bool {
+        self.message != ProtobufMessage::V1 && !self.fell_back.swap(true, Ordering::Relaxed)
+    }
+
+    /// Sends one snappy-compressed request body encoded as `protocol`, waiting at most the
+    /// timeout for the answer.
+    pub async fn send(&self, body: Bytes, protocol: Protocol) -> (Outcome, Duration) {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(self.timeout, self.request(body)).await {
+        let request = self.request(body, protocol);
+        let outcome = match tokio::time::timeout(self.timeout, request).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Retry {
                 why: format!("no answer within {:?}", self.timeout),
@@ -74,11 +120,15 @@ impl Client {
         (outcome, started.elapsed())
     }
 
-    async fn request(&self, body: Bytes) -> Outcome {
+    async fn request(&self, body: Bytes, protocol: Protocol) -> Outcome {
+        let (content_type, version) = match protocol {
+            Protocol::V1 => ("application/x-protobuf", "0.1.0"),
+            Protocol::V2 => (v2::CONTENT_TYPE, "2.0.0"),
+        };
         let mut request = Request::post(self.uri.clone())
-            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .header(header::CONTENT_TYPE, content_type)
             .header(header::CONTENT_ENCODING, "snappy")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .header("X-Prometheus-Remote-Write-Version", version)
             .header(
                 header::USER_AGENT,
                 concat!("tallyd/", env!("CARGO_PKG_VERSION")),
@@ -110,6 +160,9 @@ impl Client {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        let written = v2::WRITTEN_HEADERS
+            .iter()
+            .any(|name| response.headers().contains_key(*name));
         // Read the body (a little of it) so the connection can be reused, and to say why.
         let text = match Limited::new(response.into_body(), ERROR_BODY_BYTES)
             .collect()
@@ -118,7 +171,45 @@ impl Client {
             Ok(body) => String::from_utf8_lossy(&body.to_bytes()).trim().to_owned(),
             Err(_) => String::new(),
         };
-        classify(status, retry_after, text)
+        let outcome = classify(status, retry_after, text);
+        if protocol == Protocol::V1 {
+            return outcome;
+        }
+        if written {
+            self.confirmed.store(true, Ordering::Relaxed);
+        }
+        let confirmed = self.confirmed.load(Ordering::Relaxed);
+        negotiate(self.message, confirmed, status, written, outcome)
+    }
+}
+
+/// What the answer to a 2.0 request means once the protocol is taken into account: the
+/// spec's "assume 415" for a 2xx without written-count headers, and under `auto` a 400 before
+/// any 2.0 request was confirmed (1.x receivers may answer 400 to a body they cannot read).
+pub fn negotiate(
+    message: ProtobufMessage,
+    confirmed: bool,
+    status: StatusCode,
+    written: bool,
+    outcome: Outcome,
+) -> Outcome {
+    let unsupported = |why: String| Outcome::Unsupported { why };
+    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return unsupported(format!("answered {status} to a 2.0 request"));
+    }
+    if status.is_success() && !written {
+        return unsupported(format!(
+            "answered {status} to a 2.0 request without any X-Prometheus-Remote-Write-*-Written \
+             header: a 1.0 receiver, which read it as an empty 1.0 request"
+        ));
+    }
+    match outcome {
+        Outcome::Refused { status: 400, why } if message == ProtobufMessage::Auto && !confirmed => {
+            unsupported(format!(
+                "{why}, to a 2.0 request before the receiver confirmed any: taken as a 1.0 receiver"
+            ))
+        }
+        outcome => outcome,
     }
 }
 
@@ -234,5 +325,60 @@ mod tests {
         };
         assert_eq!(status, 400);
         assert!(why.contains("out of order sample"), "{why}");
+    }
+
+    fn answer_to_v2(
+        message: ProtobufMessage,
+        confirmed: bool,
+        code: u16,
+        written: bool,
+    ) -> Outcome {
+        let status = StatusCode::from_u16(code).unwrap();
+        let outcome = classify(status, None, "no".into());
+        negotiate(message, confirmed, status, written, outcome)
+    }
+
+    #[test]
+    fn a_2_0_request_counts_as_written_only_with_a_written_header() {
+        use ProtobufMessage::{Auto, V2};
+        for message in [V2, Auto] {
+            assert_eq!(answer_to_v2(message, false, 204, true), Outcome::Sent);
+            let unconfirmed = answer_to_v2(message, false, 204, false);
+            let Outcome::Unsupported { why } = unconfirmed else {
+                panic!("a bare 204 taken as written: {unconfirmed:?}");
+            };
+            assert!(why.contains("Written"), "{why}");
+            assert!(matches!(
+                answer_to_v2(message, true, 415, false),
+                Outcome::Unsupported { .. }
+            ));
+            // Retries and other refusals keep their meaning.
+            assert!(matches!(
+                answer_to_v2(message, false, 503, true),
+                Outcome::Retry { .. }
+            ));
+            assert!(matches!(
+                answer_to_v2(message, true, 401, false),
+                Outcome::Refused { status: 401, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn only_auto_takes_an_early_400_as_a_1_0_receiver() {
+        use ProtobufMessage::{Auto, V2};
+        assert!(matches!(
+            answer_to_v2(Auto, false, 400, false),
+            Outcome::Unsupported { .. }
+        ));
+        // Once the receiver confirmed 2.0, a 400 is a refusal of the samples.
+        assert!(matches!(
+            answer_to_v2(Auto, true, 400, true),
+            Outcome::Refused { status: 400, .. }
+        ));
+        assert!(matches!(
+            answer_to_v2(V2, false, 400, false),
+            Outcome::Refused { status: 400, .. }
+        ));
     }
 }

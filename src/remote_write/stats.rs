@@ -36,6 +36,8 @@ pub struct RemoteStats {
     pub highest_sent_ms: AtomicI64,
     pub requests: AtomicU64,
     pub request_seconds: AtomicF64,
+    /// Times the endpoint went from 2.0 to 1.0 (the receiver reads 1.0 only).
+    pub fallbacks: AtomicU64,
 }
 
 impl RemoteStats {
@@ -50,6 +52,7 @@ impl RemoteStats {
             highest_sent_ms: AtomicI64::new(0),
             requests: AtomicU64::new(0),
             request_seconds: AtomicF64::default(),
+            fallbacks: AtomicU64::new(0),
         }
     }
 
@@ -92,7 +95,7 @@ impl RemoteWriteTelemetry {
         if remotes.is_empty() {
             return;
         }
-        let families: [(&str, Kind, &str, Read); 7] = [
+        let families: [(&str, Kind, &str, Read); 8] = [
             (
                 "tallyd_remote_write_samples",
                 Kind::Counter,
@@ -134,6 +137,12 @@ impl RemoteWriteTelemetry {
                 Kind::Counter,
                 "Time spent in remote-write requests, in total (divide by tallyd_remote_write_requests_total for the mean).",
                 |r| r.request_seconds.get(),
+            ),
+            (
+                "tallyd_remote_write_protocol_fallbacks",
+                Kind::Counter,
+                "Times an endpoint configured for remote-write 2.0 found its receiver reads 1.0 only and went on in 1.0.",
+                |r| load(&r.fallbacks),
             ),
         ];
         for (name, kind, help, read) in &families {

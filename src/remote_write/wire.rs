@@ -33,6 +33,15 @@ pub struct Label {
     pub value: String,
 }
 
+impl Label {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Label {
+        Label {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
 /// `prometheus.Sample`: a value at a Unix time in milliseconds.
 #[derive(Clone, Copy, PartialEq, prost::Message)]
 pub struct Sample {
@@ -55,10 +64,19 @@ pub fn is_stale_marker(value: f64) -> bool {
 /// format (not the framed one), as remote-write 1.0 requires. `scratch` keeps the encoding
 /// buffer between calls.
 pub fn encode(request: &WriteRequest, scratch: &mut Vec<u8>) -> Vec<u8> {
-    use prost::Message;
+    compress(request, scratch)
+}
+
+/// A request body read back (for tests and test receivers); the error says which layer failed.
+pub fn decode(body: &[u8]) -> Result<WriteRequest, String> {
+    decompress(body)
+}
+
+/// Any message as a remote-write body (1.0 and 2.0 compress alike).
+pub fn compress(message: &impl prost::Message, scratch: &mut Vec<u8>) -> Vec<u8> {
     scratch.clear();
     // Encoding into a Vec grows it as needed, so it cannot fail.
-    request
+    message
         .encode(scratch)
         .expect("a Vec grows to hold any message");
     let mut out = vec![0; snap::raw::max_compress_len(scratch.len())];
@@ -69,13 +87,16 @@ pub fn encode(request: &WriteRequest, scratch: &mut Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// A request body read back (for tests and test receivers); the error says which layer failed.
-pub fn decode(body: &[u8]) -> Result<WriteRequest, String> {
-    use prost::Message;
+/// A remote-write body read back as `M`; the error names the layer that failed.
+pub fn decompress<M: prost::Message + Default>(body: &[u8]) -> Result<M, String> {
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| format!("not snappy (raw block format): {e}"))?;
-    WriteRequest::decode(raw.as_slice()).map_err(|e| format!("not a WriteRequest: {e}"))
+    let name = std::any::type_name::<M>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("message");
+    M::decode(raw.as_slice()).map_err(|e| format!("not a {name}: {e}"))
 }
 
 #[cfg(test)]
@@ -83,10 +104,7 @@ mod tests {
     use super::*;
 
     fn label(name: &str, value: &str) -> Label {
-        Label {
-            name: name.into(),
-            value: value.into(),
-        }
+        Label::new(name, value)
     }
 
     #[test]
