@@ -242,7 +242,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     let remote_write =
-        match RemoteWrite::start(&settings.remote_write, &registry, &telemetry.remote_write) {
+        match RemoteWrite::start(
+            &settings.remote_write,
+            &settings.data_dir,
+            &registry,
+            &telemetry.remote_write,
+        ) {
             Ok(remote_write) => remote_write,
             Err(e) => {
                 shutdown.cancel();

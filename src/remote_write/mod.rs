@@ -35,19 +35,32 @@
 //!   "too old" and "out of order") drops the batch: never retried, so it cannot wedge the
 //!   queue.
 //!
-//! Not done here: spilling the queue to the data directory, resending a gap from history
-//! (needs the history store), remote-write 2.0, native histograms (histograms are sent as
-//! classic `_bucket`/`_sum`/`_count` series) and metadata. tallyd's own `tallyd_*` metrics are
+//! - Spill (`spill = true` or `spill_max_bytes`; see `spill`): what a full shard has no room
+//!   for goes to the data directory instead of being dropped, and while a shard has samples
+//!   there, its new ones follow them, so the shard sends memory first, then the spill segment
+//!   by segment, then memory again: its order holds. At stop the memory queue (and the batch
+//!   in hand) is spilled ahead of the rest; at start what a spill holds is sent first. Samples
+//!   read back older than `max_sample_age_seconds` are dropped (`too_old`): Mimir and Cortex
+//!   refuse them. Disk at the bound: `spill_max_bytes`; memory: the queue plus one segment
+//!   read back (at most 4 MiB of records).
+//!
+//! Not done here: resending a gap from history (needs the history store), remote-write 2.0,
+//! native histograms (histograms are sent as classic `_bucket`/`_sum`/`_count` series) and
+//! metadata. tallyd's own `tallyd_*` metrics are
 //! not sent (Prometheus scrapes them).
 
 pub mod config;
 pub mod select;
 pub mod send;
+pub mod spill;
 pub mod stats;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Bytes;
@@ -58,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::select::Selector;
 use self::send::{Client, Outcome};
+use self::spill::{Chunk, Spill};
 use self::stats::{Drop, RemoteStats, RemoteWriteTelemetry};
 use self::wire::{Label, STALE_NAN_BITS, Sample, TimeSeries, WriteRequest};
 use crate::exposition::{Format, write_le};
@@ -103,11 +117,17 @@ pub struct RemoteWriteOptions {
     pub queue_samples: usize,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// The spill's bound in bytes; `None`: no spill, a full queue drops.
+    pub spill_max_bytes: Option<u64>,
+    /// Samples read back from the spill older than this are dropped, not sent.
+    pub max_sample_age: Duration,
 }
 
 /// The running endpoints.
 pub struct RemoteWrite {
     endpoints: Vec<Endpoint>,
+    /// Where spills live (under `remote_write/`).
+    data_dir: PathBuf,
     registry: Arc<Registry>,
     telemetry: Arc<RemoteWriteTelemetry>,
 }
@@ -117,6 +137,7 @@ impl RemoteWrite {
     /// inside a tokio runtime.
     pub fn start(
         options: &[RemoteWriteOptions],
+        data_dir: &Path,
         registry: &Arc<Registry>,
         telemetry: &Arc<RemoteWriteTelemetry>,
     ) -> Result<RemoteWrite, String> {
@@ -127,10 +148,13 @@ impl RemoteWrite {
         }
         let endpoints = endpoints
             .into_iter()
-            .map(|(options, client)| Endpoint::start(options, client, registry, telemetry))
-            .collect();
+            .map(|(options, client)| {
+                Endpoint::start(options, client, data_dir, registry, telemetry)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(RemoteWrite {
             endpoints,
+            data_dir: data_dir.to_owned(),
             registry: Arc::clone(registry),
             telemetry: Arc::clone(telemetry),
         })
@@ -154,8 +178,9 @@ impl RemoteWrite {
     }
 
     /// Puts prepared options in force: endpoints whose options did not change keep running
-    /// (queue and staleness state kept); the others stop (their queued samples are counted as
-    /// dropped, reason `shutdown`) and the new ones start.
+    /// (queue and staleness state kept); the others stop (their queued samples spilled, or
+    /// counted as dropped, reason `shutdown`) and the new ones start (one whose spill cannot
+    /// be opened is left out, logged).
     pub async fn replace(&mut self, prepared: Prepared) {
         let Prepared { options, fresh } = prepared;
         let (kept, gone): (Vec<Endpoint>, Vec<Endpoint>) = std::mem::take(&mut self.endpoints)
@@ -166,16 +191,22 @@ impl RemoteWrite {
         }
         self.endpoints = kept;
         for (options, client) in fresh {
-            self.endpoints.push(Endpoint::start(
+            let url = options.url.clone();
+            match Endpoint::start(
                 options,
                 client,
+                &self.data_dir,
                 &self.registry,
                 &self.telemetry,
-            ));
+            ) {
+                Ok(endpoint) => self.endpoints.push(endpoint),
+                Err(e) => tracing::error!(%url, "remote-write endpoint not started: {e}"),
+            }
         }
     }
 
-    /// Stops every endpoint; what is still queued is counted as dropped (`shutdown`).
+    /// Stops every endpoint; what is still queued is spilled for the next start, or without
+    /// a spill counted as dropped (`shutdown`).
     pub async fn stop(self) {
         for endpoint in self.endpoints {
             endpoint.stop().await;
@@ -196,6 +227,13 @@ struct Endpoint {
     tasks: Vec<JoinHandle<()>>,
     shards: Arc<[Shard]>,
     stats: Arc<RemoteStats>,
+    spill: Option<SpillParts>,
+}
+
+/// An endpoint's spill and the thread that writes it.
+struct SpillParts {
+    spill: Arc<Spill>,
+    writer: std::thread::JoinHandle<()>,
 }
 
 /// One shard's queue; its task waits on `ready` when it is empty.
@@ -203,6 +241,28 @@ struct Shard {
     queue: Mutex<VecDeque<Queued>>,
     ready: Notify,
     capacity: usize,
+    /// Samples handed to the spill and not read back yet; changed only with `queue` locked.
+    /// While there are any, new samples go to the spill too, behind them: the memory queue
+    /// holds only samples older than the spill's.
+    spilled: AtomicU64,
+}
+
+impl Shard {
+    fn new(capacity: usize) -> Shard {
+        Shard {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity,
+            spilled: AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets `samples` spilled ones (read back or dropped); `queue` must be locked.
+    fn unspill(&self, samples: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let left = self.spilled.load(Relaxed).saturating_sub(samples);
+        self.spilled.store(left, Relaxed);
+    }
 }
 
 /// A sample waiting to be sent.
@@ -215,19 +275,23 @@ impl Endpoint {
     fn start(
         options: RemoteWriteOptions,
         client: Client,
+        data_dir: &Path,
         registry: &Arc<Registry>,
         telemetry: &RemoteWriteTelemetry,
-    ) -> Endpoint {
+    ) -> Result<Endpoint, String> {
         let stats = telemetry.remote(&options.remote);
         let stop = CancellationToken::new();
         let per_shard = options.queue_samples / options.shards;
         let shards: Arc<[Shard]> = (0..options.shards)
-            .map(|_| Shard {
-                queue: Mutex::new(VecDeque::new()),
-                ready: Notify::new(),
-                capacity: per_shard,
-            })
+            .map(|_| Shard::new(per_shard))
             .collect();
+        let (spill, chunks) = match options.spill_max_bytes {
+            None => (None, None),
+            Some(max_bytes) => {
+                let (parts, chunks) = open_spill(&options, max_bytes, data_dir, &shards, &stats)?;
+                (Some(parts), Some(chunks))
+            }
+        };
         let client = Arc::new(client);
         let mut tasks = Vec::with_capacity(options.shards + 1);
         for index in 0..options.shards {
@@ -237,6 +301,7 @@ impl Endpoint {
                 Arc::clone(&client),
                 Arc::clone(&stats),
                 options.clone(),
+                spill.as_ref().map(|parts| Arc::clone(&parts.spill)),
                 stop.clone(),
             )));
         }
@@ -245,6 +310,7 @@ impl Endpoint {
             Arc::clone(registry),
             Arc::clone(&shards),
             Arc::clone(&stats),
+            chunks,
             options.interval,
             stop.clone(),
         )));
@@ -254,19 +320,34 @@ impl Endpoint {
             shards = options.shards,
             "remote-write started"
         );
-        Endpoint {
+        Ok(Endpoint {
             options,
             stop,
             tasks,
             shards,
             stats,
-        }
+            spill,
+        })
     }
 
     async fn stop(self) {
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(parts) = self.spill {
+            let shards = Arc::clone(&self.shards);
+            let stats = Arc::clone(&self.stats);
+            // The snapshot task held the only sender: the writer ends once it has written
+            // what was on its way.
+            let spilled =
+                tokio::task::spawn_blocking(move || spill_at_stop(parts, &shards, &stats)).await;
+            if let Ok(samples) = spilled
+                && samples > 0
+            {
+                tracing::info!(url = %self.options.url, samples, "remote-write stopped; its queue is spilled for the next start");
+            }
+            return;
         }
         let mut left = 0;
         for shard in self.shards.iter() {
@@ -282,12 +363,78 @@ impl Endpoint {
     }
 }
 
+/// Opens the endpoint's spill, marks what an earlier run left in it as waiting in each
+/// shard, and starts its writer thread; answers the sender the snapshot feeds it with.
+fn open_spill(
+    options: &RemoteWriteOptions,
+    max_bytes: u64,
+    data_dir: &Path,
+    shards: &Arc<[Shard]>,
+    stats: &Arc<RemoteStats>,
+) -> Result<(SpillParts, SyncSender<Chunk>), String> {
+    let dir = spill::endpoint_dir(data_dir, &options.remote);
+    let hasher = shard_hasher();
+    let count = shards.len();
+    let (spill, waiting) = Spill::open(&dir, count, max_bytes, Arc::clone(stats), |labels| {
+        shard_of(&hasher, labels, count)
+    })
+    .map_err(|e| format!("{}: spill: {e}", options.url))?;
+    for (shard, waiting) in shards.iter().zip(waiting) {
+        let _queue = shard.queue.lock();
+        shard
+            .spilled
+            .store(waiting, std::sync::atomic::Ordering::Relaxed);
+    }
+    let spill = Arc::new(spill);
+    let (sender, chunks) = std::sync::mpsc::sync_channel(spill::CHUNKS);
+    let lost_shards = Arc::clone(shards);
+    let lost_stats = Arc::clone(stats);
+    let writer = spill::spawn_writer(Arc::clone(&spill), chunks, move |shard, samples, why| {
+        let shard = &lost_shards[shard];
+        let _queue = shard.queue.lock();
+        shard.unspill(samples);
+        lost_stats.add_dropped(why, samples);
+    })
+    .map_err(|e| format!("cannot start the spill writer: {e}"))?;
+    Ok((SpillParts { spill, writer }, sender))
+}
+
+/// At stop, after the tasks ended: waits for the writer, then spills each shard's memory
+/// queue (older than what the shard spilled) before the shard's first segment. Answers how
+/// many samples that was.
+fn spill_at_stop(parts: SpillParts, shards: &[Shard], stats: &RemoteStats) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = parts.writer.join();
+    let mut total = 0;
+    for (index, shard) in shards.iter().enumerate() {
+        let left: Vec<Queued> = shard.queue.lock().drain(..).collect();
+        if left.is_empty() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        for queued in &left {
+            spill::encode_record(&mut bytes, &queued.series.labels, queued.sample);
+        }
+        let samples = left.len() as u64;
+        stats.pending.fetch_sub(samples as i64, Relaxed);
+        parts
+            .spill
+            .prepend(index, &bytes, samples, &mut |_, n, why| {
+                stats.add_dropped(why, n)
+            });
+        total += samples;
+    }
+    parts.spill.sync();
+    total
+}
+
 /// Takes a snapshot every `interval` and queues it.
 async fn snapshots(
     mut collector: Collector,
     registry: Arc<Registry>,
     shards: Arc<[Shard]>,
     stats: Arc<RemoteStats>,
+    chunks: Option<SyncSender<Chunk>>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -302,10 +449,11 @@ async fn snapshots(
         let registry = Arc::clone(&registry);
         let shards = Arc::clone(&shards);
         let stats = Arc::clone(&stats);
+        let chunks = chunks.clone();
         // Off the reactor: a large registry takes a scrape's time to read.
         let taken = tokio::task::spawn_blocking(move || {
             collector.collect(&registry, unix_millis());
-            collector.enqueue(&shards, &stats);
+            collector.enqueue(&shards, &stats, chunks.as_ref());
             collector
         })
         .await;
@@ -332,6 +480,7 @@ async fn send_shard(
     client: Arc<Client>,
     stats: Arc<RemoteStats>,
     options: RemoteWriteOptions,
+    spill: Option<Arc<Spill>>,
     stop: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -340,12 +489,31 @@ async fn send_shard(
     let mut scratch = Vec::new();
     let mut retry_log = LogLimit::default();
     let mut refusal_log = LogLimit::default();
+    // At stop, with a spill, the batch in hand goes back to the front of the queue, which is
+    // spilled as it is.
+    let give_back = |batch: &mut Vec<Queued>| {
+        let mut queue = shard.queue.lock();
+        for queued in batch.drain(..).rev() {
+            queue.push_front(queued);
+        }
+    };
     loop {
         batch.clear();
-        {
+        let refill = {
             let mut queue = shard.queue.lock();
             let n = queue.len().min(options.max_samples_per_send);
             batch.extend(queue.drain(..n));
+            batch.is_empty() && shard.spilled.load(Relaxed) > 0
+        };
+        if let (true, Some(spill)) = (refill, &spill) {
+            if !read_back(spill, index, shard, &stats, options.max_sample_age).await {
+                // Nothing on disk yet (a chunk on its way to the writer): look again soon.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            continue;
         }
         if batch.is_empty() {
             tokio::select! {
@@ -364,8 +532,12 @@ async fn send_shard(
                 sent = client.send(body.clone()) => Some(sent),
             };
             let Some((outcome, took)) = sent else {
-                stats.add_dropped(Drop::Shutdown, count);
-                finished(&stats);
+                if spill.is_some() {
+                    give_back(&mut batch);
+                } else {
+                    stats.add_dropped(Drop::Shutdown, count);
+                    finished(&stats);
+                }
                 return;
             };
             stats.requests.fetch_add(1, Relaxed);
@@ -405,14 +577,70 @@ async fn send_shard(
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = stop.cancelled() => {
-                    stats.add_dropped(Drop::Shutdown, count);
-                    finished(&stats);
+                    if spill.is_some() {
+                        give_back(&mut batch);
+                    } else {
+                        stats.add_dropped(Drop::Shutdown, count);
+                        finished(&stats);
+                    }
                     return;
                 }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
     }
+}
+
+/// Moves the shard's oldest spill segment into its (empty) memory queue, dropping samples older
+/// than `max_age` (counted `too_old`); false when the spill had no segment for the shard.
+async fn read_back(
+    spill: &Arc<Spill>,
+    index: usize,
+    shard: &Shard,
+    stats: &RemoteStats,
+    max_age: Duration,
+) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let from = Arc::clone(spill);
+    let Ok(Some(loaded)) = tokio::task::spawn_blocking(move || from.take_oldest(index)).await
+    else {
+        return false;
+    };
+    let oldest = unix_millis() - max_age.as_millis() as i64;
+    // One `Series` per label set, so a batch groups a series' samples as a live one does.
+    let mut interned: HashMap<Vec<Label>, Arc<Series>> = HashMap::new();
+    let mut queued = 0u64;
+    let mut too_old = 0u64;
+    let mut queue = shard.queue.lock();
+    for (labels, sample) in loaded.records {
+        if sample.timestamp < oldest {
+            too_old += 1;
+            continue;
+        }
+        let series = interned
+            .entry(labels)
+            .or_insert_with_key(|labels| {
+                Arc::new(Series {
+                    labels: labels.clone(),
+                    shard: index,
+                })
+            })
+            .clone();
+        queue.push_back(Queued { series, sample });
+        queued += 1;
+    }
+    shard.unspill(loaded.counted);
+    drop(queue);
+    stats.pending.fetch_add(queued as i64, Relaxed);
+    if too_old > 0 {
+        stats.add_dropped(Drop::TooOld, too_old);
+    }
+    // A cut or damaged segment held fewer than it was counted with: those are gone.
+    let missing = loaded.counted.saturating_sub(queued + too_old);
+    if missing > 0 {
+        stats.add_dropped(Drop::SpillError, missing);
+    }
+    true
 }
 
 /// The request body for a batch: one `TimeSeries` per series, its samples in queue order.
@@ -474,8 +702,7 @@ impl Collector {
             selector: options.selector.clone(),
             external: options.external_labels.clone(),
             shards: options.shards,
-            // Fixed keys: a series keeps its shard across reloads that keep the endpoint.
-            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            hasher: shard_hasher(),
             known: HashMap::new(),
             generation: 0,
             timestamp: 0,
@@ -504,27 +731,52 @@ impl Collector {
         });
     }
 
-    /// Queues the snapshot, each sample in its series' shard; a full shard drops it.
-    fn enqueue(&mut self, shards: &[Shard], stats: &RemoteStats) {
+    /// Queues the snapshot, each sample in its series' shard. What a full shard has no room
+    /// for goes to `spill` (all of it while the shard has samples spilled, to stay behind
+    /// them), or is dropped without one or when the spill's writer is behind.
+    fn enqueue(&mut self, shards: &[Shard], stats: &RemoteStats, spill: Option<&SyncSender<Chunk>>) {
         use std::sync::atomic::Ordering::Relaxed;
         let mut queued = 0u64;
         let mut dropped = 0u64;
         for (index, shard) in shards.iter().enumerate() {
             let mut queue = shard.queue.lock();
             let before = queued;
+            let mut overflow = Vec::new();
+            let mut overflowed = 0u64;
             for (series, value) in self.values.iter().filter(|(s, _)| s.shard == index) {
-                if queue.len() >= shard.capacity {
+                let sample = Sample {
+                    value: *value,
+                    timestamp: self.timestamp,
+                };
+                let in_memory = overflowed == 0
+                    && shard.spilled.load(Relaxed) == 0
+                    && queue.len() < shard.capacity;
+                if in_memory {
+                    queue.push_back(Queued {
+                        series: Arc::clone(series),
+                        sample,
+                    });
+                    queued += 1;
+                } else if spill.is_some() {
+                    spill::encode_record(&mut overflow, &series.labels, sample);
+                    overflowed += 1;
+                } else {
                     dropped += 1;
-                    continue;
                 }
-                queue.push_back(Queued {
-                    series: Arc::clone(series),
-                    sample: Sample {
-                        value: *value,
-                        timestamp: self.timestamp,
-                    },
-                });
-                queued += 1;
+            }
+            if let (Some(sender), true) = (spill, overflowed > 0) {
+                // Counted before it is offered, under the lock: the next snapshot must see
+                // the shard as spilling.
+                shard.spilled.fetch_add(overflowed, Relaxed);
+                let chunk = Chunk {
+                    shard: index,
+                    bytes: overflow,
+                    samples: overflowed,
+                };
+                if spill::offer(sender, chunk).is_err() {
+                    shard.unspill(overflowed);
+                    dropped += overflowed;
+                }
             }
             drop(queue);
             if queued > before {
@@ -613,15 +865,24 @@ impl Collector {
             }
         }
         labels.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut hash = 0u64;
-        for label in &labels {
-            hash = hash.rotate_left(5) ^ self.hasher.hash_one((&label.name, &label.value));
-        }
-        Arc::new(Series {
-            labels,
-            shard: (hash % self.shards as u64) as usize,
-        })
+        let shard = shard_of(&self.hasher, &labels, self.shards);
+        Arc::new(Series { labels, shard })
     }
+}
+
+/// The hasher of [`shard_of`]. Fixed keys: a series keeps its shard across reloads and
+/// restarts (a spill is read back by the shard that wrote it).
+fn shard_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(1, 2, 3, 4)
+}
+
+/// The shard of a series, from its sorted labels.
+fn shard_of(hasher: &ahash::RandomState, labels: &[Label], shards: usize) -> usize {
+    let mut hash = 0u64;
+    for label in labels {
+        hash = hash.rotate_left(5) ^ hasher.hash_one((&label.name, &label.value));
+    }
+    (hash % shards as u64) as usize
 }
 
 /// The values of a series, in the order of its derived series.
@@ -843,15 +1104,11 @@ mod tests {
                 .unwrap();
         }
         let options = options(1, 30);
-        let shards: Vec<Shard> = vec![Shard {
-            queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            capacity: 30,
-        }];
+        let shards: Vec<Shard> = vec![Shard::new(30)];
         let stats = RemoteWriteTelemetry::default().remote("r");
         let mut collector = Collector::new(&options);
         collector.collect(&registry, 5);
-        collector.enqueue(&shards, &stats);
+        collector.enqueue(&shards, &stats, None);
         assert_eq!(shards[0].queue.lock().len(), 30);
         assert_eq!(stats.dropped(Drop::QueueFull), 20);
         assert_eq!(stats.pending.load(std::sync::atomic::Ordering::Relaxed), 30);

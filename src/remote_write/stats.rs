@@ -17,8 +17,14 @@ crate::closed_set! {
     /// The receiver refused the request with a 4xx other than 429 (too old, out of order,
     /// bad labels): retrying would be refused again. Also counted as failed.
     Rejected => "rejected",
-    /// Still queued when tallyd stopped or a reload replaced the endpoint.
+    /// Still queued when tallyd stopped or a reload replaced the endpoint (and not spilled).
     Shutdown => "shutdown",
+    /// The spill was at `spill_max_bytes`: its oldest segment went.
+    SpillFull => "spill_full",
+    /// The spill could not be written (disk full, permissions).
+    SpillError => "spill_error",
+    /// Read back from the spill older than `max_sample_age_seconds`: receivers refuse those.
+    TooOld => "too_old",
 }
 
 /// One endpoint's counters; a reload that keeps the name keeps counting in the same ones.
@@ -36,6 +42,10 @@ pub struct RemoteStats {
     pub highest_sent_ms: AtomicI64,
     pub requests: AtomicU64,
     pub request_seconds: AtomicF64,
+    /// Bytes of the spill's segments on disk.
+    pub spilled_bytes: AtomicU64,
+    /// Spill segments found damaged or cut short (read up to the damage).
+    pub spill_corrupt: AtomicU64,
 }
 
 impl RemoteStats {
@@ -50,6 +60,8 @@ impl RemoteStats {
             highest_sent_ms: AtomicI64::new(0),
             requests: AtomicU64::new(0),
             request_seconds: AtomicF64::default(),
+            spilled_bytes: AtomicU64::new(0),
+            spill_corrupt: AtomicU64::new(0),
         }
     }
 
@@ -92,7 +104,7 @@ impl RemoteWriteTelemetry {
         if remotes.is_empty() {
             return;
         }
-        let families: [(&str, Kind, &str, Read); 7] = [
+        let families: [(&str, Kind, &str, Read); 9] = [
             (
                 "tallyd_remote_write_samples",
                 Kind::Counter,
@@ -135,6 +147,18 @@ impl RemoteWriteTelemetry {
                 "Time spent in remote-write requests, in total (divide by tallyd_remote_write_requests_total for the mean).",
                 |r| r.request_seconds.get(),
             ),
+            (
+                "tallyd_remote_write_spilled_bytes",
+                Kind::Gauge,
+                "Bytes of samples spilled to the data directory for a remote-write endpoint, not yet sent (at most its spill_max_bytes).",
+                |r| load(&r.spilled_bytes),
+            ),
+            (
+                "tallyd_remote_write_spill_corrupt_segments",
+                Kind::Counter,
+                "Spill segments found damaged or cut short (a crash while writing); read up to the damage, the rest dropped.",
+                |r| load(&r.spill_corrupt),
+            ),
         ];
         for (name, kind, help, read) in &families {
             let family = view(name, *kind, help);
@@ -155,7 +179,7 @@ impl RemoteWriteTelemetry {
         let family = view(
             "tallyd_remote_write_samples_dropped",
             Kind::Counter,
-            "Samples given up without being sent, by reason: queue_full (the queue was full at a snapshot), rejected (refused with a 4xx other than 429), shutdown (queued at stop or reload).",
+            "Samples given up without being sent, by reason: queue_full (the queue was full at a snapshot), rejected (refused with a 4xx other than 429), shutdown (queued at stop or reload, without spill), spill_full (the spill's oldest segment, at spill_max_bytes), spill_error (the spill could not be written), too_old (read back from the spill older than max_sample_age_seconds).",
         );
         if visitor.family(&family) {
             for remote in &remotes {
