@@ -40,6 +40,7 @@ use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::relay::Relay;
 use crate::remote_write::RemoteWrite;
+use crate::remote_write::gap::MatihHistory;
 use crate::store::Store;
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
@@ -245,6 +246,9 @@ pub async fn run(
         match RemoteWrite::start(
             &settings.remote_write,
             &settings.data_dir,
+            Some(Arc::new(MatihHistory {
+                custom: Arc::clone(&api) as Arc<dyn AsRef<CustomMetrics> + Send + Sync>,
+            })),
             &registry,
             &telemetry.remote_write,
         ) {
@@ -444,6 +448,13 @@ impl Running {
         telemetry.record_reload(ReloadOutcome::Success);
         self.settings = new;
         Ok(())
+    }
+}
+
+/// Remote-write resends gaps of the API's metrics from their points, through the API's state.
+impl AsRef<CustomMetrics> for ApiState {
+    fn as_ref(&self) -> &CustomMetrics {
+        &self.custom
     }
 }
 

@@ -50,6 +50,7 @@
 //! not sent (Prometheus scrapes them).
 
 pub mod config;
+pub mod gap;
 pub mod select;
 pub mod send;
 pub mod spill;
@@ -69,6 +70,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::gap::{GapTracker, HistorySource, Origin};
 use self::select::Selector;
 use self::send::{Client, Outcome};
 use self::spill::{Chunk, Spill};
@@ -128,6 +130,8 @@ pub struct RemoteWrite {
     endpoints: Vec<Endpoint>,
     /// Where spills live (under `remote_write/`).
     data_dir: PathBuf,
+    /// Where gaps are resent from, when a store keeps series' values.
+    history: Option<Arc<dyn HistorySource>>,
     registry: Arc<Registry>,
     telemetry: Arc<RemoteWriteTelemetry>,
 }
@@ -138,6 +142,7 @@ impl RemoteWrite {
     pub fn start(
         options: &[RemoteWriteOptions],
         data_dir: &Path,
+        history: Option<Arc<dyn HistorySource>>,
         registry: &Arc<Registry>,
         telemetry: &Arc<RemoteWriteTelemetry>,
     ) -> Result<RemoteWrite, String> {
@@ -149,12 +154,13 @@ impl RemoteWrite {
         let endpoints = endpoints
             .into_iter()
             .map(|(options, client)| {
-                Endpoint::start(options, client, data_dir, registry, telemetry)
+                Endpoint::start(options, client, data_dir, &history, registry, telemetry)
             })
             .collect::<Result<_, _>>()?;
         Ok(RemoteWrite {
             endpoints,
             data_dir: data_dir.to_owned(),
+            history,
             registry: Arc::clone(registry),
             telemetry: Arc::clone(telemetry),
         })
@@ -196,6 +202,7 @@ impl RemoteWrite {
                 options,
                 client,
                 &self.data_dir,
+                &self.history,
                 &self.registry,
                 &self.telemetry,
             ) {
@@ -276,6 +283,7 @@ impl Endpoint {
         options: RemoteWriteOptions,
         client: Client,
         data_dir: &Path,
+        history: &Option<Arc<dyn HistorySource>>,
         registry: &Arc<Registry>,
         telemetry: &RemoteWriteTelemetry,
     ) -> Result<Endpoint, String> {
@@ -302,11 +310,12 @@ impl Endpoint {
                 Arc::clone(&stats),
                 options.clone(),
                 spill.as_ref().map(|parts| Arc::clone(&parts.spill)),
+                history.clone(),
                 stop.clone(),
             )));
         }
         tasks.push(tokio::spawn(snapshots(
-            Collector::new(&options),
+            Collector::new(&options, history.clone()),
             Arc::clone(registry),
             Arc::clone(&shards),
             Arc::clone(&stats),
@@ -481,6 +490,7 @@ async fn send_shard(
     stats: Arc<RemoteStats>,
     options: RemoteWriteOptions,
     spill: Option<Arc<Spill>>,
+    history: Option<Arc<dyn HistorySource>>,
     stop: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -489,6 +499,9 @@ async fn send_shard(
     let mut scratch = Vec::new();
     let mut retry_log = LogLimit::default();
     let mut refusal_log = LogLimit::default();
+    let mut tracker = GapTracker::default();
+    // A sample later than this after the last one answered follows a gap.
+    let slack_ms = options.interval.as_millis() as i64 * 3 / 2;
     // At stop, with a spill, the batch in hand goes back to the front of the queue, which is
     // spilled as it is.
     let give_back = |batch: &mut Vec<Queued>| {
@@ -521,6 +534,13 @@ async fn send_shard(
                 _ = shard.ready.notified() => continue,
             }
         }
+        if let Some(history) = &history {
+            let resent = fill_gaps(&mut batch, &tracker, history, slack_ms, &options).await;
+            if resent > 0 {
+                stats.pending.fetch_add(resent as i64, Relaxed);
+                stats.resent.fetch_add(resent, Relaxed);
+            }
+        }
         let count = batch.len() as u64;
         let body = Bytes::from(encode_batch(&batch, &mut scratch));
         let newest = batch.iter().map(|q| q.sample.timestamp).max().unwrap_or(0);
@@ -547,12 +567,19 @@ async fn send_shard(
                     stats.samples.fetch_add(count, Relaxed);
                     stats.highest_sent_ms.fetch_max(newest, Relaxed);
                     finished(&stats);
+                    if history.is_some() {
+                        track_answered(&mut tracker, &batch);
+                    }
                     break;
                 }
                 Outcome::Refused { status, why } => {
                     stats.failed.fetch_add(count, Relaxed);
                     stats.add_dropped(Drop::Rejected, count);
                     finished(&stats);
+                    // Refused for good: what history holds for it would be too.
+                    if history.is_some() {
+                        track_answered(&mut tracker, &batch);
+                    }
                     if refusal_log.allow() {
                         tracing::warn!(url = %options.url, status, samples = count, "remote-write receiver refused a batch, dropped (not retried): {why}");
                     }
@@ -591,6 +618,58 @@ async fn send_shard(
     }
 }
 
+/// Puts before each series with history in `batch` what the history holds for the gap since
+/// the receiver last answered for it (see `gap`); answers how many samples that added.
+async fn fill_gaps(
+    batch: &mut Vec<Queued>,
+    tracker: &GapTracker,
+    history: &Arc<dyn HistorySource>,
+    slack_ms: i64,
+    options: &RemoteWriteOptions,
+) -> u64 {
+    let mut gaps = Vec::new();
+    let mut seen: Vec<u64> = Vec::new();
+    for queued in batch.iter() {
+        let series = &queued.series;
+        let Some(origin) = &series.origin else {
+            continue;
+        };
+        if seen.contains(&series.key) {
+            continue;
+        }
+        seen.push(series.key);
+        if let Some(gap) = tracker.gap(series.key, queued.sample, slack_ms) {
+            gaps.push((Arc::clone(series), Arc::clone(origin), gap));
+        }
+    }
+    let oldest = unix_millis() - options.max_sample_age.as_millis() as i64;
+    let mut front = Vec::new();
+    for (series, origin, gap) in gaps {
+        let after = gap.after_ms.max(oldest - 1);
+        match history.between(&origin, after, gap.next).await {
+            Ok(samples) => front.extend(samples.into_iter().map(|sample| Queued {
+                series: Arc::clone(&series),
+                sample,
+            })),
+            Err(e) => tracing::warn!(url = %options.url, "remote-write: cannot read a gap from history: {e}"),
+        }
+    }
+    let added = front.len() as u64;
+    if added > 0 {
+        front.append(batch);
+        *batch = front;
+    }
+    added
+}
+
+/// The receiver answered for every sample of `batch`.
+fn track_answered(tracker: &mut GapTracker, batch: &[Queued]) {
+    for queued in batch {
+        let series = &queued.series;
+        tracker.answered(series.key, queued.sample.timestamp, series.origin.is_some());
+    }
+}
+
 /// Moves the shard's oldest spill segment into its (empty) memory queue, dropping samples older
 /// than `max_age` (counted `too_old`); false when the spill had no segment for the shard.
 async fn read_back(
@@ -621,8 +700,10 @@ async fn read_back(
             .entry(labels)
             .or_insert_with_key(|labels| {
                 Arc::new(Series {
+                    key: gap::key_of(labels),
                     labels: labels.clone(),
                     shard: index,
+                    origin: None,
                 })
             })
             .clone();
@@ -667,6 +748,10 @@ fn encode_batch(batch: &[Queued], scratch: &mut Vec<u8>) -> Vec<u8> {
 pub struct Series {
     labels: Vec<Label>,
     shard: usize,
+    /// Its key in a shard's [`GapTracker`].
+    key: u64,
+    /// The registry series it is, when a history source keeps its values.
+    origin: Option<Arc<Origin>>,
 }
 
 /// A registry series the collector has seen: the series it is sent as (one for counters and
@@ -682,6 +767,7 @@ struct Known {
 /// Reads snapshots and remembers which series it sent, for staleness.
 struct Collector {
     selector: Selector,
+    history: Option<Arc<dyn HistorySource>>,
     external: Vec<(String, String)>,
     shards: usize,
     hasher: ahash::RandomState,
@@ -697,9 +783,10 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(options: &RemoteWriteOptions) -> Collector {
+    fn new(options: &RemoteWriteOptions, history: Option<Arc<dyn HistorySource>>) -> Collector {
         Collector {
             selector: options.selector.clone(),
+            history,
             external: options.external_labels.clone(),
             shards: options.shards,
             hasher: shard_hasher(),
@@ -818,8 +905,9 @@ impl Collector {
             derived
         };
         match series.value {
-            ValueView::Counter(_) => vec![one("_total", None)],
-            ValueView::Gauge(_) | ValueView::Set(_) => vec![one("", None)],
+            ValueView::Counter(_) => vec![self.with_origin(one("_total", None), family, pairs)],
+            ValueView::Gauge(_) => vec![self.with_origin(one("", None), family, pairs)],
+            ValueView::Set(_) => vec![one("", None)],
             ValueView::Histogram(h) => {
                 let bounds = h.bounds().iter().copied().chain([f64::INFINITY]);
                 with_sum_and_count(&mut bounds.map(|b| one("_bucket", Some(("le", spelled(b))))))
@@ -831,6 +919,32 @@ impl Collector {
                 with_sum_and_count(&mut points.map(|q| one("", Some(("quantile", spelled(q))))))
             }
         }
+    }
+
+    /// `sent`, knowing its registry series when the history source keeps that one's values.
+    fn with_origin(
+        &self,
+        sent: Arc<Series>,
+        family: &FamilyView<'_>,
+        pairs: Vec<(String, String)>,
+    ) -> Arc<Series> {
+        let Some(history) = &self.history else {
+            return sent;
+        };
+        let origin = Origin {
+            family: family.name.to_owned(),
+            kind: family.kind,
+            pairs,
+        };
+        if !history.covers(&origin) {
+            return sent;
+        }
+        Arc::new(Series {
+            labels: sent.labels.clone(),
+            shard: sent.shard,
+            key: sent.key,
+            origin: Some(Arc::new(origin)),
+        })
     }
 
     /// One series: `__name__`, the series' labels, `extra`, and the external labels the
@@ -866,7 +980,12 @@ impl Collector {
         }
         labels.sort_by(|a, b| a.name.cmp(&b.name));
         let shard = shard_of(&self.hasher, &labels, self.shards);
-        Arc::new(Series { labels, shard })
+        Arc::new(Series {
+            key: gap::key_of(&labels),
+            labels,
+            shard,
+            origin: None,
+        })
     }
 }
 
@@ -1024,7 +1143,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let mut collector = Collector::new(&options(2, 100));
+        let mut collector = Collector::new(&options(2, 100), None);
         let first = collected(&mut collector, &registry);
         let find = |name: &str, extra: &[(&str, &str)]| {
             first.iter().find(|(labels, _)| {
@@ -1106,7 +1225,7 @@ mod tests {
         let options = options(1, 30);
         let shards: Vec<Shard> = vec![Shard::new(30)];
         let stats = RemoteWriteTelemetry::default().remote("r");
-        let mut collector = Collector::new(&options);
+        let mut collector = Collector::new(&options, None);
         collector.collect(&registry, 5);
         collector.enqueue(&shards, &stats, None);
         assert_eq!(shards[0].queue.lock().len(), 30);
@@ -1123,6 +1242,8 @@ mod tests {
                     value: name.into(),
                 }],
                 shard: 0,
+                key: 0,
+                origin: None,
             })
         };
         let (a, b) = (series("a"), series("b"));

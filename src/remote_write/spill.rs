@@ -417,8 +417,8 @@ impl Spill {
             .spilled_bytes
             .fetch_sub(segment.bytes, Ordering::Relaxed);
         let records = match read {
-            Some((records, whole)) => {
-                if !whole {
+            Some((records, good)) => {
+                if (MAGIC.len() + good) as u64 != segment.bytes {
                     // Damaged since start (the disk, or someone else): what follows is gone.
                     self.stats.spill_corrupt.fetch_add(1, Ordering::Relaxed);
                 }
@@ -503,18 +503,14 @@ fn recover(dir: &Path, stats: &RemoteStats) -> Result<VecDeque<Segment>, String>
     let mut segments = VecDeque::with_capacity(seqs.len());
     for seq in seqs {
         let path = segment_path(dir, seq);
-        let Some((records, whole)) = read_segment(&path) else {
+        let Some((records, good)) = read_segment(&path) else {
             stats.spill_corrupt.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("remote-write spill: {} is not a segment, removed", path.display());
             let _ = fs::remove_file(&path);
             continue;
         };
-        let mut bytes = MAGIC.len() as u64;
-        let mut body = Vec::new();
-        for (labels, sample) in &records {
-            encode_record(&mut body, labels, *sample);
-        }
-        bytes += body.len() as u64;
+        let bytes = (MAGIC.len() + good) as u64;
+        let whole = path.metadata().is_ok_and(|m| m.len() == bytes);
         if !whole {
             stats.spill_corrupt.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -539,13 +535,13 @@ fn recover(dir: &Path, stats: &RemoteStats) -> Result<VecDeque<Segment>, String>
     Ok(segments)
 }
 
-/// A segment's records, and whether all of it read (false: a damaged or cut tail); `None` when
-/// it cannot be read or is no segment.
-fn read_segment(path: &Path) -> Option<(Vec<(Vec<Label>, Sample)>, bool)> {
+/// A segment's records, and the length of the body (after the header) they were read from:
+/// short of the whole when the tail is damaged or cut; `None` when it cannot be read or is no
+/// segment.
+fn read_segment(path: &Path) -> Option<(Vec<(Vec<Label>, Sample)>, usize)> {
     let data = fs::read(path).ok()?;
     let body = data.strip_prefix(MAGIC.as_slice())?;
-    let (records, good) = decode_records(body);
-    Some((records, good == body.len()))
+    Some(decode_records(body))
 }
 
 /// The writer thread: appends each chunk in arrival order until every sender is gone.

@@ -46,6 +46,8 @@ pub struct RemoteStats {
     pub spilled_bytes: AtomicU64,
     /// Spill segments found damaged or cut short (read up to the damage).
     pub spill_corrupt: AtomicU64,
+    /// Samples read from history to fill a gap.
+    pub resent: AtomicU64,
 }
 
 impl RemoteStats {
@@ -62,6 +64,7 @@ impl RemoteStats {
             request_seconds: AtomicF64::default(),
             spilled_bytes: AtomicU64::new(0),
             spill_corrupt: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
         }
     }
 
@@ -104,7 +107,7 @@ impl RemoteWriteTelemetry {
         if remotes.is_empty() {
             return;
         }
-        let families: [(&str, Kind, &str, Read); 9] = [
+        let families: [(&str, Kind, &str, Read); 10] = [
             (
                 "tallyd_remote_write_samples",
                 Kind::Counter,
@@ -158,6 +161,12 @@ impl RemoteWriteTelemetry {
                 Kind::Counter,
                 "Spill segments found damaged or cut short (a crash while writing); read up to the damage, the rest dropped.",
                 |r| load(&r.spill_corrupt),
+            ),
+            (
+                "tallyd_remote_write_history_samples",
+                Kind::Counter,
+                "Samples read from history (the store) and sent to fill a gap the receiver missed.",
+                |r| load(&r.resent),
             ),
         ];
         for (name, kind, help, read) in &families {
