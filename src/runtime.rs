@@ -242,26 +242,25 @@ pub async fn run(
         Arc::clone(&api.push),
         shutdown.clone(),
     ));
-    let remote_write =
-        match RemoteWrite::start(
-            &settings.remote_write,
-            &settings.data_dir,
-            Some(Arc::new(MatihHistory {
-                custom: Arc::clone(&api) as Arc<dyn AsRef<CustomMetrics> + Send + Sync>,
-            })),
-            &registry,
-            &telemetry.remote_write,
-        ) {
-            Ok(remote_write) => remote_write,
-            Err(e) => {
-                shutdown.cancel();
-                receivers.join();
-                let _ = housekeeping.join();
-                let _ = retention.await;
-                let _ = push_expiry.await;
-                return Err(format!("cannot start remote-write: {e}"));
-            }
-        };
+    let remote_write = match RemoteWrite::start(
+        &settings.remote_write,
+        &settings.data_dir,
+        Some(Arc::new(MatihHistory {
+            custom: Arc::clone(&api) as Arc<dyn AsRef<CustomMetrics> + Send + Sync>,
+        })),
+        &registry,
+        &telemetry.remote_write,
+    ) {
+        Ok(remote_write) => remote_write,
+        Err(e) => {
+            shutdown.cancel();
+            receivers.join();
+            let _ = housekeeping.join();
+            let _ = retention.await;
+            let _ = push_expiry.await;
+            return Err(format!("cannot start remote-write: {e}"));
+        }
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = Arc::new(HttpState {

@@ -154,9 +154,13 @@ impl HistorySource for MatihHistory {
                     let mut points = Vec::new();
                     // Up to and with the next sample's time: a counter needs the increments
                     // it holds.
-                    reader.scan(id, after_ms + 1, next.timestamp + 1, Some(&[series]), &mut |_, ts, value| {
-                        points.push((ts, value))
-                    })?;
+                    reader.scan(
+                        id,
+                        after_ms + 1,
+                        next.timestamp + 1,
+                        Some(&[series]),
+                        &mut |_, ts, value| points.push((ts, value)),
+                    )?;
                     Ok(points)
                 })
                 .await
@@ -222,10 +226,7 @@ mod tests {
         // Increments 1 at 10, 2 at 20 (twice), 4 at 30; the snapshot at 35 read 20.
         let points = [(10, 1.0), (20, 2.0), (20, 2.0), (30, 4.0)];
         let got = running_totals(&points, sample(35, 20.0));
-        assert_eq!(
-            got,
-            [sample(10, 12.0), sample(20, 16.0), sample(30, 20.0)]
-        );
+        assert_eq!(got, [sample(10, 12.0), sample(20, 16.0), sample(30, 20.0)]);
         // An increment at the snapshot's own time is in its value, not before it.
         let got = running_totals(&[(10, 1.0), (35, 5.0)], sample(35, 6.0));
         assert_eq!(got, [sample(10, 1.0)]);
@@ -247,7 +248,10 @@ mod tests {
     fn a_gap_is_what_lies_past_the_slack_after_the_last_answer() {
         let mut tracker = GapTracker::default();
         tracker.answered(1, 1000, false);
-        assert!(tracker.gap(1, sample(9000, 0.0), 750).is_none(), "untracked");
+        assert!(
+            tracker.gap(1, sample(9000, 0.0), 750).is_none(),
+            "untracked"
+        );
         tracker.answered(1, 1000, true);
         assert!(tracker.gap(1, sample(1500, 0.0), 750).is_none());
         let gap = tracker.gap(1, sample(9000, 0.0), 750).unwrap();

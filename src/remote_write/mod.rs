@@ -290,9 +290,7 @@ impl Endpoint {
         let stats = telemetry.remote(&options.remote);
         let stop = CancellationToken::new();
         let per_shard = options.queue_samples / options.shards;
-        let shards: Arc<[Shard]> = (0..options.shards)
-            .map(|_| Shard::new(per_shard))
-            .collect();
+        let shards: Arc<[Shard]> = (0..options.shards).map(|_| Shard::new(per_shard)).collect();
         let (spill, chunks) = match options.spill_max_bytes {
             None => (None, None),
             Some(max_bytes) => {
@@ -651,7 +649,9 @@ async fn fill_gaps(
                 series: Arc::clone(&series),
                 sample,
             })),
-            Err(e) => tracing::warn!(url = %options.url, "remote-write: cannot read a gap from history: {e}"),
+            Err(e) => {
+                tracing::warn!(url = %options.url, "remote-write: cannot read a gap from history: {e}")
+            }
         }
     }
     let added = front.len() as u64;
@@ -821,7 +821,12 @@ impl Collector {
     /// Queues the snapshot, each sample in its series' shard. What a full shard has no room
     /// for goes to `spill` (all of it while the shard has samples spilled, to stay behind
     /// them), or is dropped without one or when the spill's writer is behind.
-    fn enqueue(&mut self, shards: &[Shard], stats: &RemoteStats, spill: Option<&SyncSender<Chunk>>) {
+    fn enqueue(
+        &mut self,
+        shards: &[Shard],
+        stats: &RemoteStats,
+        spill: Option<&SyncSender<Chunk>>,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         let mut queued = 0u64;
         let mut dropped = 0u64;

@@ -505,7 +505,10 @@ fn recover(dir: &Path, stats: &RemoteStats) -> Result<VecDeque<Segment>, String>
         let path = segment_path(dir, seq);
         let Some((records, good)) = read_segment(&path) else {
             stats.spill_corrupt.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("remote-write spill: {} is not a segment, removed", path.display());
+            tracing::warn!(
+                "remote-write spill: {} is not a segment, removed",
+                path.display()
+            );
             let _ = fs::remove_file(&path);
             continue;
         };
@@ -518,7 +521,11 @@ fn recover(dir: &Path, stats: &RemoteStats) -> Result<VecDeque<Segment>, String>
                  read up to it, the rest dropped",
                 path.display()
             );
-            if let Err(e) = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(bytes)) {
+            if let Err(e) = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(bytes))
+            {
                 tracing::warn!("cannot cut {}: {e}", path.display());
             }
         }
@@ -689,7 +696,12 @@ mod tests {
         spill.append(0, &bytes, n, &mut |_, _, _| {});
         drop(spill);
         let shard_dir = dir.path().join("n1").join("0");
-        let file = fs::read_dir(&shard_dir).unwrap().next().unwrap().unwrap().path();
+        let file = fs::read_dir(&shard_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let len = fs::metadata(&file).unwrap().len();
         OpenOptions::new()
             .write(true)
@@ -701,7 +713,10 @@ mod tests {
         let (spill, waiting, stats) = open(dir.path(), 1, 1 << 20);
         assert_eq!(waiting, [9]);
         assert_eq!(stats.spill_corrupt.load(Ordering::Relaxed), 2);
-        assert_eq!(times(&spill.take_oldest(0).unwrap()), (0..9).collect::<Vec<_>>());
+        assert_eq!(
+            times(&spill.take_oldest(0).unwrap()),
+            (0..9).collect::<Vec<_>>()
+        );
     }
 
     #[test]
