@@ -65,10 +65,7 @@ pub struct Gap {
 
 /// The key of a label set in [`GapTracker`].
 pub fn key_of(labels: &[Label]) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut hasher = ahash::RandomState::with_seeds(5, 6, 7, 8).build_hasher();
-    labels.hash(&mut hasher);
-    hasher.finish()
+    ahash::RandomState::with_seeds(5, 6, 7, 8).hash_one(labels)
 }
 
 impl GapTracker {

@@ -307,8 +307,10 @@ impl Endpoint {
                 Arc::clone(&client),
                 Arc::clone(&stats),
                 options.clone(),
-                spill.as_ref().map(|parts| Arc::clone(&parts.spill)),
-                history.clone(),
+                Recovery {
+                    spill: spill.as_ref().map(|parts| Arc::clone(&parts.spill)),
+                    history: history.clone(),
+                },
                 stop.clone(),
             )));
         }
@@ -480,6 +482,14 @@ fn unix_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What a shard makes up with for samples the receiver would otherwise miss.
+struct Recovery {
+    /// Where its overflow waits, to be sent after the memory queue.
+    spill: Option<Arc<Spill>>,
+    /// Where a gap is resent from.
+    history: Option<Arc<dyn HistorySource>>,
+}
+
 /// Sends one shard's queue, batch by batch, until `stop`.
 async fn send_shard(
     shards: Arc<[Shard]>,
@@ -487,11 +497,11 @@ async fn send_shard(
     client: Arc<Client>,
     stats: Arc<RemoteStats>,
     options: RemoteWriteOptions,
-    spill: Option<Arc<Spill>>,
-    history: Option<Arc<dyn HistorySource>>,
+    recovery: Recovery,
     stop: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let Recovery { spill, history } = recovery;
     let shard = &shards[index];
     let mut batch: Vec<Queued> = Vec::with_capacity(options.max_samples_per_send);
     let mut scratch = Vec::new();

@@ -48,6 +48,9 @@ const MAX_SEGMENT: u64 = 4 << 20;
 /// Chunks waiting for the writer thread; more and the snapshot drops them.
 pub const CHUNKS: usize = 64;
 
+/// One spilled sample with its series' labels.
+pub type Record = (Vec<Label>, Sample);
+
 /// A shard's overflow of one snapshot, encoded, on its way to the writer thread.
 pub struct Chunk {
     pub shard: usize,
@@ -83,7 +86,7 @@ pub struct Spill {
 /// A segment read back.
 pub struct Loaded {
     /// Its samples with their labels, in the order they were spilled.
-    pub records: Vec<(Vec<Label>, Sample)>,
+    pub records: Vec<Record>,
     /// The samples it was counted as holding when written.
     pub counted: u64,
 }
@@ -134,7 +137,7 @@ pub fn encode_record(out: &mut Vec<u8>, labels: &[Label], sample: Sample) {
 
 /// The records of a segment's body (after the header), and the length of its good part: all
 /// of it unless a record is cut short or damaged, where reading stops.
-pub fn decode_records(body: &[u8]) -> (Vec<(Vec<Label>, Sample)>, usize) {
+pub fn decode_records(body: &[u8]) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
     while at < body.len() {
@@ -161,7 +164,7 @@ pub fn decode_records(body: &[u8]) -> (Vec<(Vec<Label>, Sample)>, usize) {
     (records, at)
 }
 
-fn decode_payload(payload: &[u8]) -> Option<(Vec<Label>, Sample)> {
+fn decode_payload(payload: &[u8]) -> Option<Record> {
     let mut rest = payload;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (head, tail) = rest.split_at_checked(n)?;
@@ -545,7 +548,7 @@ fn recover(dir: &Path, stats: &RemoteStats) -> Result<VecDeque<Segment>, String>
 /// A segment's records, and the length of the body (after the header) they were read from:
 /// short of the whole when the tail is damaged or cut; `None` when it cannot be read or is no
 /// segment.
-fn read_segment(path: &Path) -> Option<(Vec<(Vec<Label>, Sample)>, usize)> {
+fn read_segment(path: &Path) -> Option<(Vec<Record>, usize)> {
     let data = fs::read(path).ok()?;
     let body = data.strip_prefix(MAGIC.as_slice())?;
     Some(decode_records(body))
