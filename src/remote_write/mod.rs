@@ -44,9 +44,13 @@
 //!   refuse them. Disk at the bound: `spill_max_bytes`; memory: the queue plus one segment
 //!   read back (at most 4 MiB of records).
 //!
-//! Not done here: resending a gap from history (needs the history store), remote-write 2.0,
-//! native histograms (histograms are sent as classic `_bucket`/`_sum`/`_count` series) and
-//! metadata. tallyd's own `tallyd_*` metrics are
+//! - Gaps (see `gap`): for series whose values a store keeps (today the metrics recorded
+//!   through the Matih API), samples the receiver missed are sent again from the store, at
+//!   their own timestamps, before the series' next sample.
+//!
+//! Not done here: the gap of a restart (what the receiver last got is not kept across one),
+//! StatsD series' history (waits for the history sampler), remote-write 2.0, native
+//! histograms (histograms are sent as classic `_bucket`/`_sum`/`_count` series) and metadata. tallyd's own `tallyd_*` metrics are
 //! not sent (Prometheus scrapes them).
 
 pub mod config;

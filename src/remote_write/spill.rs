@@ -282,7 +282,9 @@ impl Spill {
                     }
                     for (shard, bytes) in chunks.into_iter().enumerate() {
                         if !bytes.is_empty() {
-                            self.append(shard, &bytes, counts[shard], &mut |_, _, _| {});
+                            self.append(shard, &bytes, counts[shard], &mut |_, n, why| {
+                                self.stats.add_dropped(why, n)
+                            });
                         }
                     }
                 }
