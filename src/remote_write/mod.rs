@@ -640,16 +640,15 @@ async fn fill_gaps(
     options: &RemoteWriteOptions,
 ) -> u64 {
     let mut gaps = Vec::new();
-    let mut seen: Vec<u64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for queued in batch.iter() {
         let series = &queued.series;
         let Some(origin) = &series.origin else {
             continue;
         };
-        if seen.contains(&series.key) {
+        if !seen.insert(series.key) {
             continue;
         }
-        seen.push(series.key);
         if let Some(gap) = tracker.gap(series.key, queued.sample, slack_ms) {
             gaps.push((Arc::clone(series), Arc::clone(origin), gap));
         }
