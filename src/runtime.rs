@@ -40,6 +40,7 @@ use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::relay::Relay;
 use crate::remote_write::RemoteWrite;
+use crate::remote_write::gap::MatihHistory;
 use crate::store::Store;
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
@@ -241,18 +242,25 @@ pub async fn run(
         Arc::clone(&api.push),
         shutdown.clone(),
     ));
-    let remote_write =
-        match RemoteWrite::start(&settings.remote_write, &registry, &telemetry.remote_write) {
-            Ok(remote_write) => remote_write,
-            Err(e) => {
-                shutdown.cancel();
-                receivers.join();
-                let _ = housekeeping.join();
-                let _ = retention.await;
-                let _ = push_expiry.await;
-                return Err(format!("cannot start remote-write: {e}"));
-            }
-        };
+    let remote_write = match RemoteWrite::start(
+        &settings.remote_write,
+        &settings.data_dir,
+        Some(Arc::new(MatihHistory {
+            custom: Arc::clone(&api) as Arc<dyn AsRef<CustomMetrics> + Send + Sync>,
+        })),
+        &registry,
+        &telemetry.remote_write,
+    ) {
+        Ok(remote_write) => remote_write,
+        Err(e) => {
+            shutdown.cancel();
+            receivers.join();
+            let _ = housekeeping.join();
+            let _ = retention.await;
+            let _ = push_expiry.await;
+            return Err(format!("cannot start remote-write: {e}"));
+        }
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = Arc::new(HttpState {
@@ -450,6 +458,13 @@ impl Running {
         telemetry.record_reload(ReloadOutcome::Success);
         self.settings = new;
         Ok(())
+    }
+}
+
+/// Remote-write resends gaps of the API's metrics from their points, through the API's state.
+impl AsRef<CustomMetrics> for ApiState {
+    fn as_ref(&self) -> &CustomMetrics {
+        &self.custom
     }
 }
 

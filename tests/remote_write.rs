@@ -104,24 +104,6 @@ fn prometheus_receives_counters_gauges_histograms_and_external_labels_exactly() 
     assert!(remote(&tallyd, "highest_sent_timestamp_seconds") > 1.7e9);
 }
 
-/// Timestamps (ms) and values of `selector` over the last `window`, from a range query.
-fn raw_samples(prometheus: &Prometheus, selector: &str, window: &str) -> Vec<(i64, f64)> {
-    let answer = prometheus.query(&format!("{selector}[{window}]"));
-    let json: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-    let mut samples: Vec<(i64, f64)> = json["data"]["result"][0]["values"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|pair| {
-            let t = pair[0].as_f64()?;
-            let v = pair[1].as_str()?.parse().ok()?;
-            Some(((t * 1000.0).round() as i64, v))
-        })
-        .collect();
-    samples.sort_by_key(|s| s.0);
-    samples
-}
-
 #[test]
 fn an_outage_of_30_seconds_loses_nothing_that_fitted_the_queue() {
     let Some(mut prometheus) = start_prometheus() else {
@@ -153,7 +135,7 @@ fn an_outage_of_30_seconds_loses_nothing_that_fitted_the_queue() {
         assert!(Instant::now() < deadline, "the queue never drained");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let samples = raw_samples(&prometheus, r#"rw_outage{site="rwtest"}"#, "2m");
+    let samples = prometheus.samples(r#"rw_outage{site="rwtest"}"#, "2m");
     let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
     for value in 1..=30 {
         assert!(

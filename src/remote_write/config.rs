@@ -56,6 +56,41 @@ pub struct RemoteWriteConfig {
     /// The protocol: `v1` (remote-write 1.0), `v2` or `auto` (2.0, falling back to 1.0).
     #[serde(default)]
     pub protobuf_message: ProtobufMessage,
+    /// Samples the memory queue has no room for go to the data directory instead of being
+    /// dropped (bounded by `spill_max_bytes`, which also turns it on).
+    #[serde(default)]
+    pub spill: bool,
+    #[serde(default, deserialize_with = "spill_bytes")]
+    pub spill_max_bytes: Option<u64>,
+    /// Older samples are not sent (Mimir and Cortex refuse them with a 400).
+    #[serde(default = "default_max_sample_age", deserialize_with = "sample_age")]
+    pub max_sample_age_seconds: f64,
+}
+
+/// The spill's bound when `spill = true` names none: 256 MiB.
+pub const DEFAULT_SPILL_BYTES: u64 = 256 << 20;
+
+fn default_max_sample_age() -> f64 {
+    3600.0
+}
+
+fn spill_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    const LEAST: u64 = 64 << 10;
+    match u64::deserialize(d)? {
+        n if n >= LEAST => Ok(Some(n)),
+        n => Err(serde::de::Error::custom(format!(
+            "must be at least {LEAST} (64 KiB), got {n}"
+        ))),
+    }
+}
+
+fn sample_age<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    match f64::deserialize(d)? {
+        n if (1.0..=31.0 * 86400.0).contains(&n) => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "must be between 1 and 2678400 (31 days), got {n}"
+        ))),
+    }
 }
 
 /// `protobuf_message`: which message the endpoint is sent.
@@ -206,6 +241,12 @@ impl RemoteWriteConfig {
             min_backoff: Duration::from_secs_f64(self.min_backoff_seconds),
             max_backoff: Duration::from_secs_f64(self.max_backoff_seconds),
             protobuf_message: self.protobuf_message,
+            spill_max_bytes: match (self.spill, self.spill_max_bytes) {
+                (_, Some(bytes)) => Some(bytes),
+                (true, None) => Some(DEFAULT_SPILL_BYTES),
+                (false, None) => None,
+            },
+            max_sample_age: Duration::from_secs_f64(self.max_sample_age_seconds),
         })
     }
 }

@@ -41,20 +41,38 @@
 //!   receiver that turns out to read 1.0 only (`send::negotiate`) makes the endpoint send 1.0
 //!   from then on, and the batch that showed it is sent again as 1.0 at once: nothing is lost.
 //!
-//! Not done here: spilling the queue to the data directory, resending a gap from history
-//! (needs the history store), native histograms (histograms are sent as classic
-//! `_bucket`/`_sum`/`_count` series). tallyd's own `tallyd_*` metrics are not sent (Prometheus
-//! scrapes them).
+//! - Spill (`spill = true` or `spill_max_bytes`; see `spill`): what a full shard has no room
+//!   for goes to the data directory instead of being dropped, and while a shard has samples
+//!   there, its new ones follow them, so the shard sends memory first, then the spill segment
+//!   by segment, then memory again: its order holds. At stop the memory queue (and the batch
+//!   in hand) is spilled ahead of the rest; at start what a spill holds is sent first. Samples
+//!   read back older than `max_sample_age_seconds` are dropped (`too_old`): Mimir and Cortex
+//!   refuse them. Disk at the bound: `spill_max_bytes`; memory: the queue plus one segment
+//!   read back (at most 4 MiB of records).
+//!
+//! - Gaps (see `gap`): for series whose values a store keeps (today the metrics recorded
+//!   through the Matih API), samples the receiver missed are sent again from the store, at
+//!   their own timestamps, before the series' next sample.
+//!
+//! Not done here: the gap of a restart (what the receiver last got is not kept across one),
+//! StatsD series' history (waits for the history sampler), native histograms
+//! (histograms are sent as classic `_bucket`/`_sum`/`_count` series). tallyd's own `tallyd_*`
+//! metrics are not sent (Prometheus scrapes them).
 
 pub mod config;
+pub mod gap;
 pub mod select;
 pub mod send;
+pub mod spill;
 pub mod stats;
 pub mod v2;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Bytes;
@@ -63,8 +81,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::gap::{GapTracker, HistorySource, Origin};
 use self::select::Selector;
 use self::send::{Client, Outcome, Protocol};
+use self::spill::{Chunk, Spill};
 use self::stats::{Drop, RemoteStats, RemoteWriteTelemetry};
 use self::wire::{Label, STALE_NAN_BITS, Sample, TimeSeries, WriteRequest};
 use crate::exposition::{Format, write_le};
@@ -111,11 +131,19 @@ pub struct RemoteWriteOptions {
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub protobuf_message: config::ProtobufMessage,
+    /// The spill's bound in bytes; `None`: no spill, a full queue drops.
+    pub spill_max_bytes: Option<u64>,
+    /// Samples read back from the spill older than this are dropped, not sent.
+    pub max_sample_age: Duration,
 }
 
 /// The running endpoints.
 pub struct RemoteWrite {
     endpoints: Vec<Endpoint>,
+    /// Where spills live (under `remote_write/`).
+    data_dir: PathBuf,
+    /// Where gaps are resent from, when a store keeps series' values.
+    history: Option<Arc<dyn HistorySource>>,
     registry: Arc<Registry>,
     telemetry: Arc<RemoteWriteTelemetry>,
 }
@@ -125,6 +153,8 @@ impl RemoteWrite {
     /// inside a tokio runtime.
     pub fn start(
         options: &[RemoteWriteOptions],
+        data_dir: &Path,
+        history: Option<Arc<dyn HistorySource>>,
         registry: &Arc<Registry>,
         telemetry: &Arc<RemoteWriteTelemetry>,
     ) -> Result<RemoteWrite, String> {
@@ -135,10 +165,14 @@ impl RemoteWrite {
         }
         let endpoints = endpoints
             .into_iter()
-            .map(|(options, client)| Endpoint::start(options, client, registry, telemetry))
-            .collect();
+            .map(|(options, client)| {
+                Endpoint::start(options, client, data_dir, &history, registry, telemetry)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(RemoteWrite {
             endpoints,
+            data_dir: data_dir.to_owned(),
+            history,
             registry: Arc::clone(registry),
             telemetry: Arc::clone(telemetry),
         })
@@ -162,8 +196,9 @@ impl RemoteWrite {
     }
 
     /// Puts prepared options in force: endpoints whose options did not change keep running
-    /// (queue and staleness state kept); the others stop (their queued samples are counted as
-    /// dropped, reason `shutdown`) and the new ones start.
+    /// (queue and staleness state kept); the others stop (their queued samples spilled, or
+    /// counted as dropped, reason `shutdown`) and the new ones start (one whose spill cannot
+    /// be opened is left out, logged).
     pub async fn replace(&mut self, prepared: Prepared) {
         let Prepared { options, fresh } = prepared;
         let (kept, gone): (Vec<Endpoint>, Vec<Endpoint>) = std::mem::take(&mut self.endpoints)
@@ -174,16 +209,23 @@ impl RemoteWrite {
         }
         self.endpoints = kept;
         for (options, client) in fresh {
-            self.endpoints.push(Endpoint::start(
+            let url = options.url.clone();
+            match Endpoint::start(
                 options,
                 client,
+                &self.data_dir,
+                &self.history,
                 &self.registry,
                 &self.telemetry,
-            ));
+            ) {
+                Ok(endpoint) => self.endpoints.push(endpoint),
+                Err(e) => tracing::error!(%url, "remote-write endpoint not started: {e}"),
+            }
         }
     }
 
-    /// Stops every endpoint; what is still queued is counted as dropped (`shutdown`).
+    /// Stops every endpoint; what is still queued is spilled for the next start, or without
+    /// a spill counted as dropped (`shutdown`).
     pub async fn stop(self) {
         for endpoint in self.endpoints {
             endpoint.stop().await;
@@ -204,6 +246,13 @@ struct Endpoint {
     tasks: Vec<JoinHandle<()>>,
     shards: Arc<[Shard]>,
     stats: Arc<RemoteStats>,
+    spill: Option<SpillParts>,
+}
+
+/// An endpoint's spill and the thread that writes it.
+struct SpillParts {
+    spill: Arc<Spill>,
+    writer: std::thread::JoinHandle<()>,
 }
 
 /// One shard's queue; its task waits on `ready` when it is empty.
@@ -211,6 +260,28 @@ struct Shard {
     queue: Mutex<VecDeque<Queued>>,
     ready: Notify,
     capacity: usize,
+    /// Samples handed to the spill and not read back yet; changed only with `queue` locked.
+    /// While there are any, new samples go to the spill too, behind them: the memory queue
+    /// holds only samples older than the spill's.
+    spilled: AtomicU64,
+}
+
+impl Shard {
+    fn new(capacity: usize) -> Shard {
+        Shard {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity,
+            spilled: AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets `samples` spilled ones (read back or dropped); `queue` must be locked.
+    fn unspill(&self, samples: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let left = self.spilled.load(Relaxed).saturating_sub(samples);
+        self.spilled.store(left, Relaxed);
+    }
 }
 
 /// A sample waiting to be sent.
@@ -223,19 +294,22 @@ impl Endpoint {
     fn start(
         options: RemoteWriteOptions,
         client: Client,
+        data_dir: &Path,
+        history: &Option<Arc<dyn HistorySource>>,
         registry: &Arc<Registry>,
         telemetry: &RemoteWriteTelemetry,
-    ) -> Endpoint {
+    ) -> Result<Endpoint, String> {
         let stats = telemetry.remote(&options.remote);
         let stop = CancellationToken::new();
         let per_shard = options.queue_samples / options.shards;
-        let shards: Arc<[Shard]> = (0..options.shards)
-            .map(|_| Shard {
-                queue: Mutex::new(VecDeque::new()),
-                ready: Notify::new(),
-                capacity: per_shard,
-            })
-            .collect();
+        let shards: Arc<[Shard]> = (0..options.shards).map(|_| Shard::new(per_shard)).collect();
+        let (spill, chunks) = match options.spill_max_bytes {
+            None => (None, None),
+            Some(max_bytes) => {
+                let (parts, chunks) = open_spill(&options, max_bytes, data_dir, &shards, &stats)?;
+                (Some(parts), Some(chunks))
+            }
+        };
         let client = Arc::new(client);
         let mut tasks = Vec::with_capacity(options.shards + 1);
         for index in 0..options.shards {
@@ -245,14 +319,19 @@ impl Endpoint {
                 Arc::clone(&client),
                 Arc::clone(&stats),
                 options.clone(),
+                Recovery {
+                    spill: spill.as_ref().map(|parts| Arc::clone(&parts.spill)),
+                    history: history.clone(),
+                },
                 stop.clone(),
             )));
         }
         tasks.push(tokio::spawn(snapshots(
-            Collector::new(&options),
+            Collector::new(&options, history.clone()),
             Arc::clone(registry),
             Arc::clone(&shards),
             Arc::clone(&stats),
+            chunks,
             options.interval,
             stop.clone(),
         )));
@@ -262,19 +341,34 @@ impl Endpoint {
             shards = options.shards,
             "remote-write started"
         );
-        Endpoint {
+        Ok(Endpoint {
             options,
             stop,
             tasks,
             shards,
             stats,
-        }
+            spill,
+        })
     }
 
     async fn stop(self) {
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(parts) = self.spill {
+            let shards = Arc::clone(&self.shards);
+            let stats = Arc::clone(&self.stats);
+            // The snapshot task held the only sender: the writer ends once it has written
+            // what was on its way.
+            let spilled =
+                tokio::task::spawn_blocking(move || spill_at_stop(parts, &shards, &stats)).await;
+            if let Ok(samples) = spilled
+                && samples > 0
+            {
+                tracing::info!(url = %self.options.url, samples, "remote-write stopped; its queue is spilled for the next start");
+            }
+            return;
         }
         let mut left = 0;
         for shard in self.shards.iter() {
@@ -290,12 +384,78 @@ impl Endpoint {
     }
 }
 
+/// Opens the endpoint's spill, marks what an earlier run left in it as waiting in each
+/// shard, and starts its writer thread; answers the sender the snapshot feeds it with.
+fn open_spill(
+    options: &RemoteWriteOptions,
+    max_bytes: u64,
+    data_dir: &Path,
+    shards: &Arc<[Shard]>,
+    stats: &Arc<RemoteStats>,
+) -> Result<(SpillParts, SyncSender<Chunk>), String> {
+    let dir = spill::endpoint_dir(data_dir, &options.remote);
+    let hasher = shard_hasher();
+    let count = shards.len();
+    let (spill, waiting) = Spill::open(&dir, count, max_bytes, Arc::clone(stats), |labels| {
+        shard_of(&hasher, labels, count)
+    })
+    .map_err(|e| format!("{}: spill: {e}", options.url))?;
+    for (shard, waiting) in shards.iter().zip(waiting) {
+        let _queue = shard.queue.lock();
+        shard
+            .spilled
+            .store(waiting, std::sync::atomic::Ordering::Relaxed);
+    }
+    let spill = Arc::new(spill);
+    let (sender, chunks) = std::sync::mpsc::sync_channel(spill::CHUNKS);
+    let lost_shards = Arc::clone(shards);
+    let lost_stats = Arc::clone(stats);
+    let writer = spill::spawn_writer(Arc::clone(&spill), chunks, move |shard, samples, why| {
+        let shard = &lost_shards[shard];
+        let _queue = shard.queue.lock();
+        shard.unspill(samples);
+        lost_stats.add_dropped(why, samples);
+    })
+    .map_err(|e| format!("cannot start the spill writer: {e}"))?;
+    Ok((SpillParts { spill, writer }, sender))
+}
+
+/// At stop, after the tasks ended: waits for the writer, then spills each shard's memory
+/// queue (older than what the shard spilled) before the shard's first segment. Answers how
+/// many samples that was.
+fn spill_at_stop(parts: SpillParts, shards: &[Shard], stats: &RemoteStats) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = parts.writer.join();
+    let mut total = 0;
+    for (index, shard) in shards.iter().enumerate() {
+        let left: Vec<Queued> = shard.queue.lock().drain(..).collect();
+        if left.is_empty() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        for queued in &left {
+            spill::encode_record(&mut bytes, &queued.series.labels, queued.sample);
+        }
+        let samples = left.len() as u64;
+        stats.pending.fetch_sub(samples as i64, Relaxed);
+        parts
+            .spill
+            .prepend(index, &bytes, samples, &mut |_, n, why| {
+                stats.add_dropped(why, n)
+            });
+        total += samples;
+    }
+    parts.spill.sync();
+    total
+}
+
 /// Takes a snapshot every `interval` and queues it.
 async fn snapshots(
     mut collector: Collector,
     registry: Arc<Registry>,
     shards: Arc<[Shard]>,
     stats: Arc<RemoteStats>,
+    chunks: Option<SyncSender<Chunk>>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -310,10 +470,11 @@ async fn snapshots(
         let registry = Arc::clone(&registry);
         let shards = Arc::clone(&shards);
         let stats = Arc::clone(&stats);
+        let chunks = chunks.clone();
         // Off the reactor: a large registry takes a scrape's time to read.
         let taken = tokio::task::spawn_blocking(move || {
             collector.collect(&registry, unix_millis());
-            collector.enqueue(&shards, &stats);
+            collector.enqueue(&shards, &stats, chunks.as_ref());
             collector
         })
         .await;
@@ -333,6 +494,14 @@ fn unix_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What a shard makes up with for samples the receiver would otherwise miss.
+struct Recovery {
+    /// Where its overflow waits, to be sent after the memory queue.
+    spill: Option<Arc<Spill>>,
+    /// Where a gap is resent from.
+    history: Option<Arc<dyn HistorySource>>,
+}
+
 /// Sends one shard's queue, batch by batch, until `stop`.
 async fn send_shard(
     shards: Arc<[Shard]>,
@@ -340,25 +509,56 @@ async fn send_shard(
     client: Arc<Client>,
     stats: Arc<RemoteStats>,
     options: RemoteWriteOptions,
+    recovery: Recovery,
     stop: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let Recovery { spill, history } = recovery;
     let shard = &shards[index];
     let mut batch: Vec<Queued> = Vec::with_capacity(options.max_samples_per_send);
     let mut scratch = Vec::new();
     let mut retry_log = LogLimit::default();
     let mut refusal_log = LogLimit::default();
+    let mut tracker = GapTracker::default();
+    // A sample later than this after the last one answered follows a gap.
+    let slack_ms = options.interval.as_millis() as i64 * 3 / 2;
+    // At stop, with a spill, the batch in hand goes back to the front of the queue, which is
+    // spilled as it is.
+    let give_back = |batch: &mut Vec<Queued>| {
+        let mut queue = shard.queue.lock();
+        for queued in batch.drain(..).rev() {
+            queue.push_front(queued);
+        }
+    };
     loop {
         batch.clear();
-        {
+        let refill = {
             let mut queue = shard.queue.lock();
             let n = queue.len().min(options.max_samples_per_send);
             batch.extend(queue.drain(..n));
+            batch.is_empty() && shard.spilled.load(Relaxed) > 0
+        };
+        if let (true, Some(spill)) = (refill, &spill) {
+            if !read_back(spill, index, shard, &stats, options.max_sample_age).await {
+                // Nothing on disk yet (a chunk on its way to the writer): look again soon.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            continue;
         }
         if batch.is_empty() {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = shard.ready.notified() => continue,
+            }
+        }
+        if let Some(history) = &history {
+            let resent = fill_gaps(&mut batch, &tracker, history, slack_ms, &options).await;
+            if resent > 0 {
+                stats.pending.fetch_add(resent as i64, Relaxed);
+                stats.resent.fetch_add(resent, Relaxed);
             }
         }
         let count = batch.len() as u64;
@@ -378,8 +578,12 @@ async fn send_shard(
                 sent = client.send(body.clone(), protocol) => Some(sent),
             };
             let Some((outcome, took)) = sent else {
-                stats.add_dropped(Drop::Shutdown, count);
-                finished(&stats);
+                if spill.is_some() {
+                    give_back(&mut batch);
+                } else {
+                    stats.add_dropped(Drop::Shutdown, count);
+                    finished(&stats);
+                }
                 return;
             };
             stats.requests.fetch_add(1, Relaxed);
@@ -389,12 +593,19 @@ async fn send_shard(
                     stats.samples.fetch_add(count, Relaxed);
                     stats.highest_sent_ms.fetch_max(newest, Relaxed);
                     finished(&stats);
+                    if history.is_some() {
+                        track_answered(&mut tracker, &batch);
+                    }
                     break;
                 }
                 Outcome::Refused { status, why } => {
                     stats.failed.fetch_add(count, Relaxed);
                     stats.add_dropped(Drop::Rejected, count);
                     finished(&stats);
+                    // Refused for good: what history holds for it would be too.
+                    if history.is_some() {
+                        track_answered(&mut tracker, &batch);
+                    }
                     if refusal_log.allow() {
                         tracing::warn!(url = %options.url, status, samples = count, "remote-write receiver refused a batch, dropped (not retried): {why}");
                     }
@@ -427,14 +638,127 @@ async fn send_shard(
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = stop.cancelled() => {
-                    stats.add_dropped(Drop::Shutdown, count);
-                    finished(&stats);
+                    if spill.is_some() {
+                        give_back(&mut batch);
+                    } else {
+                        stats.add_dropped(Drop::Shutdown, count);
+                        finished(&stats);
+                    }
                     return;
                 }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
     }
+}
+
+/// Puts before each series with history in `batch` what the history holds for the gap since
+/// the receiver last answered for it (see `gap`); answers how many samples that added.
+async fn fill_gaps(
+    batch: &mut Vec<Queued>,
+    tracker: &GapTracker,
+    history: &Arc<dyn HistorySource>,
+    slack_ms: i64,
+    options: &RemoteWriteOptions,
+) -> u64 {
+    let mut gaps = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for queued in batch.iter() {
+        let series = &queued.series;
+        let Some(origin) = &series.origin else {
+            continue;
+        };
+        if !seen.insert(series.key) {
+            continue;
+        }
+        if let Some(gap) = tracker.gap(series.key, queued.sample, slack_ms) {
+            gaps.push((Arc::clone(series), Arc::clone(origin), gap));
+        }
+    }
+    let oldest = unix_millis() - options.max_sample_age.as_millis() as i64;
+    let mut front = Vec::new();
+    for (series, origin, gap) in gaps {
+        let after = gap.after_ms.max(oldest - 1);
+        match history.between(&origin, after, gap.next).await {
+            Ok(samples) => front.extend(samples.into_iter().map(|sample| Queued {
+                series: Arc::clone(&series),
+                sample,
+            })),
+            Err(e) => {
+                tracing::warn!(url = %options.url, "remote-write: cannot read a gap from history: {e}")
+            }
+        }
+    }
+    let added = front.len() as u64;
+    if added > 0 {
+        front.append(batch);
+        *batch = front;
+    }
+    added
+}
+
+/// The receiver answered for every sample of `batch`.
+fn track_answered(tracker: &mut GapTracker, batch: &[Queued]) {
+    for queued in batch {
+        let series = &queued.series;
+        tracker.answered(series.key, queued.sample.timestamp, series.origin.is_some());
+    }
+}
+
+/// Moves the shard's oldest spill segment into its (empty) memory queue, dropping samples older
+/// than `max_age` (counted `too_old`); false when the spill had no segment for the shard.
+async fn read_back(
+    spill: &Arc<Spill>,
+    index: usize,
+    shard: &Shard,
+    stats: &RemoteStats,
+    max_age: Duration,
+) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let from = Arc::clone(spill);
+    let Ok(Some(loaded)) = tokio::task::spawn_blocking(move || from.take_oldest(index)).await
+    else {
+        return false;
+    };
+    let oldest = unix_millis() - max_age.as_millis() as i64;
+    // One `Series` per label set, so a batch groups a series' samples as a live one does.
+    let mut interned: HashMap<Vec<Label>, Arc<Series>> = HashMap::new();
+    let meta = Arc::new(v2::Meta::unspecified());
+    let mut queued = 0u64;
+    let mut too_old = 0u64;
+    let mut queue = shard.queue.lock();
+    for (labels, sample) in loaded.records {
+        if sample.timestamp < oldest {
+            too_old += 1;
+            continue;
+        }
+        let series = interned
+            .entry(labels)
+            .or_insert_with_key(|labels| {
+                Arc::new(Series {
+                    key: gap::key_of(labels),
+                    labels: labels.clone(),
+                    shard: index,
+                    meta: Arc::clone(&meta),
+                    origin: None,
+                })
+            })
+            .clone();
+        queue.push_back(Queued { series, sample });
+        queued += 1;
+    }
+    shard.unspill(loaded.counted);
+    drop(queue);
+    stats.pending.fetch_add(queued as i64, Relaxed);
+    if too_old > 0 {
+        stats.add_dropped(Drop::TooOld, too_old);
+    }
+    // A cut or damaged segment held fewer than it was counted with: those are gone.
+    let missing = loaded.counted.saturating_sub(queued + too_old);
+    if missing > 0 {
+        stats.add_dropped(Drop::SpillError, missing);
+    }
+    true
 }
 
 /// The request body for a batch: one `TimeSeries` per series, its samples in queue order.
@@ -469,6 +793,10 @@ pub struct Series {
     shard: usize,
     /// Its family's type, help and unit, sent by 2.0.
     meta: Arc<v2::Meta>,
+    /// Its key in a shard's [`GapTracker`].
+    key: u64,
+    /// The registry series it is, when a history source keeps its values.
+    origin: Option<Arc<Origin>>,
 }
 
 /// A registry series the collector has seen: the series it is sent as (one for counters and
@@ -484,6 +812,7 @@ struct Known {
 /// Reads snapshots and remembers which series it sent, for staleness.
 struct Collector {
     selector: Selector,
+    history: Option<Arc<dyn HistorySource>>,
     external: Vec<(String, String)>,
     shards: usize,
     hasher: ahash::RandomState,
@@ -501,13 +830,13 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(options: &RemoteWriteOptions) -> Collector {
+    fn new(options: &RemoteWriteOptions, history: Option<Arc<dyn HistorySource>>) -> Collector {
         Collector {
             selector: options.selector.clone(),
+            history,
             external: options.external_labels.clone(),
             shards: options.shards,
-            // Fixed keys: a series keeps its shard across reloads that keep the endpoint.
-            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            hasher: shard_hasher(),
             known: HashMap::new(),
             generation: 0,
             timestamp: 0,
@@ -537,27 +866,57 @@ impl Collector {
         });
     }
 
-    /// Queues the snapshot, each sample in its series' shard; a full shard drops it.
-    fn enqueue(&mut self, shards: &[Shard], stats: &RemoteStats) {
+    /// Queues the snapshot, each sample in its series' shard. What a full shard has no room
+    /// for goes to `spill` (all of it while the shard has samples spilled, to stay behind
+    /// them), or is dropped without one or when the spill's writer is behind.
+    fn enqueue(
+        &mut self,
+        shards: &[Shard],
+        stats: &RemoteStats,
+        spill: Option<&SyncSender<Chunk>>,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         let mut queued = 0u64;
         let mut dropped = 0u64;
         for (index, shard) in shards.iter().enumerate() {
             let mut queue = shard.queue.lock();
             let before = queued;
+            let mut overflow = Vec::new();
+            let mut overflowed = 0u64;
             for (series, value) in self.values.iter().filter(|(s, _)| s.shard == index) {
-                if queue.len() >= shard.capacity {
+                let sample = Sample {
+                    value: *value,
+                    timestamp: self.timestamp,
+                };
+                let in_memory = overflowed == 0
+                    && shard.spilled.load(Relaxed) == 0
+                    && queue.len() < shard.capacity;
+                if in_memory {
+                    queue.push_back(Queued {
+                        series: Arc::clone(series),
+                        sample,
+                    });
+                    queued += 1;
+                } else if spill.is_some() {
+                    spill::encode_record(&mut overflow, &series.labels, sample);
+                    overflowed += 1;
+                } else {
                     dropped += 1;
-                    continue;
                 }
-                queue.push_back(Queued {
-                    series: Arc::clone(series),
-                    sample: Sample {
-                        value: *value,
-                        timestamp: self.timestamp,
-                    },
-                });
-                queued += 1;
+            }
+            if let (Some(sender), true) = (spill, overflowed > 0) {
+                // Counted before it is offered, under the lock: the next snapshot must see
+                // the shard as spilling.
+                shard.spilled.fetch_add(overflowed, Relaxed);
+                let chunk = Chunk {
+                    shard: index,
+                    bytes: overflow,
+                    samples: overflowed,
+                };
+                if spill::offer(sender, chunk).is_err() {
+                    shard.unspill(overflowed);
+                    dropped += overflowed;
+                }
             }
             drop(queue);
             if queued > before {
@@ -617,8 +976,9 @@ impl Collector {
             derived
         };
         match series.value {
-            ValueView::Counter(_) => vec![one("_total", None)],
-            ValueView::Gauge(_) | ValueView::Set(_) => vec![one("", None)],
+            ValueView::Counter(_) => vec![self.with_origin(one("_total", None), family, pairs)],
+            ValueView::Gauge(_) => vec![self.with_origin(one("", None), family, pairs)],
+            ValueView::Set(_) => vec![one("", None)],
             ValueView::Histogram(h) => {
                 let bounds = h.bounds().iter().copied().chain([f64::INFINITY]);
                 with_sum_and_count(&mut bounds.map(|b| one("_bucket", Some(("le", spelled(b))))))
@@ -630,6 +990,33 @@ impl Collector {
                 with_sum_and_count(&mut points.map(|q| one("", Some(("quantile", spelled(q))))))
             }
         }
+    }
+
+    /// `sent`, knowing its registry series when the history source keeps that one's values.
+    fn with_origin(
+        &self,
+        sent: Arc<Series>,
+        family: &FamilyView<'_>,
+        pairs: Vec<(String, String)>,
+    ) -> Arc<Series> {
+        let Some(history) = &self.history else {
+            return sent;
+        };
+        let origin = Origin {
+            family: family.name.to_owned(),
+            kind: family.kind,
+            pairs,
+        };
+        if !history.covers(&origin) {
+            return sent;
+        }
+        Arc::new(Series {
+            labels: sent.labels.clone(),
+            shard: sent.shard,
+            key: sent.key,
+            meta: Arc::clone(&sent.meta),
+            origin: Some(Arc::new(origin)),
+        })
     }
 
     /// One series: `__name__`, the series' labels, `extra`, and the external labels the
@@ -665,16 +1052,30 @@ impl Collector {
             }
         }
         labels.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut hash = 0u64;
-        for label in &labels {
-            hash = hash.rotate_left(5) ^ self.hasher.hash_one((&label.name, &label.value));
-        }
+        let shard = shard_of(&self.hasher, &labels, self.shards);
         Arc::new(Series {
+            key: gap::key_of(&labels),
             labels,
-            shard: (hash % self.shards as u64) as usize,
+            shard,
             meta: Arc::clone(meta),
+            origin: None,
         })
     }
+}
+
+/// The hasher of [`shard_of`]. Fixed keys: a series keeps its shard across reloads and
+/// restarts (a spill is read back by the shard that wrote it).
+fn shard_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(1, 2, 3, 4)
+}
+
+/// The shard of a series, from its sorted labels.
+fn shard_of(hasher: &ahash::RandomState, labels: &[Label], shards: usize) -> usize {
+    let mut hash = 0u64;
+    for label in labels {
+        hash = hash.rotate_left(5) ^ hasher.hash_one((&label.name, &label.value));
+    }
+    (hash % shards as u64) as usize
 }
 
 /// The values of a series, in the order of its derived series.
@@ -817,7 +1218,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let mut collector = Collector::new(&options(2, 100));
+        let mut collector = Collector::new(&options(2, 100), None);
         let first = collected(&mut collector, &registry);
         let find = |name: &str, extra: &[(&str, &str)]| {
             first.iter().find(|(labels, _)| {
@@ -900,11 +1301,7 @@ mod tests {
     }
 
     fn one_shard(capacity: usize) -> Vec<Shard> {
-        vec![Shard {
-            queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            capacity,
-        }]
+        vec![Shard::new(capacity)]
     }
 
     #[test]
@@ -913,9 +1310,9 @@ mod tests {
         let options = options(1, 30);
         let shards = one_shard(30);
         let stats = RemoteWriteTelemetry::default().remote("r");
-        let mut collector = Collector::new(&options);
+        let mut collector = Collector::new(&options, None);
         collector.collect(&registry, 5);
-        collector.enqueue(&shards, &stats);
+        collector.enqueue(&shards, &stats, None);
         assert_eq!(shards[0].queue.lock().len(), 30);
         assert_eq!(stats.dropped(Drop::QueueFull), 20);
         assert_eq!(stats.pending.load(std::sync::atomic::Ordering::Relaxed), 30);
@@ -932,11 +1329,11 @@ mod tests {
         let capacity = 1000;
         let shards = one_shard(capacity);
         let stats = RemoteWriteTelemetry::default().remote("r");
-        let mut collector = Collector::new(&options(1, capacity));
+        let mut collector = Collector::new(&options(1, capacity), None);
         // Fill, half drain (a send), fill again: the ring buffer never outgrows twice the bound.
         for timestamp in 0..4 {
             collector.collect(&registry, timestamp);
-            collector.enqueue(&shards, &stats);
+            collector.enqueue(&shards, &stats, None);
             let mut queue = shards[0].queue.lock();
             assert_eq!(queue.len(), capacity);
             assert!(queue.capacity() <= 2 * capacity, "{}", queue.capacity());
@@ -962,6 +1359,8 @@ mod tests {
                     help: format!("{name} help"),
                     unit: String::new(),
                 }),
+                key: 0,
+                origin: None,
             })
         };
         let (a, b) = (series("a"), series("b"));

@@ -17,8 +17,14 @@ crate::closed_set! {
     /// The receiver refused the request with a 4xx other than 429 (too old, out of order,
     /// bad labels): retrying would be refused again. Also counted as failed.
     Rejected => "rejected",
-    /// Still queued when tallyd stopped or a reload replaced the endpoint.
+    /// Still queued when tallyd stopped or a reload replaced the endpoint (and not spilled).
     Shutdown => "shutdown",
+    /// The spill was at `spill_max_bytes`: its oldest segment went.
+    SpillFull => "spill_full",
+    /// The spill could not be written (disk full, permissions).
+    SpillError => "spill_error",
+    /// Read back from the spill older than `max_sample_age_seconds`: receivers refuse those.
+    TooOld => "too_old",
 }
 
 /// One endpoint's counters; a reload that keeps the name keeps counting in the same ones.
@@ -38,6 +44,12 @@ pub struct RemoteStats {
     pub request_seconds: AtomicF64,
     /// Times the endpoint went from 2.0 to 1.0 (the receiver reads 1.0 only).
     pub fallbacks: AtomicU64,
+    /// Bytes of the spill's segments on disk.
+    pub spilled_bytes: AtomicU64,
+    /// Spill segments found damaged or cut short (read up to the damage).
+    pub spill_corrupt: AtomicU64,
+    /// Samples read from history to fill a gap.
+    pub resent: AtomicU64,
 }
 
 impl RemoteStats {
@@ -53,6 +65,9 @@ impl RemoteStats {
             requests: AtomicU64::new(0),
             request_seconds: AtomicF64::default(),
             fallbacks: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
+            spill_corrupt: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
         }
     }
 
@@ -95,7 +110,7 @@ impl RemoteWriteTelemetry {
         if remotes.is_empty() {
             return;
         }
-        let families: [(&str, Kind, &str, Read); 8] = [
+        let families: [(&str, Kind, &str, Read); 11] = [
             (
                 "tallyd_remote_write_samples",
                 Kind::Counter,
@@ -144,6 +159,24 @@ impl RemoteWriteTelemetry {
                 "Times an endpoint configured for remote-write 2.0 found its receiver reads 1.0 only and went on in 1.0.",
                 |r| load(&r.fallbacks),
             ),
+            (
+                "tallyd_remote_write_spilled_bytes",
+                Kind::Gauge,
+                "Bytes of samples spilled to the data directory for a remote-write endpoint, not yet sent (at most its spill_max_bytes).",
+                |r| load(&r.spilled_bytes),
+            ),
+            (
+                "tallyd_remote_write_spill_corrupt_segments",
+                Kind::Counter,
+                "Spill segments found damaged or cut short (a crash while writing); read up to the damage, the rest dropped.",
+                |r| load(&r.spill_corrupt),
+            ),
+            (
+                "tallyd_remote_write_history_samples",
+                Kind::Counter,
+                "Samples read from history (the store) and sent to fill a gap the receiver missed.",
+                |r| load(&r.resent),
+            ),
         ];
         for (name, kind, help, read) in &families {
             let family = view(name, *kind, help);
@@ -164,7 +197,7 @@ impl RemoteWriteTelemetry {
         let family = view(
             "tallyd_remote_write_samples_dropped",
             Kind::Counter,
-            "Samples given up without being sent, by reason: queue_full (the queue was full at a snapshot), rejected (refused with a 4xx other than 429), shutdown (queued at stop or reload).",
+            "Samples given up without being sent, by reason: queue_full (the queue was full at a snapshot), rejected (refused with a 4xx other than 429), shutdown (queued at stop or reload, without spill), spill_full (the spill's oldest segment, at spill_max_bytes), spill_error (the spill could not be written), too_old (read back from the spill older than max_sample_age_seconds).",
         );
         if visitor.family(&family) {
             for remote in &remotes {

@@ -170,6 +170,16 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// No type, help or unit: what a sample read back from the spill carries (the spill keeps
+    /// labels and samples only).
+    pub fn unspecified() -> Meta {
+        Meta {
+            kind: MetricType::Unspecified,
+            help: String::new(),
+            unit: String::new(),
+        }
+    }
+
     /// A family's metadata. Every series derived from it (a histogram's `_bucket`, `_sum` and
     /// `_count`) carries the family's type, as Prometheus sends them; a set is a gauge.
     pub fn of(family: &FamilyView<'_>) -> Meta {

@@ -143,6 +143,25 @@ impl Prometheus {
         }
     }
 
+    /// The raw samples, `(Unix ms, value)` in time order, of the one series `selector` picks
+    /// over the last `window` (such as `5m`); empty while there are none.
+    pub fn samples(&self, selector: &str, window: &str) -> Vec<(i64, f64)> {
+        let answer = self.query(&format!("{selector}[{window}]"));
+        let json: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        let mut samples: Vec<(i64, f64)> = json["data"]["result"][0]["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| {
+                let t = pair[0].as_f64()?;
+                let v = pair[1].as_str()?.parse().ok()?;
+                Some(((t * 1000.0).round() as i64, v))
+            })
+            .collect();
+        samples.sort_by_key(|s| s.0);
+        samples
+    }
+
     /// Polls the query `promql` for up to `timeout` until its one result satisfies `done`;
     /// returns that value, or panics with what Prometheus last answered.
     pub fn wait_for_value(
