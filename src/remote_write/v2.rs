@@ -267,7 +267,7 @@ impl Request {
 
     /// A series' labels as `(name, value)` pairs, its references checked.
     pub fn labels(&self, series: &TimeSeries) -> Result<Vec<(String, String)>, String> {
-        if series.labels_refs.len() % 2 != 0 {
+        if !series.labels_refs.len().is_multiple_of(2) {
             return Err("labels_refs holds an odd number of references".into());
         }
         series
