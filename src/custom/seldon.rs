@@ -9,11 +9,14 @@
 //! named in the answer's warnings). Each metric is taken or refused on its own, and the answer
 //! says which and why: none goes missing silently (SeldonIO/seldon-core#4314).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
 
 use super::{CustomMetrics, TENANT_LABEL};
 use crate::naming::sanitize_name;
@@ -59,46 +62,233 @@ impl fmt::Display for Place {
     }
 }
 
+/// A JSON value borrowed from the request body. A `serde_json::Value` allocated a `String`
+/// for every key and text and a map per object (a quarter of a post's instructions went to
+/// building it); here texts point into the body unless they hold escapes, and an object is a
+/// list of its fields. Lenient on purpose: each metric is checked field by field below, so
+/// that one bad metric is refused alone and named.
+#[derive(Debug, Default, PartialEq)]
+pub enum Json<'a> {
+    /// Not in the body (as against `null`).
+    #[default]
+    Absent,
+    Null,
+    Bool(bool),
+    Number(Number),
+    Str(Cow<'a, str>),
+    Array(Vec<Json<'a>>),
+    /// Fields in body order; a repeated key's last value counts, as in `serde_json`.
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
+}
+
+impl<'a> Json<'a> {
+    fn get(&self, key: &str) -> Option<&Json<'a>> {
+        match self {
+            Json::Object(fields) => fields.iter().rev().find(|(k, _)| k == key).map(|f| &f.1),
+            _ => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Json::Number(n) => n.as_f64(),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The value as `serde_json` writes it (a tag that is not a string becomes its JSON text).
+    fn to_value(&self) -> Value {
+        match self {
+            Json::Absent | Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => Value::Number(n.clone()),
+            Json::Str(text) => Value::String(text.to_string()),
+            Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Json<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonVisitor(PhantomData))
+    }
+}
+
+struct JsonVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for JsonVisitor<'a> {
+    type Value = Json<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Json<'a>, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Json<'a>, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Json<'a>, E> {
+        Ok(Json::Bool(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Json<'a>, E> {
+        Ok(Json::Number(v.into()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Json<'a>, E> {
+        Ok(Json::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json<'a>, E> {
+        Number::from_f64(v)
+            .map(Json::Number)
+            .ok_or_else(|| E::custom("a number JSON cannot hold"))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Json<'a>, E> {
+        Ok(Json::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Json<'a>, E> {
+        Ok(Json::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Json<'a>, E> {
+        Ok(Json::Str(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'a>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'a>, A::Error> {
+        let mut fields = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            fields.push((key, map.next_value()?));
+        }
+        Ok(Json::Object(fields))
+    }
+}
+
+/// An object key, borrowed when it holds no escapes (serde's own `Cow<str>` always copies).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match deserializer.deserialize_str(JsonVisitor(PhantomData))? {
+            Json::Str(text) => Ok(Key(text)),
+            _ => Err(de::Error::custom("an object key must be a string")),
+        }
+    }
+}
+
+/// The parts of a Seldon body tallyd reads; the rest (a SeldonMessage's `data`, which may be
+/// large) is skipped without being built.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SeldonBody<'a> {
+    #[serde(borrow, default, rename = "seldonMessages")]
+    seldon_messages: Json<'a>,
+    #[serde(borrow, default)]
+    metrics: Json<'a>,
+    #[serde(borrow, default)]
+    meta: Json<'a>,
+}
+
+impl<'a> SeldonBody<'a> {
+    /// Parses a body: `Ok(None)` for JSON that is not an object, `Err` for bytes that are not
+    /// JSON.
+    pub fn parse(bytes: &'a [u8]) -> Result<Option<SeldonBody<'a>>, serde_json::Error> {
+        // A struct takes a JSON array too (its fields in order): only objects go that way.
+        if bytes.trim_ascii_start().first() == Some(&b'{')
+            && let Ok(body) = serde_json::from_slice::<SeldonBody>(bytes)
+        {
+            return Ok(Some(body));
+        }
+        // Whatever the struct refused (a repeated key, say) is read as a whole tree, as a
+        // `serde_json::Value` would have been.
+        let mut whole = match serde_json::from_slice::<Json>(bytes)? {
+            Json::Object(fields) => fields,
+            _ => return Ok(None),
+        };
+        let mut body = SeldonBody::default();
+        // The last of a repeated key counts: taken from the end, the first found is kept.
+        while let Some((key, value)) = whole.pop() {
+            let slot = match key.as_ref() {
+                "seldonMessages" => &mut body.seldon_messages,
+                "metrics" => &mut body.metrics,
+                "meta" => &mut body.meta,
+                _ => continue,
+            };
+            if *slot == Json::Absent {
+                *slot = value;
+            }
+        }
+        Ok(Some(body))
+    }
+}
+
 /// The metrics of a body: a SeldonMessage, a SeldonMessageList or `{"metrics": [...]}`, each
 /// with where it sits. `Err` when the body is none of them.
-pub fn metrics_of(body: &Value) -> Result<Vec<(Place, &Value)>, String> {
-    if !body.is_object() {
-        return Err("the body must be a JSON object".into());
-    }
-    if let Some(messages) = body.get("seldonMessages") {
-        let Value::Array(messages) = messages else {
-            return Err("seldonMessages is not an array".into());
-        };
-        let mut all = Vec::new();
-        for (i, message) in messages.iter().enumerate() {
-            all.extend(message_metrics(Some(i), message)?);
+pub fn metrics_of<'b, 'a>(body: &'b SeldonBody<'a>) -> Result<Vec<(Place, &'b Json<'a>)>, String> {
+    match &body.seldon_messages {
+        Json::Absent => {}
+        Json::Array(messages) => {
+            let mut all = Vec::new();
+            for (i, message) in messages.iter().enumerate() {
+                all.extend(meta_metrics(Some(i), message.get("meta"))?);
+            }
+            return Ok(all);
         }
-        return Ok(all);
+        _ => return Err("seldonMessages is not an array".into()),
     }
-    if let Some(metrics) = body.get("metrics") {
-        return listed(None, "metrics", metrics);
+    if body.metrics != Json::Absent {
+        return listed(None, "metrics", &body.metrics);
     }
-    if body.get("meta").is_some() {
-        return message_metrics(None, body);
+    if body.meta != Json::Absent {
+        return meta_metrics(None, Some(&body.meta));
     }
     Err("the body has neither meta.metrics, seldonMessages nor metrics".into())
 }
 
-/// The `meta.metrics` of one SeldonMessage; a message without metrics carries none.
-fn message_metrics(message: Option<usize>, body: &Value) -> Result<Vec<(Place, &Value)>, String> {
-    match body.get("meta").and_then(|meta| meta.get("metrics")) {
+/// The `metrics` of one SeldonMessage's `meta`; a message without metrics carries none.
+fn meta_metrics<'b, 'a>(
+    message: Option<usize>,
+    meta: Option<&'b Json<'a>>,
+) -> Result<Vec<(Place, &'b Json<'a>)>, String> {
+    match meta.and_then(|meta| meta.get("metrics")) {
         Some(metrics) => listed(message, "meta.metrics", metrics),
         None => Ok(Vec::new()),
     }
 }
 
-fn listed<'a>(
+fn listed<'b, 'a>(
     message: Option<usize>,
     list: &'static str,
-    metrics: &'a Value,
-) -> Result<Vec<(Place, &'a Value)>, String> {
+    metrics: &'b Json<'a>,
+) -> Result<Vec<(Place, &'b Json<'a>)>, String> {
     match metrics {
-        Value::Array(items) => Ok(items
+        Json::Array(items) => Ok(items
             .iter()
             .enumerate()
             .map(|(index, item)| {
@@ -122,7 +312,7 @@ fn listed<'a>(
 
 impl CustomMetrics {
     /// Records Seldon metrics for `tenant` into `/metrics`.
-    pub fn record_seldon(&self, tenant: &str, metrics: &[(Place, &Value)]) -> SeldonAnswer {
+    pub fn record_seldon(&self, tenant: &str, metrics: &[(Place, &Json<'_>)]) -> SeldonAnswer {
         let mut answer = SeldonAnswer::default();
         for (at, metric) in metrics {
             match self.record_one_seldon(tenant, metric) {
@@ -134,7 +324,7 @@ impl CustomMetrics {
                 }
                 Err((code, detail)) => answer.refused.push(SeldonRefusal {
                     at: at.to_string(),
-                    key: metric.get("key").and_then(Value::as_str).map(str::to_owned),
+                    key: metric.get("key").and_then(Json::as_str).map(str::to_owned),
                     code,
                     detail,
                 }),
@@ -147,10 +337,10 @@ impl CustomMetrics {
     fn record_one_seldon(
         &self,
         tenant: &str,
-        metric: &Value,
+        metric: &Json<'_>,
     ) -> Result<Option<String>, (&'static str, String)> {
         let key = match metric.get("key") {
-            Some(Value::String(key)) if !key.trim().is_empty() => key.as_str(),
+            Some(Json::Str(key)) if !key.trim().is_empty() => key.as_ref(),
             _ => {
                 return Err((
                     "invalid_key",
@@ -158,15 +348,15 @@ impl CustomMetrics {
                 ));
             }
         };
-        let value = metric.get("value").and_then(Value::as_f64).ok_or_else(|| {
+        let value = metric.get("value").and_then(Json::as_f64).ok_or_else(|| {
             (
                 "invalid_value",
                 format!("{key:?}: \"value\" must be a number"),
             )
         })?;
         let kind_name = match metric.get("type") {
-            None | Some(Value::Null) => "COUNTER",
-            Some(Value::String(name)) => name.as_str(),
+            None | Some(Json::Null) => "COUNTER",
+            Some(Json::Str(name)) => name.as_ref(),
             Some(_) => {
                 return Err((
                     "invalid_type",
@@ -191,17 +381,21 @@ impl CustomMetrics {
                 ));
             }
         };
-        let mut tags: BTreeMap<String, String> = BTreeMap::new();
+        let mut tags: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
         match metric.get("tags") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(map)) => {
-                for (name, value) in map {
+            None | Some(Json::Null) => {}
+            Some(Json::Object(fields)) => {
+                for (name, value) in fields {
                     let value = match value {
-                        Value::String(text) => text.clone(),
-                        Value::Null => continue,
-                        other => other.to_string(),
+                        Json::Str(text) => Cow::Borrowed(text.as_ref()),
+                        Json::Null => {
+                            // A later null for a repeated key unsets it, as in a map.
+                            tags.remove(name.as_ref());
+                            continue;
+                        }
+                        other => Cow::Owned(other.to_value().to_string()),
                     };
-                    tags.insert(name.clone(), value);
+                    tags.insert(name.as_ref(), value);
                 }
             }
             Some(_) => {
@@ -214,13 +408,10 @@ impl CustomMetrics {
         let family = sanitize_name(key);
         let mut warning = None;
         if let Some(declared) = self.declared_labels(tenant, &family, kind) {
-            let dropped: Vec<String> = tags
-                .keys()
-                .filter(|tag| !declared.contains(tag))
-                .cloned()
-                .collect();
+            let known = |tag: &str| declared.iter().any(|d| d == tag);
+            let dropped: Vec<&str> = tags.keys().copied().filter(|tag| !known(tag)).collect();
             if !dropped.is_empty() {
-                tags.retain(|tag, _| declared.contains(tag));
+                tags.retain(|tag, _| known(tag));
                 warning = Some(format!(
                     "{key:?}: tags [{}] are not among the metric's labels [{}] and were dropped",
                     dropped.join(", "),
@@ -230,7 +421,7 @@ impl CustomMetrics {
         }
         let labels = tags
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (*k, v.as_ref()))
             .chain(std::iter::once((TENANT_LABEL, tenant)));
         self.recorder
             .record(&family, kind, labels, update)
@@ -241,5 +432,88 @@ impl CustomMetrics {
                 )
             })?;
         Ok(warning)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn places(body: &str) -> Result<Vec<String>, String> {
+        let body = SeldonBody::parse(body.as_bytes())
+            .unwrap()
+            .ok_or("not an object")?;
+        Ok(metrics_of(&body)?
+            .iter()
+            .map(|(at, metric)| {
+                format!(
+                    "{at} {}",
+                    metric.get("key").and_then(Json::as_str).unwrap_or("-")
+                )
+            })
+            .collect())
+    }
+
+    #[test]
+    fn the_three_shapes_give_their_metrics_with_places() {
+        let message =
+            r#"{"data": {"ndarray": [[1, 2]]}, "meta": {"metrics": [{"key": "a"}, {"key": "b"}]}}"#;
+        assert_eq!(
+            places(message).unwrap(),
+            ["meta.metrics[0] a", "meta.metrics[1] b"]
+        );
+        let list = r#"{"seldonMessages": [{"data": 1}, {"meta": {"metrics": [{"key": "c"}]}}]}"#;
+        assert_eq!(
+            places(list).unwrap(),
+            ["seldonMessages[1].meta.metrics[0] c"]
+        );
+        assert_eq!(
+            places(r#"{"metrics": [{"key": "d"}]}"#).unwrap(),
+            ["metrics[0] d"]
+        );
+        // A message whose meta is null or has no metrics carries none.
+        assert_eq!(places(r#"{"meta": null}"#).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bodies_of_no_known_shape_are_named() {
+        assert_eq!(places("[1]"), Err("not an object".into()));
+        assert_eq!(places("  3"), Err("not an object".into()));
+        assert_eq!(
+            places(r#"{"x": 1}"#),
+            Err("the body has neither meta.metrics, seldonMessages nor metrics".into())
+        );
+        assert_eq!(
+            places(r#"{"seldonMessages": null}"#),
+            Err("seldonMessages is not an array".into())
+        );
+        assert_eq!(
+            places(r#"{"seldonMessages": [{"meta": {"metrics": 5}}]}"#),
+            Err("seldonMessages[0].meta.metrics is not an array".into())
+        );
+        assert!(SeldonBody::parse(b"{not json").is_err());
+        assert!(SeldonBody::parse(br#"{"meta": {}} x"#).is_err());
+    }
+
+    #[test]
+    fn texts_without_escapes_point_into_the_body() {
+        let bytes = br#"{"metrics": [{"key": "plain", "tags": {"m": "v\"q"}}]}"#;
+        let body = SeldonBody::parse(bytes).unwrap().unwrap();
+        let metric = metrics_of(&body).unwrap()[0].1;
+        assert!(matches!(
+            metric.get("key"),
+            Some(Json::Str(Cow::Borrowed("plain")))
+        ));
+        let tag = metric.get("tags").and_then(|t| t.get("m"));
+        assert!(matches!(tag, Some(Json::Str(Cow::Owned(text))) if text == "v\"q"));
+    }
+
+    #[test]
+    fn a_repeated_key_counts_its_last_value_as_serde_json_does() {
+        let body = r#"{"metrics": [{"key": "x"}], "metrics": [{"key": "y"}, {"key": "z"}]}"#;
+        assert_eq!(places(body).unwrap(), ["metrics[0] y", "metrics[1] z"]);
+        let value: Value = serde_json::from_str(r#"{"k": 1, "k": [true, {"a": 2.5}]}"#).unwrap();
+        let json: Json = serde_json::from_str(r#"{"k": 1, "k": [true, {"a": 2.5}]}"#).unwrap();
+        assert_eq!(json.get("k").unwrap().to_value(), value["k"]);
     }
 }

@@ -31,6 +31,20 @@ where
 {
     type Rejection = Problem;
 
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let JsonBytes(bytes) = JsonBytes::from_request(request, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A JSON request body as it came, for a handler that parses it borrowing from it (serde's
+/// `DeserializeOwned`, which [`ApiJson`] needs, cannot point into the body). Refusals as
+/// [`ApiJson`]'s: 415 and 413 here, and [`malformed_json`] for the handler's parse.
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = Problem;
+
     async fn from_request(request: Request, _state: &S) -> Result<Self, Problem> {
         if !is_json(request.headers()) {
             return Err(Problem::new(
@@ -39,9 +53,13 @@ where
                 "the body must be JSON, sent with Content-Type: application/json",
             ));
         }
-        let bytes = read_body(request).await?;
-        parse_json(&bytes).map(ApiJson)
+        read_body(request).await.map(JsonBytes)
     }
+}
+
+/// The problem [`ApiJson`] answers for `bytes` that are not JSON (with the line and column).
+pub fn malformed_json(bytes: &[u8]) -> Problem {
+    explain_json::<serde_json::Value>(bytes)
 }
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {

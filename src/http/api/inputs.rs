@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::Problems;
-use super::{ApiJson, ApiState, Caller, Problem, read_body};
-use crate::custom::seldon::{SeldonAnswer, metrics_of};
+use super::{ApiJson, ApiState, Caller, JsonBytes, Problem, malformed_json, read_body};
+use crate::custom::seldon::{SeldonAnswer, SeldonBody, metrics_of};
 use crate::ingest::Ingester;
 use crate::protocol::Reason;
 use crate::record::Refusal;
@@ -43,11 +43,15 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
 async fn seldon(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<serde_json::Value>,
+    JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, Problem> {
+    // Malformed JSON is refused before the scope is checked, as every JSON body is.
+    let body = SeldonBody::parse(&bytes).map_err(|_| malformed_json(&bytes))?;
     caller.require(Scope::Write)?;
-    let metrics = metrics_of(&body)
-        .map_err(|detail| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "no_metrics", detail))?;
+    let no_metrics =
+        |detail: String| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "no_metrics", detail);
+    let body = body.ok_or_else(|| no_metrics("the body must be a JSON object".into()))?;
+    let metrics = metrics_of(&body).map_err(no_metrics)?;
     let limit = state.custom.options().max_batch;
     if metrics.len() > limit {
         return Err(Problem::new(

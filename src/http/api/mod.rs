@@ -30,7 +30,7 @@ pub use auth::{
     Access, AuthRejection, Authenticator, Caller, Credentials, DEFAULT_TENANT, TENANT_HEADER,
 };
 pub use extract::OneOrMany;
-pub use extract::{ApiJson, ApiPath, ApiQuery, read_body};
+pub use extract::{ApiJson, ApiPath, ApiQuery, JsonBytes, malformed_json, read_body};
 pub use problem::Problem;
 
 use std::sync::Arc;
