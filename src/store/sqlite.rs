@@ -311,7 +311,7 @@ pub struct SqliteEngine {
 impl Engine for SqliteEngine {
     fn commit(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let seq_before = self.next_seq;
-        let (pending_before, journal_before) = (self.pending.len(), self.journal_last);
+        let journal_before = self.journal_last;
         self.connection
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(engine_error)?;
@@ -326,7 +326,7 @@ impl Engine for SqliteEngine {
                 let moving = self.move_pending(moved);
                 if let Err(error) = moving {
                     let _ = self.connection.execute_batch("ROLLBACK");
-                    self.forget(seq_before, pending_before, journal_before);
+                    self.forget(seq_before, journal_before);
                     return Err(engine_error(error));
                 }
                 moved = self.pending.len();
@@ -353,7 +353,7 @@ impl Engine for SqliteEngine {
             .and_then(|_| self.connection.execute_batch("COMMIT"));
         if let Err(error) = committed {
             let _ = self.connection.execute_batch("ROLLBACK");
-            self.forget(seq_before, pending_before, journal_before);
+            self.forget(seq_before, journal_before);
             return Err(engine_error(error));
         }
         self.pending.drain(..moved);
@@ -399,9 +399,11 @@ impl Engine for SqliteEngine {
 
 impl SqliteEngine {
     /// Forgets what a rolled-back transaction did to the engine's own state.
-    fn forget(&mut self, seq_before: i64, pending_before: usize, journal_before: i64) {
+    fn forget(&mut self, seq_before: i64, journal_before: i64) {
         self.next_seq = seq_before;
-        self.pending.truncate(pending_before);
+        // By sequence, not by length: a move inside the transaction sorted `pending`, so the
+        // points it journaled need not be at the end any more.
+        self.pending.retain(|p| p.seq < seq_before);
         self.journal_last = journal_before;
         // What this transaction cached may not exist.
         self.series.clear();
@@ -759,5 +761,59 @@ impl Reader for SqliteReader {
             })?;
             rows.collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Point, labels_key};
+
+    fn points(metric: i64, times: std::ops::Range<i64>) -> Write {
+        Write::Points {
+            metric,
+            points: times
+                .map(|ts_ms| Point {
+                    labels: labels_key([("k", "b")]).into(),
+                    ts_ms,
+                    value: 1.0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_rolled_back_move_leaves_pending_exactly_the_points_committed_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _reader) = open(dir.path()).unwrap();
+        let metric = StoredMetric {
+            id: 0,
+            uid: "m".into(),
+            tenant: "t".into(),
+            scope: "matih".into(),
+            name: "m".into(),
+            document: r#"{"type":"gauge"}"#.into(),
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        let Ok(Written::Metric(id)) = engine.commit(&[Write::PutMetric(metric)]).unwrap()[0] else {
+            panic!("no metric id");
+        };
+        engine.commit(&[points(id, 1_000..1_004)]).unwrap();
+        let committed: Vec<i64> = engine.pending.iter().map(|p| p.seq).collect();
+        assert_eq!(committed.len(), 4);
+
+        // What `commit` does before a delete, then fails: the new points sort ahead of the
+        // committed ones (same series, earlier times).
+        let (seq_before, journal_before) = (engine.next_seq, engine.journal_last);
+        engine.connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+        engine.apply(&points(id, 0..4)).unwrap();
+        engine.move_pending(0).unwrap();
+        engine.connection.execute_batch("ROLLBACK").unwrap();
+        engine.forget(seq_before, journal_before);
+
+        let mut left: Vec<i64> = engine.pending.iter().map(|p| p.seq).collect();
+        left.sort_unstable();
+        assert_eq!(left, committed);
     }
 }
