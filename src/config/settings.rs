@@ -102,6 +102,8 @@ pub struct Settings {
     pub push: PushOptions,
     /// The `[[remote_write]]` endpoints, with their secret and CA files read.
     pub remote_write: Vec<crate::remote_write::RemoteWriteOptions>,
+    /// `[history]` and the `[[metric]]`s that ask for it.
+    pub history: crate::history::HistoryOptions,
 }
 
 impl Settings {
@@ -191,6 +193,8 @@ impl Settings {
                 )));
             }
         }
+        let history = crate::history::HistoryOptions::new(&file.history, &file.metrics)
+            .map_err(invalid)?;
         let (aggregation, deprecations) = aggregation(&file).map_err(invalid)?;
         crate::tokens::check_unique(&file.api.tokens).map_err(invalid)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -275,6 +279,7 @@ impl Settings {
                 add_counters: file.push.add_counters,
             },
             remote_write,
+            history,
             file,
         };
         if let Some(shared) = activation::shared_name(settings.systemd_names()) {
@@ -349,6 +354,10 @@ impl Settings {
         }
         if old.storage.dir != new.storage.dir {
             changed.push("storage.dir");
+        }
+        // Which metrics keep history changes on reload; the sampling and tiers do not.
+        if old.history != new.history {
+            changed.push("history");
         }
         // A reload re-resolves and applies `targets` while the relay stays on; turning it on
         // or off, and its other keys, wait for a restart.
