@@ -193,8 +193,8 @@ impl Settings {
                 )));
             }
         }
-        let history = crate::history::HistoryOptions::new(&file.history, &file.metrics)
-            .map_err(invalid)?;
+        let history =
+            crate::history::HistoryOptions::new(&file.history, &file.metrics).map_err(invalid)?;
         let (aggregation, deprecations) = aggregation(&file).map_err(invalid)?;
         crate::tokens::check_unique(&file.api.tokens).map_err(invalid)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

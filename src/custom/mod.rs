@@ -883,7 +883,11 @@ impl CustomMetrics {
         let fits = match asked {
             Asked::Quantile(_) => !scalar,
             Asked::Plain(a) => {
-                scalar || matches!(a, Aggregation::Average | Aggregation::Sum | Aggregation::Count)
+                scalar
+                    || matches!(
+                        a,
+                        Aggregation::Average | Aggregation::Sum | Aggregation::Count
+                    )
             }
         };
         if !fits {

@@ -32,8 +32,15 @@ enum Last {
     /// Cumulative value (counters); gauges need nothing.
     Total(f64),
     Gauge,
-    Histogram { count: u64, sum: f64, counts: Vec<u64> },
-    Summary { count: u64, sum: f64 },
+    Histogram {
+        count: u64,
+        sum: f64,
+        counts: Vec<u64>,
+    },
+    Summary {
+        count: u64,
+        sum: f64,
+    },
 }
 
 /// Series state of one history metric, by the registry's escaped label text.
@@ -70,6 +77,12 @@ impl Sampler {
         }
     }
 
+    /// Series created from `ms` on count from zero at their first tick (the sampler starts
+    /// with the daemon, before any series).
+    pub fn start_at(&mut self, ms: i64) {
+        self.previous_ms = Some(ms);
+    }
+
     /// The interval a tick at `now_ms` samples: the one that just ended.
     pub fn interval_of(&self, now_ms: i64) -> i64 {
         let finest = self.tiers[0];
@@ -88,9 +101,7 @@ impl Sampler {
     ) -> SampleBatch {
         self.tick += 1;
         let finest = self.tiers[0];
-        let since_ms = self
-            .previous_ms
-            .unwrap_or(now_ms - finest.resolution_ms);
+        let since_ms = self.previous_ms.unwrap_or(now_ms - finest.resolution_ms);
         self.previous_ms = Some(now_ms);
         let mut batch = SampleBatch {
             tiers: Arc::clone(&self.tiers),
@@ -209,13 +220,21 @@ impl Visitor for Reading<'_> {
                 let value_sum = h.sum();
                 let reset = last_counts.len() != self.counts.len()
                     || total < *count
-                    || self.counts.iter().zip(last_counts.iter()).any(|(c, l)| c < l);
+                    || self
+                        .counts
+                        .iter()
+                        .zip(last_counts.iter())
+                        .any(|(c, l)| c < l);
                 self.increases.clear();
                 if reset {
                     self.increases.extend_from_slice(self.counts);
                 } else {
-                    (self.increases)
-                        .extend(self.counts.iter().zip(last_counts.iter()).map(|(c, l)| c - l));
+                    (self.increases).extend(
+                        self.counts
+                            .iter()
+                            .zip(last_counts.iter())
+                            .map(|(c, l)| c - l),
+                    );
                 }
                 let (count_inc, sum_inc) = match reset {
                     true => (total, value_sum),
@@ -253,5 +272,139 @@ impl Visitor for Reading<'_> {
                 self.state.series.remove(text);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Recorder;
+    use crate::registry::{Kind, RegistrySettings, Update};
+
+    /// Before the test's real clock, so every series the test makes counts as new.
+    const T0: i64 = 1_764_000_000_000;
+
+    fn tiers() -> Arc<[Tier]> {
+        Arc::from(vec![Tier {
+            resolution_ms: 10_000,
+            retention_ms: 86_400_000,
+        }])
+    }
+
+    /// The batch's rows as (labels, cell).
+    fn rows(batch: &SampleBatch) -> Vec<(String, Cell)> {
+        let mut start = 0;
+        batch
+            .rows
+            .iter()
+            .map(|row| {
+                let end = row.end as usize;
+                let cell = Cell::decode(&batch.bodies[start..end]).unwrap();
+                start = end;
+                (row.labels.to_string(), cell)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counters_give_increases_and_a_reset_counts_its_new_value() {
+        let recorder =
+            Recorder::for_registry(&Arc::new(Registry::new(RegistrySettings::default())));
+        let registry = recorder.registry();
+        let metrics = [("reqs".to_owned(), 7)];
+        let mut sampler = Sampler::new(tiers());
+        let add = |n: f64| {
+            recorder
+                .record("reqs", Kind::Counter, [("path", "/a")], Update::Add(n))
+                .unwrap();
+        };
+        add(4.0);
+        let batch = sampler.sample(registry, &metrics, T0 + 5);
+        // The interval that just ended, stamped with its start.
+        assert_eq!(batch.ts_ms, T0 - 10_000);
+        assert_eq!(batch.metrics, [7]);
+        assert_eq!(
+            rows(&batch),
+            [(r#"{"path":"/a"}"#.to_owned(), Cell::scalar(4.0))]
+        );
+        add(6.0);
+        let batch = sampler.sample(registry, &metrics, T0 + 10_005);
+        assert_eq!(rows(&batch)[0].1, Cell::scalar(6.0));
+        // Nothing happened: an increase of 0 is still a sample.
+        let batch = sampler.sample(registry, &metrics, T0 + 20_005);
+        assert_eq!(rows(&batch)[0].1, Cell::scalar(0.0));
+        // The series goes (TTL) and comes back at 3: a reset, whose increase is 3.
+        registry.remove_series("reqs", |_| true);
+        add(3.0);
+        let batch = sampler.sample(registry, &metrics, T0 + 30_005);
+        assert_eq!(rows(&batch)[0].1, Cell::scalar(3.0));
+        // A family gone leaves no rows, and no state behind.
+        registry.remove_series("reqs", |_| true);
+        let batch = sampler.sample(registry, &metrics, T0 + 40_005);
+        assert!(batch.rows.is_empty());
+        assert!(sampler.families.values().all(|f| f.series.is_empty()));
+    }
+
+    #[test]
+    fn gauges_histograms_and_summaries_are_sampled_as_values_and_increases() {
+        let recorder =
+            Recorder::for_registry(&Arc::new(Registry::new(RegistrySettings::default())));
+        let registry = recorder.registry();
+        let metrics = [
+            ("temp".to_owned(), 1),
+            ("lat".to_owned(), 2),
+            ("size".to_owned(), 3),
+        ];
+        let mut sampler = Sampler::new(tiers());
+        let observe = |family: &str, kind: Kind, value: f64| {
+            recorder
+                .record(
+                    family,
+                    kind,
+                    [("a", "b")],
+                    Update::Observe { value, weight: 1 },
+                )
+                .unwrap();
+        };
+        recorder
+            .record("temp", Kind::Gauge, [("a", "b")], Update::Set(21.5))
+            .unwrap();
+        observe("lat", Kind::Histogram, 0.003);
+        observe("lat", Kind::Histogram, 0.3);
+        observe("size", Kind::Summary, 10.0);
+        sampler.sample(registry, &metrics, T0 + 5);
+        observe("lat", Kind::Histogram, 0.3);
+        observe("size", Kind::Summary, 20.0);
+        observe("size", Kind::Summary, 30.0);
+        let batch = sampler.sample(registry, &metrics, T0 + 10_005);
+        let rows = rows(&batch);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].1, Cell::scalar(21.5));
+        let Cell::Histogram {
+            count,
+            sum,
+            buckets,
+        } = &rows[1].1
+        else {
+            panic!("{:?}", rows[1]);
+        };
+        assert_eq!((*count, *sum), (1, 0.3));
+        // Default buckets: 0.3 is in (0.25, 0.5], the 7th; 12 with +Inf.
+        let mut expected = vec![0u64; 12];
+        expected[6] = 1;
+        assert_eq!(buckets, &expected);
+        let Cell::Summary {
+            n,
+            count,
+            sum,
+            quantiles,
+        } = &rows[2].1
+        else {
+            panic!("{:?}", rows[2]);
+        };
+        assert_eq!((*n, *count, *sum), (1, 2, 50.0));
+        assert_eq!(quantiles.len(), 3);
+        assert_eq!(quantiles[0].0, 0.5);
+        assert!((quantiles[0].1 - 20.0).abs() < 0.5, "{quantiles:?}");
     }
 }

@@ -773,7 +773,9 @@ impl Reader for SqliteReader {
         series: Option<&[i64]>,
         visit: &mut dyn FnMut(i64, i64, Cell),
     ) -> Result<(), StoreError> {
-        self.with(|connection| tiers::scan(connection, tier, metric, start_ms, end_ms, series, visit))
+        self.with(|connection| {
+            tiers::scan(connection, tier, metric, start_ms, end_ms, series, visit)
+        })
     }
 
     fn data_points(&self, metric: i64) -> Result<Vec<DataPoint>, StoreError> {

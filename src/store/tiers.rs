@@ -391,11 +391,7 @@ impl SampleBatch {
 
 /// Writes `batch` (its rows' series ids in `series`), then rolls up every coarser interval the
 /// batch closes. Inside the caller's transaction.
-pub fn write(
-    connection: &Connection,
-    batch: &SampleBatch,
-    series: &[i64],
-) -> rusqlite::Result<()> {
+pub fn write(connection: &Connection, batch: &SampleBatch, series: &[i64]) -> rusqlite::Result<()> {
     let Some(finest) = batch.tiers.first() else {
         return Ok(());
     };
@@ -457,12 +453,20 @@ fn roll_up(
 ) -> rusqlite::Result<()> {
     let mut folded: BTreeMap<(i64, i64), Cell> = BTreeMap::new();
     // Rows come bucket by bucket, each series' in time order: each fold is in time order.
-    scan(connection, finer, metric, from, to, None, &mut |series, ts, cell| {
-        folded
-            .entry((series, coarser.floor(ts)))
-            .and_modify(|sofar| sofar.merge(&cell))
-            .or_insert(cell);
-    })?;
+    scan(
+        connection,
+        finer,
+        metric,
+        from,
+        to,
+        None,
+        &mut |series, ts, cell| {
+            folded
+                .entry((series, coarser.floor(ts)))
+                .and_modify(|sofar| sofar.merge(&cell))
+                .or_insert(cell);
+        },
+    )?;
     let mut insert = connection.prepare_cached(
         "INSERT OR REPLACE INTO tier_samples (tier, metric, bucket, series, ts, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -558,11 +562,7 @@ pub fn scan(
 /// Removes `metric`'s samples older than each tier's cut (`(resolution_ms, before_ms)`), then
 /// the metric's series no tier holds a sample of any more (series churn must not grow the
 /// file). Answers how many rows went.
-pub fn expire(
-    connection: &Connection,
-    metric: i64,
-    cuts: &[(i64, i64)],
-) -> rusqlite::Result<u64> {
+pub fn expire(connection: &Connection, metric: i64, cuts: &[(i64, i64)]) -> rusqlite::Result<u64> {
     let mut removed = 0;
     for &(resolution_ms, before_ms) in cuts {
         let tier = Tier {
@@ -588,7 +588,8 @@ pub fn expire(
         let mut statement = connection.prepare_cached(
             "SELECT DISTINCT series FROM tier_samples WHERE tier = ?1 AND metric = ?2",
         )?;
-        let ids = statement.query_map(params![resolution_ms, metric], |row| row.get::<_, i64>(0))?;
+        let ids =
+            statement.query_map(params![resolution_ms, metric], |row| row.get::<_, i64>(0))?;
         for id in ids {
             held.insert(id?);
         }
