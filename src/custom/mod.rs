@@ -804,9 +804,14 @@ impl CustomMetrics {
             .spec
             .aggregation
             .unwrap_or(metric.spec.kind.default_aggregation());
-        let history = (self.history.get())
-            .filter(|_| metric.read_only)
-            .and_then(|history| Some((history, history.find(metric.family())?)));
+        let history = match self.history.get() {
+            Some(history) if metric.read_only && history.wants(metric.family()) => {
+                // Its store row may not be known yet (a query right after start).
+                history.resolve(&self.store).await.map_err(storage_failed)?;
+                (history.find(metric.family())).map(|found| (history, found))
+            }
+            _ => None,
+        };
         if let Some((history, (id, own))) = history {
             let (bins, asked) = spec.asked(default)?;
             return self

@@ -168,6 +168,11 @@ impl History {
         &self.tiers
     }
 
+    /// Whether `family` is configured to keep history.
+    pub fn wants(&self, family: &str) -> bool {
+        self.wanted.read().contains_key(family)
+    }
+
     /// The store id and own retention of `family`'s history, when it has some.
     pub fn find(&self, family: &str) -> Option<(i64, Option<i64>)> {
         let retention = *self.wanted.read().get(family)?;
