@@ -1114,25 +1114,26 @@ impl CustomMetrics {
     }
 }
 
+/// A store series: its id and labels.
+type Chosen = (i64, BTreeMap<String, String>);
+
 /// The series of store metric `id` whose labels match every one of `filter`.
 fn chosen_series(
     reader: &dyn store::Reader,
     id: i64,
     filter: &BTreeMap<String, String>,
-) -> Result<Vec<(i64, BTreeMap<String, String>)>, store::StoreError> {
+) -> Result<Vec<Chosen>, store::StoreError> {
     Ok(reader
         .series(id)?
         .into_iter()
         .map(|(sid, text)| (sid, store::labels_of(&text).into_iter().collect()))
-        .filter(|(_, labels): &(i64, BTreeMap<String, String>)| {
-            filter.iter().all(|(k, v)| labels.get(k) == Some(v))
-        })
+        .filter(|(_, labels): &Chosen| filter.iter().all(|(k, v)| labels.get(k) == Some(v)))
         .collect())
 }
 
 /// The answer's series: those of `chosen` with bins, in `chosen`'s order.
 fn series_answers(
-    chosen: Vec<(i64, BTreeMap<String, String>)>,
+    chosen: Vec<Chosen>,
     mut points: HashMap<i64, Vec<(i64, f64)>>,
 ) -> Vec<SeriesAnswer> {
     chosen
