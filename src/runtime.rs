@@ -169,6 +169,8 @@ struct Running {
     relay: Option<Relay>,
     /// The `[[remote_write]]` endpoints (none running when there are none).
     remote_write: RemoteWrite,
+    /// The metrics sampled into history.
+    history: Arc<crate::history::History>,
 }
 
 /// Serves `listeners` with `settings` until `control.shutdown` is cancelled (or `/-/quit`),
@@ -238,6 +240,14 @@ pub async fn run(
         }
     };
     let retention = tokio::spawn(expire_points(Arc::clone(&api), shutdown.clone()));
+    let history = crate::history::History::new(&settings.history);
+    api.custom.set_history(Arc::clone(&history));
+    let sampling = tokio::spawn(crate::history::run(
+        Arc::clone(&history),
+        Arc::clone(&registry),
+        api.custom.store().clone(),
+        shutdown.clone(),
+    ));
     let push_expiry = tokio::spawn(crate::push::expire_groups(
         Arc::clone(&api.push),
         shutdown.clone(),
@@ -309,6 +319,7 @@ pub async fn run(
         rules,
         relay,
         remote_write,
+        history,
     };
     loop {
         let request = tokio::select! {
@@ -342,6 +353,7 @@ pub async fn run(
     }
     let _ = retention.await;
     let _ = push_expiry.await;
+    let _ = sampling.await;
     running.remote_write.stop().await;
     // The receive threads notice the token within their receive timeout (200 ms). The relay
     // stops after them, so it sends their last lines.
@@ -437,6 +449,7 @@ impl Running {
         for notice in &new.deprecations {
             tracing::warn!("{notice}");
         }
+        self.history.replace(&new.history);
         *self.state.exposition.write() = new.exposition;
         if let Some(api) = &self.state.api {
             api.access.replace(new.tokens.clone());

@@ -36,6 +36,7 @@ pub struct Config {
     pub log: LogConfig,
     pub api: ApiConfig,
     pub storage: StorageConfig,
+    pub history: HistoryConfig,
     pub relay: RelayConfig,
     pub push: PushConfig,
     /// `[[remote_write]]` endpoints (see `crate::remote_write`).
@@ -285,6 +286,70 @@ impl Default for StorageConfig {
             default_retention_days: ApiOptions::default().default_retention_days,
         }
     }
+}
+
+/// `[history]`: how metrics that ask for history (`history = true` in `[[metric]]`) are
+/// sampled into the store, and the resolutions kept (see `crate::history`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Seconds between samples: the finest tier's resolution.
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub interval_seconds: u32,
+    /// Finest first; each resolution a multiple of the one before.
+    #[serde(deserialize_with = "history_tiers")]
+    pub tiers: Vec<TierConfig>,
+}
+
+/// One `[history] tiers` entry, durations as `10s`, `1m`, `1h`, `15d`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub resolution: String,
+    pub retention: String,
+}
+
+impl TierConfig {
+    fn new(resolution: &str, retention: &str) -> TierConfig {
+        TierConfig {
+            resolution: resolution.into(),
+            retention: retention.into(),
+        }
+    }
+
+    /// The tier, or why not, naming the key of entry `index`.
+    pub fn tier(&self, index: usize) -> Result<crate::store::tiers::Tier, String> {
+        let parse = |key: &str, text: &str| {
+            crate::custom::time::parse_step(text).map_err(|e| format!("tiers[{index}].{key}: {e}"))
+        };
+        Ok(crate::store::tiers::Tier {
+            resolution_ms: parse("resolution", &self.resolution)?,
+            retention_ms: parse("retention", &self.retention)?,
+        })
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            interval_seconds: 10,
+            tiers: vec![
+                TierConfig::new("10s", "1d"),
+                TierConfig::new("1m", "15d"),
+                TierConfig::new("1h", "365d"),
+            ],
+        }
+    }
+}
+
+fn history_tiers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TierConfig>, D::Error> {
+    let tiers = Vec::<TierConfig>::deserialize(d)?;
+    let parsed = (tiers.iter().enumerate())
+        .map(|(i, tier)| tier.tier(i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(serde::de::Error::custom)?;
+    crate::store::tiers::check(&parsed).map_err(serde::de::Error::custom)?;
+    Ok(tiers)
 }
 
 /// `[statsd]`: how StatsD lines are read.

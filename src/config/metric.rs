@@ -42,6 +42,12 @@ pub struct MetricDefinition {
     /// How a query bins this metric's points by default ([`Definition::aggregation`]; no
     /// effect on /metrics).
     pub aggregation: Option<Aggregation>,
+    /// Sample its series into the store every `[history] interval_seconds` and keep them at
+    /// every `[history] tiers` resolution (see `crate::history`).
+    pub history: Option<bool>,
+    /// With `history`: keep its samples at most this long (`30d`) in every tier; by default
+    /// each tier's own retention.
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -188,6 +194,7 @@ impl MetricDefinition {
                 }
             }
         }
+        self.history_retention_ms()?;
         let definition = Definition {
             kind: self.kind,
             labels: self
@@ -207,6 +214,39 @@ impl MetricDefinition {
         };
         Ok((family.to_owned(), definition))
     }
+}
+
+impl MetricDefinition {
+    /// `Some(retention)` when the metric asks for history (`None` inside: each tier's own).
+    fn history_retention_ms(&self) -> Result<Option<Option<i64>>, String> {
+        match (self.history.unwrap_or(false), &self.retention) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err("retention is only for metrics with history = true".into()),
+            (true, None) => Ok(Some(None)),
+            (true, Some(text)) => crate::custom::time::parse_step(text)
+                .map(|ms| Some(Some(ms)))
+                .map_err(|e| format!("retention: {e}")),
+        }
+    }
+}
+
+/// The families of the `[[metric]]` definitions that ask for history, with their own
+/// retention in ms if they set one. Call after [`build_definitions`] accepted them.
+pub fn history_families(
+    metrics: &[toml::Spanned<MetricDefinition>],
+) -> std::collections::BTreeMap<String, Option<i64>> {
+    metrics
+        .iter()
+        .filter_map(|spanned| {
+            let metric = spanned.get_ref();
+            let retention = metric.history_retention_ms().ok()??;
+            let family = match metric.kind {
+                Kind::Counter => crate::naming::counter_family(&metric.name),
+                _ => &metric.name,
+            };
+            Some((family.to_owned(), retention))
+        })
+        .collect()
 }
 
 /// The `[[metric]]` definitions of a file, by family name, built once; an error names the

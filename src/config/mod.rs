@@ -19,6 +19,9 @@ pub use file::{
 };
 pub use metric::{BucketSpec, Generator, MetricDefinition};
 pub use settings::{ConfigError, Settings};
+// `[history]` and the `[[metric]]`s asking for it, for `crate::history`.
+pub use file::{HistoryConfig, TierConfig};
+pub use metric::history_families;
 
 #[cfg(test)]
 mod tests {

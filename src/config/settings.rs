@@ -104,6 +104,8 @@ pub struct Settings {
     pub remote_write: Vec<crate::remote_write::RemoteWriteOptions>,
     /// `[query]`: the backend behind the query API, with its secret and CA files read.
     pub query: crate::custom::backend::QueryOptions,
+    /// `[history]` and the `[[metric]]`s that ask for it.
+    pub history: crate::history::HistoryOptions,
 }
 
 impl Settings {
@@ -194,6 +196,8 @@ impl Settings {
                 )));
             }
         }
+        let history =
+            crate::history::HistoryOptions::new(&file.history, &file.metrics).map_err(invalid)?;
         let (aggregation, deprecations) = aggregation(&file).map_err(invalid)?;
         crate::tokens::check_unique(&file.api.tokens).map_err(invalid)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -279,6 +283,7 @@ impl Settings {
             },
             remote_write,
             query,
+            history,
             file,
         };
         if let Some(shared) = activation::shared_name(settings.systemd_names()) {
@@ -353,6 +358,10 @@ impl Settings {
         }
         if old.storage.dir != new.storage.dir {
             changed.push("storage.dir");
+        }
+        // Which metrics keep history changes on reload; the sampling and tiers do not.
+        if old.history != new.history {
+            changed.push("history");
         }
         // A reload re-resolves and applies `targets` while the relay stays on; turning it on
         // or off, and its other keys, wait for a restart.

@@ -40,7 +40,7 @@ use hyper::{Request, StatusCode, Uri};
 use parking_lot::RwLock;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::query::Bins;
+use super::query::{Asked, Bins};
 use super::{
     CustomMetrics, MetricType, PointAnswer, QueryAnswer, QuerySpec, SeriesAnswer, TENANT_LABEL,
     family_name, time,
@@ -386,7 +386,8 @@ impl Prometheus {
         Ok(BackendAnswer {
             answer: QueryAnswer {
                 metric: name.to_owned(),
-                aggregation,
+                aggregation: Asked::Plain(aggregation),
+                resolution: None,
                 start: time::format_instant(bins.start_ms),
                 end: time::format_instant(bins.end_ms),
                 step: time::format_step(bins.step_ms),

@@ -32,7 +32,7 @@ pub mod query;
 pub mod seldon;
 pub mod time;
 
-use query::{Binner, Bins};
+use query::{Asked, Binner, Bins, CellBinner};
 
 pub use crate::record::TENANT_LABEL;
 
@@ -201,6 +201,19 @@ impl QuerySpec {
     /// before it, `step` to a minute, `aggregation` to `default`. Each bad value is a 400
     /// naming its parameter.
     pub fn range(&self, default: Aggregation) -> Result<(Bins, Aggregation), Problem> {
+        match self.asked(default)? {
+            (bins, Asked::Plain(aggregation)) => Ok((bins, aggregation)),
+            (_, Asked::Quantile(_)) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_aggregation",
+                "quantile(q) is for histograms and summaries with history".to_string(),
+            )
+            .with_field("aggregation")),
+        }
+    }
+
+    /// [`QuerySpec::range`], with `quantile(q)` among the aggregations.
+    pub fn asked(&self, default: Aggregation) -> Result<(Bins, Asked), Problem> {
         let bad = |code: &'static str, field: &str, detail: String| {
             Problem::new(StatusCode::BAD_REQUEST, code, detail).with_field(field)
         };
@@ -220,15 +233,9 @@ impl QuerySpec {
         };
         let aggregation = match &self.aggregation {
             Some(text) => {
-                serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
-                    bad(
-                        "invalid_aggregation",
-                        "aggregation",
-                        format!("{text:?} is not one of average, sum, min, max, count, last"),
-                    )
-                })?
+                Asked::parse(text).map_err(|d| bad("invalid_aggregation", "aggregation", d))?
             }
-            None => default,
+            None => Asked::Plain(default),
         };
         let bins = Bins::new(start, end, step).map_err(|d| bad("invalid_range", "start", d))?;
         Ok((bins, aggregation))
@@ -239,7 +246,12 @@ impl QuerySpec {
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QueryAnswer {
     pub metric: String,
-    pub aggregation: Aggregation,
+    #[schema(value_type = String, example = "average")]
+    pub aggregation: Asked,
+    /// The history tier answered from (`1m`), for a metric with history; absent for
+    /// recorded points.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
     pub start: String,
     pub end: String,
     pub step: String,
@@ -277,6 +289,8 @@ pub struct CustomMetrics {
     changes: tokio::sync::Mutex<()>,
     /// Deeploy's chart-backed metrics, in the same store.
     deeploy: deeploy::Deeploy,
+    /// The metrics sampled into history, once the sampler runs.
+    history: std::sync::OnceLock<Arc<crate::history::History>>,
 }
 
 impl CustomMetrics {
@@ -296,6 +310,7 @@ impl CustomMetrics {
             shown: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             deeploy,
+            history: std::sync::OnceLock::new(),
         };
         for row in stored {
             let read_only = row.scope != MATIH_SCOPE;
@@ -338,6 +353,11 @@ impl CustomMetrics {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Queries of the config file's metrics with history answer from it from now on.
+    pub fn set_history(&self, history: Arc<crate::history::History>) {
+        let _ = self.history.set(history);
     }
 
     pub fn set_options(&self, options: ApiOptions) {
@@ -772,7 +792,8 @@ impl CustomMetrics {
             .map(drop)
     }
 
-    /// Answers a query over the tenant's metric `name`.
+    /// Answers a query over the tenant's metric `name`: from history for a config-file metric
+    /// that keeps it, from its recorded points otherwise.
     pub async fn query(
         &self,
         tenant: &str,
@@ -784,61 +805,136 @@ impl CustomMetrics {
             .spec
             .aggregation
             .unwrap_or(metric.spec.kind.default_aggregation());
-        let (bins, aggregation) = spec.range(default)?;
-        let (start, end, step) = (bins.start_ms, bins.end_ms, bins.step_ms);
-        let answer = QueryAnswer {
-            metric: name.to_owned(),
-            aggregation,
-            start: time::format_instant(start),
-            end: time::format_instant(end),
-            step: time::format_step(step),
-            labels: spec.labels.clone(),
-            series: Vec::new(),
+        let history = match self.history.get() {
+            Some(history) if metric.read_only && history.wants(metric.family()) => {
+                // Its store row may not be known yet (a query right after start).
+                history.resolve(&self.store).await.map_err(storage_failed)?;
+                (history.find(metric.family())).map(|found| (history, found))
+            }
+            _ => None,
         };
+        if let Some((history, (id, own))) = history {
+            let (bins, asked) = spec.asked(default)?;
+            return self
+                .query_history(&metric, history, (id, own), bins, asked, spec.labels)
+                .await;
+        }
+        let (bins, aggregation) = spec.range(default)?;
+        self.query_points(&metric, bins, aggregation, spec.labels)
+            .await
+    }
+
+    /// The answer's frame: what was asked, no series yet.
+    fn answer_frame(
+        metric: &CustomMetric,
+        bins: Bins,
+        aggregation: Asked,
+        labels: &BTreeMap<String, String>,
+    ) -> QueryAnswer {
+        QueryAnswer {
+            metric: metric.spec.name.clone(),
+            aggregation,
+            resolution: None,
+            start: time::format_instant(bins.start_ms),
+            end: time::format_instant(bins.end_ms),
+            step: time::format_step(bins.step_ms),
+            labels: labels.clone(),
+            series: Vec::new(),
+        }
+    }
+
+    /// Answers from the points recorded through the API.
+    async fn query_points(
+        &self,
+        metric: &CustomMetric,
+        bins: Bins,
+        aggregation: Aggregation,
+        filter: BTreeMap<String, String>,
+    ) -> Result<QueryAnswer, Problem> {
+        let (start, end) = (bins.start_ms, bins.end_ms);
+        let answer = Self::answer_frame(metric, bins, Asked::Plain(aggregation), &filter);
         if metric.read_only && metric.store_id < 0 {
             // A file definition nothing was recorded to through the API.
             return Ok(answer);
         }
         let id = metric.store_id;
-        let filter = spec.labels;
         let series = self
             .store
             .read(move |reader| {
-                let all = reader.series(id)?;
-                let chosen: Vec<(i64, BTreeMap<String, String>)> = all
-                    .into_iter()
-                    .map(|(sid, text)| {
-                        (
-                            sid,
-                            store::labels_of(&text)
-                                .into_iter()
-                                .collect::<BTreeMap<_, _>>(),
-                        )
-                    })
-                    .filter(|(_, labels)| filter.iter().all(|(k, v)| labels.get(k) == Some(v)))
-                    .collect();
+                let chosen = chosen_series(reader, id, &filter)?;
                 let ids: Vec<i64> = chosen.iter().map(|(sid, _)| *sid).collect();
                 let mut binner = Binner::new(bins);
                 reader.scan(id, start, end, Some(&ids), &mut |sid, ts, value| {
                     binner.add(sid, ts, value)
                 })?;
-                let mut points = binner.finish(aggregation);
-                Ok(chosen
-                    .into_iter()
-                    .filter_map(|(sid, labels)| {
-                        let points = points.remove(&sid)?;
-                        Some(SeriesAnswer {
-                            labels,
-                            points: points
-                                .into_iter()
-                                .map(|(ts, value)| PointAnswer {
-                                    timestamp: time::format_instant(ts),
-                                    value,
-                                })
-                                .collect(),
-                        })
-                    })
-                    .collect())
+                Ok(series_answers(chosen, binner.finish(aggregation)))
+            })
+            .await
+            .map_err(storage_failed)?;
+        Ok(QueryAnswer { series, ..answer })
+    }
+
+    /// Answers from the history tier that fits the step and still keeps the start.
+    async fn query_history(
+        &self,
+        metric: &CustomMetric,
+        history: &crate::history::History,
+        (id, own): (i64, Option<i64>),
+        bins: Bins,
+        asked: Asked,
+        filter: BTreeMap<String, String>,
+    ) -> Result<QueryAnswer, Problem> {
+        let kind = metric.spec.kind;
+        let scalar = matches!(kind, MetricType::Counter | MetricType::Gauge);
+        let fits = match asked {
+            Asked::Quantile(_) => !scalar,
+            Asked::Plain(a) => {
+                scalar
+                    || matches!(
+                        a,
+                        Aggregation::Average | Aggregation::Sum | Aggregation::Count
+                    )
+            }
+        };
+        if !fits {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_aggregation",
+                format!(
+                    "a {}'s history answers {}",
+                    kind.kind().name(),
+                    match scalar {
+                        true => "average, sum, min, max, count and last",
+                        false => "average, sum, count and quantile(q)",
+                    }
+                ),
+            )
+            .with_field("aggregation"));
+        }
+        let tier = history.tier_for(bins.start_ms, bins.step_ms, time::now_ms(), own);
+        let family = metric.family();
+        let bounds: Arc<[f64]> = (self.recorder.definitions().get(family))
+            .and_then(|definition| definition.options.buckets.clone())
+            .unwrap_or_else(|| Arc::clone(&self.recorder.registry().settings().histogram_buckets));
+        let answer = QueryAnswer {
+            resolution: Some(time::format_step(tier.resolution_ms)),
+            ..Self::answer_frame(metric, bins, asked, &filter)
+        };
+        let series = self
+            .store
+            .read(move |reader| {
+                let chosen = chosen_series(reader, id, &filter)?;
+                let ids: Vec<i64> = chosen.iter().map(|(sid, _)| *sid).collect();
+                let mut binner = CellBinner::new(bins);
+                reader.scan_tier(
+                    tier,
+                    id,
+                    bins.start_ms,
+                    bins.end_ms,
+                    Some(&ids),
+                    &mut |sid, ts, cell| binner.add(sid, ts, cell),
+                )?;
+                Ok(series_answers(chosen, binner.finish(asked, &bounds)))
             })
             .await
             .map_err(storage_failed)?;
@@ -1017,6 +1113,46 @@ impl CustomMetrics {
         }
         Ok(removed)
     }
+}
+
+/// A store series: its id and labels.
+type Chosen = (i64, BTreeMap<String, String>);
+
+/// The series of store metric `id` whose labels match every one of `filter`.
+fn chosen_series(
+    reader: &dyn store::Reader,
+    id: i64,
+    filter: &BTreeMap<String, String>,
+) -> Result<Vec<Chosen>, store::StoreError> {
+    Ok(reader
+        .series(id)?
+        .into_iter()
+        .map(|(sid, text)| (sid, store::labels_of(&text).into_iter().collect()))
+        .filter(|(_, labels): &Chosen| filter.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .collect())
+}
+
+/// The answer's series: those of `chosen` with bins, in `chosen`'s order.
+fn series_answers(
+    chosen: Vec<Chosen>,
+    mut points: HashMap<i64, Vec<(i64, f64)>>,
+) -> Vec<SeriesAnswer> {
+    chosen
+        .into_iter()
+        .filter_map(|(sid, labels)| {
+            let points = points.remove(&sid)?;
+            Some(SeriesAnswer {
+                labels,
+                points: points
+                    .into_iter()
+                    .map(|(ts, value)| PointAnswer {
+                        timestamp: time::format_instant(ts),
+                        value,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 /// The store scope of a file definition's rows.

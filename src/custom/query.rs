@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::definitions::Aggregation;
+use crate::store::tiers::Cell as TierCell;
 
 /// Most bins one series may answer (Prometheus refuses a range query above 11,000 points).
 pub const MAX_POINTS: i64 = 11_000;
@@ -36,7 +37,7 @@ impl Bins {
         })
     }
 
-    fn index(&self, ts_ms: i64) -> Option<i64> {
+    pub(crate) fn index(&self, ts_ms: i64) -> Option<i64> {
         (self.start_ms..self.end_ms)
             .contains(&ts_ms)
             .then(|| (ts_ms - self.start_ms) / self.step_ms)
@@ -136,6 +137,168 @@ impl Binner {
                 (series, points)
             })
             .collect()
+    }
+}
+
+/// What a query asks of each bin: an [`Aggregation`], or `quantile(q)` of a histogram's or
+/// summary's history. Written as the query spells it (`average`, `quantile(0.99)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Asked {
+    Plain(Aggregation),
+    Quantile(f64),
+}
+
+impl Asked {
+    /// Parses `average`, `sum`, … or `quantile(q)` with q in [0, 1].
+    pub fn parse(text: &str) -> Result<Asked, String> {
+        if let Some(q) = text
+            .strip_prefix("quantile(")
+            .and_then(|rest| rest.strip_suffix(')'))
+        {
+            return match q.trim().parse::<f64>() {
+                Ok(q) if (0.0..=1.0).contains(&q) => Ok(Asked::Quantile(q)),
+                _ => Err(format!("{text:?}: the quantile must be a number in [0, 1]")),
+            };
+        }
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .map(Asked::Plain)
+            .map_err(|_| {
+                format!("{text:?} is not one of average, sum, min, max, count, last, quantile(q)")
+            })
+    }
+}
+
+impl serde::Serialize for Asked {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Asked::Plain(aggregation) => aggregation.serialize(serializer),
+            Asked::Quantile(q) => serializer.serialize_str(&format!("quantile({q})")),
+        }
+    }
+}
+
+/// Prometheus's `histogram_quantile`: the `q` quantile of observations counted per bucket
+/// (`counts`, not cumulative, the last `+Inf`'s) under `bounds` (without `+Inf`), linearly
+/// interpolated inside its bucket (the first starting at 0 unless its bound is below 0). None
+/// without observations or when the buckets do not match the bounds.
+pub fn histogram_quantile(q: f64, bounds: &[f64], counts: &[u64]) -> Option<f64> {
+    if counts.len() != bounds.len() + 1 || bounds.is_empty() {
+        return None;
+    }
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    // The first bucket whose cumulative count reaches the rank.
+    let mut below = 0u64;
+    let mut b = 0;
+    while b + 1 < counts.len() && ((below + counts[b]) as f64) < rank {
+        below += counts[b];
+        b += 1;
+    }
+    if b == bounds.len() {
+        // In +Inf's bucket: the largest finite bound, as Prometheus answers.
+        return Some(bounds[b - 1]);
+    }
+    let end = bounds[b];
+    let start = match b {
+        0 if end <= 0.0 => return Some(end),
+        0 => 0.0,
+        _ => bounds[b - 1],
+    };
+    if counts[b] == 0 {
+        return Some(start);
+    }
+    Some(start + (end - start) * (rank - below as f64) / counts[b] as f64)
+}
+
+/// History samples ([`TierCell`]s) of many series, binned as they arrive: the cells of one bin are
+/// folded as a coarser tier folds them.
+#[derive(Debug)]
+pub struct CellBinner {
+    bins: Bins,
+    series: HashMap<i64, BTreeMap<i64, TierCell>>,
+}
+
+impl CellBinner {
+    pub fn new(bins: Bins) -> CellBinner {
+        CellBinner {
+            bins,
+            series: HashMap::new(),
+        }
+    }
+
+    /// Takes one sample (in time order within its series); samples outside the range are
+    /// ignored.
+    pub fn add(&mut self, series: i64, ts_ms: i64, cell: TierCell) {
+        let Some(index) = self.bins.index(ts_ms) else {
+            return;
+        };
+        self.series
+            .entry(series)
+            .or_default()
+            .entry(index)
+            .and_modify(|sofar| sofar.merge(&cell))
+            .or_insert(cell);
+    }
+
+    /// Each series with values, its bins in time order as `(bin start, value)`. `bounds` are a
+    /// histogram's bucket bounds, for quantiles. A bin without a value for what is asked (no
+    /// observations, a quantile a summary does not keep) is left out.
+    pub fn finish(self, asked: Asked, bounds: &[f64]) -> HashMap<i64, Vec<(i64, f64)>> {
+        let bins = self.bins;
+        self.series
+            .into_iter()
+            .map(|(series, cells)| {
+                let points = (cells.into_iter())
+                    .filter_map(|(index, cell)| {
+                        let value = cell_value(&cell, asked, bounds)?;
+                        Some((bins.start_ms + index * bins.step_ms, value))
+                    })
+                    .collect();
+                (series, points)
+            })
+            .collect()
+    }
+}
+
+/// What `asked` makes of one bin's folded cell.
+fn cell_value(cell: &TierCell, asked: Asked, bounds: &[f64]) -> Option<f64> {
+    let ratio = |sum: f64, count: u64| (count > 0).then(|| sum / count as f64);
+    match (cell, asked) {
+        (
+            &TierCell::Scalar {
+                n,
+                sum,
+                min,
+                max,
+                last,
+            },
+            Asked::Plain(aggregation),
+        ) => Some(match aggregation {
+            Aggregation::Average => sum / n as f64,
+            Aggregation::Sum => sum,
+            Aggregation::Min => min,
+            Aggregation::Max => max,
+            Aggregation::Count => n as f64,
+            Aggregation::Last => last,
+        }),
+        (&TierCell::Histogram { count, sum, .. }, Asked::Plain(aggregation))
+        | (&TierCell::Summary { count, sum, .. }, Asked::Plain(aggregation)) => match aggregation {
+            Aggregation::Average => ratio(sum, count),
+            Aggregation::Sum => Some(sum),
+            Aggregation::Count => Some(count as f64),
+            _ => None,
+        },
+        (TierCell::Histogram { buckets, .. }, Asked::Quantile(q)) => {
+            histogram_quantile(q, bounds, buckets)
+        }
+        (TierCell::Summary { quantiles, .. }, Asked::Quantile(q)) => quantiles
+            .iter()
+            .find(|(kept, value)| (kept - q).abs() < 1e-9 && !value.is_nan())
+            .map(|(_, value)| *value),
+        (TierCell::Scalar { .. }, Asked::Quantile(_)) => None,
     }
 }
 

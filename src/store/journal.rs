@@ -86,7 +86,7 @@ fn decode_into(body: &[u8], out: &mut Vec<Pending>) -> Result<(), &'static str> 
     Ok(())
 }
 
-fn put_unsigned(out: &mut Vec<u8>, mut value: u64) {
+pub(super) fn put_unsigned(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push(value as u8 | 0x80);
         value >>= 7;
@@ -98,19 +98,19 @@ fn put_signed(out: &mut Vec<u8>, value: i64) {
     put_unsigned(out, ((value << 1) ^ (value >> 63)) as u64);
 }
 
-struct Reader<'a> {
-    body: &'a [u8],
-    at: usize,
+pub(super) struct Reader<'a> {
+    pub(super) body: &'a [u8],
+    pub(super) at: usize,
 }
 
 impl Reader<'_> {
-    fn byte(&mut self) -> Result<u8, &'static str> {
+    pub(super) fn byte(&mut self) -> Result<u8, &'static str> {
         let byte = *self.body.get(self.at).ok_or("journal body cut short")?;
         self.at += 1;
         Ok(byte)
     }
 
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
+    pub(super) fn take<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
         let bytes = self
             .body
             .get(self.at..self.at + N)
@@ -119,7 +119,7 @@ impl Reader<'_> {
         Ok(bytes.try_into().expect("N bytes"))
     }
 
-    fn unsigned(&mut self) -> Result<u64, &'static str> {
+    pub(super) fn unsigned(&mut self) -> Result<u64, &'static str> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;

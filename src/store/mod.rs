@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod journal;
 pub mod sqlite;
+pub mod tiers;
 
 /// Most writes committed in one transaction.
 pub const MAX_GROUP: usize = 256;
@@ -103,6 +104,11 @@ pub enum Write {
     ClearDataPoints { metric: i64 },
     /// Removes a metric's points older than `before_ms` (retention). Answers how many.
     Expire { metric: i64, before_ms: i64 },
+    /// One sampling tick of history, rolled up into the coarser tiers ([`tiers`]).
+    Samples(Box<tiers::SampleBatch>),
+    /// Removes a history metric's samples older than each tier's cut `(resolution_ms,
+    /// before_ms)`, and its series left without any. Answers how many rows.
+    ExpireHistory { metric: i64, cuts: Vec<(i64, i64)> },
 }
 
 /// What a write did.
@@ -178,6 +184,21 @@ pub trait Reader: Send + Sync + 'static {
         series: Option<&[i64]>,
         visit: &mut dyn FnMut(i64, i64, f64),
     ) -> Result<(), StoreError>;
+
+    /// Calls `visit(series, ts_ms, cell)` for each history sample of `metric` in `tier` with
+    /// `start_ms <= ts_ms < end_ms`, in `series` only when given, in time order within each
+    /// series.
+    fn scan_tier(
+        &self,
+        _tier: tiers::Tier,
+        _metric: i64,
+        _start_ms: i64,
+        _end_ms: i64,
+        _series: Option<&[i64]>,
+        _visit: &mut dyn FnMut(i64, i64, tiers::Cell),
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Engine("this store keeps no history".into()))
+    }
 
     /// The Deeploy data points of `metric`, in the order they were posted.
     fn data_points(&self, metric: i64) -> Result<Vec<DataPoint>, StoreError>;

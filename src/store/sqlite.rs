@@ -42,13 +42,15 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::journal::{self, Pending};
+use super::tiers::{self, Cell, Tier};
 use super::{DataPoint, Engine, Reader, StoreError, StoredMetric, Write, Written, bucket_of};
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "tallyd.db";
 
 /// The schema this build writes; a file with a newer one is refused, not guessed at.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the history tiers ([`super::tiers`]); a version 1 file gains them at open.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -128,6 +130,7 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
     }
     connection
         .execute_batch(SCHEMA)
+        .and_then(|()| connection.execute_batch(tiers::SCHEMA))
         .and_then(|()| connection.pragma_update(None, "user_version", SCHEMA_VERSION))
         .map_err(engine_error)?;
     let next_seq = connection
@@ -537,6 +540,22 @@ impl SqliteEngine {
                     .execute("DELETE FROM data_points WHERE metric = ?1", [metric])?;
                 Ok(Written::Removed(removed as u64))
             }
+            Write::Samples(batch) => {
+                let mut ids = Vec::with_capacity(batch.rows.len());
+                for row in &batch.rows {
+                    ids.push(self.series_id(row.metric, &row.labels)?);
+                }
+                tiers::write(&self.connection, batch, &ids)?;
+                Ok(Written::Done)
+            }
+            Write::ExpireHistory { metric, cuts } => {
+                let removed = tiers::expire(&self.connection, *metric, cuts)?;
+                // Some of its series may be gone: they are looked up afresh.
+                if let Some(gone) = self.series.remove(metric) {
+                    self.cached_series -= gone.len();
+                }
+                Ok(Written::Removed(removed))
+            }
             Write::Expire { metric, before_ms } => {
                 let bucket = bucket_of(*before_ms);
                 let whole = self.connection.execute(
@@ -744,6 +763,20 @@ impl Reader for SqliteReader {
                 }
             }
             Ok(())
+        })
+    }
+
+    fn scan_tier(
+        &self,
+        tier: Tier,
+        metric: i64,
+        start_ms: i64,
+        end_ms: i64,
+        series: Option<&[i64]>,
+        visit: &mut dyn FnMut(i64, i64, Cell),
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            tiers::scan(connection, tier, metric, start_ms, end_ms, series, visit)
         })
     }
 

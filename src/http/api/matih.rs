@@ -201,7 +201,7 @@ async fn record(
         ("start" = Option<String>, Query, description = "ISO 8601 with an offset, or unix seconds; default an hour before `end`"),
         ("end" = Option<String>, Query, description = "Exclusive; default now"),
         ("step" = Option<String>, Query, description = "30s, 1m, 1h, 1d...; default 1m; at most 11,000 bins"),
-        ("aggregation" = Option<Aggregation>, Query, description = "Default: the metric's own"),
+        ("aggregation" = Option<String>, Query, description = "average, sum, min, max, count or last; quantile(q), q in [0, 1], for a histogram or summary with history. Default: the metric's own"),
         ("labels" = Option<String>, Query, description = "Filters as `name:value,name:value` (or repeated `labels[name]=value`)")
     ),
     responses((status = 200, description = "The bins; with `\"backend\": \"prometheus\"` added when `[query]` answers from a Prometheus-compatible store", body = QueryAnswer), Problems)

@@ -1,0 +1,723 @@
+//! History tiers: the samples [`crate::history::sampler`] takes of registry series, kept at a
+//! few resolutions (10 s for a day, 1 min for 15 days, 1 h for a year by default), each with
+//! its own retention, like RRD and Graphite. This module owns their table, the compact encoding
+//! of one sample ([`Cell`]), the rollup of a finer tier into a coarser one, their expiry and
+//! their reads; the SQLite engine calls it inside its transactions.
+//!
+//! Table `tier_samples`, `WITHOUT ROWID`, keyed tier (its resolution in ms) → metric → time
+//! bucket → series → interval start, as the points table is keyed (see [`super::sqlite`]): one
+//! tick's rows land at the end of each metric's range, and one series' range read is a seek per
+//! bucket. A bucket holds [`SLOTS_PER_BUCKET`] intervals of its tier.
+//!
+//! Rollup: a coarser tier's interval is built when it closes, from the finer tier's rows of
+//! that interval, in the transaction that writes the finest sample closing it. `meta` keeps,
+//! per coarser tier, where its last rollup ended, so intervals missed while tallyd was down are
+//! rolled at the next write, and rolling again (after a crash) replaces, never adds twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::journal::{Reader, put_unsigned};
+
+/// The table, added in schema version 2.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tier_samples (
+    tier INTEGER NOT NULL,
+    metric INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    series INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (tier, metric, bucket, series, ts)
+) WITHOUT ROWID;
+";
+
+/// Intervals of a tier in one time bucket: an hour of the 10 s tier, 15 days of the 1 h one.
+pub const SLOTS_PER_BUCKET: i64 = 360;
+
+/// One resolution history is kept at, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    pub resolution_ms: i64,
+    pub retention_ms: i64,
+}
+
+impl Tier {
+    fn bucket_of(&self, ts_ms: i64) -> i64 {
+        ts_ms.div_euclid(self.resolution_ms * SLOTS_PER_BUCKET)
+    }
+
+    /// The start of the interval holding `ts_ms`.
+    pub fn floor(&self, ts_ms: i64) -> i64 {
+        ts_ms - ts_ms.rem_euclid(self.resolution_ms)
+    }
+}
+
+/// Checks a list of tiers: at least one, each resolution a multiple of the one before (so a
+/// coarser interval is made of whole finer ones), each retention at least its resolution. The
+/// error names the key at fault (`tiers[1].resolution`).
+pub fn check(tiers: &[Tier]) -> Result<(), String> {
+    if tiers.is_empty() {
+        return Err("tiers: at least one tier is needed".into());
+    }
+    for (i, tier) in tiers.iter().enumerate() {
+        if tier.resolution_ms < 1_000 || tier.resolution_ms % 1_000 != 0 {
+            return Err(format!(
+                "tiers[{i}].resolution: must be a whole number of seconds"
+            ));
+        }
+        if i > 0 {
+            let finer = tiers[i - 1].resolution_ms;
+            if tier.resolution_ms <= finer || tier.resolution_ms % finer != 0 {
+                return Err(format!(
+                    "tiers[{i}].resolution: must be a multiple of tiers[{}].resolution ({} ms), \
+                     and larger",
+                    i - 1,
+                    finer
+                ));
+            }
+        }
+        if tier.retention_ms < tier.resolution_ms {
+            return Err(format!(
+                "tiers[{i}].retention: must be at least its resolution"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What one series did over one interval of a tier.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    /// A counter (its per-interval increases) or a gauge (its sampled values): over `n`
+    /// finest samples, their sum (for the average), min, max and the last.
+    Scalar {
+        n: u64,
+        sum: f64,
+        min: f64,
+        max: f64,
+        last: f64,
+    },
+    /// Increases of a histogram's count, sum and each bucket (not cumulative; the last is
+    /// `+Inf`'s).
+    Histogram {
+        count: u64,
+        sum: f64,
+        buckets: Vec<u64>,
+    },
+    /// Increases of a summary's count and sum, and its quantiles' values averaged over the `n`
+    /// finest samples.
+    Summary {
+        n: u64,
+        count: u64,
+        sum: f64,
+        quantiles: Vec<(f64, f64)>,
+    },
+}
+
+/// Body tags.
+const SINGLE: u8 = 1;
+const SCALAR: u8 = 2;
+const HISTOGRAM: u8 = 3;
+const SUMMARY: u8 = 4;
+
+impl Cell {
+    /// One finest sample of a counter or gauge.
+    pub fn scalar(value: f64) -> Cell {
+        Cell::Scalar {
+            n: 1,
+            sum: value,
+            min: value,
+            max: value,
+            last: value,
+        }
+    }
+
+    /// Folds in `later`, the next interval's cell of the same series. A cell of another shape
+    /// (the metric changed type, or its buckets) replaces this one: values of different
+    /// shapes do not add.
+    pub fn merge(&mut self, later: &Cell) {
+        match (self, later) {
+            (
+                Cell::Scalar {
+                    n,
+                    sum,
+                    min,
+                    max,
+                    last,
+                },
+                Cell::Scalar {
+                    n: n2,
+                    sum: sum2,
+                    min: min2,
+                    max: max2,
+                    last: last2,
+                },
+            ) => {
+                *n += n2;
+                *sum += sum2;
+                *min = min.min(*min2);
+                *max = max.max(*max2);
+                *last = *last2;
+            }
+            (
+                Cell::Histogram {
+                    count,
+                    sum,
+                    buckets,
+                },
+                Cell::Histogram {
+                    count: count2,
+                    sum: sum2,
+                    buckets: buckets2,
+                },
+            ) if buckets.len() == buckets2.len() => {
+                *count += count2;
+                *sum += sum2;
+                for (b, b2) in buckets.iter_mut().zip(buckets2) {
+                    *b += b2;
+                }
+            }
+            (
+                Cell::Summary {
+                    n,
+                    count,
+                    sum,
+                    quantiles,
+                },
+                Cell::Summary {
+                    n: n2,
+                    count: count2,
+                    sum: sum2,
+                    quantiles: quantiles2,
+                },
+            ) if quantiles.len() == quantiles2.len()
+                && quantiles.iter().zip(quantiles2).all(|(a, b)| a.0 == b.0) =>
+            {
+                let (w1, w2) = (*n as f64, *n2 as f64);
+                for ((_, v), (_, v2)) in quantiles.iter_mut().zip(quantiles2) {
+                    *v = match (v.is_nan(), v2.is_nan()) {
+                        (false, false) => (*v * w1 + v2 * w2) / (w1 + w2),
+                        (true, _) => *v2,
+                        (false, true) => *v,
+                    };
+                }
+                *n += n2;
+                *count += count2;
+                *sum += sum2;
+            }
+            (this, later) => *this = later.clone(),
+        }
+    }
+
+    /// Appends the cell's body to `out`: a tag, then varints and numbers ([`put_number`]), so
+    /// a counter's whole increase costs 2–4 bytes.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Cell::Scalar {
+                n: 1,
+                sum,
+                min,
+                max,
+                last,
+            } if sum == min && sum == max && sum == last => {
+                out.push(SINGLE);
+                put_number(out, *sum);
+            }
+            Cell::Scalar {
+                n,
+                sum,
+                min,
+                max,
+                last,
+            } => {
+                out.push(SCALAR);
+                put_unsigned(out, *n);
+                for value in [sum, min, max, last] {
+                    put_number(out, *value);
+                }
+            }
+            Cell::Histogram {
+                count,
+                sum,
+                buckets,
+            } => encode_histogram(out, *count, *sum, buckets),
+            Cell::Summary {
+                n,
+                count,
+                sum,
+                quantiles,
+            } => encode_summary(out, *n, *count, *sum, quantiles),
+        }
+    }
+
+    /// The cell of a body [`Cell::encode`] wrote.
+    pub fn decode(body: &[u8]) -> Result<Cell, &'static str> {
+        let mut r = Reader { body, at: 0 };
+        let cell = match r.byte()? {
+            SINGLE => Cell::scalar(number(&mut r)?),
+            SCALAR => Cell::Scalar {
+                n: r.unsigned()?,
+                sum: number(&mut r)?,
+                min: number(&mut r)?,
+                max: number(&mut r)?,
+                last: number(&mut r)?,
+            },
+            HISTOGRAM => {
+                let count = r.unsigned()?;
+                let sum = number(&mut r)?;
+                let len = r.unsigned()? as usize;
+                // A bucket takes at least a byte: a larger count is corruption.
+                if len > body.len() {
+                    return Err("tier sample: bucket count larger than its body");
+                }
+                let buckets = (0..len).map(|_| r.unsigned()).collect::<Result<_, _>>()?;
+                Cell::Histogram {
+                    count,
+                    sum,
+                    buckets,
+                }
+            }
+            SUMMARY => {
+                let n = r.unsigned()?;
+                let count = r.unsigned()?;
+                let sum = number(&mut r)?;
+                let len = r.unsigned()? as usize;
+                if len > body.len() {
+                    return Err("tier sample: quantile count larger than its body");
+                }
+                let quantiles = (0..len)
+                    .map(|_| Ok((number(&mut r)?, number(&mut r)?)))
+                    .collect::<Result<_, &'static str>>()?;
+                Cell::Summary {
+                    n,
+                    count,
+                    sum,
+                    quantiles,
+                }
+            }
+            _ => return Err("tier sample: unknown tag"),
+        };
+        if r.at != body.len() {
+            return Err("tier sample: body longer than its cell");
+        }
+        Ok(cell)
+    }
+}
+
+/// Appends the body of a [`Cell::Histogram`], from borrowed buckets (the sampler's, reused).
+pub fn encode_histogram(out: &mut Vec<u8>, count: u64, sum: f64, buckets: &[u64]) {
+    out.push(HISTOGRAM);
+    put_unsigned(out, count);
+    put_number(out, sum);
+    put_unsigned(out, buckets.len() as u64);
+    for bucket in buckets {
+        put_unsigned(out, *bucket);
+    }
+}
+
+/// Appends the body of a [`Cell::Summary`], from borrowed quantiles.
+pub fn encode_summary(out: &mut Vec<u8>, n: u64, count: u64, sum: f64, quantiles: &[(f64, f64)]) {
+    out.push(SUMMARY);
+    put_unsigned(out, n);
+    put_unsigned(out, count);
+    put_number(out, sum);
+    put_unsigned(out, quantiles.len() as u64);
+    for (q, v) in quantiles {
+        put_number(out, *q);
+        put_number(out, *v);
+    }
+}
+
+/// Largest integer written as a varint: below it every integer is exact in an f64.
+const EXACT: f64 = (1u64 << 52) as f64;
+
+/// Appends a number: a whole one in `[0, 2^52)` as the varint of twice it (counter increases
+/// and bucket-like values are usually whole), any other as the varint 1 and its 8 bytes.
+fn put_number(out: &mut Vec<u8>, value: f64) {
+    if value.fract() == 0.0 && (0.0..EXACT).contains(&value) && value.is_sign_positive() {
+        put_unsigned(out, (value as u64) << 1);
+    } else {
+        out.push(1);
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+fn number(r: &mut Reader<'_>) -> Result<f64, &'static str> {
+    match r.unsigned()? {
+        1 => Ok(f64::from_le_bytes(r.take::<8>()?)),
+        whole if whole & 1 == 0 => Ok((whole >> 1) as f64),
+        _ => Err("tier sample: bad number"),
+    }
+}
+
+/// One series' sample in a [`SampleBatch`].
+#[derive(Clone, Debug)]
+pub struct SampleRow {
+    pub metric: i64,
+    /// The series' labels as the store keys them ([`super::labels_key`]).
+    pub labels: Arc<str>,
+    /// Where its body ends in [`SampleBatch::bodies`] (it starts where the previous one ends).
+    pub end: u32,
+}
+
+/// One sampling tick: every history series' finest sample for the interval starting at
+/// `ts_ms`, as one write (one transaction).
+#[derive(Clone, Debug, Default)]
+pub struct SampleBatch {
+    /// The tiers, finest first: the batch is the finest's; the others are rolled up from it.
+    pub tiers: Arc<[Tier]>,
+    /// Every history metric, whether it has a sample in this batch or not: what to roll up.
+    pub metrics: Vec<i64>,
+    pub ts_ms: i64,
+    pub rows: Vec<SampleRow>,
+    /// The rows' bodies, end to end ([`Cell::encode`]): one allocation for the tick.
+    pub bodies: Vec<u8>,
+}
+
+impl SampleBatch {
+    /// Adds a row whose body `encode` appends.
+    pub fn push(&mut self, metric: i64, labels: Arc<str>, encode: impl FnOnce(&mut Vec<u8>)) {
+        encode(&mut self.bodies);
+        self.rows.push(SampleRow {
+            metric,
+            labels,
+            end: self.bodies.len() as u32,
+        });
+    }
+}
+
+/// Writes `batch` (its rows' series ids in `series`), then rolls up every coarser interval the
+/// batch closes. Inside the caller's transaction.
+pub fn write(connection: &Connection, batch: &SampleBatch, series: &[i64]) -> rusqlite::Result<()> {
+    let Some(finest) = batch.tiers.first() else {
+        return Ok(());
+    };
+    let mut insert = connection.prepare_cached(
+        "INSERT OR REPLACE INTO tier_samples (tier, metric, bucket, series, ts, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut start = 0usize;
+    for (row, &id) in batch.rows.iter().zip(series) {
+        let end = row.end as usize;
+        insert.execute(params![
+            finest.resolution_ms,
+            row.metric,
+            finest.bucket_of(batch.ts_ms),
+            id,
+            batch.ts_ms,
+            &batch.bodies[start..end]
+        ])?;
+        start = end;
+    }
+    // Everything before this instant is written in the finer tier.
+    let mut written_to = batch.ts_ms + finest.resolution_ms;
+    for pair in batch.tiers.windows(2) {
+        let (finer, coarser) = (pair[0], pair[1]);
+        let closed_to = coarser.floor(written_to);
+        let key = format!("rolled:{}", coarser.resolution_ms);
+        let done: Option<i64> = connection
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([&key], |row| row.get(0))
+            .optional()?;
+        // The first time, the interval just closed; never more than the tier keeps.
+        let from = done
+            .unwrap_or(closed_to - coarser.resolution_ms)
+            .max(closed_to - coarser.retention_ms);
+        if from < closed_to {
+            for &metric in &batch.metrics {
+                roll_up(connection, finer, coarser, metric, from, closed_to)?;
+            }
+            connection
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![key, closed_to])?;
+        }
+        written_to = closed_to;
+    }
+    Ok(())
+}
+
+/// Builds `coarser`'s intervals in `[from, to)` of `metric` from `finer`'s rows.
+fn roll_up(
+    connection: &Connection,
+    finer: Tier,
+    coarser: Tier,
+    metric: i64,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<()> {
+    let mut folded: BTreeMap<(i64, i64), Cell> = BTreeMap::new();
+    // Rows come bucket by bucket, each series' in time order: each fold is in time order.
+    scan(
+        connection,
+        finer,
+        metric,
+        from,
+        to,
+        None,
+        &mut |series, ts, cell| {
+            folded
+                .entry((series, coarser.floor(ts)))
+                .and_modify(|sofar| sofar.merge(&cell))
+                .or_insert(cell);
+        },
+    )?;
+    let mut insert = connection.prepare_cached(
+        "INSERT OR REPLACE INTO tier_samples (tier, metric, bucket, series, ts, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut body = Vec::new();
+    for ((series, ts), cell) in folded {
+        body.clear();
+        cell.encode(&mut body);
+        insert.execute(params![
+            coarser.resolution_ms,
+            metric,
+            coarser.bucket_of(ts),
+            series,
+            ts,
+            &body
+        ])?;
+    }
+    Ok(())
+}
+
+/// Calls `visit(series, ts_ms, cell)` for each of `metric`'s samples in `tier` with
+/// `start_ms <= ts_ms < end_ms`, in `series` only when given; one series' samples in time
+/// order. A body that cannot be read is an error, not skipped.
+pub fn scan(
+    connection: &Connection,
+    tier: Tier,
+    metric: i64,
+    start_ms: i64,
+    end_ms: i64,
+    series: Option<&[i64]>,
+    visit: &mut dyn FnMut(i64, i64, Cell),
+) -> rusqlite::Result<()> {
+    if end_ms <= start_ms {
+        return Ok(());
+    }
+    let (first, last) = (tier.bucket_of(start_ms), tier.bucket_of(end_ms - 1));
+    let bad = |e: &'static str| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
+    };
+    let buckets = last - first + 1;
+    if let Some(series) = series.filter(|s| buckets.saturating_mul(s.len() as i64) <= 20_000) {
+        // One seek per (bucket, series): a few series over a long range.
+        let mut statement = connection.prepare_cached(
+            "SELECT ts, body FROM tier_samples
+             WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series = ?4
+               AND ts >= ?5 AND ts < ?6
+             ORDER BY ts",
+        )?;
+        for &id in series {
+            for bucket in first..=last {
+                let mut rows = statement.query(params![
+                    tier.resolution_ms,
+                    metric,
+                    bucket,
+                    id,
+                    start_ms,
+                    end_ms
+                ])?;
+                while let Some(row) = rows.next()? {
+                    let cell = Cell::decode(row.get_ref(1)?.as_blob()?).map_err(bad)?;
+                    visit(id, row.get(0)?, cell);
+                }
+            }
+        }
+        return Ok(());
+    }
+    let wanted: Option<std::collections::HashSet<i64>> =
+        series.map(|s| s.iter().copied().collect());
+    let mut statement = connection.prepare_cached(
+        "SELECT series, ts, body FROM tier_samples
+         WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3 AND bucket <= ?4
+           AND ts >= ?5 AND ts < ?6
+         ORDER BY bucket, series, ts",
+    )?;
+    let mut rows = statement.query(params![
+        tier.resolution_ms,
+        metric,
+        first,
+        last,
+        start_ms,
+        end_ms
+    ])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
+            let cell = Cell::decode(row.get_ref(2)?.as_blob()?).map_err(bad)?;
+            visit(id, row.get(1)?, cell);
+        }
+    }
+    Ok(())
+}
+
+/// Removes `metric`'s samples older than each tier's cut (`(resolution_ms, before_ms)`), then
+/// the metric's series no tier holds a sample of any more (series churn must not grow the
+/// file). Answers how many rows went.
+pub fn expire(connection: &Connection, metric: i64, cuts: &[(i64, i64)]) -> rusqlite::Result<u64> {
+    let mut removed = 0;
+    for &(resolution_ms, before_ms) in cuts {
+        let tier = Tier {
+            resolution_ms,
+            retention_ms: 0,
+        };
+        let bucket = tier.bucket_of(before_ms);
+        removed += connection
+            .prepare_cached(
+                "DELETE FROM tier_samples WHERE tier = ?1 AND metric = ?2 AND bucket < ?3",
+            )?
+            .execute(params![resolution_ms, metric, bucket])?;
+        removed += connection
+            .prepare_cached(
+                "DELETE FROM tier_samples
+                 WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts < ?4",
+            )?
+            .execute(params![resolution_ms, metric, bucket, before_ms])?;
+    }
+    // Read per tier, each a range of the key; the series table is the small one.
+    let mut held = std::collections::HashSet::new();
+    for &(resolution_ms, _) in cuts {
+        let mut statement = connection.prepare_cached(
+            "SELECT DISTINCT series FROM tier_samples WHERE tier = ?1 AND metric = ?2",
+        )?;
+        let ids =
+            statement.query_map(params![resolution_ms, metric], |row| row.get::<_, i64>(0))?;
+        for id in ids {
+            held.insert(id?);
+        }
+    }
+    let known: Vec<i64> = connection
+        .prepare_cached("SELECT id FROM series WHERE metric = ?1")?
+        .query_map([metric], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut forget = connection.prepare_cached("DELETE FROM series WHERE id = ?1")?;
+    for id in known.into_iter().filter(|id| !held.contains(id)) {
+        removed += forget.execute([id])?;
+    }
+    Ok(removed as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_read_back_as_written_and_whole_counts_are_small() {
+        let cells = [
+            Cell::scalar(3.0),
+            Cell::scalar(-0.25),
+            Cell::Scalar {
+                n: 6,
+                sum: 10.5,
+                min: 0.0,
+                max: 4.0,
+                last: 1.0,
+            },
+            Cell::Histogram {
+                count: 9,
+                sum: 1.75,
+                buckets: vec![1, 0, 8],
+            },
+            Cell::Summary {
+                n: 2,
+                count: 4,
+                sum: 9.0,
+                quantiles: vec![(0.5, 1.5), (0.99, f64::NAN)],
+            },
+        ];
+        for cell in cells {
+            let mut body = Vec::new();
+            cell.encode(&mut body);
+            let back = Cell::decode(&body).unwrap();
+            // NaN != NaN: compare the encodings.
+            let mut again = Vec::new();
+            back.encode(&mut again);
+            assert_eq!(body, again, "{cell:?}");
+        }
+        let mut body = Vec::new();
+        Cell::scalar(100.0).encode(&mut body);
+        assert_eq!(body.len(), 3);
+        assert!(Cell::decode(&[HISTOGRAM, 1, 0, 200]).is_err());
+        assert!(Cell::decode(&[SINGLE, 2, 0]).is_err());
+    }
+
+    #[test]
+    fn merging_adds_increases_and_keeps_extremes_and_the_last() {
+        let mut cell = Cell::scalar(5.0);
+        cell.merge(&Cell::scalar(1.0));
+        cell.merge(&Cell::scalar(3.0));
+        assert_eq!(
+            cell,
+            Cell::Scalar {
+                n: 3,
+                sum: 9.0,
+                min: 1.0,
+                max: 5.0,
+                last: 3.0
+            }
+        );
+        let mut h = Cell::Histogram {
+            count: 2,
+            sum: 1.0,
+            buckets: vec![1, 1],
+        };
+        h.merge(&Cell::Histogram {
+            count: 3,
+            sum: 2.0,
+            buckets: vec![0, 3],
+        });
+        assert_eq!(
+            h,
+            Cell::Histogram {
+                count: 5,
+                sum: 3.0,
+                buckets: vec![1, 4]
+            }
+        );
+        let mut s = Cell::Summary {
+            n: 1,
+            count: 1,
+            sum: 1.0,
+            quantiles: vec![(0.5, 2.0)],
+        };
+        s.merge(&Cell::Summary {
+            n: 3,
+            count: 2,
+            sum: 5.0,
+            quantiles: vec![(0.5, 6.0)],
+        });
+        assert_eq!(
+            s,
+            Cell::Summary {
+                n: 4,
+                count: 3,
+                sum: 6.0,
+                quantiles: vec![(0.5, 5.0)]
+            }
+        );
+    }
+
+    #[test]
+    fn tiers_are_checked_naming_the_key() {
+        let t = |resolution_s: i64, retention_s: i64| Tier {
+            resolution_ms: resolution_s * 1000,
+            retention_ms: retention_s * 1000,
+        };
+        assert!(check(&[t(10, 86_400), t(60, 86_400 * 15), t(3600, 86_400 * 365)]).is_ok());
+        assert!(check(&[]).unwrap_err().contains("at least one"));
+        let e = check(&[t(10, 100), t(25, 100)]).unwrap_err();
+        assert!(e.starts_with("tiers[1].resolution"), "{e}");
+        let e = check(&[t(10, 100), t(10, 100)]).unwrap_err();
+        assert!(e.starts_with("tiers[1].resolution"), "{e}");
+        let e = check(&[t(60, 30)]).unwrap_err();
+        assert!(e.starts_with("tiers[0].retention"), "{e}");
+    }
+}
