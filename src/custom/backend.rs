@@ -343,10 +343,7 @@ impl Prometheus {
         spec: QuerySpec,
     ) -> Result<BackendAnswer, Problem> {
         let metric = custom.get(tenant, name)?;
-        let default = metric
-            .spec
-            .aggregation
-            .unwrap_or(metric.spec.kind.default_aggregation());
+        let default = metric.spec.default_aggregation();
         let (bins, aggregation) = spec.range(default)?;
         let mut matchers = vec![(TENANT_LABEL, tenant)];
         for (key, value) in &spec.labels {

@@ -113,7 +113,7 @@ impl CustomMetrics {
                     description: spec.description.clone(),
                     unit: spec.unit.clone(),
                     labels: spec.labels.clone(),
-                    aggregation: spec.aggregation.unwrap_or(spec.kind.default_aggregation()),
+                    aggregation: spec.default_aggregation(),
                 }
             })
             .collect();

@@ -137,6 +137,13 @@ pub struct MetricSpec {
     pub retention_days: Option<u32>,
 }
 
+impl MetricSpec {
+    /// The aggregation a query gets when it names none: the definition's, else its type's.
+    pub fn default_aggregation(&self) -> Aggregation {
+        self.aggregation.unwrap_or(self.kind.default_aggregation())
+    }
+}
+
 /// A definition in force for one tenant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CustomMetric {
@@ -801,10 +808,7 @@ impl CustomMetrics {
         spec: QuerySpec,
     ) -> Result<QueryAnswer, Problem> {
         let metric = self.get(tenant, name)?;
-        let default = metric
-            .spec
-            .aggregation
-            .unwrap_or(metric.spec.kind.default_aggregation());
+        let default = metric.spec.default_aggregation();
         let history = match self.history.get() {
             Some(history) if metric.read_only && history.wants(metric.family()) => {
                 // Its store row may not be known yet (a query right after start).

@@ -2,6 +2,7 @@
 //! (i+1)·step)`, stamped with the bin start, empty bins left out. Points stream in from the
 //! store's scan; memory grows with the bins that hold points, not with the points.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::definitions::Aggregation;
@@ -45,8 +46,9 @@ impl Bins {
 }
 
 /// What one bin has seen.
+/// What a bin of recorded points keeps: enough for every [`Aggregation`].
 #[derive(Clone, Copy, Debug)]
-struct Cell {
+pub struct Cell {
     sum: f64,
     count: u64,
     min: f64,
@@ -91,52 +93,64 @@ impl Cell {
     }
 }
 
-/// Points of many series, binned as they arrive.
+/// Values of many series, binned as they arrive: one cell per series and bin, `C` being what a
+/// bin keeps ([`Cell`] for recorded points, [`TierCell`] for history samples).
 #[derive(Debug)]
-pub struct Binner {
+pub struct Binned<C> {
     bins: Bins,
-    series: HashMap<i64, BTreeMap<i64, Cell>>,
+    series: HashMap<i64, BTreeMap<i64, C>>,
 }
 
-impl Binner {
-    pub fn new(bins: Bins) -> Binner {
-        Binner {
+/// Recorded points binned: count, sum, min, max and last of each bin.
+pub type Binner = Binned<Cell>;
+
+/// History samples binned: the cells of one bin folded as a coarser tier folds them.
+pub type CellBinner = Binned<TierCell>;
+
+impl<C> Binned<C> {
+    pub fn new(bins: Bins) -> Binned<C> {
+        Binned {
             bins,
             series: HashMap::new(),
         }
     }
 
-    /// Takes one point; points outside the range are ignored.
-    pub fn add(&mut self, series: i64, ts_ms: i64, value: f64) {
-        let Some(index) = self.bins.index(ts_ms) else {
-            return;
-        };
-        self.series
-            .entry(series)
-            .or_default()
-            .entry(index)
-            .and_modify(|cell| cell.add(ts_ms, value))
-            .or_insert_with(|| Cell::new(ts_ms, value));
+    /// The cell of `series`' bin holding `ts_ms`, made or not yet; `None` outside the range.
+    fn cell(&mut self, series: i64, ts_ms: i64) -> Option<Entry<'_, i64, C>> {
+        let index = self.bins.index(ts_ms)?;
+        Some(self.series.entry(series).or_default().entry(index))
     }
 
-    /// Each series with points, its bins in time order as `(bin start, value)`.
-    pub fn finish(self, aggregation: Aggregation) -> HashMap<i64, Vec<(i64, f64)>> {
+    /// Each series with values, its bins in time order as `(bin start, value)`; a bin whose
+    /// cell gives no value is left out.
+    fn finish_with(self, value: impl Fn(&C) -> Option<f64>) -> HashMap<i64, Vec<(i64, f64)>> {
         let bins = self.bins;
         self.series
             .into_iter()
             .map(|(series, cells)| {
-                let points = cells
-                    .into_iter()
-                    .map(|(index, cell)| {
-                        (
-                            bins.start_ms + index * bins.step_ms,
-                            cell.value(aggregation),
-                        )
+                let points = (cells.into_iter())
+                    .filter_map(|(index, cell)| {
+                        Some((bins.start_ms + index * bins.step_ms, value(&cell)?))
                     })
                     .collect();
                 (series, points)
             })
             .collect()
+    }
+}
+
+impl Binned<Cell> {
+    /// Takes one point; points outside the range are ignored.
+    pub fn add(&mut self, series: i64, ts_ms: i64, value: f64) {
+        if let Some(cell) = self.cell(series, ts_ms) {
+            cell.and_modify(|cell| cell.add(ts_ms, value))
+                .or_insert_with(|| Cell::new(ts_ms, value));
+        }
+    }
+
+    /// Each series with points, its bins in time order as `(bin start, value)`.
+    pub fn finish(self, aggregation: Aggregation) -> HashMap<i64, Vec<(i64, f64)>> {
+        self.finish_with(|cell| Some(cell.value(aggregation)))
     }
 }
 
@@ -213,53 +227,22 @@ pub fn histogram_quantile(q: f64, bounds: &[f64], counts: &[u64]) -> Option<f64>
     Some(start + (end - start) * (rank - below as f64) / counts[b] as f64)
 }
 
-/// History samples ([`TierCell`]s) of many series, binned as they arrive: the cells of one bin are
-/// folded as a coarser tier folds them.
-#[derive(Debug)]
-pub struct CellBinner {
-    bins: Bins,
-    series: HashMap<i64, BTreeMap<i64, TierCell>>,
-}
-
-impl CellBinner {
-    pub fn new(bins: Bins) -> CellBinner {
-        CellBinner {
-            bins,
-            series: HashMap::new(),
-        }
-    }
-
+impl Binned<TierCell> {
     /// Takes one sample (in time order within its series); samples outside the range are
     /// ignored.
     pub fn add(&mut self, series: i64, ts_ms: i64, cell: TierCell) {
-        let Some(index) = self.bins.index(ts_ms) else {
-            return;
-        };
-        self.series
-            .entry(series)
-            .or_default()
-            .entry(index)
-            .and_modify(|sofar| sofar.merge(&cell))
-            .or_insert(cell);
+        match self.cell(series, ts_ms) {
+            Some(Entry::Occupied(mut sofar)) => sofar.get_mut().merge(&cell),
+            Some(Entry::Vacant(empty)) => drop(empty.insert(cell)),
+            None => {}
+        }
     }
 
     /// Each series with values, its bins in time order as `(bin start, value)`. `bounds` are a
     /// histogram's bucket bounds, for quantiles. A bin without a value for what is asked (no
     /// observations, a quantile a summary does not keep) is left out.
     pub fn finish(self, asked: Asked, bounds: &[f64]) -> HashMap<i64, Vec<(i64, f64)>> {
-        let bins = self.bins;
-        self.series
-            .into_iter()
-            .map(|(series, cells)| {
-                let points = (cells.into_iter())
-                    .filter_map(|(index, cell)| {
-                        let value = cell_value(&cell, asked, bounds)?;
-                        Some((bins.start_ms + index * bins.step_ms, value))
-                    })
-                    .collect();
-                (series, points)
-            })
-            .collect()
+        self.finish_with(|cell| cell_value(cell, asked, bounds))
     }
 }
 
