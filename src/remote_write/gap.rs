@@ -16,7 +16,8 @@
 //! snapshot sent after the gap less the increments stamped after `t` up to that snapshot:
 //! exact as long as the increments are recorded in timestamp order (a point stamped before an
 //! earlier-recorded one was part of the total when the snapshot read it, and is placed at its
-//! own time). The history sampler's store plugs in the same way.
+//! own time). The history sampler's tiers plug in the same way ([`super::tier_gap`]), and
+//! [`FirstOf`] asks both.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +48,22 @@ pub trait HistorySource: Send + Sync + 'static {
     /// The series' values as remote-write sends them, at `after_ms < t < next.timestamp`, in
     /// time order; `next` is the sample sent after the gap.
     fn between(&self, origin: &Arc<Origin>, after_ms: i64, next: Sample) -> HistoryFuture;
+}
+
+/// Several stores of history, asked in turn: the first that keeps a series answers for it.
+pub struct FirstOf(pub Vec<Arc<dyn HistorySource>>);
+
+impl HistorySource for FirstOf {
+    fn covers(&self, origin: &Origin) -> bool {
+        self.0.iter().any(|source| source.covers(origin))
+    }
+
+    fn between(&self, origin: &Arc<Origin>, after_ms: i64, next: Sample) -> HistoryFuture {
+        match self.0.iter().find(|source| source.covers(origin)) {
+            Some(source) => source.between(origin, after_ms, next),
+            None => Box::pin(async { Ok(Vec::new()) }),
+        }
+    }
 }
 
 /// One shard's memory of the series with history: the last timestamp the receiver answered
@@ -141,11 +158,7 @@ impl HistorySource for MatihHistory {
             };
             let points = store
                 .read(move |reader| {
-                    let Some(series) = reader
-                        .series(id)?
-                        .into_iter()
-                        .find_map(|(sid, text)| (text == key).then_some(sid))
-                    else {
+                    let Some(series) = series_id(reader, id, &key)? else {
                         return Ok(Vec::new());
                     };
                     let mut points = Vec::new();
@@ -170,9 +183,21 @@ impl HistorySource for MatihHistory {
     }
 }
 
+/// The store's id of `metric`'s series whose labels key is `key`, if it has one.
+pub(super) fn series_id(
+    reader: &dyn store::Reader,
+    metric: i64,
+    key: &str,
+) -> Result<Option<i64>, store::StoreError> {
+    Ok(reader
+        .series(metric)?
+        .into_iter()
+        .find_map(|(sid, text)| (text == key).then_some(sid)))
+}
+
 /// A gauge's points before `before`, one per timestamp (the last recorded of equal ones, as
 /// `/metrics` shows it).
-fn last_of_each_time(points: &[(i64, f64)], before: i64) -> Vec<Sample> {
+pub(super) fn last_of_each_time(points: &[(i64, f64)], before: i64) -> Vec<Sample> {
     let mut out: Vec<Sample> = Vec::new();
     for &(timestamp, value) in points.iter().filter(|(ts, _)| *ts < before) {
         match out.last_mut() {
@@ -185,7 +210,7 @@ fn last_of_each_time(points: &[(i64, f64)], before: i64) -> Vec<Sample> {
 
 /// A counter's values before `next`, from its increments (`points`, in time order, up to and
 /// with `next`'s time): at each increment's time, `next`'s value less what came after.
-fn running_totals(points: &[(i64, f64)], next: Sample) -> Vec<Sample> {
+pub(super) fn running_totals(points: &[(i64, f64)], next: Sample) -> Vec<Sample> {
     let mut out = Vec::new();
     let mut later = 0.0;
     let mut i = points.len();
