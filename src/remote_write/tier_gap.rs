@@ -103,12 +103,12 @@ mod tests {
         })
     }
 
+    /// One finest sample: timestamp, family, labels, value.
+    type Row<'a> = (i64, &'a str, &'a [(&'a str, &'a str)], f64);
+
     /// A store in `dir` with the 1 s samples `(ts, family, labels, value)` written as the
     /// sampler writes them, one batch per timestamp.
-    async fn source_with(
-        dir: &std::path::Path,
-        samples: &[(i64, &str, &[(&str, &str)], f64)],
-    ) -> TierHistory {
+    async fn source_with(dir: &std::path::Path, samples: &[Row<'_>]) -> TierHistory {
         let tiers: Arc<[Tier]> = Arc::from(vec![Tier {
             resolution_ms: S,
             retention_ms: 3_600 * S,
