@@ -156,35 +156,63 @@ impl HistorySource for MatihHistory {
             let Some((id, kind)) = found else {
                 return Ok(Vec::new());
             };
-            let points = store
-                .read(move |reader| {
-                    let Some(series) = series_id(reader, id, &key)? else {
-                        return Ok(Vec::new());
-                    };
-                    let mut points = Vec::new();
-                    // Up to and with the next sample's time: a counter needs the increments
-                    // it holds.
-                    reader.scan(
-                        id,
-                        after_ms + 1,
-                        next.timestamp + 1,
-                        Some(&[series]),
-                        &mut |_, ts, value| points.push((ts, value)),
-                    )?;
-                    Ok(points)
+            let counter = kind == MetricType::Counter;
+            let scan = move |reader: &dyn store::Reader,
+                             series: i64,
+                             (start, end),
+                             points: &mut Vec<_>| {
+                reader.scan(id, start, end, Some(&[series]), &mut |_, ts, value| {
+                    points.push((ts, value))
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(match kind {
-                MetricType::Counter => running_totals(&points, next),
-                _ => last_of_each_time(&points, next.timestamp),
-            })
+            };
+            as_sent(&store, id, key, counter, (after_ms, next), scan).await
         })
     }
 }
 
+/// What a store holds of the series `key` of its metric `id` in a gap, as remote-write sends
+/// it: `scan` pushes the series' points from `start` to `end` (after the gap's start, up to
+/// and with the next sample's time: a counter needs the increments that holds), and a
+/// counter's are sent as its running totals, the others one per time.
+pub(super) async fn as_sent(
+    store: &store::Store,
+    id: i64,
+    key: String,
+    counter: bool,
+    (after_ms, next): (i64, Sample),
+    scan: impl FnOnce(
+        &dyn store::Reader,
+        i64,
+        (i64, i64),
+        &mut Vec<(i64, f64)>,
+    ) -> Result<(), store::StoreError>
+    + Send
+    + 'static,
+) -> Result<Vec<Sample>, String> {
+    let points = store
+        .read(move |reader| {
+            let Some(series) = series_id(reader, id, &key)? else {
+                return Ok(Vec::new());
+            };
+            let mut points = Vec::new();
+            scan(
+                reader,
+                series,
+                (after_ms + 1, next.timestamp + 1),
+                &mut points,
+            )?;
+            Ok(points)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match counter {
+        true => running_totals(&points, next),
+        false => last_of_each_time(&points, next.timestamp),
+    })
+}
+
 /// The store's id of `metric`'s series whose labels key is `key`, if it has one.
-pub(super) fn series_id(
+fn series_id(
     reader: &dyn store::Reader,
     metric: i64,
     key: &str,
@@ -197,7 +225,7 @@ pub(super) fn series_id(
 
 /// A gauge's points before `before`, one per timestamp (the last recorded of equal ones, as
 /// `/metrics` shows it).
-pub(super) fn last_of_each_time(points: &[(i64, f64)], before: i64) -> Vec<Sample> {
+fn last_of_each_time(points: &[(i64, f64)], before: i64) -> Vec<Sample> {
     let mut out: Vec<Sample> = Vec::new();
     for &(timestamp, value) in points.iter().filter(|(ts, _)| *ts < before) {
         match out.last_mut() {
@@ -210,7 +238,7 @@ pub(super) fn last_of_each_time(points: &[(i64, f64)], before: i64) -> Vec<Sampl
 
 /// A counter's values before `next`, from its increments (`points`, in time order, up to and
 /// with `next`'s time): at each increment's time, `next`'s value less what came after.
-pub(super) fn running_totals(points: &[(i64, f64)], next: Sample) -> Vec<Sample> {
+fn running_totals(points: &[(i64, f64)], next: Sample) -> Vec<Sample> {
     let mut out = Vec::new();
     let mut later = 0.0;
     let mut i = points.len();

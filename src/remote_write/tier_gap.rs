@@ -11,14 +11,12 @@
 
 use std::sync::Arc;
 
-use super::gap::{
-    HistoryFuture, HistorySource, Origin, last_of_each_time, running_totals, series_id,
-};
+use super::gap::{HistoryFuture, HistorySource, Origin, as_sent};
 use super::wire::Sample;
 use crate::history::History;
 use crate::registry::Kind;
 use crate::store::tiers::Cell;
-use crate::store::{Store, labels_key};
+use crate::store::{Reader, Store, labels_key};
 
 /// The sampled StatsD series, read from the store the sampler writes.
 pub struct TierHistory {
@@ -44,34 +42,24 @@ impl HistorySource for TierHistory {
             let Some(id) = found else {
                 return Ok(Vec::new());
             };
-            let points = store
-                .read(move |reader| {
-                    let Some(series) = series_id(reader, id, &key)? else {
-                        return Ok(Vec::new());
+            let scan =
+                move |reader: &dyn Reader, series: i64, (start, end), points: &mut Vec<_>| {
+                    let mut push = |_, ts, cell| {
+                        if let Cell::Scalar { last, .. } = cell {
+                            points.push((ts, last));
+                        }
                     };
-                    let mut points = Vec::new();
-                    // Up to and with the next sample's time: a counter needs the increases
-                    // it holds.
-                    reader.scan_tier(
-                        finest,
-                        id,
-                        after_ms + 1,
-                        next.timestamp + 1,
-                        Some(&[series]),
-                        &mut |_, ts, cell| {
-                            if let Cell::Scalar { last, .. } = cell {
-                                points.push((ts, last));
-                            }
-                        },
-                    )?;
-                    Ok(points)
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(match kind {
-                Kind::Counter => running_totals(&points, next),
-                _ => last_of_each_time(&points, next.timestamp),
-            })
+                    reader.scan_tier(finest, id, start, end, Some(&[series]), &mut push)
+                };
+            as_sent(
+                &store,
+                id,
+                key,
+                kind == Kind::Counter,
+                (after_ms, next),
+                scan,
+            )
+            .await
         })
     }
 }
