@@ -40,7 +40,8 @@ use crate::record::Recorder;
 use crate::registry::{self, Registry};
 use crate::relay::Relay;
 use crate::remote_write::RemoteWrite;
-use crate::remote_write::gap::MatihHistory;
+use crate::remote_write::gap::{FirstOf, MatihHistory};
+use crate::remote_write::tier_gap::TierHistory;
 use crate::store::Store;
 use crate::telemetry::{ReloadOutcome, Telemetry};
 
@@ -255,9 +256,15 @@ pub async fn run(
     let remote_write = match RemoteWrite::start(
         &settings.remote_write,
         &settings.data_dir,
-        Some(Arc::new(MatihHistory {
-            custom: Arc::clone(&api) as Arc<dyn AsRef<CustomMetrics> + Send + Sync>,
-        })),
+        Some(Arc::new(FirstOf(vec![
+            Arc::new(MatihHistory {
+                custom: Arc::clone(&api) as Arc<dyn AsRef<CustomMetrics> + Send + Sync>,
+            }),
+            Arc::new(TierHistory {
+                history: Arc::clone(&history),
+                store: api.custom.store().clone(),
+            }),
+        ]))),
         &registry,
         &telemetry.remote_write,
     ) {

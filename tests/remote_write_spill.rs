@@ -4,7 +4,9 @@
 //! had queued after its restart; a `kill -9` in the middle of spilling, with the newest
 //! segment cut short, restarts cleanly and counts the damage; the spill keeps its bound. And
 //! without a spill, a gauge recorded through the Matih API while the receiver was down has its
-//! points resent from the store, each at its own timestamp, once the receiver is back.
+//! points resent from the store, each at its own timestamp, once the receiver is back; so have
+//! a StatsD gauge's and counter's samples from the history tiers (the counter as running
+//! totals).
 
 mod common;
 
@@ -373,5 +375,122 @@ fn a_gap_of_a_matih_gauge_is_resent_from_the_store_at_its_own_timestamps() {
         points.iter().all(|point| held.contains(point))
     });
     assert!(remote(&tallyd, "history_samples_total", "") >= points.len() as f64);
+    assert_eq!(dropped(&tallyd, "rejected"), 0.0);
+}
+
+/// History sampled every second into a 1 s tier, for a gauge and a counter.
+const HISTORY: &str = r#"
+[history]
+interval_seconds = 1
+tiers = [{ resolution = "1s", retention = "1h" }]
+
+[[metric]]
+name = "tg_temp"
+type = "gauge"
+history = true
+
+[[metric]]
+name = "tg_hits"
+type = "counter"
+history = true
+"#;
+
+/// The 1 s tier samples `(ts, value)` the sampler wrote for the history metric `family` (one
+/// series), read from the store's file.
+fn sampled(data_dir: &Path, family: &str) -> Vec<(i64, f64)> {
+    let file = data_dir.join(tallyd::store::sqlite::FILE_NAME);
+    let connection =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut statement = connection
+        .prepare(
+            "SELECT t.ts, t.body FROM tier_samples t JOIN metrics m ON m.id = t.metric
+             WHERE m.scope = 'history' AND m.name = ?1 AND t.tier = 1000 ORDER BY t.ts",
+        )
+        .unwrap();
+    let rows = statement
+        .query_map([family], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .unwrap();
+    rows.map(|row| {
+        let (ts, body) = row.unwrap();
+        match tallyd::store::tiers::Cell::decode(&body).unwrap() {
+            tallyd::store::tiers::Cell::Scalar { last, .. } => (ts, last),
+            other => panic!("not a scalar sample: {other:?}"),
+        }
+    })
+    .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn a_gap_of_sampled_statsd_series_is_resent_from_the_history_tiers() {
+    let Some(mut prometheus) = start_prometheus() else {
+        return;
+    };
+    // Memory for three snapshots of the two series (a batch of two in hand, four queued), and
+    // no spill.
+    let tallyd =
+        InProcess::with_config(&format!("{}{HISTORY}", config(&write_url(&prometheus), "")));
+    tallyd.send(&["tg_temp:1|g", "tg_hits:1|c"]);
+    prometheus.wait_for_value("tg_temp", PROMETHEUS_TIMEOUT, |v| v == 1.0);
+    prometheus.wait_for_value("tg_hits_total", PROMETHEUS_TIMEOUT, |v| v == 1.0);
+
+    prometheus.stop();
+    let stopped = now_ms();
+    // The memory fills at once; what comes after is dropped.
+    std::thread::sleep(Duration::from_secs(2));
+    for k in 1..=8 {
+        tallyd.send(&[format!("tg_temp:{}|g", 10 + k), format!("tg_hits:{k}|c")]);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    // The last values sampled, then a quiet while: the counter's total stays 1 + 36.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(dropped(&tallyd, "queue_full") > 0.0);
+    // What the receiver missed: the samples of the outage, after what memory held at the
+    // stop (three quarters of a second of snapshots) was answered.
+    let missed = |samples: Vec<(i64, f64)>| -> Vec<(i64, f64)> {
+        samples
+            .into_iter()
+            .filter(|(ts, _)| *ts >= stopped + 2_000)
+            .collect()
+    };
+    let temps = missed(sampled(tallyd.data_dir.path(), "tg_temp"));
+    let increases = sampled(tallyd.data_dir.path(), "tg_hits");
+    let in_outage: f64 = (increases.iter().filter(|s| s.0 >= stopped))
+        .map(|s| s.1)
+        .sum();
+    assert_eq!(in_outage, 36.0, "every increase sampled: {increases:?}");
+    // The counter's value at each sample's time: 37 less the increases stamped after it.
+    let totals: Vec<(i64, f64)> = missed(
+        (increases.iter())
+            .map(|&(ts, _)| {
+                let later: f64 = (increases.iter().filter(|s| s.0 > ts)).map(|s| s.1).sum();
+                (ts, 37.0 - later)
+            })
+            .collect(),
+    );
+    // A sample a second: the gauge's last value of each (two sends may share one).
+    assert!(
+        temps.len() >= 4 && temps.last().unwrap().1 == 18.0,
+        "the outage was sampled: {temps:?}"
+    );
+    assert!(totals.len() >= 4, "{totals:?}");
+    prometheus.restart();
+
+    for (series, want) in [("tg_temp", &temps), ("tg_hits_total", &totals)] {
+        wait_until(&format!("every sample of {series} in Prometheus"), || {
+            let held = prometheus.samples(series, "5m");
+            want.iter().all(|sample| held.contains(sample))
+        });
+    }
+    assert!(remote(&tallyd, "history_samples_total", "") >= (temps.len() + totals.len()) as f64);
     assert_eq!(dropped(&tallyd, "rejected"), 0.0);
 }

@@ -16,7 +16,8 @@
 //! snapshot sent after the gap less the increments stamped after `t` up to that snapshot:
 //! exact as long as the increments are recorded in timestamp order (a point stamped before an
 //! earlier-recorded one was part of the total when the snapshot read it, and is placed at its
-//! own time). The history sampler's store plugs in the same way.
+//! own time). The history sampler's tiers plug in the same way ([`super::tier_gap`]), and
+//! [`FirstOf`] asks both.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +48,22 @@ pub trait HistorySource: Send + Sync + 'static {
     /// The series' values as remote-write sends them, at `after_ms < t < next.timestamp`, in
     /// time order; `next` is the sample sent after the gap.
     fn between(&self, origin: &Arc<Origin>, after_ms: i64, next: Sample) -> HistoryFuture;
+}
+
+/// Several stores of history, asked in turn: the first that keeps a series answers for it.
+pub struct FirstOf(pub Vec<Arc<dyn HistorySource>>);
+
+impl HistorySource for FirstOf {
+    fn covers(&self, origin: &Origin) -> bool {
+        self.0.iter().any(|source| source.covers(origin))
+    }
+
+    fn between(&self, origin: &Arc<Origin>, after_ms: i64, next: Sample) -> HistoryFuture {
+        match self.0.iter().find(|source| source.covers(origin)) {
+            Some(source) => source.between(origin, after_ms, next),
+            None => Box::pin(async { Ok(Vec::new()) }),
+        }
+    }
 }
 
 /// One shard's memory of the series with history: the last timestamp the receiver answered
@@ -139,35 +156,71 @@ impl HistorySource for MatihHistory {
             let Some((id, kind)) = found else {
                 return Ok(Vec::new());
             };
-            let points = store
-                .read(move |reader| {
-                    let Some(series) = reader
-                        .series(id)?
-                        .into_iter()
-                        .find_map(|(sid, text)| (text == key).then_some(sid))
-                    else {
-                        return Ok(Vec::new());
-                    };
-                    let mut points = Vec::new();
-                    // Up to and with the next sample's time: a counter needs the increments
-                    // it holds.
-                    reader.scan(
-                        id,
-                        after_ms + 1,
-                        next.timestamp + 1,
-                        Some(&[series]),
-                        &mut |_, ts, value| points.push((ts, value)),
-                    )?;
-                    Ok(points)
+            let counter = kind == MetricType::Counter;
+            let scan = move |reader: &dyn store::Reader,
+                             series: i64,
+                             (start, end),
+                             points: &mut Vec<_>| {
+                reader.scan(id, start, end, Some(&[series]), &mut |_, ts, value| {
+                    points.push((ts, value))
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(match kind {
-                MetricType::Counter => running_totals(&points, next),
-                _ => last_of_each_time(&points, next.timestamp),
-            })
+            };
+            as_sent(&store, id, key, counter, (after_ms, next), scan).await
         })
     }
+}
+
+/// What a store holds of the series `key` of its metric `id` in a gap, as remote-write sends
+/// it: `scan` pushes the series' points from `start` to `end` (after the gap's start, up to
+/// and with the next sample's time: a counter needs the increments that holds), and a
+/// counter's are sent as its running totals, the others one per time.
+pub(super) async fn as_sent(
+    store: &store::Store,
+    id: i64,
+    key: String,
+    counter: bool,
+    (after_ms, next): (i64, Sample),
+    scan: impl FnOnce(
+        &dyn store::Reader,
+        i64,
+        (i64, i64),
+        &mut Vec<(i64, f64)>,
+    ) -> Result<(), store::StoreError>
+    + Send
+    + 'static,
+) -> Result<Vec<Sample>, String> {
+    let points = store
+        .read(move |reader| {
+            let Some(series) = series_id(reader, id, &key)? else {
+                return Ok(Vec::new());
+            };
+            let mut points = Vec::new();
+            scan(
+                reader,
+                series,
+                (after_ms + 1, next.timestamp + 1),
+                &mut points,
+            )?;
+            Ok(points)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match counter {
+        true => running_totals(&points, next),
+        false => last_of_each_time(&points, next.timestamp),
+    })
+}
+
+/// The store's id of `metric`'s series whose labels key is `key`, if it has one.
+fn series_id(
+    reader: &dyn store::Reader,
+    metric: i64,
+    key: &str,
+) -> Result<Option<i64>, store::StoreError> {
+    Ok(reader
+        .series(metric)?
+        .into_iter()
+        .find_map(|(sid, text)| (text == key).then_some(sid)))
 }
 
 /// A gauge's points before `before`, one per timestamp (the last recorded of equal ones, as

@@ -50,12 +50,13 @@
 //!   refuse them. Disk at the bound: `spill_max_bytes`; memory: the queue plus one segment
 //!   read back (at most 4 MiB of records).
 //!
-//! - Gaps (see `gap`): for series whose values a store keeps (today the metrics recorded
-//!   through the Matih API), samples the receiver missed are sent again from the store, at
-//!   their own timestamps, before the series' next sample.
+//! - Gaps (see `gap`): for series whose values a store keeps (the metrics recorded through
+//!   the Matih API, and the StatsD counters and gauges sampled into history, `tier_gap`),
+//!   samples the receiver missed are sent again from the store, at their own timestamps,
+//!   before the series' next sample.
 //!
 //! Not done here: the gap of a restart (what the receiver last got is not kept across one),
-//! StatsD series' history (waits for the history sampler), native histograms
+//! the gap of sampled histograms, summaries and sets, native histograms
 //! (histograms are sent as classic `_bucket`/`_sum`/`_count` series). tallyd's own `tallyd_*`
 //! metrics are not sent (Prometheus scrapes them).
 
@@ -65,6 +66,7 @@ pub mod select;
 pub mod send;
 pub mod spill;
 pub mod stats;
+pub mod tier_gap;
 pub mod v2;
 pub mod wire;
 
