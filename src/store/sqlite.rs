@@ -242,6 +242,12 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
 /// takes definitions and Deeploy data points would otherwise grow its WAL for ever).
 const CHECKPOINT_COMMITS: u32 = 1_000;
 
+/// WAL frames (a page each) above which a checkpoint also restarts the WAL. A `PASSIVE`
+/// checkpoint leaves the frames committed while it ran, and SQLite starts the WAL over only
+/// after a checkpoint that copied all of it: under steady writes that never happens, and the
+/// WAL grew by every commit for as long as the writes went on.
+const RESTART_FRAMES: i64 = 4_096;
+
 /// Copies the WAL into the database file from a thread of its own, after each apply, so that
 /// the writer, which would otherwise checkpoint inside a commit every 1,000 pages, never waits
 /// for that I/O and its `fsync`s (which left tallyd's core idle while every request waited).
@@ -268,12 +274,27 @@ impl Checkpointer {
             .name("tallyd-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    let done = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-                    });
-                    match done {
-                        Ok((wal, copied)) => tracing::debug!(wal, copied, "checkpoint"),
-                        Err(error) => tracing::warn!("checkpointing the store's WAL: {error}"),
+                    // Most pages are copied beside the writer; when the WAL has grown big, the
+                    // few committed meanwhile are copied with the write lock held, so that the
+                    // next commit writes at the WAL's beginning again.
+                    let mut mode = "PASSIVE";
+                    loop {
+                        let done = connection.query_row(
+                            &format!("PRAGMA wal_checkpoint({mode})"),
+                            [],
+                            |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)),
+                        );
+                        match done {
+                            Ok((wal, copied)) => {
+                                tracing::debug!(wal, copied, mode, "checkpoint");
+                                if mode == "PASSIVE" && wal >= RESTART_FRAMES {
+                                    mode = "RESTART";
+                                    continue;
+                                }
+                            }
+                            Err(error) => tracing::warn!("checkpointing the store's WAL: {error}"),
+                        }
+                        break;
                     }
                 }
             })
