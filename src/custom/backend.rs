@@ -42,8 +42,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::query::{Asked, Bins};
 use super::{
-    CustomMetrics, MetricType, PointAnswer, QueryAnswer, QuerySpec, SeriesAnswer, TENANT_LABEL,
-    family_name, time,
+    CustomMetrics, MetricType, QueryAnswer, QuerySpec, SeriesAnswer, TENANT_LABEL, family_name,
+    time,
 };
 use crate::definitions::Aggregation;
 use crate::http::api::Problem;
@@ -435,16 +435,7 @@ impl Prometheus {
             .into_iter()
             .map(|(labels, mut points)| {
                 points.sort_by_key(|(ts, _)| *ts);
-                SeriesAnswer {
-                    labels,
-                    points: points
-                        .into_iter()
-                        .map(|(ts, value)| PointAnswer {
-                            timestamp: time::format_instant(ts),
-                            value,
-                        })
-                        .collect(),
-                }
+                SeriesAnswer::new(labels, points)
             })
             .collect())
     }

@@ -273,6 +273,22 @@ pub struct SeriesAnswer {
     pub points: Vec<PointAnswer>,
 }
 
+impl SeriesAnswer {
+    /// A series' answer from its bins, `(bin start in ms, value)` in time order.
+    pub fn new(labels: BTreeMap<String, String>, points: Vec<(i64, f64)>) -> SeriesAnswer {
+        SeriesAnswer {
+            labels,
+            points: points
+                .into_iter()
+                .map(|(ts, value)| PointAnswer {
+                    timestamp: time::format_instant(ts),
+                    value,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One bin: its start and its aggregated value.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PointAnswer {
@@ -1145,16 +1161,7 @@ fn series_answers(
         .into_iter()
         .filter_map(|(sid, labels)| {
             let points = points.remove(&sid)?;
-            Some(SeriesAnswer {
-                labels,
-                points: points
-                    .into_iter()
-                    .map(|(ts, value)| PointAnswer {
-                        timestamp: time::format_instant(ts),
-                        value,
-                    })
-                    .collect(),
-            })
+            Some(SeriesAnswer::new(labels, points))
         })
         .collect()
 }
