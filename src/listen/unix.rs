@@ -237,12 +237,14 @@ pub(super) fn receive_loop(listener: UnixListener, intake: &mut Intake, stop: &S
 mod tests {
     use super::*;
 
-    fn temp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tallyd-unix-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        let _ = std::fs::remove_file(&path);
-        path
+    /// A socket path in a directory of its own, removed with the returned guard.
+    fn temp_path() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("tallyd-unix-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("s.sock");
+        (dir, path)
     }
 
     fn options(path: &Path) -> UnixOptions {
@@ -258,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
-        let path = temp_path("stale");
+        let (_dir, path) = temp_path();
         // A socket whose owner is gone: bound, then closed without removing the file.
         drop(UnixDatagram::bind(&path).unwrap());
         let first = bind(&options(&path)).unwrap();
@@ -277,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_socket_is_left_alone() {
-        let path = temp_path("file");
+        let (_dir, path) = temp_path();
         std::fs::write(&path, "keep me").unwrap();
         assert!(bind(&options(&path)).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
@@ -286,7 +288,7 @@ mod tests {
 
     #[test]
     fn the_mode_is_applied() {
-        let path = temp_path("mode");
+        let (_dir, path) = temp_path();
         let listener = bind(&UnixOptions {
             mode: 0o620,
             ..options(&path)
@@ -299,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_passed_socket_keeps_its_file_and_mode() {
-        let path = temp_path("passed");
+        let (_dir, path) = temp_path();
         let socket = UnixDatagram::bind(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut passed = Passed::from_sockets([("dogstatsd".to_owned(), OwnedFd::from(socket))]);
