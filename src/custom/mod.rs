@@ -22,6 +22,7 @@ use crate::http::api::Problem;
 use crate::naming::counter_family;
 use crate::record::{Recorder, Refusal, SeriesHandle};
 use crate::registry::{Kind, SeriesKeyBuf, SeriesOptions, Update};
+use crate::store::tiers::{Cell as TierCell, Tier};
 use crate::store::{self, Point, Store, StoredMetric, Write, Written};
 
 pub mod backend;
@@ -878,20 +879,55 @@ impl CustomMetrics {
             return Ok(answer);
         }
         let id = metric.store_id;
+        let tiers = self.rollup_tiers(bins);
+        let resolution = tiers
+            .last()
+            .map(|tier| time::format_step(tier.resolution_ms));
         let series = self
             .store
             .read(move |reader| {
                 let chosen = chosen_series(reader, id, &filter)?;
                 let ids: Vec<i64> = chosen.iter().map(|(sid, _)| *sid).collect();
-                let mut binner = Binner::new(bins);
-                reader.scan(id, start, end, Some(&ids), &mut |sid, ts, value| {
-                    binner.add(sid, ts, value)
+                let Some(&tier) = tiers.last() else {
+                    let mut binner = Binner::new(bins);
+                    reader.scan(id, start, end, Some(&ids), &mut |sid, ts, value| {
+                        binner.add(sid, ts, value)
+                    })?;
+                    return Ok(series_answers(chosen, binner.finish(aggregation)));
+                };
+                // The tier's cells where they are exact, the points after: each series' values
+                // still fold in time order.
+                let until = reader.rolled_until(id, &tiers)?.clamp(start, end);
+                let mut binner = CellBinner::new(bins);
+                let mut add = |sid, ts, cell| binner.add(sid, ts, cell);
+                reader.scan_tier(tier, id, start, until, Some(&ids), &mut add)?;
+                reader.scan(id, until, end, Some(&ids), &mut |sid, ts, value| {
+                    add(sid, ts, TierCell::scalar(value))
                 })?;
-                Ok(series_answers(chosen, binner.finish(aggregation)))
+                let asked = Asked::Plain(aggregation);
+                Ok(series_answers(chosen, binner.finish(asked, &[])))
             })
             .await
             .map_err(storage_failed)?;
-        Ok(QueryAnswer { series, ..answer })
+        Ok(QueryAnswer {
+            series,
+            resolution,
+            ..answer
+        })
+    }
+
+    /// The history tiers up to the coarsest whose intervals fall whole into the query's bins
+    /// (its resolution divides the step and the start), which answers from the rollups of
+    /// recorded points; none when no tier does, and the points answer.
+    fn rollup_tiers(&self, bins: Bins) -> Vec<Tier> {
+        let Some(history) = self.history.get() else {
+            return Vec::new();
+        };
+        let tiers = history.tiers();
+        let fits = |tier: &Tier| {
+            bins.step_ms % tier.resolution_ms == 0 && bins.start_ms % tier.resolution_ms == 0
+        };
+        (tiers.iter().rposition(fits)).map_or_else(Vec::new, |coarsest| tiers[..=coarsest].to_vec())
     }
 
     /// Answers from the history tier that fits the step and still keeps the start.

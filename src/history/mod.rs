@@ -263,6 +263,10 @@ pub async fn run(
     let mut sampler = sampler::Sampler::new(Arc::clone(&history.tiers));
     sampler.start_at(crate::custom::time::now_ms());
     let resolution = history.tiers[0].resolution_ms;
+    let resolutions = history.tiers.iter().map(|t| t.resolution_ms).collect();
+    if let Err(e) = store.write(Write::RollupTiers(resolutions)).await {
+        tracing::warn!("history: recorded points will not roll up into the tiers: {e}");
+    }
     let mut expired_at: Option<i64> = None;
     loop {
         let now = crate::custom::time::now_ms();
@@ -296,6 +300,7 @@ pub async fn run(
         if let Err(e) = store.write(Write::Samples(Box::new(batch))).await {
             tracing::warn!("history: a tick's samples were not stored: {e}");
         }
+        roll_points(&store).await;
         let now = crate::custom::time::now_ms();
         if expired_at.is_none_or(|at| now - at >= EXPIRY_INTERVAL.as_millis() as i64) {
             expired_at = Some(now);
@@ -303,6 +308,25 @@ pub async fn run(
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "history past its retention removed"),
                 Err(e) => tracing::warn!("removing history past its retention failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Rolls the recorded points' intervals closed since the last tick into the tiers, slice after
+/// slice while a backlog lasts (the first start on a store full of points), letting other
+/// writes in between.
+async fn roll_points(store: &Store) {
+    loop {
+        let now = crate::custom::time::now_ms();
+        match store.write(Write::Roll { now_ms: now }).await {
+            Ok(Written::Rolled(n)) if n == crate::store::rollup::ROLL_SLICE => {
+                tokio::task::yield_now().await
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("history: rolling recorded points up failed: {e}");
+                return;
             }
         }
     }

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod journal;
+pub mod rollup;
 pub mod sqlite;
 pub mod tiers;
 
@@ -109,6 +110,12 @@ pub enum Write {
     /// Removes a history metric's samples older than each tier's cut `(resolution_ms,
     /// before_ms)`, and its series left without any. Answers how many rows.
     ExpireHistory { metric: i64, cuts: Vec<(i64, i64)> },
+    /// Makes these resolutions (finest first) the tiers recorded points roll up into
+    /// ([`rollup`]); other tiers than before rebuild every rollup.
+    RollupTiers(Vec<i64>),
+    /// Rebuilds a slice of the rollups of recorded points due by `now_ms`. Answers how many
+    /// intervals.
+    Roll { now_ms: i64 },
 }
 
 /// What a write did.
@@ -123,6 +130,8 @@ pub enum Written {
     DataPoints {
         first_seq: i64,
     },
+    /// How many intervals a [`Write::Roll`] rebuilt.
+    Rolled(usize),
     Done,
 }
 
@@ -198,6 +207,12 @@ pub trait Reader: Send + Sync + 'static {
         _visit: &mut dyn FnMut(i64, i64, tiers::Cell),
     ) -> Result<(), StoreError> {
         Err(StoreError::Engine("this store keeps no history".into()))
+    }
+
+    /// Where the rollups of `metric`'s points in the last of `tiers` (finest first) stop being
+    /// exact ([`rollup::rolled_until`]): a query reads their cells before it, points after.
+    fn rolled_until(&self, _metric: i64, _tiers: &[tiers::Tier]) -> Result<i64, StoreError> {
+        Ok(i64::MIN)
     }
 
     /// The Deeploy data points of `metric`, in the order they were posted.

@@ -12,6 +12,8 @@
 //!   a series with the same millisecond apart;
 //! - `data_points`: Deeploy's points in posting order;
 //! - `journal`: recorded points not yet in `points`, one row per batch (see below);
+//! - `tier_samples` ([`super::tiers`]): history samples and the rollups of `points`, and
+//!   `rollups_due` ([`super::rollup`]): the intervals of points not rolled up yet;
 //! - `meta`: the next sequence number.
 //!
 //! One point costs about 40 bytes on disk (five small integers, a double, the record and cell
@@ -42,6 +44,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::journal::{self, Pending};
+use super::rollup;
 use super::tiers::{self, Cell, Tier};
 use super::{DataPoint, Engine, Reader, StoreError, StoredMetric, Write, Written, bucket_of};
 
@@ -131,6 +134,7 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
     connection
         .execute_batch(SCHEMA)
         .and_then(|()| connection.execute_batch(tiers::SCHEMA))
+        .and_then(|()| connection.execute_batch(rollup::SCHEMA))
         .and_then(|()| connection.pragma_update(None, "user_version", SCHEMA_VERSION))
         .map_err(engine_error)?;
     let next_seq = connection
@@ -140,9 +144,12 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
         .optional()
         .map_err(engine_error)?
         .unwrap_or(0);
+    // Before recovery: the journal's points are marked due with the tiers marked before.
+    let rollup_tiers = tier_list(&rollup::load_tiers(&connection).map_err(engine_error)?);
     let mut engine = SqliteEngine {
         connection,
         next_seq,
+        rollup_tiers,
         series: HashMap::new(),
         cached_series: 0,
         pending: Vec::new(),
@@ -157,6 +164,52 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
         with_journal: false,
     };
     Ok((engine, reader))
+}
+
+/// Calls `visit(series, ts_ms, value)` for each point of `metric` with `start_ms <= ts_ms <
+/// end_ms` in `points`, in `series` only when given; each series' in time order, then posting
+/// order. The reader's scan and the rollups' ([`rollup`]).
+pub(super) fn scan_points(
+    connection: &Connection,
+    metric: i64,
+    start_ms: i64,
+    end_ms: i64,
+    series: Option<&[i64]>,
+    visit: &mut dyn FnMut(i64, i64, f64),
+) -> rusqlite::Result<()> {
+    let (first, last) = (bucket_of(start_ms), bucket_of(end_ms - 1));
+    let seeks = (last - first + 1).saturating_mul(series.map_or(i64::MAX, |s| s.len() as i64));
+    if let Some(series) = series.filter(|_| seeks <= MAX_SEEKS) {
+        let mut statement = connection.prepare_cached(
+            "SELECT ts, value FROM points
+             WHERE metric = ?1 AND bucket = ?2 AND series = ?3 AND ts >= ?4 AND ts < ?5
+             ORDER BY ts, seq",
+        )?;
+        for bucket in first..=last {
+            for &id in series {
+                let mut rows = statement.query(params![metric, bucket, id, start_ms, end_ms])?;
+                while let Some(row) = rows.next()? {
+                    visit(id, row.get(0)?, row.get(1)?);
+                }
+            }
+        }
+        return Ok(());
+    }
+    let wanted: Option<std::collections::HashSet<i64>> =
+        series.map(|s| s.iter().copied().collect());
+    let mut statement = connection.prepare_cached(
+        "SELECT series, ts, value FROM points
+         WHERE metric = ?1 AND bucket >= ?2 AND bucket <= ?3 AND ts >= ?4 AND ts < ?5
+         ORDER BY bucket, series, ts, seq",
+    )?;
+    let mut rows = statement.query(params![metric, first, last, start_ms, end_ms])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
+            visit(id, row.get(1)?, row.get(2)?);
+        }
+    }
+    Ok(())
 }
 
 /// Every point the journal holds, in journal order, and the `seq` of its last row (0 when it
@@ -330,6 +383,8 @@ pub struct SqliteEngine {
     /// A journal body being built, kept for its allocation.
     body: Vec<u8>,
     checkpoints: Checkpointer,
+    /// The tiers recorded points roll into ([`rollup`]), finest first; none until set.
+    rollup_tiers: Vec<Tier>,
 }
 
 impl Engine for SqliteEngine {
@@ -432,6 +487,10 @@ impl SqliteEngine {
         // What this transaction cached may not exist.
         self.series.clear();
         self.cached_series = 0;
+        // A change of tiers it made is undone in `meta` too.
+        if let Ok(resolutions) = rollup::load_tiers(&self.connection) {
+            self.rollup_tiers = tier_list(&resolutions);
+        }
     }
 
     /// Reads the journal rows a previous run left (a crash between a batch's commit and its
@@ -470,6 +529,9 @@ impl SqliteEngine {
                 p.value
             ])?;
         }
+        if let Some(finest) = self.rollup_tiers.first() {
+            rollup::mark(&self.connection, finest.resolution_ms, moving)?;
+        }
         self.connection
             .prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
             .execute([self.journal_last])?;
@@ -501,7 +563,13 @@ impl SqliteEngine {
             }
             Write::DeleteMetric { id } => {
                 let mut removed = 0;
-                for table in ["points", "series", "data_points"] {
+                for table in [
+                    "points",
+                    "series",
+                    "data_points",
+                    "tier_samples",
+                    "rollups_due",
+                ] {
                     removed += self
                         .connection
                         .execute(&format!("DELETE FROM {table} WHERE metric = ?1"), [id])?;
@@ -569,6 +637,20 @@ impl SqliteEngine {
                 tiers::write(&self.connection, batch, &ids)?;
                 Ok(Written::Done)
             }
+            Write::RollupTiers(resolutions) => {
+                if rollup::set_tiers(&self.connection, resolutions)? {
+                    tracing::info!(
+                        ?resolutions,
+                        "recorded points roll up into new tiers: every rollup is rebuilt"
+                    );
+                }
+                self.rollup_tiers = tier_list(resolutions);
+                Ok(Written::Done)
+            }
+            Write::Roll { now_ms } => {
+                let rolled = rollup::roll(&self.connection, &self.rollup_tiers, *now_ms)?;
+                Ok(Written::Rolled(rolled))
+            }
             Write::ExpireHistory { metric, cuts } => {
                 let removed = tiers::expire(&self.connection, *metric, cuts)?;
                 // Some of its series may be gone: they are looked up afresh.
@@ -587,7 +669,8 @@ impl SqliteEngine {
                     "DELETE FROM points WHERE metric = ?1 AND bucket = ?2 AND ts < ?3",
                     params![metric, bucket, before_ms],
                 )?;
-                Ok(Written::Removed((whole + part) as u64))
+                let rolled = rollup::expire(&self.connection, *metric, *before_ms)?;
+                Ok(Written::Removed((whole + part) as u64 + rolled))
             }
         }
     }
@@ -749,42 +832,11 @@ impl Reader for SqliteReader {
         if self.with_journal {
             return self.scan_with_journal(metric, start_ms, end_ms, series, visit);
         }
-        let (first, last) = (bucket_of(start_ms), bucket_of(end_ms - 1));
-        let seeks = (last - first + 1).saturating_mul(series.map_or(i64::MAX, |s| s.len() as i64));
-        self.with(|connection| {
-            if let Some(series) = series.filter(|_| seeks <= MAX_SEEKS) {
-                let mut statement = connection.prepare_cached(
-                    "SELECT ts, value FROM points
-                     WHERE metric = ?1 AND bucket = ?2 AND series = ?3 AND ts >= ?4 AND ts < ?5
-                     ORDER BY ts, seq",
-                )?;
-                for bucket in first..=last {
-                    for &id in series {
-                        let mut rows =
-                            statement.query(params![metric, bucket, id, start_ms, end_ms])?;
-                        while let Some(row) = rows.next()? {
-                            visit(id, row.get(0)?, row.get(1)?);
-                        }
-                    }
-                }
-                return Ok(());
-            }
-            let wanted: Option<std::collections::HashSet<i64>> =
-                series.map(|s| s.iter().copied().collect());
-            let mut statement = connection.prepare_cached(
-                "SELECT series, ts, value FROM points
-                 WHERE metric = ?1 AND bucket >= ?2 AND bucket <= ?3 AND ts >= ?4 AND ts < ?5
-                 ORDER BY bucket, series, ts, seq",
-            )?;
-            let mut rows = statement.query(params![metric, first, last, start_ms, end_ms])?;
-            while let Some(row) = rows.next()? {
-                let id: i64 = row.get(0)?;
-                if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
-                    visit(id, row.get(1)?, row.get(2)?);
-                }
-            }
-            Ok(())
-        })
+        self.with(|connection| scan_points(connection, metric, start_ms, end_ms, series, visit))
+    }
+
+    fn rolled_until(&self, metric: i64, tiers: &[Tier]) -> Result<i64, StoreError> {
+        self.with(|connection| rollup::rolled_until(connection, metric, tiers))
     }
 
     fn scan_tier(
@@ -816,6 +868,17 @@ impl Reader for SqliteReader {
             rows.collect()
         })
     }
+}
+
+/// Tiers of these resolutions, for the rollups (which need no retention).
+fn tier_list(resolutions: &[i64]) -> Vec<Tier> {
+    resolutions
+        .iter()
+        .map(|&resolution_ms| Tier {
+            resolution_ms,
+            retention_ms: 0,
+        })
+        .collect()
 }
 
 #[cfg(test)]

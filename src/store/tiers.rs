@@ -1,6 +1,7 @@
 //! History tiers: the samples [`crate::history::sampler`] takes of registry series, kept at a
 //! few resolutions (10 s for a day, 1 min for 15 days, 1 h for a year by default), each with
-//! its own retention, like RRD and Graphite. This module owns their table, the compact encoding
+//! its own retention, like RRD and Graphite; the rollups of recorded points
+//! ([`super::rollup`]) share the table. This module owns their table, the compact encoding
 //! of one sample ([`Cell`]), the rollup of a finer tier into a coarser one, their expiry and
 //! their reads; the SQLite engine calls it inside its transactions.
 //!
@@ -443,7 +444,7 @@ pub fn write(connection: &Connection, batch: &SampleBatch, series: &[i64]) -> ru
 }
 
 /// Builds `coarser`'s intervals in `[from, to)` of `metric` from `finer`'s rows.
-fn roll_up(
+pub(super) fn roll_up(
     connection: &Connection,
     finer: Tier,
     coarser: Tier,
@@ -467,18 +468,35 @@ fn roll_up(
                 .or_insert(cell);
         },
     )?;
+    put_cells(
+        connection,
+        coarser,
+        metric,
+        folded
+            .into_iter()
+            .map(|((series, ts), cell)| (series, ts, cell)),
+    )
+}
+
+/// Writes `(series, interval start, cell)` rows of `metric` in `tier`, replacing what was there.
+pub(super) fn put_cells(
+    connection: &Connection,
+    tier: Tier,
+    metric: i64,
+    cells: impl Iterator<Item = (i64, i64, Cell)>,
+) -> rusqlite::Result<()> {
     let mut insert = connection.prepare_cached(
         "INSERT OR REPLACE INTO tier_samples (tier, metric, bucket, series, ts, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut body = Vec::new();
-    for ((series, ts), cell) in folded {
+    for (series, ts, cell) in cells {
         body.clear();
         cell.encode(&mut body);
         insert.execute(params![
-            coarser.resolution_ms,
+            tier.resolution_ms,
             metric,
-            coarser.bucket_of(ts),
+            tier.bucket_of(ts),
             series,
             ts,
             &body
@@ -559,6 +577,26 @@ pub fn scan(
     Ok(())
 }
 
+/// Removes `metric`'s samples in `tier` older than `before_ms`; answers how many.
+pub(super) fn expire_before(
+    connection: &Connection,
+    tier: Tier,
+    metric: i64,
+    before_ms: i64,
+) -> rusqlite::Result<u64> {
+    let bucket = tier.bucket_of(before_ms);
+    let whole = connection
+        .prepare_cached("DELETE FROM tier_samples WHERE tier = ?1 AND metric = ?2 AND bucket < ?3")?
+        .execute(params![tier.resolution_ms, metric, bucket])?;
+    let part = connection
+        .prepare_cached(
+            "DELETE FROM tier_samples
+             WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts < ?4",
+        )?
+        .execute(params![tier.resolution_ms, metric, bucket, before_ms])?;
+    Ok((whole + part) as u64)
+}
+
 /// Removes `metric`'s samples older than each tier's cut (`(resolution_ms, before_ms)`), then
 /// the metric's series no tier holds a sample of any more (series churn must not grow the
 /// file). Answers how many rows went.
@@ -569,18 +607,7 @@ pub fn expire(connection: &Connection, metric: i64, cuts: &[(i64, i64)]) -> rusq
             resolution_ms,
             retention_ms: 0,
         };
-        let bucket = tier.bucket_of(before_ms);
-        removed += connection
-            .prepare_cached(
-                "DELETE FROM tier_samples WHERE tier = ?1 AND metric = ?2 AND bucket < ?3",
-            )?
-            .execute(params![resolution_ms, metric, bucket])?;
-        removed += connection
-            .prepare_cached(
-                "DELETE FROM tier_samples
-                 WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts < ?4",
-            )?
-            .execute(params![resolution_ms, metric, bucket, before_ms])?;
+        removed += expire_before(connection, tier, metric, before_ms)?;
     }
     // Read per tier, each a range of the key; the series table is the small one.
     let mut held = std::collections::HashSet::new();
@@ -600,9 +627,9 @@ pub fn expire(connection: &Connection, metric: i64, cuts: &[(i64, i64)]) -> rusq
         .collect::<rusqlite::Result<_>>()?;
     let mut forget = connection.prepare_cached("DELETE FROM series WHERE id = ?1")?;
     for id in known.into_iter().filter(|id| !held.contains(id)) {
-        removed += forget.execute([id])?;
+        removed += forget.execute([id])? as u64;
     }
-    Ok(removed as u64)
+    Ok(removed)
 }
 
 #[cfg(test)]
