@@ -266,8 +266,9 @@ pub fn expire(connection: &Connection, metric: i64, before_ms: i64) -> rusqlite:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::tests::with_a_metric;
     use crate::store::sqlite::{SqliteEngine, SqliteReader, open};
-    use crate::store::{Engine, Point, Reader, StoredMetric, Write, Written, labels_key};
+    use crate::store::{Engine, Point, Reader, Write, Written, labels_key};
 
     const TIERS: [i64; 3] = [10_000, 60_000, 3_600_000];
 
@@ -281,22 +282,12 @@ mod tests {
             .collect()
     }
 
+    /// A store with one gauge, its points rolling into [`TIERS`].
     fn store() -> (tempfile::TempDir, SqliteEngine, SqliteReader, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut engine, reader) = open(dir.path()).unwrap();
-        let metric = StoredMetric {
-            id: 0,
-            uid: "m".into(),
-            tenant: "t".into(),
-            scope: "matih".into(),
-            name: "m".into(),
-            document: r#"{"type":"gauge"}"#.into(),
-            created_ms: 1,
-            updated_ms: 1,
-        };
-        let Ok(Written::Metric(id)) = engine.commit(&[Write::PutMetric(metric)]).unwrap()[0] else {
-            panic!("no metric id");
-        };
+        let (dir, mut engine, reader, id) = with_a_metric();
+        engine
+            .commit(&[Write::RollupTiers(TIERS.to_vec())])
+            .unwrap();
         (dir, engine, reader, id)
     }
 
@@ -355,9 +346,6 @@ mod tests {
     #[test]
     fn closed_intervals_roll_up_in_every_tier_and_open_ones_wait() {
         let (_dir, mut engine, reader, id) = store();
-        engine
-            .commit(&[Write::RollupTiers(TIERS.to_vec())])
-            .unwrap();
         // Two series; the same millisecond twice (the later posted is the last).
         record(
             &mut engine,
@@ -420,9 +408,6 @@ mod tests {
     #[test]
     fn a_late_point_makes_its_intervals_due_again_until_rolled() {
         let (_dir, mut engine, reader, id) = store();
-        engine
-            .commit(&[Write::RollupTiers(TIERS.to_vec())])
-            .unwrap();
         record(&mut engine, id, &[("a", 1_000, 1.0), ("a", 125_000, 5.0)]);
         roll_all(&mut engine, 2 * 3_600_000);
         assert_eq!(reader.rolled_until(id, &tiers(3)).unwrap(), i64::MAX);
@@ -440,7 +425,7 @@ mod tests {
 
     #[test]
     fn points_recorded_before_the_tiers_were_set_are_rolled_and_new_tiers_rebuild() {
-        let (dir, mut engine, reader, id) = store();
+        let (dir, mut engine, reader, id) = with_a_metric();
         record(&mut engine, id, &[("a", 1_000, 1.0), ("a", 61_000, 2.0)]);
         engine
             .commit(&[Write::RollupTiers(TIERS[..2].to_vec())])
@@ -476,9 +461,6 @@ mod tests {
     #[test]
     fn points_journaled_before_a_crash_are_marked_with_the_tiers_of_before() {
         let (dir, mut engine, _reader, id) = store();
-        engine
-            .commit(&[Write::RollupTiers(TIERS.to_vec())])
-            .unwrap();
         let points = vec![Point {
             labels: labels_key([("k", "a")]).into(),
             ts_ms: 5_000,
@@ -501,9 +483,6 @@ mod tests {
     #[test]
     fn expiry_leaves_no_cell_holding_a_point_older_than_the_cut() {
         let (_dir, mut engine, reader, id) = store();
-        engine
-            .commit(&[Write::RollupTiers(TIERS.to_vec())])
-            .unwrap();
         record(
             &mut engine,
             id,
@@ -537,9 +516,6 @@ mod tests {
     #[test]
     fn deleting_a_metric_removes_its_rollups() {
         let (_dir, mut engine, reader, id) = store();
-        engine
-            .commit(&[Write::RollupTiers(TIERS.to_vec())])
-            .unwrap();
         record(&mut engine, id, &[("a", 1_000, 1.0), ("a", 70_000, 2.0)]);
         roll_all(&mut engine, 30_000);
         engine.commit(&[Write::DeleteMetric { id }]).unwrap();

@@ -882,7 +882,7 @@ fn tier_list(resolutions: &[i64]) -> Vec<Tier> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{Point, labels_key};
 
@@ -899,10 +899,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_rolled_back_move_leaves_pending_exactly_the_points_committed_before_it() {
+    /// A store in a new directory with one gauge defined: the directory, the engine, a reader
+    /// and the gauge's id.
+    pub(crate) fn with_a_metric() -> (tempfile::TempDir, SqliteEngine, SqliteReader, i64) {
         let dir = tempfile::tempdir().unwrap();
-        let (mut engine, _reader) = open(dir.path()).unwrap();
+        let (mut engine, reader) = open(dir.path()).unwrap();
         let metric = StoredMetric {
             id: 0,
             uid: "m".into(),
@@ -916,6 +917,12 @@ mod tests {
         let Ok(Written::Metric(id)) = engine.commit(&[Write::PutMetric(metric)]).unwrap()[0] else {
             panic!("no metric id");
         };
+        (dir, engine, reader, id)
+    }
+
+    #[test]
+    fn a_rolled_back_move_leaves_pending_exactly_the_points_committed_before_it() {
+        let (_dir, mut engine, _reader, id) = with_a_metric();
         engine.commit(&[points(id, 1_000..1_004)]).unwrap();
         let committed: Vec<i64> = engine.pending.iter().map(|p| p.seq).collect();
         assert_eq!(committed.len(), 4);
