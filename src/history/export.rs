@@ -54,6 +54,10 @@ pub struct Sampled {
     pub kind: MetricType,
     /// The finest tier, whose samples are exported.
     pub tier: Tier,
+    /// What the tier keeps as of now, `[now − its retention, the current interval's end)`: the
+    /// export reads no further either way (a range read of one series over an open range
+    /// would scan every series' samples).
+    pub kept: (i64, i64),
 }
 
 /// Where the exported series come from.
@@ -65,6 +69,8 @@ struct Source<'a> {
     metrics: Vec<(i64, Option<&'a str>)>,
     /// The tier of a history metric; recorded points otherwise.
     tier: Option<Tier>,
+    /// The range a history metric's tier keeps ([`Sampled::kept`]).
+    kept: (i64, i64),
 }
 
 /// What an export wrote.
@@ -154,6 +160,7 @@ pub fn export(
                     .map(|m| (m.id, Some(m.tenant.as_str())))
                     .collect(),
                 tier: None,
+                kept: (i64::MIN, i64::MAX),
             }
         }
         (None, Some((sampled, id))) => Source {
@@ -162,6 +169,7 @@ pub fn export(
             help: None,
             metrics: vec![(id, None)],
             tier: Some(sampled.tier),
+            kept: sampled.kept,
         },
         (None, None) => {
             let mut known: Vec<String> = api.into_iter().map(|m| m.name.clone()).collect();
@@ -188,7 +196,13 @@ pub fn export(
         for (series, labels_json) in reader.series(metric)? {
             let labels = series_labels(&labels_json, tenant);
             let samples = match source.tier {
-                Some(tier) => read_samples(reader, tier, metric, series, request, source.kind)?,
+                Some(tier) => {
+                    let range = (
+                        request.start_ms.max(source.kept.0),
+                        request.end_ms.min(source.kept.1),
+                    );
+                    read_samples(reader, (tier, metric, series), range, source.kind)?
+                }
                 None => read_series(reader, metric, series, request, source.kind)?,
             };
             if samples.is_empty() {
@@ -221,11 +235,14 @@ pub fn export(
 }
 
 /// `{label="value",…,tenant="…"}`, sorted by name, as `/metrics` labels API series (StatsD
-/// series have no tenant).
+/// series have no tenant; one without labels has no braces).
 fn series_labels(labels_json: &str, tenant: Option<&str>) -> String {
     let mut labels: BTreeMap<String, String> = labels_of(labels_json).into_iter().collect();
     if let Some(tenant) = tenant {
         labels.insert(TENANT_LABEL.to_owned(), tenant.to_owned());
+    }
+    if labels.is_empty() {
+        return String::new();
     }
     let mut text = String::from("{");
     for (i, (name, value)) in labels.iter().enumerate() {
@@ -284,10 +301,8 @@ fn read_series(
 /// count and sum.
 fn read_samples(
     reader: &dyn Reader,
-    tier: Tier,
-    metric: i64,
-    series: i64,
-    request: &Export,
+    (tier, metric, series): (Tier, i64, i64),
+    (start_ms, end_ms): (i64, i64),
     kind: MetricType,
 ) -> Result<Vec<(i64, [f64; 2])>, StoreError> {
     let mut samples: Vec<(i64, [f64; 2])> = Vec::new();
@@ -295,8 +310,8 @@ fn read_samples(
     reader.scan_tier(
         tier,
         metric,
-        request.start_ms,
-        request.end_ms,
+        start_ms,
+        end_ms,
         Some(&[series]),
         &mut |_, ts_ms, cell| {
             let sample = match (kind, cell) {

@@ -113,10 +113,16 @@ fn sampled(settings: &Settings, name: &str) -> Option<export::Sampled> {
         crate::registry::Kind::Summary => crate::custom::MetricType::Summary,
         _ => crate::custom::MetricType::Gauge,
     };
+    let tier = settings.history.tiers[0];
+    let now = crate::custom::time::now_ms();
     Some(export::Sampled {
         family: family.to_owned(),
         kind,
-        tier: settings.history.tiers[0],
+        tier,
+        kept: (
+            now - tier.retention_ms,
+            tier.floor(now) + tier.resolution_ms,
+        ),
     })
 }
 
