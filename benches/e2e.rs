@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{
-    Check, Daemon, Load, Run, Scrape, Sent, Setup, Table, Unit, env_or, json_number, load_average,
-    median, metric_sum, pin_self, proc_sleeps, run_tallyd, run_tallyd_at, thousands,
+    Check, Daemon, Load, Run, Scrape, Sent, Setup, Sweep, Table, Unit, env_or, json_number,
+    load_average, median, metric_sum, pin_self, proc_sleeps, run_tallyd, run_tallyd_at, thousands,
 };
 
 const MIX: &str = "c:40,g:20,ms:25,h:5,d:5,s:5";
@@ -409,55 +409,12 @@ fn flat_group(s: &Settings, table: &mut Table) {
     }
 }
 
-/// One search for the highest loss-free line rate at 20 lines per datagram.
-struct Sweep {
-    /// The highest rate found loss-free (the flat-out rate if nothing was lost even then).
-    rate: f64,
-    /// Whether nothing was lost flat out (the loader, not tallyd, was the limit).
-    loader_bound: bool,
-    flat_rate: f64,
-    flat_lines_per_cpu_second: f64,
-}
-
-/// Flat out for `E2E_SWEEP_SECONDS`, then (if that lost anything) a bisection between 0 and
-/// the flat-out rate, `E2E_SWEEP_STEPS` steps.
+/// One search for the highest loss-free line rate at 20 lines per datagram, on `daemon`.
 fn sweep(s: &Settings, daemon: &Daemon, seed: u64) -> Sweep {
     let mut load = cpu_load(s, 20);
     load.duration = Some(s.sweep_seconds);
     load.seed = seed;
-    // Flat out first: the most one sender core gives.
-    eprintln!("e2e:  sweep ({}): flat out", daemon.name);
-    let probe = run_tallyd(&s.base, daemon, &load);
-    let max = probe.sent.lines_per_s;
-    let mut sweep = Sweep {
-        rate: max,
-        loader_bound: probe.loss_free(),
-        flat_rate: max,
-        flat_lines_per_cpu_second: probe.lines_per_cpu_second(),
-    };
-    if sweep.loader_bound {
-        return sweep;
-    }
-    let (mut lo, mut hi) = (0.0f64, max);
-    for step in 0..s.sweep_steps {
-        let mid = if step == 0 {
-            max / 2.0
-        } else {
-            (lo + hi) / 2.0
-        };
-        load.line_rate = Some(mid);
-        eprintln!("e2e:  sweep ({}): {:.0} lines/s", daemon.name, mid);
-        let r = run_tallyd(&s.base, daemon, &load);
-        // The loader must have delivered the rate asked for, or the step says nothing.
-        let delivered = r.sent.lines_per_s >= 0.97 * mid;
-        if r.loss_free() && delivered {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    sweep.rate = lo;
-    sweep
+    common::sweep(&s.base, daemon, &load, s.sweep_steps)
 }
 
 /// Bisection for the highest loss-free line rate at 20 lines per datagram.

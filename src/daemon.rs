@@ -56,7 +56,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     if let Some(Command::History(command)) = &cli.command {
-        return crate::history::run_command(command, &settings.data_dir);
+        return crate::history::run_command(command, &settings);
     }
     if cli.check_config {
         for finding in &settings.lint {

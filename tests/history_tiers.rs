@@ -2,11 +2,13 @@
 //! over UDP are sampled every second (`interval_seconds = 1`) into the 1 s tier, rolled up into
 //! the 2 s one, and the Matih query endpoint answers from the tier that fits the step — counter
 //! increases that add up to what was sent, a histogram's `quantile(q)` — and again after a
-//! restart.
+//! restart; `tallyd history export` writes their finest tier as OpenMetrics that promtool
+//! imports.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Daemon, TempFile, json_call};
@@ -29,6 +31,11 @@ history = true
 name = "job_seconds"
 type = "histogram"
 buckets = [0.1, 1.0, 10.0]
+history = true
+
+[[metric]]
+name = "queue_depth"
+type = "gauge"
 history = true
 "#;
 
@@ -165,4 +172,109 @@ fn statsd_metrics_with_history_are_queried_from_the_tier_that_fits_and_kept_acro
         &format!("{range}&step=1s&aggregation=sum"),
     );
     assert_eq!(total(&again), 12.0, "{again}");
+}
+
+/// One exported sample: name, value, timestamp in seconds.
+type Exported = (String, f64, f64);
+
+/// `tallyd history export --metric <metric>`'s text and samples, after checking the header and
+/// the `# EOF`.
+fn export(config: &TempFile, dir: &str, metric: &str, header: &str) -> (String, Vec<Exported>) {
+    let output = Command::new(common::tallyd_bin())
+        .arg("--config")
+        .arg(config.path())
+        .args(["--data-dir", dir, "history", "export", "--metric", metric])
+        .output()
+        .expect("run tallyd history export");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(header), "{text}");
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
+    let samples = lines
+        .take_while(|line| *line != "# EOF")
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields.len(), 3, "{line}");
+            (
+                fields[0].to_owned(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    (text, samples)
+}
+
+#[test]
+fn history_export_writes_the_finest_tier_of_statsd_metrics_as_openmetrics_promtool_imports() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    let config = TempFile::new("tallyd.toml", CONFIG);
+    let tallyd = Daemon::start_with(
+        &[
+            "--data-dir",
+            &dir,
+            "--config",
+            config.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    tallyd.send(&["jobs:5|c", "queue_depth:3|g", "job_seconds:0.5|h"]);
+    tallyd.wait_for(&[("jobs_total", 5.0)]);
+    std::thread::sleep(Duration::from_millis(2_500));
+    tallyd.send(&["jobs:7|c", "queue_depth:4|g", "job_seconds:5|h"]);
+    tallyd.wait_for(&[("jobs_total", 12.0)]);
+    let start = now_s() - 60;
+    let range = format!(
+        "start={start}&end={}&step=1s&aggregation=sum",
+        start + 3_600
+    );
+    wait_for_answer(tallyd.http, "jobs_total", &range, |a| total(a) == 12.0);
+    // The gauge's and the histogram's samples of the same tick are in by now.
+    std::thread::sleep(Duration::from_millis(1_500));
+
+    // The counter as its running total, by its API name or its family's; one sample a second.
+    let (text, jobs) = export(&config, &dir, "jobs_total", "# TYPE jobs counter");
+    assert_eq!(jobs, export(&config, &dir, "jobs", "# TYPE jobs counter").1);
+    assert!(
+        jobs.iter().all(|(name, ..)| name == "jobs_total"),
+        "{jobs:?}"
+    );
+    // Whole seconds apart (a tick the sampler was late for has no sample), never falling.
+    assert!(
+        (jobs.windows(2)).all(|w| w[0].1 <= w[1].1 && w[1].2 - w[0].2 >= 1.0),
+        "{jobs:?}"
+    );
+    assert!(jobs.iter().any(|s| s.1 == 5.0), "{jobs:?}");
+    assert_eq!(jobs.last().unwrap().1, 12.0, "{jobs:?}");
+    // The gauge as sampled.
+    let (_, depth) = export(&config, &dir, "queue_depth", "# TYPE queue_depth gauge");
+    assert!(depth.iter().all(|s| s.1 == 3.0 || s.1 == 4.0), "{depth:?}");
+    assert_eq!(depth.last().unwrap().1, 4.0, "{depth:?}");
+    // The histogram as a running count and sum.
+    let (_, seconds) = export(&config, &dir, "job_seconds", "# TYPE job_seconds summary");
+    let last = |name: &str| seconds.iter().rev().find(|s| s.0 == name).unwrap().1;
+    assert_eq!(last("job_seconds_count"), 2.0, "{seconds:?}");
+    assert_eq!(last("job_seconds_sum"), 5.5, "{seconds:?}");
+
+    // Prometheus's own importer takes it.
+    let file = TempFile::new("jobs.om", &text);
+    let blocks = tempfile::tempdir().unwrap();
+    let output = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(file.path())
+        .arg(blocks.path())
+        .output()
+        .expect("run promtool");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -894,19 +894,24 @@ pub fn metric_sum(body: &[u8], wanted: impl Fn(&[u8]) -> bool) -> f64 {
 
 /// GET /metrics, uncompressed, with the given Accept header; times the whole exchange.
 pub fn scrape(addr: SocketAddr, accept: Option<&str>) -> Scrape {
+    get(addr, "/metrics", accept)
+}
+
+/// GET `path` on a connection of its own (connect to last byte timed), which must answer 200.
+pub fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Scrape {
     let start = Instant::now();
-    let mut stream = TcpStream::connect(addr).expect("connect to tallyd's HTTP port");
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
-    let mut request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(a) = accept {
         request.push_str(&format!("Accept: {a}\r\n"));
     }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::with_capacity(1 << 20);
-    stream.read_to_end(&mut raw).expect("read the scrape");
+    stream.read_to_end(&mut raw).expect("read the answer");
     let seconds = start.elapsed().as_secs_f64();
     let split = raw
         .windows(4)
@@ -915,8 +920,9 @@ pub fn scrape(addr: SocketAddr, accept: Option<&str>) -> Scrape {
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     assert!(
         head.starts_with("http/1.1 200"),
-        "scrape failed: {}",
-        head.lines().next().unwrap_or("")
+        "GET {path} failed: {}: {}",
+        head.lines().next().unwrap_or(""),
+        String::from_utf8_lossy(&raw[split..])
     );
     let content_type = head
         .lines()
@@ -994,6 +1000,58 @@ impl Run {
     pub fn loss_free(&self) -> bool {
         self.lost_lines() == 0 && self.drops == 0
     }
+}
+
+/// One search for the highest loss-free line rate of a load.
+pub struct Sweep {
+    /// The highest rate found loss-free (the flat-out rate if nothing was lost even then).
+    pub rate: f64,
+    /// Whether nothing was lost flat out (the loader, not tallyd, was the limit).
+    pub loader_bound: bool,
+    pub flat_rate: f64,
+    pub flat_lines_per_cpu_second: f64,
+}
+
+/// `load` (its `duration` per step) flat out, then (if that lost anything) a bisection of its
+/// line rate between 0 and the flat-out rate, `steps` steps. A step counts as loss-free only if
+/// nothing was lost and the loader delivered ≥ 97 % of the rate asked.
+pub fn sweep(s: &Setup, daemon: &Daemon, load: &Load, steps: usize) -> Sweep {
+    let mut load = load.clone();
+    load.rate = None;
+    load.line_rate = None;
+    // Flat out first: the most one sender core gives.
+    eprintln!("{}:  sweep ({}): flat out", s.tag, daemon.name);
+    let probe = run_tallyd(s, daemon, &load);
+    let max = probe.sent.lines_per_s;
+    let mut sweep = Sweep {
+        rate: max,
+        loader_bound: probe.loss_free(),
+        flat_rate: max,
+        flat_lines_per_cpu_second: probe.lines_per_cpu_second(),
+    };
+    if sweep.loader_bound {
+        return sweep;
+    }
+    let (mut lo, mut hi) = (0.0f64, max);
+    for step in 0..steps {
+        let mid = if step == 0 {
+            max / 2.0
+        } else {
+            (lo + hi) / 2.0
+        };
+        load.line_rate = Some(mid);
+        eprintln!("{}:  sweep ({}): {:.0} lines/s", s.tag, daemon.name, mid);
+        let r = run_tallyd(s, daemon, &load);
+        // The loader must have delivered the rate asked for, or the step says nothing.
+        let delivered = r.sent.lines_per_s >= 0.97 * mid;
+        if r.loss_free() && delivered {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    sweep.rate = lo;
+    sweep
 }
 
 /// Drives `load` at tallyd's UDP address and measures it (tallyd's registry must be small:

@@ -98,8 +98,13 @@ impl Cell {
 #[derive(Debug)]
 pub struct Binned<C> {
     bins: Bins,
-    series: HashMap<i64, BTreeMap<i64, C>>,
+    /// Looked up once per point or sample (1.4 million for a day of 1,000 series at 1 min):
+    /// a fast hash, since the keys are the store's own ids.
+    series: HashMap<i64, BTreeMap<i64, C>, ahash::RandomState>,
 }
+
+/// A binner's answer: each series' bins in time order as `(bin start, value)`, by series id.
+pub type Points = HashMap<i64, Vec<(i64, f64)>, ahash::RandomState>;
 
 /// Recorded points binned: count, sum, min, max and last of each bin.
 pub type Binner = Binned<Cell>;
@@ -111,7 +116,7 @@ impl<C> Binned<C> {
     pub fn new(bins: Bins) -> Binned<C> {
         Binned {
             bins,
-            series: HashMap::new(),
+            series: HashMap::default(),
         }
     }
 
@@ -123,7 +128,7 @@ impl<C> Binned<C> {
 
     /// Each series with values, its bins in time order as `(bin start, value)`; a bin whose
     /// cell gives no value is left out.
-    fn finish_with(self, value: impl Fn(&C) -> Option<f64>) -> HashMap<i64, Vec<(i64, f64)>> {
+    fn finish_with(self, value: impl Fn(&C) -> Option<f64>) -> Points {
         let bins = self.bins;
         self.series
             .into_iter()
@@ -149,7 +154,7 @@ impl Binned<Cell> {
     }
 
     /// Each series with points, its bins in time order as `(bin start, value)`.
-    pub fn finish(self, aggregation: Aggregation) -> HashMap<i64, Vec<(i64, f64)>> {
+    pub fn finish(self, aggregation: Aggregation) -> Points {
         self.finish_with(|cell| Some(cell.value(aggregation)))
     }
 }
@@ -241,7 +246,7 @@ impl Binned<TierCell> {
     /// Each series with values, its bins in time order as `(bin start, value)`. `bounds` are a
     /// histogram's bucket bounds, for quantiles. A bin without a value for what is asked (no
     /// observations, a quantile a summary does not keep) is left out.
-    pub fn finish(self, asked: Asked, bounds: &[f64]) -> HashMap<i64, Vec<(i64, f64)>> {
+    pub fn finish(self, asked: Asked, bounds: &[f64]) -> Points {
         self.finish_with(|cell| cell_value(cell, asked, bounds))
     }
 }

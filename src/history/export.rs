@@ -10,6 +10,12 @@
 //!   summary without quantiles (`<name>_count`, `<name>_sum`; single observations carry no
 //!   buckets to rebuild).
 //!
+//! A `[[metric]]` with `history = true` that no API definition names is exported from its
+//! finest history tier ([`Sampled`]; the last day by default), one sample per interval at the
+//! interval's start as history queries show it: a gauge's last sampled value, a counter's
+//! running total of its sampled increases, a histogram's or summary's running count and sum.
+//! Its labels are the StatsD series' own (no tenant).
+//!
 //! Points recorded at the same millisecond become one sample (the last gauge value, the total
 //! after all of them), since a TSDB keeps one sample per series and timestamp. Each series is
 //! written whole, oldest first, as OpenMetrics requires. Deeploy's data points (x/y pairs, not
@@ -21,6 +27,7 @@ use std::io::Write;
 use crate::custom::{MetricSpec, MetricType, TENANT_LABEL, family_name};
 use crate::exposition::{Format, write_help_text, write_timestamp, write_value};
 use crate::registry::escape_label_value;
+use crate::store::tiers::{Cell, Tier};
 use crate::store::{Reader, StoreError, StoredMetric, labels_of};
 
 /// Scopes of the definitions whose points are time series (Matih's, and the config file's).
@@ -35,6 +42,35 @@ pub struct Export {
     /// Points with `start_ms <= timestamp < end_ms`.
     pub start_ms: i64,
     pub end_ms: i64,
+    /// The history of the `[[metric]]` of that name, when it keeps some.
+    pub sampled: Option<Sampled>,
+}
+
+/// A `[[metric]]` with history: where its samples are.
+#[derive(Clone, Debug)]
+pub struct Sampled {
+    /// Its registry family (a counter's without `_total`): the store row's name.
+    pub family: String,
+    pub kind: MetricType,
+    /// The finest tier, whose samples are exported.
+    pub tier: Tier,
+    /// What the tier keeps as of now, `[now − its retention, the current interval's end)`: the
+    /// export reads no further either way (a range read of one series over an open range
+    /// would scan every series' samples).
+    pub kept: (i64, i64),
+}
+
+/// Where the exported series come from.
+struct Source<'a> {
+    family: String,
+    kind: MetricType,
+    help: Option<String>,
+    /// Store rows with their tenant (none for history).
+    metrics: Vec<(i64, Option<&'a str>)>,
+    /// The tier of a history metric; recorded points otherwise.
+    tier: Option<Tier>,
+    /// The range a history metric's tier keeps ([`Sampled::kept`]).
+    kept: (i64, i64),
 }
 
 /// What an export wrote.
@@ -92,41 +128,83 @@ pub fn export(
     request: &Export,
     out: &mut dyn Write,
 ) -> Result<Exported, ExportError> {
-    let stored: Vec<StoredMetric> = reader
-        .metrics()?
-        .into_iter()
+    let stored: Vec<StoredMetric> = reader.metrics()?;
+    let api: Vec<&StoredMetric> = (stored.iter())
         .filter(|m| EXPORTED_SCOPES.contains(&m.scope.as_str()))
         .filter(|m| request.tenant.as_ref().is_none_or(|t| *t == m.tenant))
         .collect();
-    let chosen: Vec<&StoredMetric> = stored.iter().filter(|m| m.name == request.metric).collect();
-    let Some(first) = chosen.first() else {
-        let mut known: Vec<String> = stored.into_iter().map(|m| m.name).collect();
-        known.sort();
-        known.dedup();
-        return Err(ExportError::NotFound { known });
+    let chosen: Vec<&StoredMetric> = api
+        .iter()
+        .copied()
+        .filter(|m| m.name == request.metric)
+        .collect();
+    // StatsD history has no tenant: a tenant's export is of API metrics only.
+    let sampled = (request.sampled.as_ref())
+        .filter(|_| request.tenant.is_none())
+        .and_then(|sampled| {
+            let row = (stored.iter())
+                .find(|m| m.scope == super::HISTORY_SCOPE && m.name == sampled.family)?;
+            Some((sampled, row.id))
+        });
+    let source = match (chosen.first(), sampled) {
+        (Some(first), _) => {
+            // Tenants agree on a name's type (the API refuses otherwise); the first
+            // definition's description is the family's HELP, as in `/metrics`.
+            let spec: MetricSpec = serde_json::from_str(&first.document)
+                .map_err(|e| ExportError::Definition(format!("{}: {e}", first.name)))?;
+            Source {
+                family: family_name(&spec).to_owned(),
+                kind: spec.kind,
+                help: spec.description.filter(|h| !h.is_empty()),
+                metrics: (chosen.iter())
+                    .map(|m| (m.id, Some(m.tenant.as_str())))
+                    .collect(),
+                tier: None,
+                kept: (i64::MIN, i64::MAX),
+            }
+        }
+        (None, Some((sampled, id))) => Source {
+            family: sampled.family.clone(),
+            kind: sampled.kind,
+            help: None,
+            metrics: vec![(id, None)],
+            tier: Some(sampled.tier),
+            kept: sampled.kept,
+        },
+        (None, None) => {
+            let mut known: Vec<String> = api.into_iter().map(|m| m.name.clone()).collect();
+            known.sort();
+            known.dedup();
+            return Err(ExportError::NotFound { known });
+        }
     };
-    // Tenants agree on a name's type (the API refuses otherwise); the first definition's
-    // description is the family's HELP, as in `/metrics`.
-    let spec: MetricSpec = serde_json::from_str(&first.document)
-        .map_err(|e| ExportError::Definition(format!("{}: {e}", first.name)))?;
-    let family = family_name(&spec).to_owned();
+    let family = &source.family;
     let mut text = Vec::with_capacity(64 * 1024);
-    let (kind, suffixes): (&str, &[&str]) = match spec.kind {
+    let (kind, suffixes): (&str, &[&str]) = match source.kind {
         MetricType::Gauge => ("gauge", &[""]),
         MetricType::Counter => ("counter", &["_total"]),
         MetricType::Histogram | MetricType::Summary => ("summary", &["_count", "_sum"]),
     };
     text.extend_from_slice(format!("# TYPE {family} {kind}\n").as_bytes());
-    if let Some(help) = spec.description.as_deref().filter(|h| !h.is_empty()) {
+    if let Some(help) = &source.help {
         text.extend_from_slice(format!("# HELP {family} ").as_bytes());
         write_help_text(&mut text, help, Format::OpenMetrics);
         text.push(b'\n');
     }
     let mut exported = Exported::default();
-    for metric in chosen {
-        for (series, labels_json) in reader.series(metric.id)? {
-            let labels = series_labels(&labels_json, &metric.tenant);
-            let samples = read_series(reader, metric.id, series, request, spec.kind)?;
+    for &(metric, tenant) in &source.metrics {
+        for (series, labels_json) in reader.series(metric)? {
+            let labels = series_labels(&labels_json, tenant);
+            let samples = match source.tier {
+                Some(tier) => {
+                    let range = (
+                        request.start_ms.max(source.kept.0),
+                        request.end_ms.min(source.kept.1),
+                    );
+                    read_samples(reader, (tier, metric, series), range, source.kind)?
+                }
+                None => read_series(reader, metric, series, request, source.kind)?,
+            };
             if samples.is_empty() {
                 continue;
             }
@@ -156,10 +234,16 @@ pub fn export(
     Ok(exported)
 }
 
-/// `{label="value",…,tenant="…"}`, sorted by name, as `/metrics` labels API series.
-fn series_labels(labels_json: &str, tenant: &str) -> String {
+/// `{label="value",…,tenant="…"}`, sorted by name, as `/metrics` labels API series (StatsD
+/// series have no tenant; one without labels has no braces).
+fn series_labels(labels_json: &str, tenant: Option<&str>) -> String {
     let mut labels: BTreeMap<String, String> = labels_of(labels_json).into_iter().collect();
-    labels.insert(TENANT_LABEL.to_owned(), tenant.to_owned());
+    if let Some(tenant) = tenant {
+        labels.insert(TENANT_LABEL.to_owned(), tenant.to_owned());
+    }
+    if labels.is_empty() {
+        return String::new();
+    }
     let mut text = String::from("{");
     for (i, (name, value)) in labels.iter().enumerate() {
         if i > 0 {
@@ -207,6 +291,47 @@ fn read_series(
                 Some((last, values)) if *last == ts_ms => *values = sample,
                 _ => samples.push((ts_ms, sample)),
             }
+        },
+    )?;
+    Ok(samples)
+}
+
+/// One history series' samples in `tier`, in time order: a gauge's last value, a counter's
+/// running total of its increases from the range's start, a histogram's or summary's running
+/// count and sum.
+fn read_samples(
+    reader: &dyn Reader,
+    (tier, metric, series): (Tier, i64, i64),
+    (start_ms, end_ms): (i64, i64),
+    kind: MetricType,
+) -> Result<Vec<(i64, [f64; 2])>, StoreError> {
+    let mut samples: Vec<(i64, [f64; 2])> = Vec::new();
+    let (mut count, mut total) = (0.0, 0.0);
+    reader.scan_tier(
+        tier,
+        metric,
+        start_ms,
+        end_ms,
+        Some(&[series]),
+        &mut |_, ts_ms, cell| {
+            let sample = match (kind, cell) {
+                (MetricType::Gauge, Cell::Scalar { last, .. }) => [last, 0.0],
+                (MetricType::Counter, Cell::Scalar { sum, .. }) => {
+                    total += sum;
+                    [total, 0.0]
+                }
+                (
+                    MetricType::Histogram | MetricType::Summary,
+                    Cell::Histogram { count: n, sum, .. } | Cell::Summary { count: n, sum, .. },
+                ) => {
+                    count += n as f64;
+                    total += sum;
+                    [count, total]
+                }
+                // A sample of another type (the definition changed): not this metric's.
+                _ => return,
+            };
+            samples.push((ts_ms, sample));
         },
     )?;
     Ok(samples)

@@ -8,7 +8,6 @@ pub mod export;
 pub mod sampler;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +20,14 @@ use crate::registry::Registry;
 use crate::store::tiers::Tier;
 use crate::store::{Store, StoreError, StoredMetric, Write, Written};
 
-use crate::config::HistoryCommand;
+use crate::config::{HistoryCommand, Settings};
 use crate::custom::time::parse_instant;
 use crate::store::sqlite;
 
-/// Runs `tallyd history …` against the store in `data_dir`: 0 done, 1 failed, 2 bad arguments.
-pub fn run_command(command: &HistoryCommand, data_dir: &Path) -> ExitCode {
+/// Runs `tallyd history …` against the store in `settings.data_dir`: 0 done, 1 failed, 2 bad
+/// arguments.
+pub fn run_command(command: &HistoryCommand, settings: &Settings) -> ExitCode {
+    let data_dir = settings.data_dir.as_path();
     match command {
         HistoryCommand::Export {
             metric,
@@ -53,6 +54,7 @@ pub fn run_command(command: &HistoryCommand, data_dir: &Path) -> ExitCode {
                 tenant: tenant.clone(),
                 start_ms,
                 end_ms,
+                sampled: sampled(settings, metric),
             };
             let result = sqlite::open_reader(data_dir)
                 .map_err(export::ExportError::Store)
@@ -97,6 +99,31 @@ pub fn run_command(command: &HistoryCommand, data_dir: &Path) -> ExitCode {
             }
         },
     }
+}
+
+/// The history of the `[[metric]]` named `name` (a counter's with or without `_total`), when
+/// it keeps some.
+fn sampled(settings: &Settings, name: &str) -> Option<export::Sampled> {
+    let family = [name, crate::naming::counter_family(name)]
+        .into_iter()
+        .find(|family| settings.history.metrics.contains_key(*family))?;
+    let kind = match settings.definitions.get(family)?.kind {
+        crate::registry::Kind::Counter => crate::custom::MetricType::Counter,
+        crate::registry::Kind::Histogram => crate::custom::MetricType::Histogram,
+        crate::registry::Kind::Summary => crate::custom::MetricType::Summary,
+        _ => crate::custom::MetricType::Gauge,
+    };
+    let tier = settings.history.tiers[0];
+    let now = crate::custom::time::now_ms();
+    Some(export::Sampled {
+        family: family.to_owned(),
+        kind,
+        tier,
+        kept: (
+            now - tier.retention_ms,
+            tier.floor(now) + tier.resolution_ms,
+        ),
+    })
 }
 
 /// `[history]` and the `[[metric]]`s that ask for it, checked.
@@ -334,6 +361,8 @@ async fn roll_points(store: &Store) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::custom::query::{Asked, Bins, CellBinner};
     use crate::definitions::Aggregation;

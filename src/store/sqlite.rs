@@ -436,7 +436,14 @@ impl Engine for SqliteEngine {
             return Err(engine_error(error));
         }
         self.pending.drain(..moved);
-        self.checkpoints.committed();
+        // A history tick dirties a page per run of series it appends to (about 4,400 pages, 18
+        // MB of WAL, a tick at 100k series): copied out after each, as after an apply, or the
+        // WAL grew by that every 10 s until CHECKPOINT_COMMITS (hours, tens of GB).
+        if writes.iter().any(|w| matches!(w, Write::Samples(_))) {
+            self.checkpoints.request();
+        } else {
+            self.checkpoints.committed();
+        }
         // A failed write's savepoint was rolled back, but the series it cached may be gone.
         if results.iter().any(Result::is_err) {
             self.series.clear();
@@ -939,5 +946,39 @@ pub(crate) mod tests {
         let mut left: Vec<i64> = engine.pending.iter().map(|p| p.seq).collect();
         left.sort_unstable();
         assert_eq!(left, committed);
+    }
+
+    #[test]
+    fn a_history_tick_is_checkpointed_out_of_the_wal() {
+        use crate::store::tiers::{Cell, SampleBatch, Tier};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _reader) = open(dir.path()).unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let size = || std::fs::metadata(&file).unwrap().len();
+        let before = size();
+        let mut batch = SampleBatch {
+            tiers: vec![Tier {
+                resolution_ms: 10_000,
+                retention_ms: 86_400_000,
+            }]
+            .into(),
+            metrics: vec![1],
+            ts_ms: 1_764_000_000_000,
+            ..SampleBatch::default()
+        };
+        for series in 0..2_000 {
+            let labels = labels_key([("series", series.to_string().as_str())]);
+            batch.push(1, labels.into(), |out| Cell::scalar(1.5).encode(out));
+        }
+        engine.commit(&[Write::Samples(Box::new(batch))]).unwrap();
+        // One commit, far from CHECKPOINT_COMMITS: its pages reach the database file anyway.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tick is still only in the WAL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
