@@ -342,7 +342,7 @@ impl Prometheus {
         name: &str,
         spec: QuerySpec,
     ) -> Result<BackendAnswer, Problem> {
-        let metric = custom.get(tenant, name)?;
+        let metric = custom.get_queryable(tenant, name)?;
         let default = metric.spec.default_aggregation();
         let (bins, aggregation) = spec.range(default)?;
         let mut matchers = vec![(TENANT_LABEL, tenant)];

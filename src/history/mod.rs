@@ -1,13 +1,15 @@
 //! History: what the store keeps over time, and moving it out of tallyd: the [`sampler`] that
 //! samples the metrics asking for history into the store's tiers ([`crate::store::tiers`]) and
-//! the task that runs it and expires them ([`run`]); [`export`] (a metric's points as
+//! the task that runs it and expires them ([`run`]); the families mapping rules add to it
+//! ([`ruled`]); [`export`] (a metric's points as
 //! OpenMetrics text for `promtool tsdb create-blocks-from openmetrics`) and the `tallyd history`
 //! subcommands that run it and back the store up ([`crate::store::sqlite::backup`]).
 
 pub mod export;
+pub mod ruled;
 pub mod sampler;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -140,6 +142,8 @@ pub struct History {
     tiers: Arc<[Tier]>,
     /// As configured; replaced on reload.
     wanted: RwLock<BTreeMap<String, Option<i64>>>,
+    /// Added by mapping rules with `history = true` as their lines arrive.
+    ruled: Arc<ruled::RuleFamilies>,
     /// Family → store id, once its row exists.
     ids: RwLock<HashMap<String, i64>>,
 }
@@ -155,6 +159,7 @@ impl History {
         Arc::new(History {
             tiers: Arc::clone(&options.tiers),
             wanted: RwLock::new(options.metrics.clone()),
+            ruled: Arc::default(),
             ids: RwLock::new(HashMap::new()),
         })
     }
@@ -168,14 +173,26 @@ impl History {
         &self.tiers
     }
 
-    /// Whether `family` is configured to keep history.
+    /// The families mapping rules keep history for (the ingesters add to it).
+    pub fn rule_families(&self) -> &Arc<ruled::RuleFamilies> {
+        &self.ruled
+    }
+
+    /// Whether `family` keeps history: configured so, or named by a rule that asks for it.
     pub fn wants(&self, family: &str) -> bool {
-        self.wanted.read().contains_key(family)
+        self.own_retention(family).is_some()
+    }
+
+    /// `Some(retention)` when `family` keeps history (`None` inside: each tier's own); a
+    /// `[[metric]]`'s retention wins over a rule's.
+    fn own_retention(&self, family: &str) -> Option<Option<i64>> {
+        let configured = self.wanted.read().get(family).copied();
+        configured.or_else(|| self.ruled.get(family).map(|ruled| ruled.retention))
     }
 
     /// The store id and own retention of `family`'s history, when it has some.
     pub fn find(&self, family: &str) -> Option<(i64, Option<i64>)> {
-        let retention = *self.wanted.read().get(family)?;
+        let retention = self.own_retention(family)?;
         Some((*self.ids.read().get(family)?, retention))
     }
 
@@ -197,7 +214,8 @@ impl History {
     /// Makes a store row for each wanted family without one; answers the families to sample
     /// with their ids.
     pub async fn resolve(&self, store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
-        let wanted: Vec<String> = self.wanted.read().keys().cloned().collect();
+        let mut wanted: BTreeSet<String> = self.wanted.read().keys().cloned().collect();
+        wanted.extend(self.ruled.families().into_iter().map(|(family, _)| family));
         let mut out = Vec::with_capacity(wanted.len());
         for family in wanted {
             let known = self.ids.read().get(&family).copied();
@@ -228,13 +246,20 @@ impl History {
         Ok(out)
     }
 
-    /// Removes, for each history metric, what each tier keeps no longer as of `now_ms`.
+    /// Removes, for each history metric, what each tier keeps no longer as of `now_ms`; a
+    /// metric that no longer keeps history (a reload dropped it) by its tiers' retention.
     /// Answers how many rows went.
     pub async fn expire(&self, store: &Store, now_ms: i64) -> Result<u64, StoreError> {
-        let metrics: Vec<(String, i64)> = self.resolve(store).await?;
+        let mut metrics: Vec<(String, i64)> = self.resolve(store).await?;
+        let stored = store.read(|reader| reader.metrics()).await?;
+        let dropped = (stored.into_iter())
+            .filter(|row| row.scope == HISTORY_SCOPE && !metrics.iter().any(|(_, id)| *id == row.id))
+            .map(|row| (row.name, row.id))
+            .collect::<Vec<_>>();
+        metrics.extend(dropped);
         let mut removed = 0;
         for (family, id) in metrics {
-            let own = self.wanted.read().get(&family).copied().flatten();
+            let own = self.own_retention(&family).flatten();
             let cuts = (self.tiers.iter())
                 .map(|t| {
                     let keep = own.map_or(t.retention_ms, |o| o.min(t.retention_ms));
