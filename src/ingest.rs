@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use hashbrown::hash_map::EntryRef;
 
-use crate::naming::sanitize_name_into;
 use crate::history::ruled::{Named, RuleFamilies};
+use crate::naming::sanitize_name_into;
 use crate::protocol::{
     Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Value,
     parse_datagram,

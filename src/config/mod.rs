@@ -183,9 +183,10 @@ mod tests {
             )
         };
         // The same words as a [[metric]]'s, from the same code.
-        let metric =
-            parse("[[metric]]\nname = \"x\"\ntype = \"gauge\"\nhistory = true\nretention = \"3x\"\n")
-                .unwrap_err();
+        let metric = parse(
+            "[[metric]]\nname = \"x\"\ntype = \"gauge\"\nhistory = true\nretention = \"3x\"\n",
+        )
+        .unwrap_err();
         let err = parse(&rule("history = true\nretention = \"3x\"\n")).unwrap_err();
         assert!(
             err.contains("mapping rule 1 (match = \"b.*\")") && err.contains("retention: "),
@@ -200,10 +201,8 @@ mod tests {
         );
         let err = parse(&rule("history = \"yes\"\n")).unwrap_err();
         assert!(err.contains("line 7") && err.contains("bool"), "{err}");
-        let err = parse(
-            "[[mapping]]\nmatch = \"a.*\"\naction = \"drop\"\nhistory = true\n",
-        )
-        .unwrap_err();
+        let err =
+            parse("[[mapping]]\nmatch = \"a.*\"\naction = \"drop\"\nhistory = true\n").unwrap_err();
         assert!(err.contains("`history` has no effect"), "{err}");
     }
 

@@ -253,7 +253,9 @@ impl History {
         let mut metrics: Vec<(String, i64)> = self.resolve(store).await?;
         let stored = store.read(|reader| reader.metrics()).await?;
         let dropped = (stored.into_iter())
-            .filter(|row| row.scope == HISTORY_SCOPE && !metrics.iter().any(|(_, id)| *id == row.id))
+            .filter(|row| {
+                row.scope == HISTORY_SCOPE && !metrics.iter().any(|(_, id)| *id == row.id)
+            })
             .map(|row| (row.name, row.id))
             .collect::<Vec<_>>();
         metrics.extend(dropped);

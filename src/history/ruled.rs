@@ -211,13 +211,12 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_families_its_rules_still_name_with_history() {
-        let rule = |pattern: &str, name: &str, history: bool, retention: Option<&str>| {
-            MappingRule {
+        let rule =
+            |pattern: &str, name: &str, history: bool, retention: Option<&str>| MappingRule {
                 history: Some(history),
                 retention: retention.map(str::to_owned),
                 ..MappingRule::new(pattern, name)
-            }
-        };
+            };
         let families = RuleFamilies::default();
         families.add(named("api_requests", "api.requests"));
         families.add(named("web_requests", "web.requests"));
