@@ -449,6 +449,13 @@ impl CustomMetrics {
             .ok_or_else(|| not_found(name))
     }
 
+    /// Whether a query over `metric` answers from its sampled history, which holds every series
+    /// of its family whatever their `tenant` label, rather than from the tenant's recorded
+    /// points.
+    pub fn answers_from_history(&self, metric: &CustomMetric) -> bool {
+        metric.read_only && (self.history.get()).is_some_and(|h| h.wants(metric.family()))
+    }
+
     /// A family a mapping rule with `history = true` keeps history for, as a read-only metric
     /// every tenant sees (as the file's). There is no definition to give its type: it is the
     /// one the registry accepted for the series the rule named
@@ -872,7 +879,7 @@ impl CustomMetrics {
         let metric = self.get_queryable(tenant, name)?;
         let default = metric.spec.default_aggregation();
         let history = match self.history.get() {
-            Some(history) if metric.read_only && history.wants(metric.family()) => {
+            Some(history) if self.answers_from_history(&metric) => {
                 // Its store row may not be known yet (a query right after start).
                 history.resolve(&self.store).await.map_err(storage_failed)?;
                 (history.find(metric.family())).map(|found| (history, found))
