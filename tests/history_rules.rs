@@ -8,19 +8,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{Daemon, json_call};
+use common::{Daemon, HISTORY_EVERY_SECOND, at_half_past, json_call, unix_ms};
 use serde_json::Value;
-
-const HISTORY: &str = r#"
-[history]
-interval_seconds = 1
-tiers = [
-    { resolution = "1s", retention = "1h" },
-    { resolution = "2s", retention = "1d" },
-]
-"#;
 
 /// `temperature` keeps history when `with_temperature`.
 fn config(with_temperature: bool) -> String {
@@ -29,7 +20,7 @@ fn config(with_temperature: bool) -> String {
         false => "",
     };
     format!(
-        r#"{HISTORY}
+        r#"{HISTORY_EVERY_SECOND}
 [[mapping]]
 match = "app.*.requests"
 name = "${{1}}_requests"
@@ -46,22 +37,6 @@ match = "other.*"
 name = "other_${{1}}"
 "#
     )
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Sleeps until half a second after the whole second `s` (a sample is read just after each
-/// whole second, so a line sent then lands in the interval that starts at `s`).
-fn at_half_past(s: u64) {
-    let target = s * 1000 + 500;
-    let now = now_ms();
-    assert!(now < target, "the test fell behind: {now} ms past {target}");
-    std::thread::sleep(Duration::from_millis(target - now));
 }
 
 fn query(addr: SocketAddr, name: &str, params: &str) -> (u16, Value) {
@@ -102,7 +77,7 @@ fn wait_for_bins(addr: SocketAddr, name: &str, params: &str, bins: usize) -> Val
 #[test]
 fn every_family_a_rule_with_history_names_is_sampled_and_answers_bin_for_bin() {
     let tallyd = Daemon::with_config(&config(true));
-    let k0 = now_ms() / 1000 + 1;
+    let k0 = unix_ms() / 1000 + 1;
     at_half_past(k0);
     tallyd.send(&[
         "app.api.requests:3|c",
@@ -178,7 +153,7 @@ fn every_family_a_rule_with_history_names_is_sampled_and_answers_bin_for_bin() {
     ]);
     let (status, gone) = query(tallyd.http, "db_temperature", &range);
     assert_eq!(status, 404, "{gone}");
-    let k1 = now_ms() / 1000 + 1;
+    let k1 = unix_ms() / 1000 + 1;
     at_half_past(k1);
     tallyd.send(&["app.api.requests:6|c", "app.db.temp:30|g"]);
     let later = format!("start={k1}&end={}&step=1s&aggregation=sum", k1 + 2);

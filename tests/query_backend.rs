@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
 use common::{
-    CUSTOM_METRICS as BASE, Daemon, define_custom as define, record_custom, require, tallyd_bin,
-    tenant_call as call, value_of,
+    CUSTOM_METRICS as BASE, Daemon, HISTORY_EVERY_SECOND, at_half_past, define_custom as define,
+    record_custom, require, tallyd_bin, tenant_call as call, unix_ms, value_of,
 };
 use serde_json::{Value, json};
 
@@ -359,12 +359,8 @@ fn local_and_prometheus_answers_agree_and_backend_failures_are_problems() {
     assert_eq!(outcome("error"), Some(0.0));
 }
 
-/// `[[metric]]`s with history, sampled every second, for the scraped test.
+/// `[[metric]]`s with history, for the scraped test (with [`HISTORY_EVERY_SECOND`]).
 const SAMPLED: &str = r#"
-[history]
-interval_seconds = 1
-tiers = [{ resolution = "1s", retention = "1h" }]
-
 [[metric]]
 name = "queue_depth"
 type = "gauge"
@@ -375,21 +371,6 @@ name = "jobs_done_total"
 type = "counter"
 history = true
 "#;
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Sleeps until half a second past the whole second `s`: tallyd samples just after each whole
-/// second and Prometheus scrapes once a second, so a change then is half a second from both.
-fn at_half_past(s: i64) {
-    let wait = s * 1000 + 500 - unix_ms();
-    assert!(wait > 0, "the test fell {}ms behind", -wait);
-    std::thread::sleep(Duration::from_millis(wait as u64));
-}
 
 /// Each series' labels (without the `job` and `instance` labels Prometheus gives what it
 /// scrapes) and its bins as (start, value).
@@ -419,14 +400,16 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
     ) {
         return;
     }
-    let tallyd = Daemon::with_config(SAMPLED);
+    let sampled = format!("{HISTORY_EVERY_SECOND}{SAMPLED}");
+    let tallyd = Daemon::with_config(&sampled);
     let prometheus = Prometheus::start(tallyd.http, &[]);
     let targets = prometheus.wait_scraped(Duration::from_secs(30));
     assert!(targets.contains(r#""health":"up""#), "{targets}");
 
     // Changes at k + 0.5 s for k = k0, k0 + 6, k0 + 12.
     let steps = [(10.25, 3.0), (20.5, 5.0), (7.75, 2.0)];
-    let k0 = unix_ms() / 1000 + 1;
+    // An even second: the 2 s bins are the 2 s tier's intervals, which answer locally.
+    let k0 = (unix_ms() / 1000 + 2) / 2 * 2;
     for (i, (gauge, increase)) in steps.iter().enumerate() {
         at_half_past(k0 + 6 * i as i64);
         tallyd.send(&[
@@ -476,7 +459,7 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
     let url = format!("http://{}", prometheus.web());
     reload(
         &tallyd,
-        &format!("{SAMPLED}{}", backend_config(&url, 10.0)),
+        &format!("{sampled}{}", backend_config(&url, 10.0)),
         &mut reloads,
     );
     for ((name, aggregation), local) in cases.iter().zip(&local) {
@@ -484,6 +467,7 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
         let (status, remote) = query(tallyd.http, "t1", name, &params);
         assert_eq!(status, 200, "{name}?{params}: {remote}");
         assert_eq!(remote["backend"], "prometheus", "{remote}");
+        assert_eq!(local["resolution"], "2s", "{local}");
         let (l, r) = (bins_of(local), bins_of(&remote));
         let what = format!("{name}?{params}\nlocal   {local}\nbackend {remote}");
         assert_eq!(

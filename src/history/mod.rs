@@ -197,11 +197,13 @@ impl History {
     }
 
     /// The tier a query from `start_ms` at `step_ms` reads: the coarsest whose resolution
-    /// divides the step and which still keeps `start_ms` (its retention, or the metric's, as
-    /// of `now_ms`); else the finest that keeps the start; else the coarsest dividing the
-    /// step; else the finest.
+    /// divides the step and the start (so each of its intervals lies in one bin) and which
+    /// still keeps `start_ms` (its retention, or the metric's, as of `now_ms`); else the finest
+    /// that keeps the start; else the coarsest dividing the step and the start; else the
+    /// finest.
     pub fn tier_for(&self, start_ms: i64, step_ms: i64, now_ms: i64, own: Option<i64>) -> Tier {
-        let fits = |t: &&Tier| step_ms % t.resolution_ms == 0;
+        let fits =
+            |t: &&Tier| step_ms % t.resolution_ms == 0 && start_ms.rem_euclid(t.resolution_ms) == 0;
         let keeps =
             |t: &&Tier| start_ms >= now_ms - own.map_or(t.retention_ms, |o| o.min(t.retention_ms));
         (self.tiers.iter().rev().find(|t| fits(t) && keeps(t)))
@@ -654,6 +656,35 @@ mod tests {
         assert_eq!(rows_in(dir.path(), 10_000), 26);
     }
 
+    #[tokio::test]
+    async fn a_metric_that_no_longer_keeps_history_is_expired_by_its_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let history = History::new(&options());
+        thirteen_ticks(&store, &history).await;
+        // A reload drops `reqs`: it is no longer sampled, and what it stored still ages out.
+        let mut fewer = options();
+        fewer.metrics.remove("reqs");
+        history.replace(&fewer);
+        assert!(!history.wants("reqs"));
+        history.expire(&store, T0 + 2 * DAY).await.unwrap();
+        let connection =
+            rusqlite::Connection::open(dir.path().join(crate::store::sqlite::FILE_NAME)).unwrap();
+        let reqs_rows = |tier: i64| -> i64 {
+            connection
+                .query_row(
+                    "SELECT count(*) FROM tier_samples t JOIN metrics m ON m.id = t.metric
+                     WHERE m.name = 'reqs' AND t.tier = ?1",
+                    [tier],
+                    |row| row.get(0),
+                )
+                .unwrap()
+        };
+        // The 10 s tier keeps a day; the minutes 15 days.
+        assert_eq!(reqs_rows(10_000), 0);
+        assert!(reqs_rows(MIN) > 0);
+    }
+
     #[test]
     fn the_coarsest_tier_that_divides_the_step_and_keeps_the_start_answers() {
         let history = History::new(&options());
@@ -667,6 +698,8 @@ mod tests {
         assert_eq!(pick(now - 2 * DAY, 30_000), MIN);
         // A step no tier divides: the finest.
         assert_eq!(pick(now - HOUR, 15_000), 10_000);
+        // A start off the minutes: a minute's interval would straddle two bins.
+        assert_eq!(pick(now - HOUR + 10_000, MIN), 10_000);
     }
 
     #[test]
