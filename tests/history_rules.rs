@@ -77,7 +77,8 @@ fn wait_for_bins(addr: SocketAddr, name: &str, params: &str, bins: usize) -> Val
 #[test]
 fn every_family_a_rule_with_history_names_is_sampled_and_answers_bin_for_bin() {
     let tallyd = Daemon::with_config(&config(true));
-    let k0 = unix_ms() / 1000 + 1;
+    // An even second, so that 2 s bins from it are the 2 s tier's intervals.
+    let k0 = (unix_ms() / 1000 + 2) / 2 * 2;
     at_half_past(k0);
     tallyd.send(&[
         "app.api.requests:3|c",

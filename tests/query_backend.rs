@@ -422,7 +422,7 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
     // 2 s bins from k0: a change falls in the first of each three, 1.5 s from its end; the
     // other two see one value throughout, for tallyd's samples (each is the value at the end of
     // its second) and Prometheus's scrapes alike.
-    let held: Vec<usize> = (0..9).filter(|j| j % 3 != 0).collect();
+    let held: Vec<usize> = (0..9).filter(|j: &usize| !j.is_multiple_of(3)).collect();
     let cases = [
         ("queue_depth", "average"),
         ("queue_depth", "min"),
@@ -482,7 +482,7 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
         // increase in the bin of its change.
         let expected: Vec<f64> = (0..9)
             .map(|j: usize| match *name {
-                "jobs_done_total" if j % 3 == 0 => steps[j / 3].1,
+                "jobs_done_total" if j.is_multiple_of(3) => steps[j / 3].1,
                 "jobs_done_total" => 0.0,
                 _ => steps[j / 3].0,
             })
