@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use hashbrown::hash_map::EntryRef;
 
+use crate::history::ruled::{Named, RuleFamilies};
 use crate::naming::sanitize_name_into;
 use crate::protocol::{
     Extension, MetricType, ParseOptions, Reason, Sample, SampleSink, TagStyle, Value,
@@ -30,7 +31,7 @@ use crate::record::{Recorder, Refusal, SeriesHandle};
 use crate::registry::{Kind, NativeOptions, SeriesKeyBuf, SeriesOptions, Update};
 use crate::relay::mapped::MappedForm;
 use crate::relay::{Hub, LineForm, Tap};
-use crate::rules::{Match, ObserverType, RuleCache, RuleSet};
+use crate::rules::{Match, MetricClass, ObserverType, RuleCache, RuleSet};
 use crate::summary::SummaryConfig;
 use crate::telemetry::ReceiverStats;
 
@@ -46,6 +47,8 @@ pub struct IngestOptions {
     pub rules: Arc<SharedRules>,
     /// The relay, when `[relay]` has targets: each ingester feeds a tap of its own.
     pub relay: Option<Hub>,
+    /// Where a mapping rule with `history = true` registers the families it names.
+    pub history: Option<Arc<RuleFamilies>>,
 }
 
 /// The mapping rules in force, swappable while receive threads run. A thread checks the
@@ -94,6 +97,7 @@ impl Default for IngestOptions {
             cache_capacity: 100_000,
             rules: Arc::default(),
             relay: None,
+            history: None,
         }
     }
 }
@@ -158,6 +162,7 @@ struct Resolver {
     tenant: Option<Box<str>>,
     /// Render each new series' [`MappedForm`] (the relay is in mapped mode).
     relay_mapped: bool,
+    history: Option<Arc<RuleFamilies>>,
 }
 
 impl Ingester {
@@ -180,6 +185,7 @@ impl Ingester {
                     .relay
                     .as_ref()
                     .is_some_and(|hub| hub.form() == LineForm::Mapped),
+                history: options.history.clone(),
             },
         };
         let relay = options.relay.as_ref().map(Hub::tap);
@@ -361,7 +367,20 @@ impl Resolver {
             }
         }
         let scale = rule.and_then(|r| r.scale).unwrap_or(1.0);
+        let history = mapped.and_then(|m| self.rules.history(m.rule));
         let resolved = recorder.series(&self.name, kind, labels, &options, &mut self.series_key);
+        if let (Ok(_), Some(families), Some(retention)) = (&resolved, &self.history, history) {
+            // Here, once per series this thread resolves, not per line: the family's type is
+            // the one the registry just accepted for it.
+            families.add(Named {
+                family: &self.name,
+                kind,
+                retention,
+                buckets: options.buckets.as_ref(),
+                statsd_name: name,
+                class: MetricClass::of(sample.metric_type),
+            });
+        }
         match resolved {
             Ok(handle) => Ok(Cached {
                 relay: self.relay_mapped.then(|| MappedForm::of(handle.series())),

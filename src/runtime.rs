@@ -206,6 +206,10 @@ pub async fn run(
         false => Some(Relay::start(&settings.relay)?),
     };
     let mut ingest = settings.ingest_options(Arc::clone(&rules));
+    // Before the receivers start: mapping rules with history register families as lines come.
+    let history = crate::history::History::new(&settings.history);
+    ingest.history = Some(Arc::clone(history.rule_families()));
+    telemetry.set_history_rules(Arc::clone(history.rule_families()));
     if let Some(relay) = &relay {
         telemetry.set_relay(Arc::clone(relay.hub().stats()));
         ingest.relay = Some(relay.hub().clone());
@@ -241,7 +245,6 @@ pub async fn run(
         }
     };
     let retention = tokio::spawn(expire_points(Arc::clone(&api), shutdown.clone()));
-    let history = crate::history::History::new(&settings.history);
     api.custom.set_history(Arc::clone(&history));
     let sampling = tokio::spawn(crate::history::run(
         Arc::clone(&history),
@@ -448,6 +451,7 @@ impl Running {
         }
         if new.file.mapping != self.settings.file.mapping {
             self.rules.replace(Arc::clone(&new.rules));
+            self.history.rule_families().rules_replaced(&new.rules);
             tracing::info!(rules = new.file.mapping.len(), "mapping rules replaced");
         }
         if let Err(e) = (control.set_log_level)(&new.log_level) {

@@ -174,6 +174,8 @@ pub struct Telemetry {
     store_pending: Mutex<Option<Arc<AtomicUsize>>>,
     /// `[query]` backend requests by outcome (`tallyd_query_backend_requests_total`).
     pub query_backend: Arc<crate::custom::backend::BackendStats>,
+    /// The families mapping rules added to history (`tallyd_history_rule_families*`).
+    history_rules: Mutex<Option<Arc<crate::history::ruled::RuleFamilies>>>,
 }
 
 impl Default for Telemetry {
@@ -195,6 +197,7 @@ impl Default for Telemetry {
             push: Mutex::default(),
             store_pending: Mutex::default(),
             query_backend: Arc::default(),
+            history_rules: Mutex::default(),
         }
     }
 }
@@ -286,6 +289,11 @@ impl Telemetry {
     /// Reports the store's pending points (`tallyd_store_pending_points`) from now on.
     pub fn set_store_pending(&self, pending: Arc<AtomicUsize>) {
         *self.store_pending.lock() = Some(pending);
+    }
+
+    /// Reports the families mapping rules added to history from now on.
+    pub fn set_history_rules(&self, families: Arc<crate::history::ruled::RuleFamilies>) {
+        *self.history_rules.lock() = Some(families);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -621,6 +629,9 @@ impl Telemetry {
             ));
         }
         out.push(self.query_backend.self_metrics());
+        if let Some(families) = &*self.history_rules.lock() {
+            out.extend(families.self_metrics());
+        }
         out.extend(process_metrics(self.started_unix));
         out
     }

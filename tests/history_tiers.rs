@@ -99,7 +99,8 @@ fn statsd_metrics_with_history_are_queried_from_the_tier_that_fits_and_kept_acro
     tallyd.send(&["jobs:7|c", "job_seconds:0.05|h", "job_seconds:5|h"]);
     tallyd.wait_for(&[("jobs_total", 12.0)]);
 
-    let start = now_s() - 60;
+    // Even: the 2 s bins below are the 2 s tier's intervals (else the 1 s tier answers).
+    let start = (now_s() - 60) / 2 * 2;
     let range = format!("start={start}&end={}", start + 3_600);
     // Per-second increases add up to what was sent, from the 1 s tier.
     let fine = wait_for_answer(

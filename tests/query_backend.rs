@@ -8,14 +8,15 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
 use common::{
-    CUSTOM_METRICS as BASE, Daemon, define_custom as define, record_custom, require, tallyd_bin,
-    tenant_call as call, value_of,
+    CUSTOM_METRICS as BASE, Daemon, HISTORY_EVERY_SECOND, at_half_past, define_custom as define,
+    record_custom, require, tallyd_bin, tenant_call as call, unix_ms, value_of,
 };
 use serde_json::{Value, json};
 
@@ -356,4 +357,153 @@ fn local_and_prometheus_answers_agree_and_backend_failures_are_problems() {
     assert_eq!(outcome("unavailable"), Some(1.0));
     assert_eq!(outcome("timeout"), Some(1.0));
     assert_eq!(outcome("error"), Some(0.0));
+}
+
+/// `[[metric]]`s with history, for the scraped test (with [`HISTORY_EVERY_SECOND`]).
+const SAMPLED: &str = r#"
+[[metric]]
+name = "queue_depth"
+type = "gauge"
+history = true
+
+[[metric]]
+name = "jobs_done_total"
+type = "counter"
+history = true
+"#;
+
+/// Each series' labels (without the `job` and `instance` labels Prometheus gives what it
+/// scrapes) and its bins as (start, value).
+fn bins_of(answer: &Value) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for (mut labels, bins) in series(answer) {
+        if let Some(labels) = labels.as_object_mut() {
+            labels.remove("job");
+            labels.remove("instance");
+        }
+        let bins = bins.into_iter().map(|b| (b.timestamp, b.value)).collect();
+        out.insert(labels.to_string(), bins);
+    }
+    out
+}
+
+/// A Prometheus 2.42 scraping a tallyd every second, and that tallyd sampling its
+/// `[[metric]]`s with history every second: its local answers and its answers through
+/// `[query] backend = "prometheus"` agree on every bin where the data leaves no doubt. A gauge
+/// is set three times and held six seconds each time; a counter is increased at the same
+/// moments and left alone in between. Each change is half a second from any sample or scrape.
+#[test]
+fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
+    if !require(
+        common::on_path("prometheus"),
+        "prometheus (Debian's prometheus package; scripts/setup-test-deps)",
+    ) {
+        return;
+    }
+    let sampled = format!("{HISTORY_EVERY_SECOND}{SAMPLED}");
+    let tallyd = Daemon::with_config(&sampled);
+    let prometheus = Prometheus::start(tallyd.http, &[]);
+    let targets = prometheus.wait_scraped(Duration::from_secs(30));
+    assert!(targets.contains(r#""health":"up""#), "{targets}");
+
+    // Changes at k + 0.5 s for k = k0, k0 + 6, k0 + 12.
+    let steps = [(10.25, 3.0), (20.5, 5.0), (7.75, 2.0)];
+    // An even second: the 2 s bins are the 2 s tier's intervals, which answer locally.
+    let k0 = (unix_ms() / 1000 + 2) / 2 * 2;
+    for (i, (gauge, increase)) in steps.iter().enumerate() {
+        at_half_past(k0 + 6 * i as i64);
+        tallyd.send(&[
+            format!("queue_depth:{gauge}|g"),
+            format!("jobs_done:{increase}|c"),
+        ]);
+    }
+    let end = k0 + 18;
+    let range = format!("start={k0}&end={end}&step=2s");
+    // 2 s bins from k0: a change falls in the first of each three, 1.5 s from its end; the
+    // other two see one value throughout, for tallyd's samples (each is the value at the end of
+    // its second) and Prometheus's scrapes alike.
+    let held: Vec<usize> = (0..9).filter(|j: &usize| !j.is_multiple_of(3)).collect();
+    let cases = [
+        ("queue_depth", "average"),
+        ("queue_depth", "min"),
+        ("queue_depth", "max"),
+        ("queue_depth", "last"),
+        ("jobs_done_total", "sum"),
+    ];
+    // The last bin's samples are written at `end` and scraped before it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let local: Vec<Value> = cases
+        .iter()
+        .map(|(name, aggregation)| {
+            loop {
+                let params = format!("{range}&aggregation={aggregation}");
+                let (status, answer) = query(tallyd.http, "t1", name, &params);
+                assert_eq!(status, 200, "{name}?{params}: {answer}");
+                let bins = bins_of(&answer);
+                if bins.values().next().is_some_and(|b| b.len() == 9) {
+                    break answer;
+                }
+                assert!(Instant::now() < deadline, "{name}?{params}: {answer}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .collect();
+    // Prometheus has scraped past `end` too.
+    prometheus.wait_for_value(
+        &format!("timestamp(jobs_done_total) >= {}", end),
+        Duration::from_secs(10),
+        |_| true,
+    );
+
+    let mut reloads = 0;
+    let url = format!("http://{}", prometheus.web());
+    reload(
+        &tallyd,
+        &format!("{sampled}{}", backend_config(&url, 10.0)),
+        &mut reloads,
+    );
+    for ((name, aggregation), local) in cases.iter().zip(&local) {
+        let params = format!("{range}&aggregation={aggregation}");
+        let (status, remote) = query(tallyd.http, "t1", name, &params);
+        assert_eq!(status, 200, "{name}?{params}: {remote}");
+        assert_eq!(remote["backend"], "prometheus", "{remote}");
+        assert_eq!(local["resolution"], "2s", "{local}");
+        let (l, r) = (bins_of(local), bins_of(&remote));
+        let what = format!("{name}?{params}\nlocal   {local}\nbackend {remote}");
+        assert_eq!(
+            l.keys().collect::<Vec<_>>(),
+            r.keys().collect::<Vec<_>>(),
+            "{what}"
+        );
+        let (l, r) = (l.values().next().unwrap(), r.values().next().unwrap());
+        // The local answer has all nine bins (waited for above), in time order.
+        let stamps: Vec<&String> = l.keys().collect();
+        // The values are the ones sent: a gauge's in each bin of its stretch, a counter's
+        // increase in the bin of its change.
+        let expected: Vec<f64> = (0..9)
+            .map(|j: usize| match *name {
+                "jobs_done_total" if j.is_multiple_of(3) => steps[j / 3].1,
+                "jobs_done_total" => 0.0,
+                _ => steps[j / 3].0,
+            })
+            .collect();
+        assert_eq!(
+            l.values().copied().collect::<Vec<f64>>(),
+            expected,
+            "{what}"
+        );
+        // A counter's sum agrees on every bin (its changes fall well inside one); a gauge's on
+        // those it holds still.
+        let compared: Vec<usize> = match *name {
+            "jobs_done_total" => (0..9).collect(),
+            _ => held.clone(),
+        };
+        for j in compared {
+            let bin = stamps[j];
+            let (Some(lv), Some(rv)) = (l.get(bin), r.get(bin)) else {
+                panic!("{bin}: the backend has no value: {what}");
+            };
+            assert!((lv - rv).abs() <= 1e-9, "{bin}: {lv} != {rv}: {what}");
+        }
+    }
 }

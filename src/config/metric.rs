@@ -219,14 +219,23 @@ impl MetricDefinition {
 impl MetricDefinition {
     /// `Some(retention)` when the metric asks for history (`None` inside: each tier's own).
     fn history_retention_ms(&self) -> Result<Option<Option<i64>>, String> {
-        match (self.history.unwrap_or(false), &self.retention) {
-            (false, None) => Ok(None),
-            (false, Some(_)) => Err("retention is only for metrics with history = true".into()),
-            (true, None) => Ok(Some(None)),
-            (true, Some(text)) => crate::custom::time::parse_step(text)
-                .map(|ms| Some(Some(ms)))
-                .map_err(|e| format!("retention: {e}")),
-        }
+        history_retention_ms(self.history, self.retention.as_deref())
+    }
+}
+
+/// The `history` and `retention` keys of a `[[metric]]` or a `[[mapping]]` rule, checked:
+/// `Some(retention)` when history is asked for (`None` inside: each tier's own retention).
+pub fn history_retention_ms(
+    history: Option<bool>,
+    retention: Option<&str>,
+) -> Result<Option<Option<i64>>, String> {
+    match (history.unwrap_or(false), retention) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err("retention is only for metrics with history = true".into()),
+        (true, None) => Ok(Some(None)),
+        (true, Some(text)) => crate::custom::time::parse_step(text)
+            .map(|ms| Some(Some(ms)))
+            .map_err(|e| format!("retention: {e}")),
     }
 }
 

@@ -21,7 +21,7 @@ pub use metric::{BucketSpec, Generator, MetricDefinition};
 pub use settings::{ConfigError, Settings};
 // `[history]` and the `[[metric]]`s asking for it, for `crate::history`.
 pub use file::{HistoryConfig, TierConfig};
-pub use metric::history_families;
+pub use metric::{history_families, history_retention_ms};
 
 #[cfg(test)]
 mod tests {
@@ -156,6 +156,54 @@ mod tests {
         let native = settings.definitions["b_seconds"].options.native;
         assert_eq!(native.bucket_factor, Some(0.0));
         assert_eq!(native.max_buckets, None);
+    }
+
+    #[test]
+    fn a_mapping_rule_takes_history_and_retention_as_a_metric_does() {
+        let settings = settings(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"${1}_requests\"\nhistory = true\n\
+             retention = \"30d\"\n\
+             [[mapping]]\nmatch = \"b.*\"\nname = \"b\"\nhistory = true\n\
+             [[mapping]]\nmatch = \"c.*\"\nname = \"c\"\nhistory = false\n\
+             [[mapping]]\nmatch = \"d.*\"\nname = \"d\"\n",
+        )
+        .unwrap();
+        assert_eq!(settings.rules.history(0), Some(Some(30 * 86_400_000)));
+        assert_eq!(settings.rules.history(1), Some(None));
+        assert_eq!(settings.rules.history(2), None);
+        assert_eq!(settings.rules.history(3), None);
+    }
+
+    #[test]
+    fn a_bad_history_option_of_a_mapping_rule_names_the_rule_and_the_key() {
+        let rule = |options: &str| {
+            format!(
+                "[[mapping]]\nmatch = \"a.*\"\nname = \"a\"\n\
+                 [[mapping]]\nmatch = \"b.*\"\nname = \"b\"\n{options}"
+            )
+        };
+        // The same words as a [[metric]]'s, from the same code.
+        let metric = parse(
+            "[[metric]]\nname = \"x\"\ntype = \"gauge\"\nhistory = true\nretention = \"3x\"\n",
+        )
+        .unwrap_err();
+        let err = parse(&rule("history = true\nretention = \"3x\"\n")).unwrap_err();
+        assert!(
+            err.contains("mapping rule 1 (match = \"b.*\")") && err.contains("retention: "),
+            "{err}"
+        );
+        let detail = err.split("retention: ").nth(1).unwrap();
+        assert!(metric.contains(detail), "{metric} / {err}");
+        let err = parse(&rule("retention = \"30d\"\n")).unwrap_err();
+        assert!(
+            err.contains("mapping rule 1") && err.contains("retention is only for"),
+            "{err}"
+        );
+        let err = parse(&rule("history = \"yes\"\n")).unwrap_err();
+        assert!(err.contains("line 7") && err.contains("bool"), "{err}");
+        let err =
+            parse("[[mapping]]\nmatch = \"a.*\"\naction = \"drop\"\nhistory = true\n").unwrap_err();
+        assert!(err.contains("`history` has no effect"), "{err}");
     }
 
     #[test]

@@ -324,6 +324,7 @@ impl Settings {
             cache_capacity: self.cache_capacity,
             rules,
             relay: None,
+            history: None,
         }
     }
 

@@ -342,10 +342,15 @@ impl Prometheus {
         name: &str,
         spec: QuerySpec,
     ) -> Result<BackendAnswer, Problem> {
-        let metric = custom.get(tenant, name)?;
+        let metric = custom.get_queryable(tenant, name)?;
         let default = metric.spec.default_aggregation();
         let (bins, aggregation) = spec.range(default)?;
-        let mut matchers = vec![(TENANT_LABEL, tenant)];
+        // As the local answer: a metric with history (a Prometheus that scrapes tallyd holds
+        // the same series) is every series of its family, a recorded one the tenant's.
+        let mut matchers = Vec::new();
+        if !custom.answers_from_history(&metric) {
+            matchers.push((TENANT_LABEL, tenant));
+        }
         for (key, value) in &spec.labels {
             if !crate::naming::is_clean_name(key) {
                 return Err(Problem::new(

@@ -465,6 +465,59 @@ impl CustomMetrics {
         self.find(tenant, name).ok_or_else(|| not_found(name))
     }
 
+    /// What a query over `name` reads: one of the tenant's definitions (or the file's), or a
+    /// family a mapping rule keeps history for; or 404.
+    pub fn get_queryable(&self, tenant: &str, name: &str) -> Result<Arc<CustomMetric>, Problem> {
+        (self.find(tenant, name))
+            .or_else(|| self.rule_metric(tenant, name))
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Whether a query over `metric` answers from its sampled history, which holds every series
+    /// of its family whatever their `tenant` label, rather than from the tenant's recorded
+    /// points.
+    pub fn answers_from_history(&self, metric: &CustomMetric) -> bool {
+        metric.read_only && (self.history.get()).is_some_and(|h| h.wants(metric.family()))
+    }
+
+    /// A family a mapping rule with `history = true` keeps history for, as a read-only metric
+    /// every tenant sees (as the file's). There is no definition to give its type: it is the
+    /// one the registry accepted for the series the rule named
+    /// ([`crate::history::ruled`]), and a StatsD set's history (its member count) reads as a
+    /// gauge's. A counter answers to its name with and without `_total`.
+    fn rule_metric(&self, tenant: &str, name: &str) -> Option<Arc<CustomMetric>> {
+        let families = self.history.get()?.rule_families();
+        [name, counter_family(name)].into_iter().find_map(|family| {
+            let kind = match families.get(family)?.kind {
+                Kind::Set => MetricType::Gauge,
+                kind => MetricType::of(kind)?,
+            };
+            let spec_name = match kind {
+                MetricType::Counter => format!("{family}_total"),
+                _ => family.to_owned(),
+            };
+            (family == name || spec_name == name).then(|| {
+                Arc::new(CustomMetric {
+                    store_id: -1,
+                    uid: format!("rule:{family}"),
+                    tenant: tenant.to_owned(),
+                    spec: MetricSpec {
+                        name: spec_name,
+                        kind,
+                        description: None,
+                        unit: None,
+                        labels: Vec::new(),
+                        aggregation: None,
+                        retention_days: None,
+                    },
+                    created_ms: 0,
+                    updated_ms: 0,
+                    read_only: true,
+                })
+            })
+        })
+    }
+
     /// [`CustomMetrics::get`] for callers to whom absence is no error (no problem to build).
     fn find(&self, tenant: &str, name: &str) -> Option<Arc<CustomMetric>> {
         if let Some(metric) = self.file_metric(tenant, name) {
@@ -847,10 +900,10 @@ impl CustomMetrics {
         name: &str,
         spec: QuerySpec,
     ) -> Result<QueryAnswer, Problem> {
-        let metric = self.get(tenant, name)?;
+        let metric = self.get_queryable(tenant, name)?;
         let default = metric.spec.default_aggregation();
         let history = match self.history.get() {
-            Some(history) if metric.read_only && history.wants(metric.family()) => {
+            Some(history) if self.answers_from_history(&metric) => {
                 // Its store row may not be known yet (a query right after start).
                 history.resolve(&self.store).await.map_err(storage_failed)?;
                 (history.find(metric.family())).map(|found| (history, found))
@@ -994,6 +1047,7 @@ impl CustomMetrics {
         let family = metric.family();
         let bounds: Arc<[f64]> = (self.recorder.definitions().get(family))
             .and_then(|definition| definition.options.buckets.clone())
+            .or_else(|| (history.rule_families().get(family)).and_then(|ruled| ruled.buckets))
             .unwrap_or_else(|| Arc::clone(&self.recorder.registry().settings().histogram_buckets));
         let answer = QueryAnswer {
             resolution: Some(time::format_step(tier.resolution_ms)),

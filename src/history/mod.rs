@@ -1,13 +1,15 @@
 //! History: what the store keeps over time, and moving it out of tallyd: the [`sampler`] that
 //! samples the metrics asking for history into the store's tiers ([`crate::store::tiers`]) and
-//! the task that runs it and expires them ([`run`]); [`export`] (a metric's points as
+//! the task that runs it and expires them ([`run`]); the families mapping rules add to it
+//! ([`ruled`]); [`export`] (a metric's points as
 //! OpenMetrics text for `promtool tsdb create-blocks-from openmetrics`) and the `tallyd history`
 //! subcommands that run it and back the store up ([`crate::store::sqlite::backup`]).
 
 pub mod export;
+pub mod ruled;
 pub mod sampler;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,6 +169,8 @@ pub struct History {
     tiers: Arc<[Tier]>,
     /// As configured; replaced on reload.
     wanted: RwLock<BTreeMap<String, Option<i64>>>,
+    /// Added by mapping rules with `history = true` as their lines arrive.
+    ruled: Arc<ruled::RuleFamilies>,
     /// Family → store id, once its row exists.
     ids: RwLock<HashMap<String, i64>>,
 }
@@ -182,6 +186,7 @@ impl History {
         Arc::new(History {
             tiers: Arc::clone(&options.tiers),
             wanted: RwLock::new(options.metrics.clone()),
+            ruled: Arc::default(),
             ids: RwLock::new(HashMap::new()),
         })
     }
@@ -195,23 +200,37 @@ impl History {
         &self.tiers
     }
 
-    /// Whether `family` is configured to keep history.
+    /// The families mapping rules keep history for (the ingesters add to it).
+    pub fn rule_families(&self) -> &Arc<ruled::RuleFamilies> {
+        &self.ruled
+    }
+
+    /// Whether `family` keeps history: configured so, or named by a rule that asks for it.
     pub fn wants(&self, family: &str) -> bool {
-        self.wanted.read().contains_key(family)
+        self.own_retention(family).is_some()
+    }
+
+    /// `Some(retention)` when `family` keeps history (`None` inside: each tier's own); a
+    /// `[[metric]]`'s retention wins over a rule's.
+    fn own_retention(&self, family: &str) -> Option<Option<i64>> {
+        let configured = self.wanted.read().get(family).copied();
+        configured.or_else(|| self.ruled.get(family).map(|ruled| ruled.retention))
     }
 
     /// The store id and own retention of `family`'s history, when it has some.
     pub fn find(&self, family: &str) -> Option<(i64, Option<i64>)> {
-        let retention = *self.wanted.read().get(family)?;
+        let retention = self.own_retention(family)?;
         Some((*self.ids.read().get(family)?, retention))
     }
 
     /// The tier a query from `start_ms` at `step_ms` reads: the coarsest whose resolution
-    /// divides the step and which still keeps `start_ms` (its retention, or the metric's, as
-    /// of `now_ms`); else the finest that keeps the start; else the coarsest dividing the
-    /// step; else the finest.
+    /// divides the step and the start (so each of its intervals lies in one bin) and which
+    /// still keeps `start_ms` (its retention, or the metric's, as of `now_ms`); else the finest
+    /// that keeps the start; else the coarsest dividing the step and the start; else the
+    /// finest.
     pub fn tier_for(&self, start_ms: i64, step_ms: i64, now_ms: i64, own: Option<i64>) -> Tier {
-        let fits = |t: &&Tier| step_ms % t.resolution_ms == 0;
+        let fits =
+            |t: &&Tier| step_ms % t.resolution_ms == 0 && start_ms.rem_euclid(t.resolution_ms) == 0;
         let keeps =
             |t: &&Tier| start_ms >= now_ms - own.map_or(t.retention_ms, |o| o.min(t.retention_ms));
         (self.tiers.iter().rev().find(|t| fits(t) && keeps(t)))
@@ -224,7 +243,8 @@ impl History {
     /// Makes a store row for each wanted family without one; answers the families to sample
     /// with their ids.
     pub async fn resolve(&self, store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
-        let wanted: Vec<String> = self.wanted.read().keys().cloned().collect();
+        let mut wanted: BTreeSet<String> = self.wanted.read().keys().cloned().collect();
+        wanted.extend(self.ruled.families().into_iter().map(|(family, _)| family));
         let mut out = Vec::with_capacity(wanted.len());
         for family in wanted {
             let known = self.ids.read().get(&family).copied();
@@ -255,13 +275,22 @@ impl History {
         Ok(out)
     }
 
-    /// Removes, for each history metric, what each tier keeps no longer as of `now_ms`.
+    /// Removes, for each history metric, what each tier keeps no longer as of `now_ms`; a
+    /// metric that no longer keeps history (a reload dropped it) by its tiers' retention.
     /// Answers how many rows went.
     pub async fn expire(&self, store: &Store, now_ms: i64) -> Result<u64, StoreError> {
-        let metrics: Vec<(String, i64)> = self.resolve(store).await?;
+        let mut metrics: Vec<(String, i64)> = self.resolve(store).await?;
+        let stored = store.read(|reader| reader.metrics()).await?;
+        let dropped = (stored.into_iter())
+            .filter(|row| {
+                row.scope == HISTORY_SCOPE && !metrics.iter().any(|(_, id)| *id == row.id)
+            })
+            .map(|row| (row.name, row.id))
+            .collect::<Vec<_>>();
+        metrics.extend(dropped);
         let mut removed = 0;
         for (family, id) in metrics {
-            let own = self.wanted.read().get(&family).copied().flatten();
+            let own = self.own_retention(&family).flatten();
             let cuts = (self.tiers.iter())
                 .map(|t| {
                     let keep = own.map_or(t.retention_ms, |o| o.min(t.retention_ms));
@@ -680,6 +709,35 @@ mod tests {
         assert_eq!(rows_in(dir.path(), 10_000), 26);
     }
 
+    #[tokio::test]
+    async fn a_metric_that_no_longer_keeps_history_is_expired_by_its_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let history = History::new(&options());
+        thirteen_ticks(&store, &history).await;
+        // A reload drops `reqs`: it is no longer sampled, and what it stored still ages out.
+        let mut fewer = options();
+        fewer.metrics.remove("reqs");
+        history.replace(&fewer);
+        assert!(!history.wants("reqs"));
+        history.expire(&store, T0 + 2 * DAY).await.unwrap();
+        let connection =
+            rusqlite::Connection::open(dir.path().join(crate::store::sqlite::FILE_NAME)).unwrap();
+        let reqs_rows = |tier: i64| -> i64 {
+            connection
+                .query_row(
+                    "SELECT count(*) FROM tier_samples t JOIN metrics m ON m.id = t.metric
+                     WHERE m.name = 'reqs' AND t.tier = ?1",
+                    [tier],
+                    |row| row.get(0),
+                )
+                .unwrap()
+        };
+        // The 10 s tier keeps a day; the minutes 15 days.
+        assert_eq!(reqs_rows(10_000), 0);
+        assert!(reqs_rows(MIN) > 0);
+    }
+
     #[test]
     fn the_coarsest_tier_that_divides_the_step_and_keeps_the_start_answers() {
         let history = History::new(&options());
@@ -693,6 +751,8 @@ mod tests {
         assert_eq!(pick(now - 2 * DAY, 30_000), MIN);
         // A step no tier divides: the finest.
         assert_eq!(pick(now - HOUR, 15_000), 10_000);
+        // A start off the minutes: a minute's interval would straddle two bins.
+        assert_eq!(pick(now - HOUR + 10_000, MIN), 10_000);
     }
 
     #[test]

@@ -47,7 +47,9 @@
 //! `honor_labels` (a sample's tags win over the rule's labels of the same name; by default the
 //! rule's labels win), `observer_type`, `buckets`, `native_histogram_bucket_factor`,
 //! `native_histogram_max_buckets` and `quantiles` for timers, histograms and distributions, `ttl_seconds`, `scale` (multiplies every value, after a timer's milliseconds
-//! become seconds, gauge deltas included) and `help`.
+//! become seconds, gauge deltas included) and `help`; and `history` (with `retention`): every
+//! family the rule names is sampled into the history tiers like a `[[metric]]` with history
+//! (registered from the ingest slow path, [`crate::history::ruled`]).
 //!
 //! **Types** (`match_metric_type`): `counter` (`c`), `gauge` (`g`), `observer` or `timer`
 //! (`ms`, `h`, `d`), `set` (`s`); without it a rule applies to every type.
@@ -194,6 +196,10 @@ pub struct MappingRule {
     /// Multiplies every value.
     pub scale: Option<f64>,
     pub help: Option<String>,
+    /// Sample the families this rule names into the history tiers (`[[metric]]`'s key).
+    pub history: Option<bool>,
+    /// With `history`: keep them at most this long (`30d`), as `[[metric]]`'s `retention`.
+    pub retention: Option<String>,
 }
 
 impl MappingRule {
@@ -215,6 +221,8 @@ impl MappingRule {
             ttl_seconds: None,
             scale: None,
             help: None,
+            history: None,
+            retention: None,
         }
     }
 
@@ -375,6 +383,8 @@ fn compile(rule: &MappingRule) -> Result<Compiled, String> {
                 ("ttl_seconds", rule.ttl_seconds.is_some()),
                 ("scale", rule.scale.is_some()),
                 ("help", rule.help.is_some()),
+                ("history", rule.history.is_some()),
+                ("retention", rule.retention.is_some()),
             ];
             if let Some((key, _)) = pointless.iter().find(|(_, set)| *set) {
                 return Err(format!("`{key}` has no effect with action = \"drop\""));
@@ -507,6 +517,8 @@ pub struct RuleSet {
     globs: [GlobTrie; 4],
     regexes: Vec<RegexRule>,
     regex_set: Option<RegexSet>,
+    /// Per rule, its `history` option checked: `Some(retention)` when it asks for history.
+    histories: Vec<Option<Option<i64>>>,
 }
 
 impl fmt::Debug for RuleSet {
@@ -567,6 +579,7 @@ impl RuleSet {
             globs: std::array::from_fn(|_| GlobTrie::new()),
             regexes: Vec::new(),
             regex_set: None,
+            histories: Vec::new(),
         }
     }
 
@@ -586,6 +599,16 @@ impl RuleSet {
                 pattern: rule.pattern.clone(),
                 message,
             })?;
+            // Checked here rather than while deserialising, so the error names the rule's
+            // index (the line toml gives is that of one of its keys only).
+            let history =
+                crate::config::history_retention_ms(rule.history, rule.retention.as_deref())
+                    .map_err(|message| RuleError {
+                        index,
+                        pattern: rule.pattern.clone(),
+                        message,
+                    })?;
+            set.histories.push(history);
             let id = index as u32;
             match compiled.matcher {
                 Matcher::Glob(pattern) => {
@@ -632,6 +655,12 @@ impl RuleSet {
     /// The rule a [`Match`] names, for its options.
     pub fn rule(&self, index: usize) -> &MappingRule {
         &self.rules[index]
+    }
+
+    /// Whether rule `index` keeps history for the families it names: `Some(retention)` (`None`
+    /// inside for each tier's own), checked at load.
+    pub fn history(&self, index: usize) -> Option<Option<i64>> {
+        self.histories.get(index).copied().flatten()
     }
 
     /// The first rule (in file order) that matches `statsd_name` and fits `metric_type`.

@@ -25,6 +25,8 @@ const FIELDS: &[&str] = &[
     "ttl_seconds",
     "scale",
     "help",
+    "history",
+    "retention",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -46,6 +48,8 @@ enum Field {
     TtlSeconds,
     Scale,
     Help,
+    History,
+    Retention,
 }
 
 #[derive(Default)]
@@ -65,6 +69,8 @@ struct Partial {
     ttl_seconds: Option<f64>,
     scale: Option<f64>,
     help: Option<String>,
+    history: Option<bool>,
+    retention: Option<String>,
 }
 
 fn checked<T, E: de::Error>(value: T, check: impl Fn(&T) -> Result<(), String>) -> Result<T, E> {
@@ -109,6 +115,8 @@ impl Partial {
             }
             Field::Scale => self.scale = Some(checked(f64::deserialize(d)?, |s| check_scale(*s))?),
             Field::Help => self.help = Some(String::deserialize(d)?),
+            Field::History => self.history = Some(bool::deserialize(d)?),
+            Field::Retention => self.retention = Some(String::deserialize(d)?),
         }
         Ok(())
     }
@@ -133,6 +141,8 @@ impl Partial {
             ttl_seconds: self.ttl_seconds,
             scale: self.scale,
             help: self.help,
+            history: self.history,
+            retention: self.retention,
         };
         match compile(&rule) {
             Ok(_) => Ok(rule),

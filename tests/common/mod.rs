@@ -693,6 +693,33 @@ pub fn on_path(program: &str) -> bool {
     })
 }
 
+/// `[history]` sampling every second into a 1 s tier, rolled up into a 2 s one.
+pub const HISTORY_EVERY_SECOND: &str = r#"
+[history]
+interval_seconds = 1
+tiers = [
+    { resolution = "1s", retention = "1h" },
+    { resolution = "2s", retention = "1d" },
+]
+"#;
+
+/// The Unix time in ms.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sleeps until half a second past the whole Unix second `s`. History samples are read just
+/// after each whole second (and a Prometheus scraping once a second keeps its own phase), so a
+/// line sent then lands, without doubt, in the interval that starts at `s`.
+pub fn at_half_past(s: i64) {
+    let wait = s * 1000 + 500 - unix_ms();
+    assert!(wait > 0, "the test fell {}ms behind", -wait);
+    thread::sleep(Duration::from_millis(wait as u64));
+}
+
 /// True under CI (`CI` set to anything but empty, `0` or `false`).
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
