@@ -371,16 +371,16 @@ mod tests {
             .unwrap()
     }
 
-    fn rows_in(dir: &Path, resolution_ms: i64) -> i64 {
+    /// The samples `resolution_ms`'s tier holds, packed (the writer compacts closed buckets
+    /// meanwhile) or not.
+    fn rows_in(dir: &Path, resolution_ms: i64) -> u64 {
         let connection =
             rusqlite::Connection::open(dir.join(crate::store::sqlite::FILE_NAME)).unwrap();
-        connection
-            .query_row(
-                "SELECT count(*) FROM tier_samples WHERE tier = ?1",
-                [resolution_ms],
-                |row| row.get(0),
-            )
-            .unwrap()
+        let tier = Tier {
+            resolution_ms,
+            retention_ms: 0,
+        };
+        crate::store::tiers::count_samples(&connection, tier).unwrap()
     }
 
     /// Thirteen ticks: at the k-th (k = 1..=12 every 10 s from T0, then the 13th an hour
