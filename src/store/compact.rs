@@ -20,7 +20,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, params};
 
 use super::packed;
-use super::tiers::{self, Cell, PACKED_TS, SampleBatch, Tier, meta, set_meta};
+use super::tiers::{self, Cell, SampleBatch, Tier, is_packed, meta, set_meta};
 
 /// Most series one slice rewrites (each ≤ [`tiers::SLOTS_PER_BUCKET`] rows deleted, one
 /// inserted).
@@ -196,7 +196,7 @@ fn compact_bucket(
             let series: i64 = row.get(0)?;
             if group.as_ref().is_some_and(|g| g.series != series) {
                 let done = group.take().expect("a group");
-                let loose = done.rows.iter().any(|(ts, _)| *ts != PACKED_TS);
+                let loose = done.rows.iter().any(|(ts, _)| !is_packed(*ts));
                 if loose {
                     groups.push(done);
                     if groups.len() >= SLICE_SERIES {
@@ -219,7 +219,7 @@ fn compact_bucket(
                 .rows
                 .push((row.get(1)?, row.get::<_, Vec<u8>>(2)?));
         }
-        if let Some(done) = group.filter(|g| g.rows.iter().any(|(ts, _)| *ts != PACKED_TS)) {
+        if let Some(done) = group.filter(|g| g.rows.iter().any(|(ts, _)| !is_packed(*ts))) {
             groups.push(done);
         }
         if groups.len() >= SLICE_SERIES {
@@ -240,7 +240,6 @@ fn compact_bucket(
         "INSERT INTO tier_samples (tier, metric, bucket, series, ts, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    let mut body = Vec::new();
     for group in groups {
         let cells = match merged(connection, tier, bucket, &group) {
             Ok(cells) => cells,
@@ -259,19 +258,22 @@ fn compact_bucket(
         let key = params![tier.resolution_ms, group.metric, bucket, group.series];
         remove.execute(key)?;
         if !cells.is_empty() {
-            body.clear();
-            packed::pack(&cells, &mut body);
-            insert.execute(params![
-                tier.resolution_ms,
-                group.metric,
-                bucket,
-                group.series,
-                PACKED_TS,
-                &body
-            ])?;
+            for (k, body) in packed::pack_chunks(&cells, tiers::PACKED_BODY)
+                .iter()
+                .enumerate()
+            {
+                insert.execute(params![
+                    tier.resolution_ms,
+                    group.metric,
+                    bucket,
+                    group.series,
+                    -1 - k as i64,
+                    body
+                ])?;
+            }
         }
         sliced.packed += 1;
-        sliced.rows += group.rows.iter().filter(|(ts, _)| *ts != PACKED_TS).count();
+        sliced.rows += group.rows.iter().filter(|(ts, _)| !is_packed(*ts)).count();
     }
     Ok((sliced, stopped))
 }
@@ -509,11 +511,14 @@ mod tests {
         for (tier, closed) in [(S, 4), (MIN, 2), (HOUR, 1)] {
             let packed = rows(
                 &f,
-                &format!("SELECT count(*) FROM tier_samples WHERE tier = {tier} AND ts = -1"),
+                &format!(
+                    "SELECT count(*) FROM (SELECT DISTINCT metric, bucket, series
+                     FROM tier_samples WHERE tier = {tier} AND ts < 0)"
+                ),
             );
             assert_eq!(packed, 5 * closed, "tier {tier}");
         }
-        let loose_after = rows(&f, "SELECT count(*) FROM tier_samples WHERE ts <> -1");
+        let loose_after = rows(&f, "SELECT count(*) FROM tier_samples WHERE ts >= 0");
         assert!(
             loose_after * 10 < loose_before,
             "{loose_after} of {loose_before}"
@@ -549,7 +554,7 @@ mod tests {
         assert_eq!(read(&f, T0 + 5 * S)[0].2, Cell::scalar(late));
         assert_eq!(read(&f, T0 + 3 * S).len(), 2);
         let before = answers(&f);
-        let loose = "SELECT count(*) FROM tier_samples WHERE tier = 1000 AND ts <> -1 \
+        let loose = "SELECT count(*) FROM tier_samples WHERE tier = 1000 AND ts >= 0 \
                      AND bucket = 4900000";
         assert_eq!(rows(&f, loose), 10);
         assert!(f.engine.busy());
@@ -570,7 +575,7 @@ mod tests {
         connection
             .execute(
                 "UPDATE tier_samples SET body = x'05030107' WHERE tier = 1000 AND metric = ?1
-                 AND bucket = 4900000 AND ts = -1",
+                 AND bucket = 4900000 AND ts < 0",
                 [temp],
             )
             .unwrap();
@@ -632,7 +637,8 @@ mod tests {
         let kept_in_100s = 2 * (100 - (0..100).filter(|k| k % 7 == 3).count());
         assert_eq!(count(&f), all - kept_in_100s);
         let packed = format!(
-            "SELECT count(*) FROM tier_samples WHERE tier = 1000 AND ts = -1 AND metric = {reqs}"
+            "SELECT count(*) FROM (SELECT DISTINCT bucket, series FROM tier_samples
+             WHERE tier = 1000 AND ts < 0 AND metric = {reqs})"
         );
         // Two series, four closed buckets.
         assert_eq!(rows(&f, &packed), 8);

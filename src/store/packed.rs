@@ -166,6 +166,27 @@ const COUNT: usize = 0;
 /// Appends the packed body of `cells` (`(slot, cell)`, slots increasing and below
 /// [`SLOTS_PER_BUCKET`]) to `out`.
 pub fn pack(cells: &[(u32, Cell)], out: &mut Vec<u8>) {
+    pack_with(cells, out, true)
+}
+
+/// The bodies of `cells` packed in as few pieces as keep each at most `limit` bytes (a single
+/// cell's body may be longer): consecutive runs of the cells, in order.
+pub fn pack_chunks(cells: &[(u32, Cell)], limit: usize) -> Vec<Vec<u8>> {
+    let mut body = Vec::new();
+    pack(cells, &mut body);
+    if body.len() <= limit || cells.len() <= 1 {
+        return vec![body];
+    }
+    let pieces = body.len().div_ceil(limit).min(cells.len());
+    let per = cells.len().div_ceil(pieces);
+    cells
+        .chunks(per)
+        .flat_map(|run| pack_chunks(run, limit))
+        .collect()
+}
+
+/// [`pack`], DEFLATE tried or not (the bench compares).
+pub fn pack_with(cells: &[(u32, Cell)], out: &mut Vec<u8>, deflate: bool) {
     let mut payload = Vec::with_capacity(cells.len() * 4);
     let mut previous: i64 = -1;
     for (slot, _) in cells {
@@ -178,14 +199,18 @@ pub fn pack(cells: &[(u32, Cell)], out: &mut Vec<u8>) {
     }
     out.push(PACKED);
     put_unsigned(out, cells.len() as u64);
-    let mut deflated = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(payload.len()),
-        flate2::Compression::best(),
-    );
-    let deflated = deflated
-        .write_all(&payload)
-        .and_then(|()| deflated.finish())
-        .ok()
+    let deflated = deflate
+        .then(|| {
+            let mut encoder = flate2::write::DeflateEncoder::new(
+                Vec::with_capacity(payload.len()),
+                flate2::Compression::best(),
+            );
+            encoder
+                .write_all(&payload)
+                .and_then(|()| encoder.finish())
+                .ok()
+        })
+        .flatten()
         .filter(|d| d.len() < payload.len());
     match deflated {
         Some(deflated) => {
@@ -484,6 +509,22 @@ mod tests {
         body.clear();
         pack(&[], &mut body);
         assert!(unpack(&body).unwrap().is_empty());
+    }
+
+    #[test]
+    fn long_buckets_are_packed_in_pieces_under_the_limit() {
+        let noisy: Vec<(u32, Cell)> = (0..SLOTS_PER_BUCKET as u32)
+            .map(|s| (s, Cell::scalar((f64::from(s) * 1.7).sin() * 1e3)))
+            .collect();
+        let pieces = pack_chunks(&noisy, 500);
+        assert!(pieces.len() > 2, "{}", pieces.len());
+        let mut back = Vec::new();
+        for piece in &pieces {
+            assert!(piece.len() <= 500, "{}", piece.len());
+            back.extend(unpack(piece).unwrap());
+        }
+        assert!(same(&back, &noisy));
+        assert_eq!(pack_chunks(&noisy, 1 << 20).len(), 1);
     }
 
     #[test]
