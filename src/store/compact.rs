@@ -24,7 +24,7 @@ use super::tiers::{self, Cell, SampleBatch, Tier, is_packed, meta, set_meta};
 
 /// Most series one slice rewrites (each ≤ [`tiers::SLOTS_PER_BUCKET`] rows deleted, one
 /// inserted).
-pub const SLICE_SERIES: usize = 256;
+pub const SLICE_SERIES: usize = 64;
 
 /// Where a slice stopped inside a bucket: the next (metric, series) to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
