@@ -30,7 +30,7 @@ use std::time::Instant;
 use tallyd::custom::query::{Asked, Bins, CellBinner};
 use tallyd::definitions::Aggregation;
 use tallyd::store::tiers::{self, Cell, SampleBatch, Tier};
-use tallyd::store::{Engine, Reader, StoredMetric, Write, Written};
+use tallyd::store::{Engine, Reader, Write, Written};
 
 const STEP_MS: i64 = 10_000;
 /// A whole day: bucket boundaries fall on whole hours.
@@ -215,16 +215,7 @@ fn main() {
 
     let mut metric_ids = [0i64; 3];
     for (slot, name) in ["reqs", "level", "latency"].into_iter().enumerate() {
-        let put = Write::PutMetric(StoredMetric {
-            id: 0,
-            uid: format!("history:{name}"),
-            tenant: String::new(),
-            scope: "history".into(),
-            name: name.into(),
-            document: "{}".into(),
-            created_ms: 0,
-            updated_ms: 0,
-        });
+        let put = Write::PutMetric(tallyd::history::stored_family(name));
         let Ok(Written::Metric(id)) = engine.commit(&[put]).unwrap()[0] else {
             panic!("no metric id");
         };

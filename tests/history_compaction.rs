@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{Daemon, TempFile, json_call};
 use serde_json::Value;
 use tallyd::store::tiers::{Cell, SampleBatch, Tier};
-use tallyd::store::{Store, StoredMetric, Write, Written, labels_key};
+use tallyd::store::{Store, Write, Written, labels_key};
 
 const CONFIG: &str = r#"
 [history]
@@ -65,17 +65,8 @@ fn preload(dir: &Path, series: usize, t0_ms: i64) {
         .unwrap();
     runtime.block_on(async {
         let store = Store::open(dir).unwrap();
-        let put = Write::PutMetric(StoredMetric {
-            id: 0,
-            // As the daemon names a counter's history: its family, without `_total`.
-            uid: "history:jobs".into(),
-            tenant: String::new(),
-            scope: "history".into(),
-            name: "jobs".into(),
-            document: "{}".into(),
-            created_ms: 0,
-            updated_ms: 0,
-        });
+        // As the daemon names a counter's history: its family, without `_total`.
+        let put = Write::PutMetric(tallyd::history::stored_family("jobs"));
         let Written::Metric(id) = store.write(put).await.unwrap() else {
             panic!("no metric id");
         };

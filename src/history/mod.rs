@@ -147,6 +147,20 @@ pub struct History {
 /// The store scope of history metrics' rows (the API does not list them).
 const HISTORY_SCOPE: &str = "history";
 
+/// The store row of a sampled family (the store keys its tiers' samples by the row's id).
+pub fn stored_family(family: &str) -> StoredMetric {
+    StoredMetric {
+        id: 0,
+        uid: format!("{HISTORY_SCOPE}:{family}"),
+        tenant: String::new(),
+        scope: HISTORY_SCOPE.into(),
+        name: family.to_owned(),
+        document: "{}".into(),
+        created_ms: 0,
+        updated_ms: 0,
+    }
+}
+
 /// How often samples past their retention are removed.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -205,16 +219,7 @@ impl History {
                 Some(id) => id,
                 None => {
                     let written = store
-                        .write(Write::PutMetric(StoredMetric {
-                            id: 0,
-                            uid: format!("{HISTORY_SCOPE}:{family}"),
-                            tenant: String::new(),
-                            scope: HISTORY_SCOPE.into(),
-                            name: family.clone(),
-                            document: "{}".into(),
-                            created_ms: 0,
-                            updated_ms: 0,
-                        }))
+                        .write(Write::PutMetric(stored_family(&family)))
                         .await?;
                     let Written::Metric(id) = written else {
                         return Err(StoreError::Engine("no id for a history metric".into()));

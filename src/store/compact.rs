@@ -309,7 +309,7 @@ mod tests {
     use crate::custom::query::{Asked, Bins, CellBinner};
     use crate::definitions::Aggregation;
     use crate::store::sqlite::{SqliteEngine, SqliteReader};
-    use crate::store::{Engine, Reader, StoredMetric, Write, Written};
+    use crate::store::{Engine, Reader, Write, Written};
 
     /// A whole 6 minutes: the 1 s tier's buckets start here.
     const T0: i64 = 1_764_000_000_000;
@@ -344,16 +344,7 @@ mod tests {
         let (mut engine, reader) = crate::store::sqlite::open(dir.path()).unwrap();
         let mut metrics = [0; 4];
         for (i, name) in ["reqs", "temp", "lat", "q"].into_iter().enumerate() {
-            let put = Write::PutMetric(StoredMetric {
-                id: 0,
-                uid: format!("history:{name}"),
-                tenant: String::new(),
-                scope: "history".into(),
-                name: name.into(),
-                document: "{}".into(),
-                created_ms: 0,
-                updated_ms: 0,
-            });
+            let put = Write::PutMetric(crate::history::stored_family(name));
             let Ok(Written::Metric(id)) = engine.commit(&[put]).unwrap()[0] else {
                 panic!("no id");
             };
@@ -393,7 +384,7 @@ mod tests {
                 &[k % 3, 1, k % 4 + 2 - k % 3],
             )
         });
-        let median = if k % 11 == 0 {
+        let median = if k.is_multiple_of(11) {
             f64::NAN
         } else {
             0.5 + k as f64 * 0.01

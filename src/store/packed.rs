@@ -225,17 +225,12 @@ pub fn pack_with(cells: &[(u32, Cell)], out: &mut Vec<u8>, deflate: bool) {
 }
 
 fn put_cell(out: &mut Vec<u8>, columns: &mut Columns, cell: &Cell) {
+    if let Some(value) = cell.single() {
+        out.push(SINGLE);
+        columns.put_number(out, SUM, value);
+        return;
+    }
     match cell {
-        Cell::Scalar {
-            n: 1,
-            sum,
-            min,
-            max,
-            last,
-        } if sum == min && sum == max && sum == last => {
-            out.push(SINGLE);
-            columns.put_number(out, SUM, *sum);
-        }
         Cell::Scalar {
             n,
             sum,

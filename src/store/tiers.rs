@@ -165,6 +165,21 @@ impl Cell {
         }
     }
 
+    /// The value of a cell that is one finest sample of a counter or gauge (written as such,
+    /// in a byte less).
+    pub(super) fn single(&self) -> Option<f64> {
+        match *self {
+            Cell::Scalar {
+                n: 1,
+                sum,
+                min,
+                max,
+                last,
+            } if sum == min && sum == max && sum == last => Some(sum),
+            _ => None,
+        }
+    }
+
     /// Folds in `later`, the next interval's cell of the same series. A cell of another shape
     /// (the metric changed type, or its buckets) replaces this one: values of different
     /// shapes do not add.
@@ -245,17 +260,12 @@ impl Cell {
     /// Appends the cell's body to `out`: a tag, then varints and numbers ([`put_number`]), so
     /// a counter's whole increase costs 2–4 bytes.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        if let Some(value) = self.single() {
+            out.push(SINGLE);
+            put_number(out, value);
+            return;
+        }
         match self {
-            Cell::Scalar {
-                n: 1,
-                sum,
-                min,
-                max,
-                last,
-            } if sum == min && sum == max && sum == last => {
-                out.push(SINGLE);
-                put_number(out, *sum);
-            }
             Cell::Scalar {
                 n,
                 sum,
