@@ -1,5 +1,5 @@
 //! History compaction through the real daemon: a data directory holding twelve minutes of
-//! sampled history, written an hour ago as the sampler writes it (so its buckets are closed),
+//! sampled history, written 40–52 minutes ago as the sampler writes it (so its buckets are closed),
 //! is compacted by the daemon's store writer once its sampler ticks; the Matih query endpoint
 //! answers the same bins, exactly the ones written, before and after; and a daemon killed with
 //! SIGKILL while compacting leaves a store that the next one reads and finishes.
@@ -156,13 +156,15 @@ fn wait_compacted(dir: &Path, t0_ms: i64) {
     }
 }
 
-/// An hour ago, on a 1 s tier bucket's start (buckets are 360 s from the epoch).
-fn hour_ago_ms() -> i64 {
+/// 40 to 52 minutes ago, on two 1 s tier buckets' start (buckets are 360 s from the epoch): the
+/// twelve minutes from there are closed and well within the 1 s tier's hour (older samples
+/// would be expired by the daemon, and a 1 s step answered from the 2 s tier).
+fn closed_start_ms() -> i64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let t = now - 3_000_000;
+    let t = now - 2_400_000;
     t - t.rem_euclid(720_000)
 }
 
@@ -191,7 +193,7 @@ fn assert_written(sums: &[(String, Value)], series: usize) {
 #[test]
 fn the_daemon_compacts_closed_history_and_answers_the_same_bins() {
     let data = tempfile::tempdir().unwrap();
-    let t0 = hour_ago_ms();
+    let t0 = closed_start_ms();
     preload(data.path(), 3, t0);
     // The preloading store's writer compacted what its own ticks closed; the last 1 s bucket
     // (its end is after the last tick) and 2 s bucket are left to the daemon.
@@ -207,7 +209,7 @@ fn the_daemon_compacts_closed_history_and_answers_the_same_bins() {
 #[test]
 fn a_daemon_killed_while_compacting_leaves_a_store_the_next_one_finishes() {
     let data = tempfile::tempdir().unwrap();
-    let t0 = hour_ago_ms();
+    let t0 = closed_start_ms();
     preload(data.path(), SERIES, t0);
     let loose = loose_rows(data.path(), t0);
     let tallyd = start(data.path());
