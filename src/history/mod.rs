@@ -178,6 +178,20 @@ pub struct History {
 /// The store scope of history metrics' rows (the API does not list them).
 const HISTORY_SCOPE: &str = "history";
 
+/// The store row of a sampled family (the store keys its tiers' samples by the row's id).
+pub fn stored_family(family: &str) -> StoredMetric {
+    StoredMetric {
+        id: 0,
+        uid: format!("{HISTORY_SCOPE}:{family}"),
+        tenant: String::new(),
+        scope: HISTORY_SCOPE.into(),
+        name: family.to_owned(),
+        document: "{}".into(),
+        created_ms: 0,
+        updated_ms: 0,
+    }
+}
+
 /// How often samples past their retention are removed.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -252,16 +266,7 @@ impl History {
                 Some(id) => id,
                 None => {
                     let written = store
-                        .write(Write::PutMetric(StoredMetric {
-                            id: 0,
-                            uid: format!("{HISTORY_SCOPE}:{family}"),
-                            tenant: String::new(),
-                            scope: HISTORY_SCOPE.into(),
-                            name: family.clone(),
-                            document: "{}".into(),
-                            created_ms: 0,
-                            updated_ms: 0,
-                        }))
+                        .write(Write::PutMetric(stored_family(&family)))
                         .await?;
                     let Written::Metric(id) = written else {
                         return Err(StoreError::Engine("no id for a history metric".into()));
@@ -453,16 +458,16 @@ mod tests {
             .unwrap()
     }
 
-    fn rows_in(dir: &Path, resolution_ms: i64) -> i64 {
+    /// The samples `resolution_ms`'s tier holds, packed (the writer compacts closed buckets
+    /// meanwhile) or not.
+    fn rows_in(dir: &Path, resolution_ms: i64) -> u64 {
         let connection =
             rusqlite::Connection::open(dir.join(crate::store::sqlite::FILE_NAME)).unwrap();
-        connection
-            .query_row(
-                "SELECT count(*) FROM tier_samples WHERE tier = ?1",
-                [resolution_ms],
-                |row| row.get(0),
-            )
-            .unwrap()
+        let tier = Tier {
+            resolution_ms,
+            retention_ms: 0,
+        };
+        crate::store::tiers::count_samples(&connection, tier).unwrap()
     }
 
     /// Thirteen ticks: at the k-th (k = 1..=12 every 10 s from T0, then the 13th an hour

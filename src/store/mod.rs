@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub mod compact;
 pub mod journal;
+pub mod packed;
 pub mod rollup;
 pub mod sqlite;
 pub mod tiers;
@@ -171,6 +173,17 @@ pub trait Engine: Send + 'static {
     /// Makes every pending point visible to the [`Reader`], durably. On an error they stay
     /// pending (and durable).
     fn apply_pending(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether the engine has work of its own to do while no write waits (compacting history).
+    fn busy(&self) -> bool {
+        false
+    }
+
+    /// Does a short piece of that work, in a transaction of its own. An engine that fails
+    /// at it stops being [`Engine::busy`] until new writes give it a reason to try again.
+    fn work(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -327,18 +340,36 @@ fn write_loop(mut engine: impl Engine, mut jobs: mpsc::Receiver<Job>, shown: &At
     // When the oldest pending point was committed (roughly: the first commit that left some).
     let mut pending_since: Option<Instant> = (engine.pending() > 0).then(Instant::now);
     loop {
-        let first = match pending_since {
-            None => jobs.blocking_recv(),
-            Some(since) => {
-                let due = since + APPLY_AFTER;
-                // The timer is made inside `block_on`: it needs the runtime's context.
-                let waited = clock
-                    .block_on(async { tokio::time::timeout_at(due.into(), jobs.recv()).await });
-                match waited {
-                    Ok(job) => job,
-                    Err(_elapsed) => {
+        // The engine's own work goes between groups, a short transaction at a time, while no
+        // job waits.
+        let first = if engine.busy() {
+            match jobs.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if let Err(error) = engine.work() {
+                        tracing::warn!("store maintenance: {error}");
+                    }
+                    if pending_since.is_some_and(|since| since.elapsed() >= APPLY_AFTER) {
                         let _ = apply(&mut engine, shown, &mut pending_since);
-                        continue;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match pending_since {
+                None => jobs.blocking_recv(),
+                Some(since) => {
+                    let due = since + APPLY_AFTER;
+                    // The timer is made inside `block_on`: it needs the runtime's context.
+                    let waited = clock
+                        .block_on(async { tokio::time::timeout_at(due.into(), jobs.recv()).await });
+                    match waited {
+                        Ok(job) => job,
+                        Err(_elapsed) => {
+                            let _ = apply(&mut engine, shown, &mut pending_since);
+                            continue;
+                        }
                     }
                 }
             }

@@ -210,32 +210,15 @@ pub fn rolled_until(connection: &Connection, metric: i64, tiers: &[Tier]) -> rus
     Ok(until)
 }
 
-/// Removes `metric`'s rollups before `before_ms`, with its points' expiry. Each tier's cell
-/// straddling the cut goes too, and the finest interval at the cut is marked due: rebuilt from
-/// the points left (and the coarser ones from it), no cell keeps a point older than the cut.
+/// Removes `metric`'s rollups before `before_ms`, with its points' expiry. A cell straddling
+/// the cut is rebuilt from the points left (its finest interval is marked due, and rolling it
+/// marks the coarser ones), or goes with the cut when no point is left in it; either way no
+/// cell keeps a point older than the cut.
 pub fn expire(connection: &Connection, metric: i64, before_ms: i64) -> rusqlite::Result<u64> {
     let resolutions = load_tiers(connection)?;
-    let mut removed = 0;
-    for &resolution in &resolutions {
-        let tier = Tier {
-            resolution_ms: resolution,
-            retention_ms: 0,
-        };
-        removed += tiers::expire_before(
-            connection,
-            tier,
-            metric,
-            floor(before_ms, resolution) + resolution,
-        )?;
-    }
-    connection.execute(
-        "DELETE FROM rollups_due WHERE metric = ?1 AND ts < ?2",
-        params![metric, before_ms],
-    )?;
     let (Some(&finest), Some(&coarsest)) = (resolutions.first(), resolutions.last()) else {
-        return Ok(removed);
+        return Ok(0);
     };
-    // Only when points are left in a straddling interval is there something to rebuild.
     let from = floor(before_ms, coarsest);
     let left: Option<i64> = connection
         .prepare_cached(
@@ -254,6 +237,23 @@ pub fn expire(connection: &Connection, metric: i64, before_ms: i64) -> rusqlite:
             |row| row.get(0),
         )
         .optional()?;
+    let mut removed = 0;
+    for &resolution in &resolutions {
+        let tier = Tier {
+            resolution_ms: resolution,
+            retention_ms: 0,
+        };
+        let straddling = floor(before_ms, resolution);
+        let cut = match left {
+            Some(_) => straddling,
+            None => straddling + resolution,
+        };
+        removed += tiers::expire_before(connection, tier, metric, cut)?;
+    }
+    connection.execute(
+        "DELETE FROM rollups_due WHERE metric = ?1 AND ts < ?2",
+        params![metric, before_ms],
+    )?;
     if left.is_some() {
         connection.execute(
             "INSERT OR IGNORE INTO rollups_due (metric, tier, ts) VALUES (?1, ?2, ?3)",

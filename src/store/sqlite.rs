@@ -43,6 +43,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::compact::Compaction;
 use super::journal::{self, Pending};
 use super::rollup;
 use super::tiers::{self, Cell, Tier};
@@ -156,6 +157,7 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
         journal_last: 0,
         body: Vec::new(),
         checkpoints: Checkpointer::start(&path)?,
+        compaction: Compaction::default(),
     };
     engine.recover()?;
     let reader = SqliteReader {
@@ -385,6 +387,7 @@ pub struct SqliteEngine {
     checkpoints: Checkpointer,
     /// The tiers recorded points roll into ([`rollup`]), finest first; none until set.
     rollup_tiers: Vec<Tier>,
+    compaction: Compaction,
 }
 
 impl Engine for SqliteEngine {
@@ -480,6 +483,41 @@ impl Engine for SqliteEngine {
         }
         let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");
         applied.and(durable_again).map_err(engine_error)
+    }
+
+    fn busy(&self) -> bool {
+        self.compaction.due()
+    }
+
+    fn work(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        // As an apply: a slice lost at power loss is done again, and the next durable commit's
+        // fsync covers its frames.
+        let sliced = (self.connection)
+            .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
+            .and_then(|()| self.compaction.slice(&self.connection))
+            .and_then(|sliced| {
+                self.connection.execute_batch("COMMIT")?;
+                Ok(sliced)
+            });
+        if sliced.is_err() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+            self.compaction.pause();
+        }
+        let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");
+        let sliced = sliced
+            .and_then(|s| durable_again.map(|()| s))
+            .map_err(engine_error)?;
+        if sliced.packed > 0 {
+            self.checkpoints.committed();
+            tracing::debug!(
+                series = sliced.packed,
+                rows = sliced.rows,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "history compaction slice"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -642,6 +680,7 @@ impl SqliteEngine {
                     ids.push(self.series_id(row.metric, &row.labels)?);
                 }
                 tiers::write(&self.connection, batch, &ids)?;
+                self.compaction.sampled(batch);
                 Ok(Written::Done)
             }
             Write::RollupTiers(resolutions) => {

@@ -1,0 +1,568 @@
+//! The packed body of a compacted history bucket: every [`Cell`] one series has in one time
+//! bucket of one tier, in one row of `tier_samples` (see [`super::tiers`] for where that row
+//! sits and [`super::compact`] for when it is written). This module owns only the encoding.
+//!
+//! Layout (integers are LEB128 varints, signed ones zigzag-encoded):
+//!
+//! ```text
+//! PACKED (tag 5) · count · mode · payload
+//! payload = count × slot gap · count × cell
+//! ```
+//!
+//! - The cells' interval starts are implicit: slot `s` starts at bucket start + `s` ×
+//!   resolution. A slot gap is `slot − previous slot − 1` (the first against −1), so a bucket
+//!   without holes is `count` zero bytes.
+//! - A cell is its tag ([`Cell::encode`]'s: single, scalar, histogram, summary), then its
+//!   fields, each against the same field of the cell before it (a column): integers (`n`,
+//!   counts, histogram buckets) as signed deltas; numbers (sum, min, max, last, quantiles) as one
+//!   control byte and maybe a few bytes after it: `0` the same as before; `1 + 8·lz + tz`
+//!   the XOR with the one before, without its `lz` leading and `tz` trailing zero bytes, big
+//!   endian (Gorilla's idea, byte-aligned); `65` then a signed varint, or `66 + d` (d < 190),
+//!   the zigzag difference `d` of two whole numbers (counter increases, bucket-like gauges).
+//!   The shorter form is written.
+//! - `mode` 0: the payload as it is; 1: raw DEFLATE of it (flate2, already a dependency), used
+//!   when smaller. The columns make repeated control bytes and zero gaps, which DEFLATE takes
+//!   down further (`benches/history_disk.rs` measures both).
+//!
+//! A body that does not read back whole (cut short, bad counts, an unknown tag, trailing
+//! bytes, a payload that inflates past [`MAX_PAYLOAD`]) is an error, never a panic.
+
+use std::io::{Read, Write as _};
+
+use super::journal::{Reader, put_unsigned};
+use super::tiers::{Cell, SLOTS_PER_BUCKET};
+
+/// The body tag of a packed bucket (after [`Cell::encode`]'s four).
+pub const PACKED: u8 = 5;
+
+/// Cell tags, as [`Cell::encode`] writes them.
+const SINGLE: u8 = 1;
+const SCALAR: u8 = 2;
+const HISTOGRAM: u8 = 3;
+const SUMMARY: u8 = 4;
+
+const RAW: u8 = 0;
+const DEFLATE: u8 = 1;
+
+/// Largest payload a packed body may inflate to: far above any real bucket (360 cells of a
+/// few hundred buckets each), low enough that a corrupt body cannot take the memory.
+pub const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// The previous cell's fields, per column.
+#[derive(Default)]
+struct Columns {
+    numbers: Vec<f64>,
+    integers: Vec<u64>,
+}
+
+impl Columns {
+    fn number(&mut self, column: usize) -> &mut f64 {
+        if self.numbers.len() <= column {
+            self.numbers.resize(column + 1, 0.0);
+        }
+        &mut self.numbers[column]
+    }
+
+    fn integer(&mut self, column: usize) -> &mut u64 {
+        if self.integers.len() <= column {
+            self.integers.resize(column + 1, 0);
+        }
+        &mut self.integers[column]
+    }
+
+    fn put_number(&mut self, out: &mut Vec<u8>, column: usize, value: f64) {
+        let before = std::mem::replace(self.number(column), value);
+        let xor = value.to_bits() ^ before.to_bits();
+        if xor == 0 {
+            out.push(0);
+            return;
+        }
+        let (lz, tz) = (xor.leading_zeros() / 8, xor.trailing_zeros() / 8);
+        let xor_len = 8 - lz - tz;
+        if let (Some(a), Some(b)) = (whole(before), whole(value)) {
+            let zz = zigzag(b.wrapping_sub(a));
+            let whole_len = if zz < 190 { 0 } else { varint_len(zz) };
+            if whole_len < xor_len {
+                if zz < 190 {
+                    out.push(66 + zz as u8);
+                } else {
+                    out.push(65);
+                    put_unsigned(out, zz);
+                }
+                return;
+            }
+        }
+        out.push((1 + lz * 8 + tz) as u8);
+        let bytes = (xor >> (tz * 8)).to_be_bytes();
+        out.extend_from_slice(&bytes[8 - xor_len as usize..]);
+    }
+
+    fn number_from(&mut self, r: &mut Reader<'_>, column: usize) -> Result<f64, &'static str> {
+        let before = *self.number(column);
+        let value = match r.byte()? {
+            0 => before,
+            control @ 1..=64 => {
+                let (lz, tz) = (u32::from(control - 1) / 8, u32::from(control - 1) % 8);
+                if lz + tz > 7 {
+                    return Err("packed bucket: bad number");
+                }
+                let mut xor = 0u64;
+                for _ in 0..8 - lz - tz {
+                    xor = xor << 8 | u64::from(r.byte()?);
+                }
+                f64::from_bits(before.to_bits() ^ (xor << (tz * 8)))
+            }
+            control => {
+                let zz = if control == 65 {
+                    r.unsigned()?
+                } else {
+                    u64::from(control - 66)
+                };
+                let base = whole(before).ok_or("packed bucket: a whole delta from a fraction")?;
+                base.wrapping_add(unzigzag(zz)) as f64
+            }
+        };
+        *self.number(column) = value;
+        Ok(value)
+    }
+
+    fn put_integer(&mut self, out: &mut Vec<u8>, column: usize, value: u64) {
+        let before = std::mem::replace(self.integer(column), value);
+        put_unsigned(out, zigzag(value.wrapping_sub(before) as i64));
+    }
+
+    fn integer_from(&mut self, r: &mut Reader<'_>, column: usize) -> Result<u64, &'static str> {
+        let slot = self.integer(column);
+        *slot = slot.wrapping_add(unzigzag(r.unsigned()?) as u64);
+        Ok(*slot)
+    }
+}
+
+/// The integer a whole number is, when it is one exactly (not −0, within 2^53).
+fn whole(value: f64) -> Option<i64> {
+    const LIMIT: f64 = (1u64 << 53) as f64;
+    (value.fract() == 0.0 && value.abs() < LIMIT)
+        .then_some(value as i64)
+        .filter(|&i| (i as f64).to_bits() == value.to_bits())
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn unzigzag(raw: u64) -> i64 {
+    (raw >> 1) as i64 ^ -((raw & 1) as i64)
+}
+
+fn varint_len(value: u64) -> u32 {
+    (64 - value.leading_zeros()).div_ceil(7).max(1)
+}
+
+/// Column numbers: a scalar's four numbers; a histogram's and a summary's count and sum share
+/// the first; a summary's quantile `k` is the pair after them.
+const SUM: usize = 0;
+const COUNT: usize = 0;
+
+/// Appends the packed body of `cells` (`(slot, cell)`, slots increasing and below
+/// [`SLOTS_PER_BUCKET`]) to `out`.
+pub fn pack(cells: &[(u32, Cell)], out: &mut Vec<u8>) {
+    pack_with(cells, out, true)
+}
+
+/// The bodies of `cells` packed in as few pieces as keep each at most `limit` bytes (a single
+/// cell's body may be longer): consecutive runs of the cells, in order.
+pub fn pack_chunks(cells: &[(u32, Cell)], limit: usize) -> Vec<Vec<u8>> {
+    let mut body = Vec::new();
+    pack(cells, &mut body);
+    if body.len() <= limit || cells.len() <= 1 {
+        return vec![body];
+    }
+    let pieces = body.len().div_ceil(limit).min(cells.len());
+    let per = cells.len().div_ceil(pieces);
+    cells
+        .chunks(per)
+        .flat_map(|run| pack_chunks(run, limit))
+        .collect()
+}
+
+/// [`pack`], DEFLATE tried or not (the bench compares).
+pub fn pack_with(cells: &[(u32, Cell)], out: &mut Vec<u8>, deflate: bool) {
+    let mut payload = Vec::with_capacity(cells.len() * 4);
+    let mut previous: i64 = -1;
+    for (slot, _) in cells {
+        put_unsigned(&mut payload, (i64::from(*slot) - previous - 1) as u64);
+        previous = i64::from(*slot);
+    }
+    let mut columns = Columns::default();
+    for (_, cell) in cells {
+        put_cell(&mut payload, &mut columns, cell);
+    }
+    out.push(PACKED);
+    put_unsigned(out, cells.len() as u64);
+    let deflated = deflate
+        .then(|| {
+            let mut encoder = flate2::write::DeflateEncoder::new(
+                Vec::with_capacity(payload.len()),
+                flate2::Compression::best(),
+            );
+            encoder
+                .write_all(&payload)
+                .and_then(|()| encoder.finish())
+                .ok()
+        })
+        .flatten()
+        .filter(|d| d.len() < payload.len());
+    match deflated {
+        Some(deflated) => {
+            out.push(DEFLATE);
+            out.extend_from_slice(&deflated);
+        }
+        None => {
+            out.push(RAW);
+            out.extend_from_slice(&payload);
+        }
+    }
+}
+
+fn put_cell(out: &mut Vec<u8>, columns: &mut Columns, cell: &Cell) {
+    if let Some(value) = cell.single() {
+        out.push(SINGLE);
+        columns.put_number(out, SUM, value);
+        return;
+    }
+    match cell {
+        Cell::Scalar {
+            n,
+            sum,
+            min,
+            max,
+            last,
+        } => {
+            out.push(SCALAR);
+            put_unsigned(out, *n);
+            for (column, value) in [sum, min, max, last].into_iter().enumerate() {
+                columns.put_number(out, column, *value);
+            }
+        }
+        Cell::Histogram {
+            count,
+            sum,
+            buckets,
+        } => {
+            out.push(HISTOGRAM);
+            columns.put_integer(out, COUNT, *count);
+            columns.put_number(out, SUM, *sum);
+            put_unsigned(out, buckets.len() as u64);
+            for (k, bucket) in buckets.iter().enumerate() {
+                columns.put_integer(out, 1 + k, *bucket);
+            }
+        }
+        Cell::Summary {
+            n,
+            count,
+            sum,
+            quantiles,
+        } => {
+            out.push(SUMMARY);
+            put_unsigned(out, *n);
+            columns.put_integer(out, COUNT, *count);
+            columns.put_number(out, SUM, *sum);
+            put_unsigned(out, quantiles.len() as u64);
+            for (k, (q, v)) in quantiles.iter().enumerate() {
+                columns.put_number(out, 4 + 2 * k, *q);
+                columns.put_number(out, 5 + 2 * k, *v);
+            }
+        }
+    }
+}
+
+/// The cells of a body [`pack`] wrote, with their slots.
+pub fn unpack(body: &[u8]) -> Result<Vec<(u32, Cell)>, &'static str> {
+    let mut r = Reader { body, at: 0 };
+    if r.byte()? != PACKED {
+        return Err("packed bucket: not a packed body");
+    }
+    let count = r.unsigned()?;
+    if count > SLOTS_PER_BUCKET as u64 {
+        return Err("packed bucket: more cells than a bucket has slots");
+    }
+    let mode = r.byte()?;
+    let rest = &body[r.at..];
+    let inflated;
+    let payload = match mode {
+        RAW => rest,
+        DEFLATE => {
+            let mut out = Vec::with_capacity(rest.len() * 4);
+            let mut inflate = flate2::read::DeflateDecoder::new(rest);
+            (&mut inflate)
+                .take(MAX_PAYLOAD + 1)
+                .read_to_end(&mut out)
+                .map_err(|_| "packed bucket: the payload does not inflate")?;
+            if out.len() as u64 > MAX_PAYLOAD {
+                return Err("packed bucket: the payload inflates past its limit");
+            }
+            if inflate.total_in() != rest.len() as u64 {
+                return Err("packed bucket: bytes after the payload");
+            }
+            inflated = out;
+            &inflated[..]
+        }
+        _ => return Err("packed bucket: unknown mode"),
+    };
+    let mut r = Reader {
+        body: payload,
+        at: 0,
+    };
+    let mut slots = Vec::with_capacity(count as usize);
+    let mut previous: i64 = -1;
+    for _ in 0..count {
+        let slot = previous
+            .saturating_add(1)
+            .saturating_add_unsigned(r.unsigned()?);
+        if slot >= SLOTS_PER_BUCKET {
+            return Err("packed bucket: a slot past the bucket's end");
+        }
+        slots.push(slot as u32);
+        previous = slot;
+    }
+    let mut columns = Columns::default();
+    let mut cells = Vec::with_capacity(slots.len());
+    for slot in slots {
+        cells.push((slot, cell_from(&mut r, &mut columns)?));
+    }
+    if r.at != payload.len() {
+        return Err("packed bucket: body longer than its cells");
+    }
+    Ok(cells)
+}
+
+fn cell_from(r: &mut Reader<'_>, columns: &mut Columns) -> Result<Cell, &'static str> {
+    // A bucket or quantile takes at least a byte: a larger count is corruption.
+    let left = |r: &Reader<'_>| (r.body.len() - r.at) as u64;
+    Ok(match r.byte()? {
+        SINGLE => Cell::scalar(columns.number_from(r, SUM)?),
+        SCALAR => {
+            let n = r.unsigned()?;
+            let mut values = [0.0; 4];
+            for (column, value) in values.iter_mut().enumerate() {
+                *value = columns.number_from(r, column)?;
+            }
+            let [sum, min, max, last] = values;
+            Cell::Scalar {
+                n,
+                sum,
+                min,
+                max,
+                last,
+            }
+        }
+        HISTOGRAM => {
+            let count = columns.integer_from(r, COUNT)?;
+            let sum = columns.number_from(r, SUM)?;
+            let len = r.unsigned()?;
+            if len > left(r) {
+                return Err("packed bucket: bucket count larger than its body");
+            }
+            let buckets = (0..len as usize)
+                .map(|k| columns.integer_from(r, 1 + k))
+                .collect::<Result<_, _>>()?;
+            Cell::Histogram {
+                count,
+                sum,
+                buckets,
+            }
+        }
+        SUMMARY => {
+            let n = r.unsigned()?;
+            let count = columns.integer_from(r, COUNT)?;
+            let sum = columns.number_from(r, SUM)?;
+            let len = r.unsigned()?;
+            if len > left(r) {
+                return Err("packed bucket: quantile count larger than its body");
+            }
+            let quantiles = (0..len as usize)
+                .map(|k| {
+                    Ok((
+                        columns.number_from(r, 4 + 2 * k)?,
+                        columns.number_from(r, 5 + 2 * k)?,
+                    ))
+                })
+                .collect::<Result<_, &'static str>>()?;
+            Cell::Summary {
+                n,
+                count,
+                sum,
+                quantiles,
+            }
+        }
+        _ => return Err("packed bucket: unknown cell tag"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cells of every shape, with the values that are hard to keep: fractions, negatives,
+    /// −0, infinities, NaN, large whole numbers.
+    fn every_shape() -> Vec<(u32, Cell)> {
+        let mut cells = Vec::new();
+        let mut slot = 0;
+        let mut at = |cell: Cell, cells: &mut Vec<(u32, Cell)>| {
+            cells.push((slot, cell));
+            // Gaps of 0, 1 and 2 slots.
+            slot += 1 + slot % 3;
+        };
+        for v in [
+            0.0,
+            1.0,
+            3.0,
+            2.5,
+            -0.0,
+            -7.0,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
+            9e15,
+            42.0,
+        ] {
+            at(Cell::scalar(v), &mut cells);
+        }
+        at(
+            Cell::Scalar {
+                n: 6,
+                sum: 10.5,
+                min: -1.0,
+                max: 4.0,
+                last: 1.0,
+            },
+            &mut cells,
+        );
+        at(Cell::scalar(5.0), &mut cells);
+        for k in 0..4u64 {
+            at(
+                Cell::Histogram {
+                    count: 9 + k,
+                    sum: 1.75 * k as f64,
+                    buckets: vec![1, k, 8 - k],
+                },
+                &mut cells,
+            );
+        }
+        at(
+            Cell::Histogram {
+                count: 0,
+                sum: 0.0,
+                buckets: vec![],
+            },
+            &mut cells,
+        );
+        for v in [1.5, f64::NAN, 2.0] {
+            at(
+                Cell::Summary {
+                    n: 2,
+                    count: 4,
+                    sum: 9.0,
+                    quantiles: vec![(0.5, v), (0.99, f64::NAN)],
+                },
+                &mut cells,
+            );
+        }
+        cells
+    }
+
+    /// Compares by encoding (NaN != NaN).
+    fn same(a: &[(u32, Cell)], b: &[(u32, Cell)]) -> bool {
+        let bodies = |cells: &[(u32, Cell)]| -> Vec<(u32, Vec<u8>)> {
+            (cells.iter())
+                .map(|(slot, cell)| {
+                    let mut body = Vec::new();
+                    cell.encode(&mut body);
+                    (*slot, body)
+                })
+                .collect()
+        };
+        bodies(a) == bodies(b)
+    }
+
+    #[test]
+    fn every_cell_shape_reads_back_at_its_slot() {
+        let cells = every_shape();
+        let mut body = Vec::new();
+        pack(&cells, &mut body);
+        assert!(same(&unpack(&body).unwrap(), &cells));
+        // −0 keeps its sign.
+        let zero = unpack(&body).unwrap()[4].1.clone();
+        assert!(matches!(zero, Cell::Scalar { sum, .. } if sum.is_sign_negative()));
+        // A bucket full to its last slot, and an empty one.
+        let full: Vec<(u32, Cell)> = (0..SLOTS_PER_BUCKET as u32)
+            .map(|s| (s, Cell::scalar(f64::from(s) * 0.1)))
+            .collect();
+        body.clear();
+        pack(&full, &mut body);
+        assert!(same(&unpack(&body).unwrap(), &full));
+        body.clear();
+        pack(&[], &mut body);
+        assert!(unpack(&body).unwrap().is_empty());
+    }
+
+    #[test]
+    fn long_buckets_are_packed_in_pieces_under_the_limit() {
+        let noisy: Vec<(u32, Cell)> = (0..SLOTS_PER_BUCKET as u32)
+            .map(|s| (s, Cell::scalar((f64::from(s) * 1.7).sin() * 1e3)))
+            .collect();
+        let pieces = pack_chunks(&noisy, 500);
+        assert!(pieces.len() > 2, "{}", pieces.len());
+        let mut back = Vec::new();
+        for piece in &pieces {
+            assert!(piece.len() <= 500, "{}", piece.len());
+            back.extend(unpack(piece).unwrap());
+        }
+        assert!(same(&back, &noisy));
+        assert_eq!(pack_chunks(&noisy, 1 << 20).len(), 1);
+    }
+
+    #[test]
+    fn counter_increases_of_a_whole_bucket_cost_about_a_byte_each() {
+        let increases: Vec<(u32, Cell)> = (0..SLOTS_PER_BUCKET as u32)
+            .map(|s| (s, Cell::scalar(f64::from(100 + (s * 37) % 50))))
+            .collect();
+        let mut body = Vec::new();
+        pack(&increases, &mut body);
+        assert!(body.len() < 360, "{} bytes", body.len());
+        assert!(same(&unpack(&body).unwrap(), &increases));
+    }
+
+    #[test]
+    fn a_corrupt_body_is_an_error_not_a_panic() {
+        for compressible in [true, false] {
+            let cells: Vec<(u32, Cell)> = if compressible {
+                every_shape()
+            } else {
+                vec![(3, Cell::scalar(0.123))]
+            };
+            let mut body = Vec::new();
+            pack(&cells, &mut body);
+            assert_eq!(body[2], if compressible { DEFLATE } else { RAW });
+            for cut in 0..body.len() {
+                assert!(unpack(&body[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = body.clone();
+            longer.push(0);
+            assert!(unpack(&longer).is_err());
+            // Any byte changed: an answer or an error, never a panic.
+            for at in 0..body.len() {
+                for flip in [0x01, 0x80, 0xff] {
+                    let mut bad = body.clone();
+                    bad[at] ^= flip;
+                    let _ = unpack(&bad);
+                }
+            }
+        }
+        assert!(unpack(&[PACKED, 200, 3, 0]).is_err());
+        assert!(unpack(&[PACKED, 1, RAW, 0xE8, 0x02, SINGLE, 0]).is_err());
+        assert!(unpack(&[PACKED, 1, RAW, 0, 9]).is_err());
+        assert!(unpack(&[PACKED, 1, RAW, 0, HISTOGRAM, 0, 0, 100]).is_err());
+        assert!(unpack(&[SINGLE, 2]).is_err());
+    }
+}
