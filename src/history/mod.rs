@@ -173,6 +173,9 @@ pub struct History {
     ruled: Arc<ruled::RuleFamilies>,
     /// Family → store id, once its row exists.
     ids: RwLock<HashMap<String, i64>>,
+    /// When it was made (Unix ms), before the receivers start: series created from then on
+    /// count from zero at their first tick, however late the sampling task first runs.
+    started_ms: i64,
 }
 
 /// The store scope of history metrics' rows (the API does not list them).
@@ -202,6 +205,7 @@ impl History {
             wanted: RwLock::new(options.metrics.clone()),
             ruled: Arc::default(),
             ids: RwLock::new(HashMap::new()),
+            started_ms: crate::custom::time::now_ms(),
         })
     }
 
@@ -322,7 +326,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut sampler = sampler::Sampler::new(Arc::clone(&history.tiers));
-    sampler.start_at(crate::custom::time::now_ms());
+    sampler.start_at(history.started_ms);
     let resolution = history.tiers[0].resolution_ms;
     let resolutions = history.tiers.iter().map(|t| t.resolution_ms).collect();
     if let Err(e) = store.write(Write::RollupTiers(resolutions)).await {
