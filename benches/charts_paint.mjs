@@ -5,6 +5,8 @@
 // - fcp: first contentful paint (the paint timeline), ms since navigation;
 // - drawn: the last chart canvas drawn with its data (the cards' data-drawn), ms since navigation,
 //   read once every card is ready and nothing has been drawn for QUIET ms;
+// - firstDrawn: the last card's first draw; fetched: the last response's end; longTasks: the
+//   main thread's tasks over 50 ms, [start, ms];
 // - bytes: what the page transferred (the document and every resource, headers included);
 // - the slowest requests, to see where the time went.
 //
@@ -25,6 +27,22 @@ async function load() {
   const log = watchErrors(context);
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
+  // Where the time goes: each card's first draw (a later resize redraws it again) and the
+  // main thread's long tasks.
+  await page.addInitScript(() => {
+    window.benchFirstDrawn = new Map();
+    new MutationObserver((records) => {
+      for (const r of records) {
+        if (r.target.dataset.drawn && !window.benchFirstDrawn.has(r.target)) {
+          window.benchFirstDrawn.set(r.target, Number(r.target.dataset.drawn));
+        }
+      }
+    }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-drawn"] });
+    window.benchLongTasks = [];
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) window.benchLongTasks.push([Math.round(e.startTime), Math.round(e.duration)]);
+    }).observe({ type: "longtask" });
+  });
   await page.goto(url);
   await page.waitForFunction((n) => {
     const cards = [...document.querySelectorAll(".chart")];
@@ -45,6 +63,9 @@ async function load() {
     return {
       fcp: fcp ? fcp.startTime : null,
       drawn: seen,
+      firstDrawn: Math.max(...window.benchFirstDrawn.values()),
+      fetched: Math.round(Math.max(...resources.map((r) => r.responseEnd))),
+      longTasks: window.benchLongTasks,
       points: [...document.querySelectorAll(".chart")].reduce((n, c) => n + Number(c.dataset.points), 0),
       bytes: nav.transferSize + resources.reduce((n, r) => n + r.transferSize, 0),
       requests: resources.length + 1,
