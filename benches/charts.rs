@@ -289,7 +289,13 @@ fn main() {
         };
         table.add(name, Unit::Millis, values.clone(), goal, check);
         let p90 = percentile(&values, 90.0).unwrap_or(f64::NAN);
-        table.add(&format!("{name}, p90"), Unit::Millis, vec![p90], goal, check);
+        table.add(
+            &format!("{name}, p90"),
+            Unit::Millis,
+            vec![p90],
+            goal,
+            check,
+        );
     }
     table.add(
         "bytes transferred per load (empty cache)",
@@ -305,7 +311,10 @@ fn main() {
              in 1-minute bins of the last hour), {} requests per load",
             load["points"], load["requests"]
         ));
-        table.note(format!("slowest requests of the first load: {}", load["slowest"]));
+        table.note(format!(
+            "slowest requests of the first load: {}",
+            load["slowest"]
+        ));
     }
     let errors: Vec<&Value> = loads.iter().filter_map(|l| l["errors"].get(0)).collect();
     if !errors.is_empty() {
