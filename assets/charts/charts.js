@@ -3,8 +3,9 @@
 // Deeploy metrics are read from /api/v1/charts/deeploy/{id}, folded by the server.
 //
 // Every drawn chart also writes its numbers into the page: a data table per chart and data-*
-// attributes on its card, and window.tallydCharts maps each card's key to its uPlot instance,
-// so a person (or a browser test) can read exactly what was drawn.
+// attributes on its card (data-drawn: when its canvas was last drawn), and window.tallydCharts
+// maps each card's key to its uPlot instance, so a person (or a browser test) can read exactly
+// what was drawn.
 //
 // Data from the API (names, labels, prediction ids) is only ever set as text, never as HTML.
 (function () {
@@ -347,6 +348,7 @@
     const aggregation = card.querySelector("select").value;
     const plotBox = card.querySelector(".plot");
     card.dataset.state = "loading";
+    delete card.dataset.drawn;
     const ticket = (chart.ticket = (chart.ticket || 0) + 1);
     let model;
     try {
@@ -476,7 +478,10 @@
       legend: { live: true },
       hooks: {
         setCursor: [(u) => tip(u, entry, model, box)],
-        draw: hasBaseline(entry) ? [(u) => drawBaseline(u, entry)] : [],
+        draw: (hasBaseline(entry) ? [(u) => drawBaseline(u, entry)] : []).concat(
+          // When the canvas last got its data drawn, in ms since navigation: a chart is only
+          // drawn a microtask after uPlot is made, so "ready" alone does not say it was.
+          () => { box.parentElement.dataset.drawn = String(Math.round(performance.now())); }),
       },
     };
     return new uPlot(options, data, box);

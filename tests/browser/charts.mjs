@@ -9,20 +9,11 @@
 import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createRequire } from "node:module";
-
-// playwright-core lives in target/node (scripts/setup-test-deps); NODE_PATH does not reach ESM.
-const require = createRequire(process.env.PLAYWRIGHT_FROM || import.meta.url);
-const { chromium } = require("playwright-core");
+import { chromium, executablePath, FLAGS, watchErrors } from "./chromium.mjs";
 
 const base = process.env.TALLYD_URL;
 const token = process.env.TALLYD_TOKEN;
 const artifacts = process.env.ARTIFACTS;
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-const FLAGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
 const TIMEOUT = 20000;
 mkdirSync(artifacts, { recursive: true });
 
@@ -38,19 +29,7 @@ async function browser(options) {
     timeout: TIMEOUT,
     ...options,
   });
-  const log = { console: [], pageErrors: [], failedRequests: [], httpErrors: [] };
-  const watch = (page) => {
-    page.on("console", (m) => {
-      if (m.type() === "error" || m.type() === "warning") log.console.push(m.type() + ": " + m.text());
-    });
-    page.on("pageerror", (e) => log.pageErrors.push(String(e)));
-    page.on("requestfailed", (r) => log.failedRequests.push(r.url() + " " + (r.failure() || {}).errorText));
-    page.on("response", (r) => {
-      if (r.status() >= 400) log.httpErrors.push(r.status() + " " + new URL(r.url()).pathname);
-    });
-  };
-  context.on("page", watch);
-  for (const page of context.pages()) watch(page);
+  const log = watchErrors(context);
   const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(TIMEOUT);
   return {
