@@ -52,7 +52,15 @@ async function settled(page) {
 
 /** Everything the page shows about its charts, read from the DOM and the uPlot instances. */
 async function snapshot(page) {
-  return page.evaluate(() => {
+  // The data tables are built when their "Data" is opened: open them as a person would, and
+  // close them again after reading so that screenshots show the charts alone.
+  await page.evaluate(() => Promise.all([...document.querySelectorAll(".chart details:not([open])")].map((d) =>
+    new Promise((opened) => {
+      d.dataset.openedBySnapshot = "";
+      d.addEventListener("toggle", opened, { once: true });
+      d.open = true;
+    }))));
+  const seen = await page.evaluate(() => {
     const cards = [...document.querySelectorAll(".chart")].map((card) => {
       const chart = window.tallydCharts.get(card.dataset.key);
       const plot = chart && chart.plot;
@@ -87,6 +95,13 @@ async function snapshot(page) {
       cards,
     };
   });
+  await page.evaluate(() => {
+    for (const d of document.querySelectorAll(".chart details[data-opened-by-snapshot]")) {
+      delete d.dataset.openedBySnapshot;
+      d.open = false;
+    }
+  });
+  return seen;
 }
 
 async function pickAggregation(page, key, aggregation) {
