@@ -810,4 +810,11 @@ fn main() {
         &load_before,
         &table,
     );
+    // To look at the stores afterwards (profile a query against a copy, say).
+    if std::env::var_os("HIST_KEEP").is_some() {
+        eprintln!(
+            "history: HIST_KEEP: the data stays in {}",
+            dir.keep().display()
+        );
+    }
 }

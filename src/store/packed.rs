@@ -27,7 +27,10 @@
 //! A body that does not read back whole (cut short, bad counts, an unknown tag, trailing
 //! bytes, a payload that inflates past [`MAX_PAYLOAD`]) is an error, never a panic.
 
-use std::io::{Read, Write as _};
+use std::cell::RefCell;
+use std::io::Write as _;
+
+use flate2::{Decompress, FlushDecompress, Status};
 
 use super::journal::{Reader, put_unsigned};
 use super::tiers::{Cell, SLOTS_PER_BUCKET};
@@ -276,6 +279,49 @@ fn put_cell(out: &mut Vec<u8>, columns: &mut Columns, cell: &Cell) {
     }
 }
 
+/// Inflates a raw DEFLATE `payload` that must end exactly where `payload` does.
+///
+/// One decompressor per thread, reset for each payload: a query inflates thousands of small
+/// bodies, and making a decompressor (and its 32 KiB window) for each one cost as much as
+/// inflating them.
+fn inflate(payload: &[u8]) -> Result<Vec<u8>, &'static str> {
+    thread_local! {
+        static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+    }
+    const BROKEN: &str = "packed bucket: the payload does not inflate";
+    INFLATE.with_borrow_mut(|inflate| {
+        inflate.reset(false);
+        let mut out = Vec::with_capacity(payload.len() * 4 + 64);
+        loop {
+            let read = inflate.total_in() as usize;
+            let wrote = out.len();
+            let status = inflate
+                .decompress_vec(&payload[read..], &mut out, FlushDecompress::None)
+                .map_err(|_| BROKEN)?;
+            if out.len() as u64 > MAX_PAYLOAD {
+                return Err("packed bucket: the payload inflates past its limit");
+            }
+            match status {
+                Status::StreamEnd => break,
+                // Out of room: make more, up to one byte past the limit. Neither read nor
+                // wrote with room left: the payload is cut short.
+                _ if out.len() == out.capacity() => {
+                    let past_limit = MAX_PAYLOAD as usize + 1 - out.len();
+                    out.reserve(out.capacity().min(past_limit));
+                }
+                _ if inflate.total_in() as usize == read && out.len() == wrote => {
+                    return Err(BROKEN);
+                }
+                _ => {}
+            }
+        }
+        if inflate.total_in() != payload.len() as u64 {
+            return Err("packed bucket: bytes after the payload");
+        }
+        Ok(out)
+    })
+}
+
 /// The cells of a body [`pack`] wrote, with their slots.
 pub fn unpack(body: &[u8]) -> Result<Vec<(u32, Cell)>, &'static str> {
     let mut r = Reader { body, at: 0 };
@@ -292,19 +338,7 @@ pub fn unpack(body: &[u8]) -> Result<Vec<(u32, Cell)>, &'static str> {
     let payload = match mode {
         RAW => rest,
         DEFLATE => {
-            let mut out = Vec::with_capacity(rest.len() * 4);
-            let mut inflate = flate2::read::DeflateDecoder::new(rest);
-            (&mut inflate)
-                .take(MAX_PAYLOAD + 1)
-                .read_to_end(&mut out)
-                .map_err(|_| "packed bucket: the payload does not inflate")?;
-            if out.len() as u64 > MAX_PAYLOAD {
-                return Err("packed bucket: the payload inflates past its limit");
-            }
-            if inflate.total_in() != rest.len() as u64 {
-                return Err("packed bucket: bytes after the payload");
-            }
-            inflated = out;
+            inflated = inflate(rest)?;
             &inflated[..]
         }
         _ => return Err("packed bucket: unknown mode"),
@@ -564,5 +598,21 @@ mod tests {
         assert!(unpack(&[PACKED, 1, RAW, 0, 9]).is_err());
         assert!(unpack(&[PACKED, 1, RAW, 0, HISTOGRAM, 0, 0, 100]).is_err());
         assert!(unpack(&[SINGLE, 2]).is_err());
+    }
+
+    #[test]
+    fn a_payload_inflating_past_the_limit_is_refused() {
+        // A DEFLATE bomb: a few KiB that would inflate to just over the limit.
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder
+            .write_all(&vec![0u8; MAX_PAYLOAD as usize + 1])
+            .unwrap();
+        let mut body = vec![PACKED, 1, DEFLATE];
+        body.extend(encoder.finish().unwrap());
+        assert_eq!(
+            unpack(&body).err(),
+            Some("packed bucket: the payload inflates past its limit")
+        );
     }
 }
