@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, HISTORY_EVERY_SECOND, TempFile, api_call, at_half_past, json_call, tallyd_bin, unix_ms,
+    Daemon, HISTORY_EVERY_SECOND, TempFile, api_call, at_half_past, history_export, json_call,
+    promtool_import, sha256_hex, unix_ms,
 };
 use serde_json::{Value, json};
 
@@ -193,11 +194,6 @@ fn every_family_a_rule_with_history_names_is_sampled_and_answers_bin_for_bin() {
 const WRITER: &str = "writer-secret";
 const OTHER: &str = "other-secret";
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
-
 /// Rules keeping history for a counter and a histogram (with its own buckets), a `[[metric]]`,
 /// and two tenants' tokens; `history` false drops the option from the counter's rule.
 fn restart_config(history: bool) -> String {
@@ -274,19 +270,7 @@ fn listed(
 /// `tallyd history export --metric <metric>` against the data directory: its text.
 fn export(dir: &str, config: &str, metric: &str) -> String {
     let config = TempFile::new("export.toml", config);
-    let output = std::process::Command::new(tallyd_bin())
-        .arg("--config")
-        .arg(config.path())
-        .args(["--data-dir", dir, "history", "export", "--metric", metric])
-        .output()
-        .expect("run tallyd history export");
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text
+    history_export(config.path(), dir, metric)
 }
 
 /// The last value of each sample name in an export's text.
@@ -430,20 +414,7 @@ fn a_rule_familys_history_answers_lists_and_exports_after_a_restart_before_any_n
         common::on_path("promtool"),
         "promtool (Debian's prometheus package; scripts/setup-test-deps)",
     ) {
-        let file = TempFile::new("rule.om", &requests);
-        let blocks = tempfile::tempdir().unwrap();
-        let output = std::process::Command::new("promtool")
-            .args(["tsdb", "create-blocks-from", "openmetrics"])
-            .arg(file.path())
-            .arg(blocks.path())
-            .output()
-            .expect("run promtool");
-        assert!(
-            output.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        promtool_import(&requests);
     }
 
     // Once its rule no longer asks for history, the family is not put back: not queried, not

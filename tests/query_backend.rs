@@ -388,6 +388,66 @@ fn bins_of(answer: &Value) -> BTreeMap<String, BTreeMap<String, f64>> {
     out
 }
 
+/// The backend's answer to `name?params` (asked after a reload naming it) beside `local`: the
+/// one series' bins of each, as (start, value), asserted to be the same series, with a message
+/// showing both answers.
+fn beside_backend(
+    tallyd: &Daemon,
+    name: &str,
+    params: &str,
+    local: &Value,
+) -> (BTreeMap<String, f64>, BTreeMap<String, f64>, String) {
+    let (status, remote) = query(tallyd.http, "t1", name, params);
+    assert_eq!(status, 200, "{name}?{params}: {remote}");
+    assert_eq!(remote["backend"], "prometheus", "{remote}");
+    assert_eq!(remote["aggregation"], local["aggregation"], "{remote}");
+    let (l, r) = (bins_of(local), bins_of(&remote));
+    let what = format!("{name}?{params}\nlocal   {local}\nbackend {remote}");
+    assert_eq!(
+        l.keys().collect::<Vec<_>>(),
+        r.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    let one = |mut bins: BTreeMap<String, BTreeMap<String, f64>>| bins.pop_first().unwrap().1;
+    (one(l), one(r), what)
+}
+
+/// The backend's value of bin `bin` is the local one, within 1e-9; answers it.
+fn agrees(bin: &str, l: &BTreeMap<String, f64>, r: &BTreeMap<String, f64>, what: &str) -> f64 {
+    let (Some(lv), Some(rv)) = (l.get(bin), r.get(bin)) else {
+        panic!("{bin}: the backend has no value: {what}");
+    };
+    assert!((lv - rv).abs() <= 1e-9, "{bin}: {lv} != {rv}: {what}");
+    *rv
+}
+
+/// Reloads `tallyd` with its `config` and `[query]` naming `prometheus` as the backend.
+fn to_backend(tallyd: &Daemon, config: &str, prometheus: &Prometheus) {
+    let url = format!("http://{}", prometheus.web());
+    let mut reloads = 0;
+    reload(
+        tallyd,
+        &format!("{config}{}", backend_config(&url, 10.0)),
+        &mut reloads,
+    );
+}
+
+/// A tallyd with `config` and a Prometheus scraping it every second, once it has; `None` (the
+/// test skipped) without Prometheus.
+fn scraped(config: &str) -> Option<(Daemon, Prometheus)> {
+    if !require(
+        common::on_path("prometheus"),
+        "prometheus (Debian's prometheus package; scripts/setup-test-deps)",
+    ) {
+        return None;
+    }
+    let tallyd = Daemon::with_config(config);
+    let prometheus = Prometheus::start(tallyd.http, &[]);
+    let targets = prometheus.wait_scraped(Duration::from_secs(30));
+    assert!(targets.contains(r#""health":"up""#), "{targets}");
+    Some((tallyd, prometheus))
+}
+
 /// A Prometheus 2.42 scraping a tallyd every second, and that tallyd sampling its
 /// `[[metric]]`s with history every second: its local answers and its answers through
 /// `[query] backend = "prometheus"` agree on every bin where the data leaves no doubt. A gauge
@@ -395,17 +455,10 @@ fn bins_of(answer: &Value) -> BTreeMap<String, BTreeMap<String, f64>> {
 /// moments and left alone in between. Each change is half a second from any sample or scrape.
 #[test]
 fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
-    if !require(
-        common::on_path("prometheus"),
-        "prometheus (Debian's prometheus package; scripts/setup-test-deps)",
-    ) {
-        return;
-    }
     let sampled = format!("{HISTORY_EVERY_SECOND}{SAMPLED}");
-    let tallyd = Daemon::with_config(&sampled);
-    let prometheus = Prometheus::start(tallyd.http, &[]);
-    let targets = prometheus.wait_scraped(Duration::from_secs(30));
-    assert!(targets.contains(r#""health":"up""#), "{targets}");
+    let Some((tallyd, prometheus)) = scraped(&sampled) else {
+        return;
+    };
 
     // Changes at k + 0.5 s for k = k0, k0 + 6, k0 + 12.
     let steps = [(10.25, 3.0), (20.5, 5.0), (7.75, 2.0)];
@@ -456,27 +509,11 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
         |_| true,
     );
 
-    let mut reloads = 0;
-    let url = format!("http://{}", prometheus.web());
-    reload(
-        &tallyd,
-        &format!("{sampled}{}", backend_config(&url, 10.0)),
-        &mut reloads,
-    );
+    to_backend(&tallyd, &sampled, &prometheus);
     for ((name, aggregation), local) in cases.iter().zip(&local) {
         let params = format!("{range}&aggregation={aggregation}");
-        let (status, remote) = query(tallyd.http, "t1", name, &params);
-        assert_eq!(status, 200, "{name}?{params}: {remote}");
-        assert_eq!(remote["backend"], "prometheus", "{remote}");
         assert_eq!(local["resolution"], "2s", "{local}");
-        let (l, r) = (bins_of(local), bins_of(&remote));
-        let what = format!("{name}?{params}\nlocal   {local}\nbackend {remote}");
-        assert_eq!(
-            l.keys().collect::<Vec<_>>(),
-            r.keys().collect::<Vec<_>>(),
-            "{what}"
-        );
-        let (l, r) = (l.values().next().unwrap(), r.values().next().unwrap());
+        let (l, r, what) = beside_backend(&tallyd, name, &params, local);
         // The local answer has all nine bins (waited for above), in time order.
         let stamps: Vec<&String> = l.keys().collect();
         // The values are the ones sent: a gauge's in each bin of its stretch, a counter's
@@ -500,11 +537,7 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
             _ => held.clone(),
         };
         for j in compared {
-            let bin = stamps[j];
-            let (Some(lv), Some(rv)) = (l.get(bin), r.get(bin)) else {
-                panic!("{bin}: the backend has no value: {what}");
-            };
-            assert!((lv - rv).abs() <= 1e-9, "{bin}: {lv} != {rv}: {what}");
+            agrees(stamps[j], &l, &r, &what);
         }
     }
 }
@@ -554,17 +587,10 @@ fn wait_local(tallyd: &Daemon, name: &str, params: &str, bins: usize) -> Value {
 /// The summary's values are the same served numbers averaged, within the same 1e-9.
 #[test]
 fn a_prometheus_scraping_tallyd_answers_histogram_and_summary_quantiles_as_tallyd_does() {
-    if !require(
-        common::on_path("prometheus"),
-        "prometheus (Debian's prometheus package; scripts/setup-test-deps)",
-    ) {
-        return;
-    }
     let sampled = format!("{HISTORY_EVERY_SECOND}{OBSERVED}");
-    let tallyd = Daemon::with_config(&sampled);
-    let prometheus = Prometheus::start(tallyd.http, &[]);
-    let targets = prometheus.wait_scraped(Duration::from_secs(30));
-    assert!(targets.contains(r#""health":"up""#), "{targets}");
+    let Some((tallyd, prometheus)) = scraped(&sampled) else {
+        return;
+    };
 
     // Three batches of observations at k + 0.5 s for k = k0, k0 + 6, k0 + 12, with the
     // medians and 0.9-quantiles the buckets [0.1, 0.5, 1, 5] make of each.
@@ -628,28 +654,12 @@ fn a_prometheus_scraping_tallyd_answers_histogram_and_summary_quantiles_as_tally
         );
     }
 
-    let mut reloads = 0;
-    let url = format!("http://{}", prometheus.web());
-    reload(
-        &tallyd,
-        &format!("{sampled}{}", backend_config(&url, 10.0)),
-        &mut reloads,
-    );
+    to_backend(&tallyd, &sampled, &prometheus);
     let mut remote_values = Vec::new();
     for ((name, q, _, compared), local) in cases.iter().zip(&local) {
         let params = format!("{range}&aggregation=quantile({q})");
-        let (status, remote) = query(tallyd.http, "t1", name, &params);
-        assert_eq!(status, 200, "{name}?{params}: {remote}");
-        assert_eq!(remote["backend"], "prometheus", "{remote}");
-        assert_eq!(remote["aggregation"], format!("quantile({q})"), "{remote}");
-        let (l, r) = (bins_of(local), bins_of(&remote));
-        let what = format!("{name}?{params}\nlocal   {local}\nbackend {remote}");
-        assert_eq!(
-            l.keys().collect::<Vec<_>>(),
-            r.keys().collect::<Vec<_>>(),
-            "{what}"
-        );
-        let (l, r) = (l.values().next().unwrap(), r.values().next().unwrap());
+        assert_eq!(local["aggregation"], format!("quantile({q})"), "{local}");
+        let (l, r, what) = beside_backend(&tallyd, name, &params, local);
         let local_stamps: Vec<&String> = l.keys().collect();
         for j in compared {
             // A histogram's local answer holds only the bins with observations, in order.
@@ -657,11 +667,7 @@ fn a_prometheus_scraping_tallyd_answers_histogram_and_summary_quantiles_as_tally
                 "wait_seconds" => local_stamps[j / 3],
                 _ => local_stamps[*j],
             };
-            let (Some(lv), Some(rv)) = (l.get(bin), r.get(bin)) else {
-                panic!("{bin}: the backend has no value: {what}");
-            };
-            assert!((lv - rv).abs() <= 1e-9, "{bin}: {lv} != {rv}: {what}");
-            remote_values.push(*rv);
+            remote_values.push(agrees(bin, &l, &r, &what));
         }
         if *name == "wait_seconds" {
             // Bins without observations are left out by both.
@@ -671,23 +677,26 @@ fn a_prometheus_scraping_tallyd_answers_histogram_and_summary_quantiles_as_tally
     // The comparison tells quantiles apart: the backend's medians are not its 0.9-quantiles.
     assert_ne!(remote_values[0..3], remote_values[3..6]);
 
-    // A quantile the summary does not serve is refused, naming those it does.
-    let (status, refused) = query(
-        tallyd.http,
-        "t1",
-        "rpc_seconds",
-        &format!("{range}&aggregation=quantile(0.99)"),
-    );
-    assert_eq!(status, 422, "{refused}");
-    assert_eq!(refused["code"], "quantile_not_served", "{refused}");
-    let detail = refused["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("quantile(0.5), quantile(0.9)"), "{refused}");
-    // A histogram's minimum needs single observations, which Prometheus does not keep.
-    let (status, refused) = query(
-        tallyd.http,
-        "t1",
-        "wait_seconds",
-        &format!("{range}&aggregation=min"),
-    );
-    assert_eq!(status, 422, "{refused}");
+    // A quantile the summary does not serve is refused, naming those it does; a histogram's
+    // minimum needs single observations, which Prometheus does not keep.
+    for (name, aggregation, code, names) in [
+        (
+            "rpc_seconds",
+            "quantile(0.99)",
+            "quantile_not_served",
+            "quantile(0.5), quantile(0.9)",
+        ),
+        (
+            "wait_seconds",
+            "min",
+            "aggregation_unsupported",
+            "quantile(q)",
+        ),
+    ] {
+        let params = format!("{range}&aggregation={aggregation}");
+        let (status, refused) = query(tallyd.http, "t1", name, &params);
+        assert_eq!((status, &refused["code"]), (422, &json!(code)), "{refused}");
+        let detail = refused["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(names), "{refused}");
+    }
 }
