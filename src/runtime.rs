@@ -245,6 +245,20 @@ pub async fn run(
         }
     };
     let retention = tokio::spawn(expire_points(Arc::clone(&api), shutdown.clone()));
+    // Before the sampler's first tick: the families rules kept history for before a restart
+    // answer from the store at once, not from the next line that names them.
+    match api.custom.store().reader().metrics() {
+        Ok(stored) => {
+            let restored = history.restore(&stored, &settings.rules);
+            if restored > 0 {
+                tracing::info!(restored, "history: families mapping rules keep history for");
+            }
+        }
+        Err(e) => tracing::warn!(
+            "history: the families mapping rules kept history for are not known until their \
+             next line: {e}"
+        ),
+    }
     api.custom.set_history(Arc::clone(&history));
     let sampling = tokio::spawn(crate::history::run(
         Arc::clone(&history),

@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Daemon, TempFile, json_call};
@@ -181,18 +180,7 @@ type Exported = (String, f64, f64);
 /// `tallyd history export --metric <metric>`'s text and samples, after checking the header and
 /// the `# EOF`.
 fn export(config: &TempFile, dir: &str, metric: &str, header: &str) -> (String, Vec<Exported>) {
-    let output = Command::new(common::tallyd_bin())
-        .arg("--config")
-        .arg(config.path())
-        .args(["--data-dir", dir, "history", "export", "--metric", metric])
-        .output()
-        .expect("run tallyd history export");
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = common::history_export(config.path(), dir, metric);
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(header), "{text}");
     assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
@@ -264,18 +252,5 @@ fn history_export_writes_the_finest_tier_of_statsd_metrics_as_openmetrics_promto
     assert_eq!(last("job_seconds_sum"), 5.5, "{seconds:?}");
 
     // Prometheus's own importer takes it.
-    let file = TempFile::new("jobs.om", &text);
-    let blocks = tempfile::tempdir().unwrap();
-    let output = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(file.path())
-        .arg(blocks.path())
-        .output()
-        .expect("run promtool");
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::promtool_import(&text);
 }

@@ -4,7 +4,8 @@
 //! openmetrics` into Prometheus's storage. The same daemon answers each query from its store,
 //! then (after a reload naming the backend) from Prometheus: the answers agree, bin for bin.
 //! Then what goes wrong: a backend that is down (502), one that never answers (504 within the
-//! timeout), each counted by outcome.
+//! timeout), each counted by outcome. And a Prometheus scraping tallyd: its answers for sampled
+//! history (gauges, counters, a histogram's and a summary's `quantile(q)`) agree with tallyd's.
 
 mod common;
 
@@ -387,6 +388,66 @@ fn bins_of(answer: &Value) -> BTreeMap<String, BTreeMap<String, f64>> {
     out
 }
 
+/// The backend's answer to `name?params` (asked after a reload naming it) beside `local`: the
+/// one series' bins of each, as (start, value), asserted to be the same series, with a message
+/// showing both answers.
+fn beside_backend(
+    tallyd: &Daemon,
+    name: &str,
+    params: &str,
+    local: &Value,
+) -> (BTreeMap<String, f64>, BTreeMap<String, f64>, String) {
+    let (status, remote) = query(tallyd.http, "t1", name, params);
+    assert_eq!(status, 200, "{name}?{params}: {remote}");
+    assert_eq!(remote["backend"], "prometheus", "{remote}");
+    assert_eq!(remote["aggregation"], local["aggregation"], "{remote}");
+    let (l, r) = (bins_of(local), bins_of(&remote));
+    let what = format!("{name}?{params}\nlocal   {local}\nbackend {remote}");
+    assert_eq!(
+        l.keys().collect::<Vec<_>>(),
+        r.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    let one = |mut bins: BTreeMap<String, BTreeMap<String, f64>>| bins.pop_first().unwrap().1;
+    (one(l), one(r), what)
+}
+
+/// The backend's value of bin `bin` is the local one, within 1e-9; answers it.
+fn agrees(bin: &str, l: &BTreeMap<String, f64>, r: &BTreeMap<String, f64>, what: &str) -> f64 {
+    let (Some(lv), Some(rv)) = (l.get(bin), r.get(bin)) else {
+        panic!("{bin}: the backend has no value: {what}");
+    };
+    assert!((lv - rv).abs() <= 1e-9, "{bin}: {lv} != {rv}: {what}");
+    *rv
+}
+
+/// Reloads `tallyd` with its `config` and `[query]` naming `prometheus` as the backend.
+fn to_backend(tallyd: &Daemon, config: &str, prometheus: &Prometheus) {
+    let url = format!("http://{}", prometheus.web());
+    let mut reloads = 0;
+    reload(
+        tallyd,
+        &format!("{config}{}", backend_config(&url, 10.0)),
+        &mut reloads,
+    );
+}
+
+/// A tallyd with `config` and a Prometheus scraping it every second, once it has; `None` (the
+/// test skipped) without Prometheus.
+fn scraped(config: &str) -> Option<(Daemon, Prometheus)> {
+    if !require(
+        common::on_path("prometheus"),
+        "prometheus (Debian's prometheus package; scripts/setup-test-deps)",
+    ) {
+        return None;
+    }
+    let tallyd = Daemon::with_config(config);
+    let prometheus = Prometheus::start(tallyd.http, &[]);
+    let targets = prometheus.wait_scraped(Duration::from_secs(30));
+    assert!(targets.contains(r#""health":"up""#), "{targets}");
+    Some((tallyd, prometheus))
+}
+
 /// A Prometheus 2.42 scraping a tallyd every second, and that tallyd sampling its
 /// `[[metric]]`s with history every second: its local answers and its answers through
 /// `[query] backend = "prometheus"` agree on every bin where the data leaves no doubt. A gauge
@@ -394,17 +455,10 @@ fn bins_of(answer: &Value) -> BTreeMap<String, BTreeMap<String, f64>> {
 /// moments and left alone in between. Each change is half a second from any sample or scrape.
 #[test]
 fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
-    if !require(
-        common::on_path("prometheus"),
-        "prometheus (Debian's prometheus package; scripts/setup-test-deps)",
-    ) {
-        return;
-    }
     let sampled = format!("{HISTORY_EVERY_SECOND}{SAMPLED}");
-    let tallyd = Daemon::with_config(&sampled);
-    let prometheus = Prometheus::start(tallyd.http, &[]);
-    let targets = prometheus.wait_scraped(Duration::from_secs(30));
-    assert!(targets.contains(r#""health":"up""#), "{targets}");
+    let Some((tallyd, prometheus)) = scraped(&sampled) else {
+        return;
+    };
 
     // Changes at k + 0.5 s for k = k0, k0 + 6, k0 + 12.
     let steps = [(10.25, 3.0), (20.5, 5.0), (7.75, 2.0)];
@@ -455,27 +509,11 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
         |_| true,
     );
 
-    let mut reloads = 0;
-    let url = format!("http://{}", prometheus.web());
-    reload(
-        &tallyd,
-        &format!("{sampled}{}", backend_config(&url, 10.0)),
-        &mut reloads,
-    );
+    to_backend(&tallyd, &sampled, &prometheus);
     for ((name, aggregation), local) in cases.iter().zip(&local) {
         let params = format!("{range}&aggregation={aggregation}");
-        let (status, remote) = query(tallyd.http, "t1", name, &params);
-        assert_eq!(status, 200, "{name}?{params}: {remote}");
-        assert_eq!(remote["backend"], "prometheus", "{remote}");
         assert_eq!(local["resolution"], "2s", "{local}");
-        let (l, r) = (bins_of(local), bins_of(&remote));
-        let what = format!("{name}?{params}\nlocal   {local}\nbackend {remote}");
-        assert_eq!(
-            l.keys().collect::<Vec<_>>(),
-            r.keys().collect::<Vec<_>>(),
-            "{what}"
-        );
-        let (l, r) = (l.values().next().unwrap(), r.values().next().unwrap());
+        let (l, r, what) = beside_backend(&tallyd, name, &params, local);
         // The local answer has all nine bins (waited for above), in time order.
         let stamps: Vec<&String> = l.keys().collect();
         // The values are the ones sent: a gauge's in each bin of its stretch, a counter's
@@ -499,11 +537,166 @@ fn a_prometheus_scraping_tallyd_answers_its_sampled_history_as_tallyd_does() {
             _ => held.clone(),
         };
         for j in compared {
-            let bin = stamps[j];
-            let (Some(lv), Some(rv)) = (l.get(bin), r.get(bin)) else {
-                panic!("{bin}: the backend has no value: {what}");
-            };
-            assert!((lv - rv).abs() <= 1e-9, "{bin}: {lv} != {rv}: {what}");
+            agrees(stamps[j], &l, &r, &what);
         }
+    }
+}
+
+/// A histogram and a summary with history, for the quantile test.
+const OBSERVED: &str = r#"
+[[metric]]
+name = "wait_seconds"
+type = "histogram"
+buckets = [0.1, 0.5, 1.0, 5.0]
+history = true
+
+[[metric]]
+name = "rpc_seconds"
+type = "summary"
+quantiles = [0.5, 0.9]
+history = true
+"#;
+
+/// A local answer with all nine 2 s bins of `name` — or, for a histogram's quantile, the three
+/// that hold observations (the others have none to rank); waits up to 15 s.
+fn wait_local(tallyd: &Daemon, name: &str, params: &str, bins: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, answer) = query(tallyd.http, "t1", name, params);
+        assert_eq!(status, 200, "{name}?{params}: {answer}");
+        if bins_of(&answer)
+            .values()
+            .next()
+            .is_some_and(|b| b.len() == bins)
+        {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "{name}?{params}: {answer}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A Prometheus 2.42 scraping a tallyd every second, and that tallyd sampling a histogram and a
+/// summary with history every second: `quantile(q)` through `[query] backend = "prometheus"`
+/// (`histogram_quantile` over the bins' bucket increases; the average of the summary's served
+/// quantile) agrees with the local answer, and both are the values the observations make.
+///
+/// Tolerance: the histogram's quantiles are computed by the same interpolation from the same
+/// integer counts, in another order of floating-point operations, so they may differ in their
+/// last bits: 1e-9 is far below what one observation in another bucket changes (≥ 0.02 here).
+/// The summary's values are the same served numbers averaged, within the same 1e-9.
+#[test]
+fn a_prometheus_scraping_tallyd_answers_histogram_and_summary_quantiles_as_tallyd_does() {
+    let sampled = format!("{HISTORY_EVERY_SECOND}{OBSERVED}");
+    let Some((tallyd, prometheus)) = scraped(&sampled) else {
+        return;
+    };
+
+    // Three batches of observations at k + 0.5 s for k = k0, k0 + 6, k0 + 12, with the
+    // medians and 0.9-quantiles the buckets [0.1, 0.5, 1, 5] make of each.
+    let batches: [(&[f64], f64, f64); 3] = [
+        // Counts 1, 2, 1, 1, 0: rank 2.5 in (0.1, 0.5] (3/4 in), rank 4.5 in (1, 5] (half).
+        (&[0.05, 0.2, 0.3, 0.7, 3.0], 0.1 + 0.4 * 0.75, 3.0),
+        // Counts 3, 0, 0, 1, 0: rank 2 in (0, 0.1] (2/3 in), rank 3.6 in (1, 5] (0.6 in).
+        (&[0.01, 0.02, 0.03, 2.0], 0.1 * 2.0 / 3.0, 1.0 + 4.0 * 0.6),
+        // Counts 0, 0, 2, 0, 1: rank 1.5 in (0.5, 1] (3/4 in), rank 2.7 in +Inf's: 5.
+        (&[0.6, 0.8, 9.0], 0.5 + 0.5 * 0.75, 5.0),
+    ];
+    let k0 = (unix_ms() / 1000 + 2) / 2 * 2;
+    for (i, (observations, ..)) in batches.iter().enumerate() {
+        at_half_past(k0 + 6 * i as i64);
+        let lines: Vec<String> = (observations.iter())
+            .flat_map(|v| [format!("wait_seconds:{v}|h"), format!("rpc_seconds:{v}|h")])
+            .collect();
+        tallyd.send(&lines);
+    }
+    let end = k0 + 18;
+    let range = format!("start={k0}&end={end}&step=2s");
+    let with_observations: Vec<usize> = vec![0, 3, 6];
+    let held: Vec<usize> = (1..9).filter(|j: &usize| !j.is_multiple_of(3)).collect();
+    // (name, q, bins the local answer has, bins compared).
+    let cases: Vec<(&str, f64, usize, Vec<usize>)> = vec![
+        ("wait_seconds", 0.5, 3, with_observations.clone()),
+        ("wait_seconds", 0.9, 3, with_observations.clone()),
+        // The summary serves its quantiles from the first batch on; a bin with a batch sees
+        // the quantile change inside it, at another moment for tallyd and Prometheus.
+        ("rpc_seconds", 0.5, 9, held.clone()),
+        ("rpc_seconds", 0.9, 9, held.clone()),
+    ];
+    let local: Vec<Value> = (cases.iter())
+        .map(|(name, q, bins, _)| {
+            let params = format!("{range}&aggregation=quantile({q})");
+            wait_local(&tallyd, name, &params, *bins)
+        })
+        .collect();
+    prometheus.wait_for_value(
+        &format!("timestamp(wait_seconds_count) >= {end}"),
+        Duration::from_secs(10),
+        |_| true,
+    );
+
+    // The local histogram answers are the values the observations make.
+    for (case, local) in cases.iter().zip(&local).take(2) {
+        let q = case.1;
+        let got: Vec<f64> = bins_of(local)
+            .values()
+            .next()
+            .unwrap()
+            .values()
+            .copied()
+            .collect();
+        let expected: Vec<f64> = (batches.iter())
+            .map(|(_, p50, p90)| if q == 0.5 { *p50 } else { *p90 })
+            .collect();
+        assert!(
+            got.len() == 3 && got.iter().zip(&expected).all(|(g, e)| (g - e).abs() < 1e-9),
+            "quantile({q}): {got:?} != {expected:?}: {local}"
+        );
+    }
+
+    to_backend(&tallyd, &sampled, &prometheus);
+    let mut remote_values = Vec::new();
+    for ((name, q, _, compared), local) in cases.iter().zip(&local) {
+        let params = format!("{range}&aggregation=quantile({q})");
+        assert_eq!(local["aggregation"], format!("quantile({q})"), "{local}");
+        let (l, r, what) = beside_backend(&tallyd, name, &params, local);
+        let local_stamps: Vec<&String> = l.keys().collect();
+        for j in compared {
+            // A histogram's local answer holds only the bins with observations, in order.
+            let bin = match *name {
+                "wait_seconds" => local_stamps[j / 3],
+                _ => local_stamps[*j],
+            };
+            remote_values.push(agrees(bin, &l, &r, &what));
+        }
+        if *name == "wait_seconds" {
+            // Bins without observations are left out by both.
+            assert_eq!(r.len(), 3, "{what}");
+        }
+    }
+    // The comparison tells quantiles apart: the backend's medians are not its 0.9-quantiles.
+    assert_ne!(remote_values[0..3], remote_values[3..6]);
+
+    // A quantile the summary does not serve is refused, naming those it does; a histogram's
+    // minimum needs single observations, which Prometheus does not keep.
+    for (name, aggregation, code, names) in [
+        (
+            "rpc_seconds",
+            "quantile(0.99)",
+            "quantile_not_served",
+            "quantile(0.5), quantile(0.9)",
+        ),
+        (
+            "wait_seconds",
+            "min",
+            "aggregation_unsupported",
+            "quantile(q)",
+        ),
+    ] {
+        let params = format!("{range}&aggregation={aggregation}");
+        let (status, refused) = query(tallyd.http, "t1", name, &params);
+        assert_eq!((status, &refused["code"]), (422, &json!(code)), "{refused}");
+        let detail = refused["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(names), "{refused}");
     }
 }

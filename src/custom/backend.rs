@@ -17,8 +17,23 @@
 //!   and `average` (their ratio) are answered; `min`, `max` and `last` of the increments are
 //!   not, because the backend keeps only totals: those ask for the local store (422);
 //! - a **histogram** or **summary**: the same differences over `name_sum` and `name_count`:
-//!   `sum` and `count` of the observations and their `average`; the other aggregations need
-//!   single observations, which the backend does not have (422).
+//!   `sum` and `count` of the observations and their `average`; `min`, `max` and `last` need
+//!   single observations, which the backend does not have (422);
+//! - a **histogram**'s `quantile(q)`: the same differences over each `name_bucket` series (the
+//!   observations of the bin per bucket, cumulative as the buckets are), summed per label set
+//!   without `__name__` (a series' first bin keeps its name, the others lose it in the
+//!   subtraction) and given to `histogram_quantile(q, …)`: the interpolation tallyd's own
+//!   history uses ([`super::query::histogram_quantile`]), over the same per-bin counts when the
+//!   scrapes and tallyd's samples see the same observations in each bin;
+//! - a **summary**'s `quantile(q)`: the average over the bin of the `name{quantile="q"}` series
+//!   tallyd serves (each scrape's value of the quantile over the summary's sliding window), as
+//!   tallyd's history averages its samples of it. All quantiles are asked and the one whose
+//!   `quantile` label reads as `q` is kept (a label's spelling may differ from the query's);
+//!   a `q` the summary does not serve is refused (422) naming those it serves.
+//!
+//! A quantile's bin without observations (NaN in Prometheus) is left out, as the local answer
+//! leaves it out; a summary's bin in which some scrapes are NaN (its window was empty then) is
+//! NaN in Prometheus's average and left out too, where tallyd averages the others.
 //!
 //! Bins: Matih bins are `[start + i·step, start + (i+1)·step)` stamped with their start. A range
 //! selector evaluated at the bin's last millisecond `t = start + (i+1)·step - 1` covers exactly
@@ -307,6 +322,9 @@ pub struct Prometheus {
 /// (milliseconds, value).
 type Fetched = (BTreeMap<String, String>, Vec<(i64, f64)>);
 
+/// Fetched series by their labels.
+type BySeries = BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>>;
+
 /// Why a request failed.
 enum Failure {
     Unavailable(String),
@@ -344,7 +362,19 @@ impl Prometheus {
     ) -> Result<BackendAnswer, Problem> {
         let metric = custom.get_queryable(tenant, name)?;
         let default = metric.spec.default_aggregation();
-        let (bins, aggregation) = spec.range(default)?;
+        let (bins, aggregation) = spec.asked(default)?;
+        let observed = matches!(
+            metric.spec.kind,
+            MetricType::Histogram | MetricType::Summary
+        );
+        if matches!(aggregation, Asked::Quantile(_)) && !observed {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_aggregation",
+                "quantile(q) is for histograms and summaries",
+            )
+            .with_field("aggregation"));
+        }
         // As the local answer: a metric with history (a Prometheus that scrapes tallyd holds
         // the same series) is every series of its family, a recorded one the tenant's.
         let mut matchers = Vec::new();
@@ -388,7 +418,7 @@ impl Prometheus {
         Ok(BackendAnswer {
             answer: QueryAnswer {
                 metric: name.to_owned(),
-                aggregation: Asked::Plain(aggregation),
+                aggregation,
                 resolution: None,
                 start: time::format_instant(bins.start_ms),
                 end: time::format_instant(bins.end_ms),
@@ -410,7 +440,7 @@ impl Prometheus {
     ) -> Result<Vec<SeriesAnswer>, Problem> {
         let step = bins.step_ms;
         let full = (bins.end_ms - bins.start_ms) / step;
-        let mut merged: BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut merged = BySeries::new();
         if full > 0 {
             let form = form(&[
                 ("query", &plan.expression(step)?),
@@ -432,6 +462,14 @@ impl Prometheus {
             for (labels, points) in self.request(&self.query, form, tenant).await? {
                 let points = points.into_iter().map(|(_, v)| (last_start, v));
                 merged.entry(labels).or_default().extend(points);
+            }
+        }
+        if let Asked::Quantile(q) = plan.aggregation {
+            if plan.kind == MetricType::Summary {
+                merged = served_quantile(merged, q)?;
+            }
+            for points in merged.values_mut() {
+                points.retain(|(_, value)| !value.is_nan());
             }
         }
         // One series may come back as two (its bins with `__name__`, from a counter's first
@@ -519,7 +557,7 @@ impl Prometheus {
 struct Plan<'a> {
     family: &'a str,
     kind: MetricType,
-    aggregation: Aggregation,
+    aggregation: Asked,
     /// `{tenant="…",…}`.
     matchers: String,
     ranges: RangeSelectors,
@@ -556,15 +594,32 @@ impl Plan<'_> {
                 "aggregation_unsupported",
                 format!(
                     "the query backend keeps running totals of a {}, not its single points: \
-                     it answers sum, count and average",
-                    self.kind.kind().name()
+                     it answers sum, count{}",
+                    self.kind.kind().name(),
+                    match self.kind {
+                        MetricType::Histogram | MetricType::Summary => {
+                            ", average and quantile(q)"
+                        }
+                        _ => " and average",
+                    }
                 ),
             )
             .with_field("aggregation")
         };
+        let aggregation = match self.aggregation {
+            Asked::Plain(aggregation) => aggregation,
+            Asked::Quantile(q) if self.kind == MetricType::Histogram => {
+                return Ok(format!(
+                    "histogram_quantile({q}, sum without () ({}))",
+                    increments(&series("_bucket"))
+                ));
+            }
+            // Every quantile it serves; [`served_quantile`] keeps the one asked.
+            Asked::Quantile(_) => return Ok(format!("avg_over_time({}[{window}ms])", series(""))),
+        };
         Ok(match self.kind {
             MetricType::Gauge => {
-                let function = match self.aggregation {
+                let function = match aggregation {
                     Aggregation::Average => "avg",
                     Aggregation::Sum => "sum",
                     Aggregation::Min => "min",
@@ -576,7 +631,7 @@ impl Plan<'_> {
             }
             MetricType::Counter => {
                 let total = series("_total");
-                match self.aggregation {
+                match aggregation {
                     Aggregation::Sum => increments(&total),
                     Aggregation::Count => samples(&total),
                     Aggregation::Average => {
@@ -587,7 +642,7 @@ impl Plan<'_> {
             }
             MetricType::Histogram | MetricType::Summary => {
                 let (sum, count) = (series("_sum"), series("_count"));
-                match self.aggregation {
+                match aggregation {
                     Aggregation::Sum => increments(&sum),
                     Aggregation::Count => increments(&count),
                     Aggregation::Average => {
@@ -598,6 +653,40 @@ impl Plan<'_> {
             }
         })
     }
+}
+
+/// Of a summary's quantile series (labelled `quantile`), the ones of quantile `q`, without
+/// that label; a 422 naming the quantiles served when there are series but none of `q`.
+fn served_quantile(series: BySeries, q: f64) -> Result<BySeries, Problem> {
+    let mut served: Vec<f64> = Vec::new();
+    let mut kept = BTreeMap::new();
+    for (mut labels, points) in series {
+        let Some(quantile) = labels.remove("quantile") else {
+            continue;
+        };
+        let Ok(value) = quantile.parse::<f64>() else {
+            continue;
+        };
+        if (value - q).abs() < 1e-9 {
+            kept.insert(labels, points);
+        } else if !served.contains(&value) {
+            served.push(value);
+        }
+    }
+    if kept.is_empty() && !served.is_empty() {
+        served.sort_by(f64::total_cmp);
+        let served: Vec<String> = served.iter().map(|q| format!("quantile({q})")).collect();
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quantile_not_served",
+            format!(
+                "the summary does not serve quantile {q}; it serves {}",
+                served.join(", ")
+            ),
+        )
+        .with_field("aggregation"));
+    }
+    Ok(kept)
 }
 
 /// `{k="v",…}` with each value escaped as a PromQL string.
@@ -730,7 +819,7 @@ mod tests {
         Plan {
             family: "x",
             kind,
-            aggregation,
+            aggregation: Asked::Plain(aggregation),
             matchers: selector_matchers(&[("tenant", "t")]),
             ranges,
         }
@@ -790,6 +879,70 @@ mod tests {
         assert!(
             text.contains("x_sum{") && text.contains("x_count{"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_histograms_quantile_ranks_the_bins_bucket_increases() {
+        let mut p99 = plan(
+            MetricType::Histogram,
+            Aggregation::Sum,
+            RangeSelectors::Closed,
+        );
+        p99.aggregation = Asked::Quantile(0.99);
+        let b = r#"x_bucket{tenant="t"}"#;
+        assert_eq!(
+            p99.expression(1000).unwrap(),
+            format!(
+                "histogram_quantile(0.99, sum without () (((({b} - {b} offset 1000ms) >= 0) \
+                 or {b}) and count_over_time({b}[999ms])))"
+            )
+        );
+        let mut median = plan(
+            MetricType::Summary,
+            Aggregation::Sum,
+            RangeSelectors::LeftOpen,
+        );
+        median.aggregation = Asked::Quantile(0.5);
+        assert_eq!(
+            median.expression(1000).unwrap(),
+            r#"avg_over_time(x{tenant="t"}[1000ms])"#
+        );
+    }
+
+    #[test]
+    fn a_summarys_quantile_is_the_series_labelled_with_it_or_a_422_naming_those_served() {
+        let labels = |quantile: &str| {
+            BTreeMap::from([
+                ("a".to_owned(), "b".to_owned()),
+                ("quantile".to_owned(), quantile.to_owned()),
+            ])
+        };
+        let served = BTreeMap::from([
+            (labels("0.5"), vec![(1000, 2.0)]),
+            (labels("0.90"), vec![(1000, 7.0)]),
+        ]);
+        let kept = served_quantile(served.clone(), 0.9).ok().unwrap();
+        assert_eq!(
+            kept,
+            BTreeMap::from([(
+                BTreeMap::from([("a".to_owned(), "b".to_owned())]),
+                vec![(1000, 7.0)]
+            )])
+        );
+        let refused = served_quantile(served, 0.99).unwrap_err();
+        assert_eq!(refused.code, "quantile_not_served");
+        assert!(
+            refused.detail.contains("quantile(0.5), quantile(0.9)"),
+            "{}",
+            refused.detail
+        );
+        // Nothing served in the range: nothing to answer, no refusal.
+        assert!(
+            served_quantile(BTreeMap::new(), 0.99)
+                .ok()
+                .unwrap()
+                .is_empty()
         );
     }
 

@@ -156,8 +156,22 @@ pub struct CustomMetric {
     pub spec: MetricSpec,
     pub created_ms: i64,
     pub updated_ms: i64,
-    /// Declared in the config file: read-only to the API.
+    /// Declared in the config file, or a mapping rule's family with history: read-only to the
+    /// API.
     pub read_only: bool,
+    pub origin: Origin,
+}
+
+/// Where a metric the API shows comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Defined through the API by its tenant.
+    Api,
+    /// A `[[metric]]` of the config file.
+    Config,
+    /// A family a `[[mapping]]` rule with `history = true` named from StatsD lines.
+    Rule,
 }
 
 impl CustomMetric {
@@ -382,6 +396,10 @@ impl CustomMetrics {
                 created_ms: row.created_ms,
                 updated_ms: row.updated_ms,
                 read_only,
+                origin: match read_only {
+                    true => Origin::Config,
+                    false => Origin::Api,
+                },
             };
             if !read_only {
                 service.install(&metric);
@@ -445,11 +463,12 @@ impl CustomMetrics {
         }
     }
 
-    /// The tenant's definitions, and the config file's, sorted by name.
+    /// The tenant's definitions, the config file's and the families mapping rules keep history
+    /// for, sorted by name; of one name, the tenant's wins, then the file's (as a query finds
+    /// them).
     pub fn list(&self, tenant: &str) -> Vec<Arc<CustomMetric>> {
-        let mut out: BTreeMap<String, Arc<CustomMetric>> = self
-            .file_metrics(tenant)
-            .into_iter()
+        let mut out: BTreeMap<String, Arc<CustomMetric>> = (self.rule_metrics(tenant))
+            .chain(self.file_metrics(tenant))
             .map(|m| (m.spec.name.clone(), m))
             .collect();
         for ((owner, name), metric) in self.catalog.read().iter() {
@@ -513,9 +532,18 @@ impl CustomMetrics {
                     created_ms: 0,
                     updated_ms: 0,
                     read_only: true,
+                    origin: Origin::Rule,
                 })
             })
         })
+    }
+
+    /// Every family mapping rules keep history for, as [`CustomMetrics::rule_metric`] shows it.
+    fn rule_metrics(&self, tenant: &str) -> impl Iterator<Item = Arc<CustomMetric>> {
+        let families = (self.history.get())
+            .map(|history| history.rule_families().families())
+            .unwrap_or_default();
+        (families.into_iter()).filter_map(move |(family, _)| self.rule_metric(tenant, &family))
     }
 
     /// [`CustomMetrics::get`] for callers to whom absence is no error (no problem to build).
@@ -582,6 +610,7 @@ impl CustomMetrics {
             created_ms: now,
             updated_ms: now,
             read_only: false,
+            origin: Origin::Api,
         });
         self.install(&metric);
         self.catalog.write().insert(key, Arc::clone(&metric));
@@ -1201,6 +1230,7 @@ impl CustomMetrics {
                 created_ms: 0,
                 updated_ms: 0,
                 read_only: true,
+                origin: Origin::Config,
             },
         }))
     }

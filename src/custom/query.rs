@@ -270,7 +270,9 @@ pub fn histogram_quantile(q: f64, bounds: &[f64], counts: &[u64]) -> Option<f64>
         _ => bounds[b - 1],
     };
     if counts[b] == 0 {
-        return Some(start);
+        // Only q = 0 with the first bucket empty lands here: Prometheus divides 0 by 0 (NaN, a
+        // bin its backend answer leaves out), and there is no value to give either.
+        return None;
     }
     Some(start + (end - start) * (rank - below as f64) / counts[b] as f64)
 }
@@ -408,6 +410,27 @@ mod tests {
         );
         assert_eq!(points.remove(&2).unwrap(), [(0, 10.0), (9_000, 90.0)]);
         assert!(points.is_empty());
+    }
+
+    #[test]
+    fn quantiles_interpolate_as_prometheus_histogram_quantile_does() {
+        let bounds = [0.1, 0.5, 1.0, 5.0];
+        // Counts 1, 2, 1, 1, 0: rank 2.5 is 3/4 into (0.1, 0.5].
+        let counts = [1, 2, 1, 1, 0];
+        let p50 = histogram_quantile(0.5, &bounds, &counts).unwrap();
+        assert!((p50 - 0.4).abs() < 1e-12, "{p50}");
+        // In +Inf's bucket: the largest finite bound.
+        assert_eq!(
+            histogram_quantile(0.9, &bounds, &[0, 0, 2, 0, 1]),
+            Some(5.0)
+        );
+        // q = 0 with the first bucket holding observations: its start; with it empty,
+        // Prometheus's 0/0, no value.
+        assert_eq!(histogram_quantile(0.0, &bounds, &counts), Some(0.0));
+        assert_eq!(histogram_quantile(0.0, &bounds, &[0, 2, 1, 1, 0]), None);
+        // No observations; buckets that do not match the bounds.
+        assert_eq!(histogram_quantile(0.5, &bounds, &[0; 5]), None);
+        assert_eq!(histogram_quantile(0.5, &bounds, &[1, 2]), None);
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //!   summary without quantiles (`<name>_count`, `<name>_sum`; single observations carry no
 //!   buckets to rebuild).
 //!
-//! A `[[metric]]` with `history = true` that no API definition names is exported from its
-//! finest history tier ([`Sampled`]; the last day by default), one sample per interval at the
-//! interval's start as history queries show it: a gauge's last sampled value, a counter's
-//! running total of its sampled increases, a histogram's or summary's running count and sum.
+//! A `[[metric]]` with `history = true` that no API definition names, or a family a mapping
+//! rule with `history = true` kept history for (its type from its history row,
+//! [`super::ruled::Persisted`]), is exported from its finest history tier ([`Sampled`]; the
+//! last day by default), one sample per interval at the interval's start as history queries
+//! show it: a gauge's last sampled value, a counter's running total of its sampled increases,
+//! a histogram's or summary's running count and sum.
 //! Its labels are the StatsD series' own (no tenant).
 //!
 //! Points recorded at the same millisecond become one sample (the last gauge value, the total
@@ -42,11 +44,11 @@ pub struct Export {
     /// Points with `start_ms <= timestamp < end_ms`.
     pub start_ms: i64,
     pub end_ms: i64,
-    /// The history of the `[[metric]]` of that name, when it keeps some.
+    /// The history of the `[[metric]]` or rule family of that name, when it keeps some.
     pub sampled: Option<Sampled>,
 }
 
-/// A `[[metric]]` with history: where its samples are.
+/// A `[[metric]]` or a rule family with history: where its samples are.
 #[derive(Clone, Debug)]
 pub struct Sampled {
     /// Its registry family (a counter's without `_total`): the store row's name.

@@ -51,16 +51,19 @@ pub fn run_command(command: &HistoryCommand, settings: &Settings) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let request = export::Export {
-                metric: metric.clone(),
-                tenant: tenant.clone(),
-                start_ms,
-                end_ms,
-                sampled: sampled(settings, metric),
-            };
             let result = sqlite::open_reader(data_dir)
                 .map_err(export::ExportError::Store)
-                .and_then(|reader| match output {
+                .and_then(|reader| {
+                    let request = export::Export {
+                        metric: metric.clone(),
+                        tenant: tenant.clone(),
+                        start_ms,
+                        end_ms,
+                        sampled: sampled(settings, metric, &reader)?,
+                    };
+                    Ok((reader, request))
+                })
+                .and_then(|(reader, request)| match output {
                     Some(path) => {
                         let file =
                             std::fs::File::create(path).map_err(export::ExportError::Output)?;
@@ -104,28 +107,53 @@ pub fn run_command(command: &HistoryCommand, settings: &Settings) -> ExitCode {
 }
 
 /// The history of the `[[metric]]` named `name` (a counter's with or without `_total`), when
-/// it keeps some.
-fn sampled(settings: &Settings, name: &str) -> Option<export::Sampled> {
-    let family = [name, crate::naming::counter_family(name)]
-        .into_iter()
-        .find(|family| settings.history.metrics.contains_key(*family))?;
-    let kind = match settings.definitions.get(family)?.kind {
+/// it keeps some; else of the family of that name a mapping rule kept history for, with the
+/// type its history row holds ([`ruled::Persisted`]), whether or not the rule still asks for
+/// history (what is stored is exported until it expires).
+fn sampled(
+    settings: &Settings,
+    name: &str,
+    reader: &dyn crate::store::Reader,
+) -> Result<Option<export::Sampled>, export::ExportError> {
+    let names = [name, crate::naming::counter_family(name)];
+    let configured = (names.into_iter())
+        .find(|family| settings.history.metrics.contains_key(*family))
+        .and_then(|family| Some((family.to_owned(), settings.definitions.get(family)?.kind)));
+    let found = match configured {
+        Some(found) => Some(found),
+        None => {
+            let stored = reader.metrics()?;
+            names.into_iter().find_map(|family| {
+                let row =
+                    (stored.iter()).find(|row| row.scope == HISTORY_SCOPE && row.name == family)?;
+                let kind = ruled::Persisted::of_document(&row.document)?.kind;
+                // Only a counter's family answers to its name with `_total`.
+                (family == name || kind == crate::registry::Kind::Counter)
+                    .then(|| (family.to_owned(), kind))
+            })
+        }
+    };
+    let Some((family, kind)) = found else {
+        return Ok(None);
+    };
+    let kind = match kind {
         crate::registry::Kind::Counter => crate::custom::MetricType::Counter,
         crate::registry::Kind::Histogram => crate::custom::MetricType::Histogram,
         crate::registry::Kind::Summary => crate::custom::MetricType::Summary,
+        // A set's history is its member count, sampled as a gauge's value.
         _ => crate::custom::MetricType::Gauge,
     };
     let tier = settings.history.tiers[0];
     let now = crate::custom::time::now_ms();
-    Some(export::Sampled {
-        family: family.to_owned(),
+    Ok(Some(export::Sampled {
+        family,
         kind,
         tier,
         kept: (
             now - tier.retention_ms,
             tier.floor(now) + tier.resolution_ms,
         ),
-    })
+    }))
 }
 
 /// `[history]` and the `[[metric]]`s that ask for it, checked.
@@ -258,30 +286,54 @@ impl History {
             .unwrap_or(self.tiers[0])
     }
 
-    /// Makes a store row for each wanted family without one; answers the families to sample
-    /// with their ids.
+    /// Makes a store row for each wanted family without one, and writes each rule family's
+    /// [`ruled::Persisted`] document into its row when the row does not hold it yet; answers
+    /// the families to sample with their ids.
     pub async fn resolve(&self, store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
         let mut wanted: BTreeSet<String> = self.wanted.read().keys().cloned().collect();
         wanted.extend(self.ruled.families().into_iter().map(|(family, _)| family));
+        let mut documents: HashMap<String, ruled::Persisted> =
+            self.ruled.unpersisted().into_iter().collect();
         let mut out = Vec::with_capacity(wanted.len());
         for family in wanted {
             let known = self.ids.read().get(&family).copied();
-            let id = match known {
-                Some(id) => id,
-                None => {
-                    let written = store
-                        .write(Write::PutMetric(stored_family(&family)))
-                        .await?;
+            let document = documents.remove(&family);
+            let id = match (known, &document) {
+                (Some(id), None) => id,
+                _ => {
+                    let mut row = stored_family(&family);
+                    if let Some(document) = &document {
+                        row.document = document.document();
+                    }
+                    let written = store.write(Write::PutMetric(row)).await?;
                     let Written::Metric(id) = written else {
                         return Err(StoreError::Engine("no id for a history metric".into()));
                     };
                     self.ids.write().insert(family.clone(), id);
+                    if let Some(document) = &document {
+                        self.ruled.persisted(&family, document);
+                    }
                     id
                 }
             };
             out.push((family, id));
         }
         Ok(out)
+    }
+
+    /// At start, from the store's rows: knows the id of every history row, and puts back the
+    /// families mapping rules kept history for that `rules` still name with it
+    /// ([`ruled::RuleFamilies::restore`]). Answers how many it put back.
+    pub fn restore(&self, stored: &[StoredMetric], rules: &crate::rules::RuleSet) -> usize {
+        let rows = stored.iter().filter(|row| row.scope == HISTORY_SCOPE);
+        let mut restored = 0;
+        for row in rows {
+            self.ids.write().insert(row.name.clone(), row.id);
+            if self.ruled.restore(&row.name, &row.document, rules) {
+                restored += 1;
+            }
+        }
+        restored
     }
 
     /// Removes, for each history metric, what each tier keeps no longer as of `now_ms`; a
@@ -745,6 +797,50 @@ mod tests {
         // The 10 s tier keeps a day; the minutes 15 days.
         assert_eq!(reqs_rows(10_000), 0);
         assert!(reqs_rows(MIN) > 0);
+    }
+
+    #[tokio::test]
+    async fn a_rule_familys_row_holds_its_type_and_a_restart_finds_it_by_its_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = crate::rules::RuleSet::new(&[crate::rules::MappingRule {
+            history: Some(true),
+            ..crate::rules::MappingRule::new("app.*", "app_${1}")
+        }])
+        .unwrap();
+        let history = History::new(&options());
+        history.rule_families().add(ruled::Named {
+            family: "app_hits",
+            kind: Kind::Counter,
+            retention: None,
+            buckets: None,
+            statsd_name: "app.hits",
+            class: crate::rules::MetricClass::Counter,
+        });
+        let ids: HashMap<String, i64> =
+            history.resolve(&store).await.unwrap().into_iter().collect();
+        let stored = store.read(|reader| reader.metrics()).await.unwrap();
+        let row = stored.iter().find(|row| row.name == "app_hits").unwrap();
+        assert_eq!(
+            ruled::Persisted::of_document(&row.document).map(|p| p.kind),
+            Some(Kind::Counter)
+        );
+        // A `[[metric]]`'s row holds no rule.
+        let reqs = stored.iter().find(|row| row.name == "reqs").unwrap();
+        assert_eq!(reqs.document, "{}");
+
+        // A new daemon over the same store: the family is back, with the same row.
+        let again = History::new(&options());
+        assert!(again.find("app_hits").is_none());
+        assert_eq!(again.restore(&stored, &rules), 1);
+        assert_eq!(again.find("app_hits"), Some((ids["app_hits"], None)));
+        let resolved: HashMap<String, i64> =
+            again.resolve(&store).await.unwrap().into_iter().collect();
+        assert_eq!(resolved, ids);
+        // Rules that no longer ask for history leave it out.
+        let later = History::new(&options());
+        assert_eq!(later.restore(&stored, &crate::rules::RuleSet::default()), 0);
+        assert!(!later.wants("app_hits"));
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! name, so it is the family's. A StatsD set's history is its member count, sampled as a
 //! gauge's value.
 //!
+//! The store keeps what it takes to know a family again without its lines ([`Persisted`], the
+//! document of its history row, written by [`crate::history::History::resolve`]): its type, its
+//! buckets and the StatsD name and class it was named from. A restarted daemon puts back
+//! ([`RuleFamilies::restore`]) each family whose rule still names it with history, so its stored
+//! history answers queries, lists and exports before any new line arrives.
+//!
 //! A templated rule could name families without end: past [`MAX_RULE_FAMILIES`] a new one is
 //! refused (its series are still recorded, without history) and counted by reason in
 //! `tallyd_history_rule_families_refused_total`.
@@ -20,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 
 use crate::registry::Kind;
 use crate::rules::{Match, MetricClass, RuleSet};
@@ -45,6 +52,82 @@ struct Ruled {
     /// A StatsD name and class the rule named it from, to ask a reloaded rule set again.
     statsd_name: Box<str>,
     class: MetricClass,
+    /// Whether the store's row holds this very [`Persisted`] document.
+    persisted: bool,
+}
+
+impl Ruled {
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            kind: self.family.kind,
+            buckets: self.family.buckets.as_deref().map(<[f64]>::to_vec),
+            statsd_name: self.statsd_name.to_string(),
+            class: self.class,
+        }
+    }
+}
+
+/// What the store keeps of a family a rule keeps history for: the document of its history row,
+/// as `{"rule": {...}}` (a `[[metric]]`'s row holds `{}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Persisted {
+    #[serde(with = "kind_name")]
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<f64>>,
+    pub statsd_name: String,
+    #[serde(with = "class_name")]
+    pub class: MetricClass,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Document {
+    rule: Persisted,
+}
+
+impl Persisted {
+    /// The history row's document.
+    pub fn document(&self) -> String {
+        let document = Document { rule: self.clone() };
+        serde_json::to_string(&document).expect("a rule family's document serialises")
+    }
+
+    /// The rule family a history row's document describes; `None` for a `[[metric]]`'s row
+    /// (or one a newer tallyd wrote in another shape).
+    pub fn of_document(document: &str) -> Option<Persisted> {
+        serde_json::from_str::<Document>(document)
+            .ok()
+            .map(|d| d.rule)
+    }
+}
+
+mod kind_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::registry::Kind;
+
+    pub fn serialize<S: Serializer>(kind: &Kind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        Kind::deserialize(d)
+    }
+}
+
+mod class_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::rules::MetricClass;
+
+    pub fn serialize<S: Serializer>(class: &MetricClass, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(class.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MetricClass, D::Error> {
+        MetricClass::deserialize(d)
+    }
 }
 
 /// The families mapping rules added to history; shared by the ingesters (which add), the
@@ -91,7 +174,10 @@ impl RuleFamilies {
         match families.get_mut(named.family) {
             // The family came back under another type (its series expired), or a reload
             // changed the rule's options.
-            Some(known) => known.family = family(),
+            Some(known) => {
+                known.family = family();
+                known.persisted = false;
+            }
             None if full => {
                 self.refused_limit.fetch_add(1, Ordering::Relaxed);
             }
@@ -102,6 +188,7 @@ impl RuleFamilies {
                         family: family(),
                         statsd_name: named.statsd_name.into(),
                         class: named.class,
+                        persisted: false,
                     },
                 );
             }
@@ -135,17 +222,63 @@ impl RuleFamilies {
     /// line (the ingesters resolve every series again after a reload).
     pub fn rules_replaced(&self, rules: &RuleSet) {
         self.families.write().retain(|family, ruled| {
-            let Match::Mapped(mapped) = rules.lookup_class(&ruled.statsd_name, ruled.class) else {
-                return false;
-            };
-            match rules.history(mapped.rule) {
-                Some(retention) if mapped.name == *family => {
+            match still_named(rules, family, &ruled.statsd_name, ruled.class) {
+                Some(retention) => {
                     ruled.family.retention = retention;
                     true
                 }
-                _ => false,
+                None => false,
             }
         });
+    }
+
+    /// At start: puts back `family` as its history row's `document` describes it, when `rules`
+    /// still name it with history from the StatsD name it was named from (and no line has
+    /// added it already, nor [`MAX_RULE_FAMILIES`] others). Answers whether it did.
+    pub fn restore(&self, family: &str, document: &str, rules: &RuleSet) -> bool {
+        let Some(persisted) = Persisted::of_document(document) else {
+            return false;
+        };
+        let Some(retention) = still_named(rules, family, &persisted.statsd_name, persisted.class)
+        else {
+            return false;
+        };
+        let mut families = self.families.write();
+        if families.contains_key(family) || families.len() >= MAX_RULE_FAMILIES {
+            return false;
+        }
+        families.insert(
+            family.to_owned(),
+            Ruled {
+                family: RuleFamily {
+                    kind: persisted.kind,
+                    retention,
+                    buckets: persisted.buckets.map(Arc::from),
+                },
+                statsd_name: persisted.statsd_name.into(),
+                class: persisted.class,
+                persisted: true,
+            },
+        );
+        true
+    }
+
+    /// The families whose store rows do not hold their [`Persisted`] document yet, with it.
+    pub fn unpersisted(&self) -> Vec<(String, Persisted)> {
+        (self.families.read().iter())
+            .filter(|(_, ruled)| !ruled.persisted)
+            .map(|(family, ruled)| (family.clone(), ruled.persisted()))
+            .collect()
+    }
+
+    /// The store row of `family` holds `written` now: unless the family changed meanwhile, its
+    /// document is not written again.
+    pub fn persisted(&self, family: &str, written: &Persisted) {
+        if let Some(ruled) = self.families.write().get_mut(family)
+            && ruled.persisted() == *written
+        {
+            ruled.persisted = true;
+        }
     }
 
     /// `tallyd_history_rule_families` and `tallyd_history_rule_families_refused_total`.
@@ -173,6 +306,22 @@ impl RuleFamilies {
             },
         ]
     }
+}
+
+/// `Some(retention)` when `rules` map `statsd_name` (of `class`) to `family` by a rule with
+/// history.
+fn still_named(
+    rules: &RuleSet,
+    family: &str,
+    statsd_name: &str,
+    class: MetricClass,
+) -> Option<Option<i64>> {
+    let Match::Mapped(mapped) = rules.lookup_class(statsd_name, class) else {
+        return None;
+    };
+    (mapped.name == *family)
+        .then(|| rules.history(mapped.rule))
+        .flatten()
 }
 
 #[cfg(test)]
@@ -241,5 +390,58 @@ mod tests {
                 buckets: None
             })
         );
+    }
+
+    #[test]
+    fn a_restart_puts_back_the_families_its_rules_still_name_with_history() {
+        let rule = |pattern: &str, name: &str, history: bool| MappingRule {
+            history: Some(history),
+            ..MappingRule::new(pattern, name)
+        };
+        let before = RuleFamilies::default();
+        before.add(Named {
+            kind: Kind::Histogram,
+            buckets: Some(&Arc::from(vec![0.1, 0.5])),
+            ..named("api_wait", "api.wait")
+        });
+        before.add(named("web_requests", "web.requests"));
+        let mut documents = before.unpersisted();
+        documents.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(documents.len(), 2);
+        // Written once: the store holds them now.
+        for (family, document) in &documents {
+            before.persisted(family, document);
+        }
+        assert!(before.unpersisted().is_empty());
+        let text = documents[0].1.document();
+        assert_eq!(
+            text,
+            r#"{"rule":{"kind":"histogram","buckets":[0.1,0.5],"statsdName":"api.wait","class":"counter"}}"#
+        );
+        // A `[[metric]]`'s row holds `{}`: no rule family.
+        assert_eq!(Persisted::of_document("{}"), None);
+
+        let rules = RuleSet::new(&[
+            rule("api.*", "api_${1}", true),
+            rule("web.*", "web_${1}", false),
+        ])
+        .unwrap();
+        let after = RuleFamilies::default();
+        assert!(after.restore("api_wait", &text, &rules));
+        assert!(!after.restore("web_requests", &documents[1].1.document(), &rules));
+        assert!(!after.restore("queue_depth", "{}", &rules));
+        assert_eq!(
+            after.get("api_wait"),
+            Some(RuleFamily {
+                kind: Kind::Histogram,
+                retention: None,
+                buckets: Some(Arc::from(vec![0.1, 0.5])),
+            })
+        );
+        assert_eq!(after.len(), 1);
+        // Put back as the store holds it: not written again, until it changes.
+        assert!(after.unpersisted().is_empty());
+        after.add(named("api_wait", "api.wait"));
+        assert_eq!(after.unpersisted()[0].1.kind, Kind::Counter);
     }
 }

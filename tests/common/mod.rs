@@ -1278,3 +1278,46 @@ pub fn run_command(command: &mut Command) -> (bool, String) {
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
+
+/// `tallyd --config <config> --data-dir <dir> history export --metric <metric>`'s output,
+/// which must succeed.
+pub fn history_export(config: &Path, dir: &str, metric: &str) -> String {
+    let output = Command::new(tallyd_bin())
+        .arg("--config")
+        .arg(config)
+        .args(["--data-dir", dir, "history", "export", "--metric", metric])
+        .output()
+        .expect("run tallyd history export");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+/// Imports OpenMetrics `text` with `promtool tsdb create-blocks-from openmetrics` into a
+/// temporary directory, which must succeed.
+pub fn promtool_import(text: &str) {
+    let file = TempFile::new("export.om", text);
+    let blocks = tempfile::tempdir().unwrap();
+    let output = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(file.path())
+        .arg(blocks.path())
+        .output()
+        .expect("run promtool");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The hex SHA-256 of `text`: what `[[api.tokens]] secret_sha256` holds for the secret `text`.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}

@@ -14,7 +14,9 @@ use utoipa_axum::routes;
 
 use super::openapi::Problems;
 use super::{ApiJson, ApiState, Caller, OneOrMany, Problem};
-use crate::custom::{CustomMetric, MetricSpec, MetricType, QueryAnswer, QuerySpec, Sample, time};
+use crate::custom::{
+    CustomMetric, MetricSpec, MetricType, Origin, QueryAnswer, QuerySpec, Sample, time,
+};
 use crate::definitions::Aggregation;
 use crate::tokens::Scope;
 
@@ -39,8 +41,11 @@ pub struct MetricDocument {
     labels: Vec<String>,
     aggregation: Option<Aggregation>,
     retention_days: u32,
-    /// Declared in the config file: read-only here.
+    /// Declared in the config file, or a mapping rule's family with history: read-only here.
     read_only: bool,
+    /// `api` (the tenant's), `config` (a `[[metric]]`) or `rule` (a `[[mapping]]` family with
+    /// history).
+    origin: Origin,
     created_at: Option<String>,
     updated_at: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -61,6 +66,7 @@ impl MetricDocument {
             aggregation: spec.aggregation,
             retention_days: spec.retention_days.unwrap_or(default_retention_days),
             read_only: metric.read_only,
+            origin: metric.origin,
             created_at: stamp(metric.created_ms),
             updated_at: stamp(metric.updated_ms),
             warnings,
@@ -93,7 +99,8 @@ async fn register(
     Ok((StatusCode::CREATED, ApiJson(body)).into_response())
 }
 
-/// The caller's tenant's definitions, and the config file's (read-only).
+/// The caller's tenant's definitions, the config file's and the families mapping rules keep
+/// history for (both read-only, every tenant's).
 #[utoipa::path(
     get,
     path = "/api/v1/observability/custom-metrics",
@@ -111,7 +118,7 @@ async fn list(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Resp
     Ok(ApiJson(metrics).into_response())
 }
 
-/// One definition.
+/// One definition (the tenant's, the config file's or a mapping rule's family with history).
 #[utoipa::path(
     get,
     path = "/api/v1/observability/custom-metrics/{name}",
@@ -125,7 +132,7 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
     caller.require(Scope::Read)?;
-    let metric = state.custom.get(&caller.tenant, &name)?;
+    let metric = state.custom.get_queryable(&caller.tenant, &name)?;
     Ok(ApiJson(document(&state, &metric, Vec::new())).into_response())
 }
 
