@@ -141,7 +141,7 @@ fn loose_rows(dir: &Path, t0_ms: i64) -> i64 {
     .unwrap();
     connection
         .query_row(
-            "SELECT count(*) FROM tier_samples WHERE ts >= ?1 AND ts < ?2",
+            "SELECT count(*) FROM tier_loose WHERE ts >= ?1 AND ts < ?2",
             [t0_ms, t0_ms + TICKS * 1_000],
             |row| row.get(0),
         )
