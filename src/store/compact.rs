@@ -11,11 +11,13 @@
 //! into the series' packed rows.
 //!
 //! The store's writer runs compaction while no write waits, one [`Compaction::slice`] per
-//! transaction: one run of at most [`loose::CHUNK_SERIES`] series (the series of the bucket's
-//! first loose row from where the last slice stopped), their cells taken out of every interval's
-//! rows and merged into their packed rows. So a tick's write or a read's barrier waits for one
+//! transaction: one run of series (from the loose row with the lowest first series from where
+//! the last slice stopped, [`loose::RUN_ROWS`] rows of its interval, up to 512 series:
+//! [`loose::next_run`]), their cells taken out of every interval's rows and merged into their
+//! packed rows. Taking a page of rows' series at once, a slice rewrites about a page per
+//! interval: the cost of regrouping by series is paid per page, not per row. So a tick's write or a read's barrier waits for one
 //! short transaction at most. Where a slice stopped inside a bucket is kept in memory only;
-//! after a restart the bucket is read again from its first loose row.
+//! after a restart the bucket is read again from its lowest series.
 
 use std::sync::Arc;
 
@@ -162,7 +164,7 @@ fn metric_ids(connection: &Connection, from: i64) -> rusqlite::Result<Vec<i64>> 
 
 /// Packs the next run of `bucket`'s series with loose cells (from `from` on): one row's run of
 /// series ([`loose::next_run`]), their cells at every interval of the bucket. Answers where to
-/// go on, `None` when the bucket is done.
+/// go on, `None` when the bucket is done (a metric without loose cells here costs a seek).
 fn compact_bucket(
     connection: &Connection,
     tier: Tier,
@@ -183,7 +185,9 @@ fn compact_bucket(
             metric,
             series,
         };
-        let (first, last) = match loose::next_run(connection, tier, metric, bucket, from_series)? {
+        let intervals = loose::bucket_intervals(connection, tier, metric, bucket)?;
+        let run = loose::next_run(connection, tier, metric, bucket, from_series, &intervals)?;
+        let (first, last) = match run {
             None => continue,
             Some(Run::Series(first, last)) => (first, last),
             Some(Run::Unreadable(first)) => {
@@ -198,7 +202,8 @@ fn compact_bucket(
                 return Ok((sliced, Some(at(first.saturating_add(1)))));
             }
         };
-        let (taken, bad_rows) = loose::take(connection, tier, metric, bucket, (first, last))?;
+        let (taken, bad_rows) =
+            loose::take(connection, tier, metric, bucket, (first, last), &intervals)?;
         sliced.unreadable += bad_rows;
         let mut remove = connection.prepare_cached(
             "DELETE FROM tier_samples
@@ -735,5 +740,61 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 2 * (0..360).filter(|k| k % 7 != 3).count());
         }
+    }
+
+    /// Ticks whose series come and go (each a different subset of 300, not in id order): a
+    /// closed bucket's loose cells are all packed, each series' where it was.
+    #[test]
+    fn series_that_come_and_go_leave_no_loose_cell_in_a_closed_bucket() {
+        let mut f = open();
+        let [reqs, ..] = f.metrics;
+        let write = |f: &mut Fixture, ts_ms: i64, k: i64| {
+            let mut batch = SampleBatch {
+                tiers: tiers(),
+                metrics: f.metrics.to_vec(),
+                ts_ms,
+                ..SampleBatch::default()
+            };
+            for series in (0..300)
+                .rev()
+                .filter(|s| (s + k) % 3 != 0 && (s * k) % 7 != 1)
+            {
+                let labels: Arc<str> = format!(r#"{{"s":"{series}"}}"#).into();
+                batch.push(reqs, labels, |out| {
+                    Cell::scalar((series * 10 + k) as f64).encode(out)
+                });
+            }
+            let results = f.engine.commit(&[Write::Samples(Box::new(batch))]).unwrap();
+            results[0].clone().unwrap();
+        };
+        for k in 0..360 {
+            write(&mut f, T0 + k * S, k);
+        }
+        // Closes the first bucket.
+        write(&mut f, T0 + 400 * S, 400);
+        let tier = tiers()[0];
+        let read = |f: &Fixture| {
+            let mut found = Vec::new();
+            (f.reader)
+                .scan_tier(tier, reqs, T0, T0 + 360 * S, None, &mut |s, ts, cell| {
+                    found.push((s, ts, cell))
+                })
+                .unwrap();
+            found.sort_by_key(|c| (c.0, c.1));
+            found
+        };
+        let before = read(&f);
+        compact_all(&mut f);
+        let loose = "SELECT count(*) FROM tier_loose WHERE tier = 1000 AND bucket = 4900000";
+        assert_eq!(rows(&f, loose), 0);
+        assert_eq!(read(&f), before);
+        let expected: usize = (0..360)
+            .map(|k| {
+                (0..300)
+                    .filter(|s| (s + k) % 3 != 0 && (s * k) % 7 != 1)
+                    .count()
+            })
+            .sum();
+        assert_eq!(before.len(), expected);
     }
 }

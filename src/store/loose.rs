@@ -48,8 +48,11 @@ CREATE TABLE IF NOT EXISTS tier_loose (
 ) WITHOUT ROWID;
 ";
 
-/// Most series in one row: also what one compaction slice packs (a row's run of series).
+/// Most series in one row.
 pub const CHUNK_SERIES: usize = 64;
+
+/// Rows of one interval whose series one compaction slice takes ([`next_run`]): about a page's.
+pub const RUN_ROWS: i64 = 8;
 
 /// The body tag of a chunk (after [`super::tiers::Cell::encode`]'s four and [`super::packed`]'s five).
 const CHUNK: u8 = 6;
@@ -57,6 +60,12 @@ const CHUNK: u8 = 6;
 /// Above this many seeks (one per interval and series) a read of some series reads the whole
 /// interval's rows instead.
 const MAX_SEEKS: i64 = 20_000;
+
+/// What [`scan`] calls with each cell: `(series, ts, cell body)`.
+pub type Visit<'v> = dyn FnMut(i64, i64, &[u8]) -> rusqlite::Result<()> + 'v;
+
+/// Loose cells taken out of their rows ([`take`]): by series, `(ts, cell body)` in time order.
+pub type Taken = BTreeMap<i64, Vec<(i64, Vec<u8>)>>;
 
 /// The error a body that does not read becomes.
 pub(super) fn unreadable(why: &'static str) -> rusqlite::Error {
@@ -273,7 +282,7 @@ pub fn scan(
     bucket: i64,
     range: std::ops::Range<i64>,
     series: Option<&[i64]>,
-    visit: &mut dyn FnMut(i64, i64, &[u8]) -> rusqlite::Result<()>,
+    visit: &mut Visit<'_>,
 ) -> rusqlite::Result<()> {
     if let Some(wanted) = series
         .filter(|s| (s.len() as i64).saturating_mul(super::tiers::SLOTS_PER_BUCKET) <= MAX_SEEKS)
@@ -320,68 +329,98 @@ pub fn scan(
     Ok(())
 }
 
-/// Whether `metric` has loose rows in `tier`'s `bucket`.
-pub fn any(
-    connection: &Connection,
-    tier: Tier,
-    metric: i64,
-    bucket: i64,
-) -> rusqlite::Result<bool> {
-    connection
-        .prepare_cached(
-            "SELECT 1 FROM tier_loose WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 LIMIT 1",
-        )?
-        .exists(params![tier.resolution_ms, metric, bucket])
-}
-
 /// What [`next_run`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Run {
-    /// The series `first..=last` of the first row from there on: what to compact next.
+    /// The series `first..=last`: what to compact next.
     Series(i64, i64),
     /// That row's body does not read: it stays as it is; go on after its `first`.
     Unreadable(i64),
 }
 
-/// The run of series of the first row (in key order: the earliest interval) of `metric`'s
-/// `bucket` whose `first` is at or after `from`; `None` when there is none.
+/// The interval starts of `metric`'s `bucket` that have loose rows (a seek each).
+pub fn bucket_intervals(
+    connection: &Connection,
+    tier: Tier,
+    metric: i64,
+    bucket: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    let start = tier.bucket_start(bucket);
+    let span = start..start + tier.resolution_ms * super::tiers::SLOTS_PER_BUCKET;
+    intervals(connection, tier, metric, bucket, &span)
+}
+
+/// The run of series from the row with the lowest `first` at or after `from` in `metric`'s
+/// `bucket` (at any of its `intervals`, a seek each) to the end of the [`RUN_ROWS`]th row from
+/// it in its interval; `None` when there is none. Taking runs in
+/// this order leaves no loose cell behind: no row starts between `from` and the run, and
+/// [`take`] leaves no row straddling the run's end.
 pub fn next_run(
     connection: &Connection,
     tier: Tier,
     metric: i64,
     bucket: i64,
     from: i64,
+    intervals: &[i64],
 ) -> rusqlite::Result<Option<Run>> {
     let mut statement = connection.prepare_cached(
         "SELECT first, body FROM tier_loose
-         WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND first >= ?4
-         ORDER BY ts, first LIMIT 1",
+         WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts = ?4 AND first >= ?5
+         ORDER BY first LIMIT 1",
     )?;
-    let mut rows = statement.query(params![tier.resolution_ms, metric, bucket, from])?;
-    let Some(row) = rows.next()? else {
+    let mut lowest: Option<(i64, i64)> = None;
+    for &ts in intervals {
+        let mut rows = statement.query(params![tier.resolution_ms, metric, bucket, ts, from])?;
+        if let Some(row) = rows.next()? {
+            let first: i64 = row.get(0)?;
+            if lowest.is_none_or(|(l, _)| first < l) {
+                lowest = Some((first, ts));
+            }
+        }
+    }
+    let Some((first, ts)) = lowest else {
         return Ok(None);
     };
-    let first: i64 = row.get(0)?;
-    Ok(Some(match header(first, row.get_ref(1)?.as_blob()?) {
-        Ok((ids, _)) => Run::Series(first, *ids.last().expect("a chunk has a cell")),
-        Err(_) => Run::Unreadable(first),
+    // The run goes on over the next rows of that interval: a slice rewrites about one page per
+    // interval whether it takes one row's series or a page's.
+    let mut run = connection.prepare_cached(
+        "SELECT first, body FROM tier_loose
+         WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts = ?4 AND first >= ?5
+         ORDER BY first LIMIT ?6",
+    )?;
+    let mut rows = run.query(params![
+        tier.resolution_ms,
+        metric,
+        bucket,
+        ts,
+        first,
+        RUN_ROWS
+    ])?;
+    let mut last = None;
+    while let Some(row) = rows.next()? {
+        match header(row.get(0)?, row.get_ref(1)?.as_blob()?) {
+            Ok((ids, _)) => last = ids.last().copied(),
+            Err(_) => break,
+        }
+    }
+    Ok(Some(match last {
+        Some(last) => Run::Series(first, last),
+        None => Run::Unreadable(first),
     }))
 }
 
-/// The loose cells of series `first..=last` in `metric`'s `bucket`, removed from their rows:
-/// by series, each `(ts, cell body)` in time order; and how many rows overlapping the run did
-/// not read (left as they are). The rows are cut at the run's ends, so no row is left
-/// straddling them.
-#[allow(clippy::type_complexity)]
+/// The loose cells of series `first..=last` in `metric`'s `bucket` (at its `intervals`), removed
+/// from their rows: by series, each `(ts, cell body)` in time order; and how many rows
+/// overlapping the run did not read (left as they are). The rows are cut at the run's ends, so
+/// no row is left straddling them.
 pub fn take(
     connection: &Connection,
     tier: Tier,
     metric: i64,
     bucket: i64,
     (first, last): (i64, i64),
-) -> rusqlite::Result<(BTreeMap<i64, Vec<(i64, Vec<u8>)>>, usize)> {
-    let start = tier.bucket_start(bucket);
-    let span = start..start + tier.resolution_ms * super::tiers::SLOTS_PER_BUCKET;
+    intervals: &[i64],
+) -> rusqlite::Result<(Taken, usize)> {
     let mut overlapping = connection.prepare_cached(
         "SELECT first, body FROM tier_loose
          WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts = ?4 AND first <= ?6
@@ -394,9 +433,9 @@ pub fn take(
         "DELETE FROM tier_loose
          WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts = ?4 AND first = ?5",
     )?;
-    let mut taken: BTreeMap<i64, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+    let mut taken = Taken::new();
     let mut bad = 0;
-    for ts in intervals(connection, tier, metric, bucket, &span)? {
+    for &ts in intervals {
         let rows: Vec<(i64, Vec<u8>)> = overlapping
             .query_map(
                 params![tier.resolution_ms, metric, bucket, ts, first, last],

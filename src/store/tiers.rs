@@ -1,32 +1,38 @@
 //! History tiers: the samples [`crate::history::sampler`] takes of registry series, kept at a
 //! few resolutions (10 s for a day, 1 min for 15 days, 1 h for a year by default), each with
 //! its own retention, like RRD and Graphite; the rollups of recorded points
-//! ([`super::rollup`]) share the table. This module owns their table, the compact encoding
-//! of one sample ([`Cell`]), the rollup of a finer tier into a coarser one, their expiry and
-//! their reads; the SQLite engine calls it inside its transactions.
+//! ([`super::rollup`]) share the tables. This module owns the compact encoding of one sample
+//! ([`Cell`]), the packed rows' table, the rollup of a finer tier into a coarser one, their
+//! expiry and their reads; the SQLite engine calls it inside its transactions.
 //!
-//! Table `tier_samples`, `WITHOUT ROWID`, keyed tier (its resolution in ms) → metric → time
-//! bucket → series → interval start, as the points table is keyed (see [`super::sqlite`]): one
-//! tick's rows land at the end of each metric's range, and one series' range read is a seek per
-//! bucket. A bucket holds [`SLOTS_PER_BUCKET`] intervals of its tier.
+//! Time is cut in buckets of [`SLOTS_PER_BUCKET`] intervals of a tier (an hour of the 10 s tier).
+//! A cell is first written loose ([`super::loose`], table `tier_loose`): keyed time before
+//! series, one row per interval and run of up to 64 series, so a tick's rows are appended
+//! together (a tick of 100k series is ~1,600 rows on a few hundred pages), and one series' cell
+//! is a seek per interval. Once a bucket is closed, compaction ([`super::compact`]) regroups its
+//! loose cells by series into packed rows of table `tier_samples`, `WITHOUT ROWID`, keyed tier
+//! (its resolution in ms) → metric → bucket → series → `ts`, whose bodies are
+//! [`super::packed`]'s: a series' cells of the bucket with their slots, so a long range of one
+//! series is a seek per bucket. Usually one packed row per (bucket, series); as many as keep
+//! each body under [`PACKED_BODY`] bytes, since a longer row of a `WITHOUT ROWID` table spills
+//! into an overflow page of its own, mostly empty (we measured 3.4 bytes a sample on disk for
+//! 2.2 of bodies). Packed row `k` has `ts` = −1 − `k` ([`is_packed`]). (Schema version 2 kept
+//! loose rows in `tier_samples` too, one per series and interval, `ts` its start: every row of a
+//! tick then dirtied a page of its own once each series had a page of rows in its bucket.)
 //!
-//! Rollup: a coarser tier's interval is built when it closes, from the finer tier's rows of
+//! A loose cell may still land in a packed bucket later (a late rollup, a clock stepped back):
+//! readers merge both, per bucket, the loose one winning at the same interval, and the write
+//! moves the tier's compaction cursor (`meta` key `compacted:<resolution>`) back so that the
+//! bucket is compacted again. Reads give each series' cells in time order; series may take
+//! turns within a bucket.
+//!
+//! Rollup: a coarser tier's interval is built when it closes, from the finer tier's cells of
 //! that interval, in the transaction that writes the finest sample closing it. `meta` keeps,
 //! per coarser tier, where its last rollup ended, so intervals missed while tallyd was down are
 //! rolled at the next write, and rolling again (after a crash) replaces, never adds twice.
 //!
-//! Compaction ([`super::compact`]): once a bucket is closed, each series' rows in it are
-//! replaced by packed rows whose bodies are [`super::packed`]'s: the cells with their slots.
-//! Usually one; as many as keep each body under [`PACKED_BODY`] bytes, since a longer row of a
-//! `WITHOUT ROWID` table spills into an overflow page of its own, mostly empty (we measured
-//! 3.4 bytes a sample on disk for 2.2 of bodies). Packed row `k` of a (bucket, series) has
-//! `ts` = −1 − `k` ([`is_packed`]: never an interval start, since those are whole seconds, and
-//! first in the key's order). A loose row (one cell, [`Cell::encode`]) may still land in a packed bucket
-//! later (a late rollup, a clock stepped back): readers merge both, the loose one winning at the
-//! same interval, and the write moves the tier's compaction cursor (`meta` key
-//! `compacted:<resolution>`) back so that the bucket is compacted again. Expiry removes whole
-//! buckets, and loose rows of the bucket the cut falls in; packed rows there stay until their
-//! bucket goes, hidden from every read by the cut it records (`meta` key
+//! Expiry removes whole buckets, and loose cells of the bucket the cut falls in; packed rows
+//! there stay until their bucket goes, hidden from every read by the cut it records (`meta` key
 //! `cut:<resolution>:<metric>`).
 
 use std::collections::{BTreeMap, HashSet};
@@ -47,7 +53,7 @@ pub fn is_packed(ts: i64) -> bool {
 /// 4 KiB pages (SQLite's `max_local` for index-like tables), key and header included.
 pub const PACKED_BODY: usize = 960;
 
-/// The table, added in schema version 2.
+/// The packed rows' table, added in schema version 2 (which kept loose rows in it too).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tier_samples (
     tier INTEGER NOT NULL,
@@ -578,15 +584,27 @@ pub fn scan(
          WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts BETWEEN -360 AND -1
          ORDER BY series, ts",
     )?;
-    for bucket in first..=last {
+    let mut next_packed = connection.prepare_cached(
+        "SELECT min(bucket) FROM tier_samples
+         WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3 AND bucket <= ?4",
+    )?;
+    let mut next_loose = connection.prepare_cached(
+        "SELECT min(bucket) FROM tier_loose
+         WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3 AND bucket <= ?4",
+    )?;
+    let mut from = first;
+    // Only the buckets that hold rows: a range may span millions of empty ones.
+    while from <= last {
+        let key = params![tier.resolution_ms, metric, from, last];
+        let packed_at: Option<i64> = next_packed.query_row(key, |row| row.get(0))?;
+        let loose_at: Option<i64> = next_loose.query_row(key, |row| row.get(0))?;
+        let Some(bucket) = packed_at.into_iter().chain(loose_at).min() else {
+            break;
+        };
+        from = bucket + 1;
         let start = tier.bucket_start(bucket);
         let range = start_ms.max(start)..end_ms.min(start + tier.resolution_ms * SLOTS_PER_BUCKET);
-        let packed = connection
-            .prepare_cached(
-                "SELECT 1 FROM tier_samples WHERE tier = ?1 AND metric = ?2 AND bucket = ?3
-                 LIMIT 1",
-            )?
-            .exists(params![tier.resolution_ms, metric, bucket])?;
+        let packed = packed_at == Some(bucket);
         // Loose cells: straight to `visit` in an open bucket; held to merge in a packed one
         // (late writes: few).
         let mut late: BTreeMap<(i64, i64), Cell> = BTreeMap::new();
