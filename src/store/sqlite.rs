@@ -911,8 +911,11 @@ impl Reader for SqliteReader {
         series: Option<&[i64]>,
         visit: &mut dyn FnMut(i64, i64, Cell),
     ) -> Result<(), StoreError> {
+        // One read transaction: the scan takes several statements (packed and loose rows per
+        // bucket), and a compaction slice committed between two would move cells out of sight.
         self.with(|connection| {
-            tiers::scan(connection, tier, metric, start_ms, end_ms, series, visit)
+            let snapshot = connection.unchecked_transaction()?;
+            tiers::scan(&snapshot, tier, metric, start_ms, end_ms, series, visit)
         })
     }
 
