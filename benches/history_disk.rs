@@ -10,7 +10,8 @@
 //! tallyd: the ticks are written as the sampler writes them (one `Write::Samples` each, into
 //! one 10 s tier, so that tallyd keeps exactly the samples Prometheus gets), the store's writer
 //! compacts until it has nothing left, the WAL is checkpointed, and the file is measured: the
-//! `tier_samples` table's pages (`dbstat`), and the whole file after `VACUUM`.
+//! tier tables' pages (`tier_loose` and `tier_samples`, `dbstat`), and the whole file after
+//! `VACUUM`.
 //!
 //! Prometheus: the same samples as OpenMetrics text (counters as their running totals,
 //! histograms as cumulative `_bucket`, `_sum`, `_count`), turned into blocks by `promtool tsdb
@@ -315,7 +316,7 @@ fn main() {
             .unwrap();
         let table: i64 = connection
             .query_row(
-                "SELECT sum(pgsize) FROM dbstat WHERE name IN ('tier_samples')",
+                "SELECT sum(pgsize) FROM dbstat WHERE name IN ('tier_samples', 'tier_loose')",
                 [],
                 |row| row.get(0),
             )
@@ -401,11 +402,7 @@ fn main() {
         }
     }
     let loose_left: i64 = connection
-        .query_row(
-            "SELECT count(*) FROM tier_samples WHERE ts >= 0",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT count(*) FROM tier_loose", [], |row| row.get(0))
         .unwrap();
     connection.execute_batch("VACUUM").unwrap();
     // In WAL mode the vacuumed pages are in the WAL until a checkpoint copies them back.
@@ -467,11 +464,11 @@ fn main() {
     println!("| tier samples (tallyd rows before compaction) | {stored} |");
     println!("| Prometheus samples (the denominator of every bytes/sample) | {prom_samples} |");
     println!(
-        "| tallyd `tier_samples` pages, loose rows | {table_loose} B = {:.2} B/sample |",
+        "| tallyd tier table pages, loose rows | {table_loose} B = {:.2} B/sample |",
         per(table_loose)
     );
     println!(
-        "| tallyd `tier_samples` pages, after compaction | {table_packed} B = {:.2} B/sample |",
+        "| tallyd tier table pages, after compaction | {table_packed} B = {:.2} B/sample |",
         per(table_packed)
     );
     println!(

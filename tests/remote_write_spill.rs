@@ -396,42 +396,38 @@ history = true
 "#;
 
 /// The 1 s tier samples `(ts, value)` the sampler wrote for the history metric `family` (one
-/// series), read from the store's file (loose rows, and packed ones once compacted).
+/// series), read from the store's file (loose cells, and packed ones once compacted).
 fn sampled(data_dir: &Path, family: &str) -> Vec<(i64, f64)> {
-    use tallyd::store::tiers::{Cell, Tier, row_cells};
+    use tallyd::store::tiers::{Cell, Tier, scan};
     let file = data_dir.join(tallyd::store::sqlite::FILE_NAME);
     let connection =
         rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
-    let mut statement = connection
-        .prepare(
-            "SELECT t.bucket, t.ts, t.body FROM tier_samples t JOIN metrics m ON m.id = t.metric
-             WHERE m.scope = 'history' AND m.name = ?1 AND t.tier = 1000",
+    let metric: i64 = connection
+        .query_row(
+            "SELECT id FROM metrics WHERE scope = 'history' AND name = ?1",
+            [family],
+            |row| row.get(0),
         )
-        .unwrap();
-    let rows = statement
-        .query_map([family], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-            ))
-        })
         .unwrap();
     let tier = Tier {
         resolution_ms: 1000,
         retention_ms: 0,
     };
-    let mut samples: Vec<(i64, f64)> = rows
-        .flat_map(|row| {
-            let (bucket, ts, body) = row.unwrap();
-            row_cells(tier, bucket, ts, &body).unwrap()
-        })
-        .map(|(ts, cell)| match cell {
-            Cell::Scalar { last, .. } => (ts, last),
+    let mut samples: Vec<(i64, f64)> = Vec::new();
+    scan(
+        &connection,
+        tier,
+        metric,
+        i64::MIN / 2,
+        i64::MAX / 2,
+        None,
+        &mut |_, ts, cell| match cell {
+            Cell::Scalar { last, .. } => samples.push((ts, last)),
             other => panic!("not a scalar sample: {other:?}"),
-        })
-        .collect();
+        },
+    )
+    .unwrap();
     samples.sort_by_key(|&(ts, _)| ts);
     samples
 }

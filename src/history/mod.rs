@@ -759,8 +759,9 @@ mod tests {
             rusqlite::Connection::open(dir.path().join(crate::store::sqlite::FILE_NAME)).unwrap();
         let reqs_rows: i64 = connection
             .query_row(
-                "SELECT count(*) FROM tier_samples t JOIN metrics m ON m.id = t.metric
-                 WHERE m.name = 'reqs'",
+                "SELECT count(*) FROM (SELECT metric FROM tier_samples
+                                       UNION ALL SELECT metric FROM tier_loose) t
+                 JOIN metrics m ON m.id = t.metric WHERE m.name = 'reqs'",
                 [],
                 |row| row.get(0),
             )
@@ -787,8 +788,9 @@ mod tests {
         let reqs_rows = |tier: i64| -> i64 {
             connection
                 .query_row(
-                    "SELECT count(*) FROM tier_samples t JOIN metrics m ON m.id = t.metric
-                     WHERE m.name = 'reqs' AND t.tier = ?1",
+                    "SELECT count(*) FROM (SELECT tier, metric FROM tier_samples
+                                           UNION ALL SELECT tier, metric FROM tier_loose) t
+                     JOIN metrics m ON m.id = t.metric WHERE m.name = 'reqs' AND t.tier = ?1",
                     [tier],
                     |row| row.get(0),
                 )

@@ -1,32 +1,33 @@
-//! Compaction of the history tiers: once a bucket of a tier is closed, each series' loose rows
-//! in it (one per interval, ~20–30 bytes each with their key) become one packed row
-//! ([`super::packed`]; where it sits: [`super::tiers`]). This module owns when and how much.
+//! Compaction of the history tiers: once a bucket of a tier is closed, the loose cells in it
+//! ([`super::loose`]: rows of many series at one interval, cheap to write, a seek per interval
+//! to read one series) are regrouped by series into packed rows ([`super::packed`]; where they
+//! sit: [`super::tiers`]): a series' bucket in one read. This module owns when and how much.
 //!
 //! A bucket is closed when every interval of it is written and read: its end is at or before
 //! the newest sampled tick (the finest tier) or where the tier's own rollup ended (the others),
 //! and at or before where the rollup from it into the next coarser tier ended. Each tier keeps a
-//! cursor in `meta` (`compacted:<resolution>`): buckets below it are compacted. A write of a
-//! loose row below the cursor moves it back ([`super::tiers`]), so compacting again merges the
-//! late row in.
+//! cursor in `meta` (`compacted:<resolution>`): buckets below it are compacted. A loose write
+//! below the cursor moves it back ([`super::tiers`]), so compacting again merges the late cell
+//! into the series' packed rows.
 //!
 //! The store's writer runs compaction while no write waits, one [`Compaction::slice`] per
-//! transaction: at most [`SLICE_SERIES`] series rewritten, and never more than one bucket, so a
-//! tick's write or a read's barrier waits for one short transaction at most. Where a slice
-//! stopped inside a bucket is kept in memory only; after a restart the bucket is read again
-//! from its start, and series already packed cost a read each.
+//! transaction: one run of series (from the loose row with the lowest first series from where
+//! the last slice stopped, [`loose::RUN_ROWS`] rows of its interval, up to 512 series:
+//! [`loose::next_run`]), their cells taken out of every interval's rows and merged into their
+//! packed rows. Taking a page of rows' series at once, a slice rewrites about a page per
+//! interval: the cost of regrouping by series is paid per page, not per row. So a tick's write or a read's barrier waits for one
+//! short transaction at most. Where a slice stopped inside a bucket is kept in memory only;
+//! after a restart the bucket is read again from its lowest series.
 
 use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
+use super::loose::{self, Run};
 use super::packed;
-use super::tiers::{self, Cell, SampleBatch, Tier, is_packed, meta, set_meta};
+use super::tiers::{self, Cell, SampleBatch, Tier, meta, set_meta};
 
-/// Most series one slice rewrites (each ≤ [`tiers::SLOTS_PER_BUCKET`] rows deleted, one
-/// inserted).
-pub const SLICE_SERIES: usize = 64;
-
-/// Where a slice stopped inside a bucket: the next (metric, series) to read.
+/// Where a slice stopped inside a bucket: the next (metric, series) to look from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Position {
     resolution_ms: i64,
@@ -137,11 +138,11 @@ fn closed_below(
     })
 }
 
-/// The first bucket at or after `from` that holds a row of `tier`, in any metric.
+/// The first bucket at or after `from` that holds a loose row of `tier`, in any metric.
 fn next_bucket(connection: &Connection, tier: Tier, from: i64) -> rusqlite::Result<Option<i64>> {
     let mut first = None::<i64>;
     let mut lookup = connection.prepare_cached(
-        "SELECT min(bucket) FROM tier_samples WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3",
+        "SELECT min(bucket) FROM tier_loose WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3",
     )?;
     for metric in metric_ids(connection, i64::MIN)? {
         let found: Option<i64> =
@@ -161,15 +162,9 @@ fn metric_ids(connection: &Connection, from: i64) -> rusqlite::Result<Vec<i64>> 
         .collect()
 }
 
-/// One series' rows of the bucket being compacted: `(ts, body)` in key order.
-struct Group {
-    metric: i64,
-    series: i64,
-    rows: Vec<(i64, Vec<u8>)>,
-}
-
-/// Packs `bucket`'s series with loose rows, from `from` on, until [`SLICE_SERIES`] are done.
-/// Answers where it stopped, `None` when the bucket is done.
+/// Packs the next run of `bucket`'s series with loose cells (from `from` on): one row's run of
+/// series ([`loose::next_run`]), their cells at every interval of the bucket. Answers where to
+/// go on, `None` when the bucket is done (a metric without loose cells here costs a seek).
 fn compact_bucket(
     connection: &Connection,
     tier: Tier,
@@ -177,127 +172,130 @@ fn compact_bucket(
     from: Option<Position>,
 ) -> rusqlite::Result<(Sliced, Option<Position>)> {
     let (first_metric, first_series) = from.map_or((i64::MIN, i64::MIN), |p| (p.metric, p.series));
-    let mut groups: Vec<Group> = Vec::new();
-    let mut stopped = None;
-    let mut read = connection.prepare_cached(
-        "SELECT series, ts, body FROM tier_samples
-         WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series >= ?4
-         ORDER BY series, ts",
-    )?;
-    'metrics: for metric in metric_ids(connection, first_metric)? {
+    let mut sliced = Sliced::default();
+    for metric in metric_ids(connection, first_metric)? {
         let from_series = if metric == first_metric {
             first_series
         } else {
             i64::MIN
         };
-        let mut rows = read.query(params![tier.resolution_ms, metric, bucket, from_series])?;
-        let mut group: Option<Group> = None;
-        while let Some(row) = rows.next()? {
-            let series: i64 = row.get(0)?;
-            if group.as_ref().is_some_and(|g| g.series != series) {
-                let done = group.take().expect("a group");
-                let loose = done.rows.iter().any(|(ts, _)| !is_packed(*ts));
-                if loose {
-                    groups.push(done);
-                    if groups.len() >= SLICE_SERIES {
-                        stopped = Some(Position {
-                            resolution_ms: tier.resolution_ms,
-                            bucket,
-                            metric,
-                            series,
-                        });
-                        break 'metrics;
-                    }
-                }
-            }
-            group
-                .get_or_insert_with(|| Group {
-                    metric,
-                    series,
-                    rows: Vec::new(),
-                })
-                .rows
-                .push((row.get(1)?, row.get::<_, Vec<u8>>(2)?));
-        }
-        if let Some(done) = group.filter(|g| g.rows.iter().any(|(ts, _)| !is_packed(*ts))) {
-            groups.push(done);
-        }
-        if groups.len() >= SLICE_SERIES {
-            stopped = Some(Position {
-                resolution_ms: tier.resolution_ms,
-                bucket,
-                metric: metric + 1,
-                series: i64::MIN,
-            });
-            break;
-        }
-    }
-    let mut sliced = Sliced::default();
-    let mut remove = connection.prepare_cached(
-        "DELETE FROM tier_samples WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series = ?4",
-    )?;
-    let mut insert = connection.prepare_cached(
-        "INSERT INTO tier_samples (tier, metric, bucket, series, ts, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for group in groups {
-        let cells = match merged(connection, tier, bucket, &group) {
-            Ok(cells) => cells,
-            Err(why) => {
+        let at = |series: i64| Position {
+            resolution_ms: tier.resolution_ms,
+            bucket,
+            metric,
+            series,
+        };
+        let intervals = loose::bucket_intervals(connection, tier, metric, bucket)?;
+        let run = loose::next_run(connection, tier, metric, bucket, from_series, &intervals)?;
+        let (first, last) = match run {
+            None => continue,
+            Some(Run::Series(first, last)) => (first, last),
+            Some(Run::Unreadable(first)) => {
                 tracing::warn!(
                     tier = tier.resolution_ms,
-                    metric = group.metric,
+                    metric,
                     bucket,
-                    series = group.series,
-                    "history compaction left a series' bucket as it was: {why}"
+                    first,
+                    "history compaction left a loose row as it was: its body does not read"
                 );
                 sliced.unreadable += 1;
-                continue;
+                return Ok((sliced, Some(at(first.saturating_add(1)))));
             }
         };
-        let key = params![tier.resolution_ms, group.metric, bucket, group.series];
-        remove.execute(key)?;
-        if !cells.is_empty() {
-            for (k, body) in packed::pack_chunks(&cells, tiers::PACKED_BODY)
-                .iter()
-                .enumerate()
-            {
+        let (taken, bad_rows) =
+            loose::take(connection, tier, metric, bucket, (first, last), &intervals)?;
+        sliced.unreadable += bad_rows;
+        let mut remove = connection.prepare_cached(
+            "DELETE FROM tier_samples
+             WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series = ?4",
+        )?;
+        let mut insert = connection.prepare_cached(
+            "INSERT INTO tier_samples (tier, metric, bucket, series, ts, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (series, cells) in taken {
+            let merged = match merged(connection, tier, bucket, metric, series, &cells) {
+                Ok(merged) => merged,
+                Err(why) => {
+                    tracing::warn!(
+                        tier = tier.resolution_ms,
+                        metric,
+                        bucket,
+                        series,
+                        "history compaction left a series' bucket as it was: {why}"
+                    );
+                    sliced.unreadable += 1;
+                    // Its loose cells go back where they were.
+                    for (ts, cell) in &cells {
+                        loose::put(connection, tier, metric, *ts, &[(series, &cell[..])])?;
+                    }
+                    continue;
+                }
+            };
+            remove.execute(params![tier.resolution_ms, metric, bucket, series])?;
+            // Every cell before the cut: the series has nothing left here.
+            let bodies = match merged.is_empty() {
+                true => Vec::new(),
+                false => packed::pack_chunks(&merged, tiers::PACKED_BODY),
+            };
+            for (k, body) in bodies.iter().enumerate() {
                 insert.execute(params![
                     tier.resolution_ms,
-                    group.metric,
+                    metric,
                     bucket,
-                    group.series,
+                    series,
                     -1 - k as i64,
                     body
                 ])?;
             }
+            sliced.packed += 1;
+            sliced.rows += cells.len();
         }
-        sliced.packed += 1;
-        sliced.rows += group.rows.iter().filter(|(ts, _)| !is_packed(*ts)).count();
+        return Ok((sliced, Some(at(last.saturating_add(1)))));
     }
-    Ok((sliced, stopped))
+    Ok((sliced, None))
 }
 
-/// A group's cells by slot: the packed row's, each replaced by a loose row at its interval;
-/// none before the tier's expiry cut.
+/// A series' cells of a bucket by slot: its packed rows', each replaced by its loose cell
+/// (`loose`, in time order) at the same interval; none before the tier's expiry cut.
 fn merged(
     connection: &Connection,
     tier: Tier,
     bucket: i64,
-    group: &Group,
+    metric: i64,
+    series: i64,
+    loose: &[(i64, Vec<u8>)],
 ) -> Result<Vec<(u32, Cell)>, String> {
-    let cut = tiers::cut(connection, tier, group.metric)
+    let cut = tiers::cut(connection, tier, metric)
         .map_err(|e| e.to_string())?
         .unwrap_or(i64::MIN);
+    let packed: Vec<(i64, Vec<u8>)> = connection
+        .prepare_cached(
+            "SELECT ts, body FROM tier_samples
+             WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series = ?4",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![tier.resolution_ms, metric, bucket, series], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect()
+        })
+        .map_err(|e| e.to_string())?;
+    let mut cells = Vec::new();
+    for (ts, body) in &packed {
+        cells.extend(tiers::row_cells(tier, bucket, *ts, body)?);
+    }
+    for (ts, body) in loose {
+        cells.push((*ts, Cell::decode(body)?));
+    }
     let start = tier.bucket_start(bucket);
     let mut by_slot = std::collections::BTreeMap::new();
-    // Key order: the packed row first, then the loose ones, later writes after.
-    for (ts, body) in &group.rows {
-        for (at, cell) in tiers::row_cells(tier, bucket, *ts, body)? {
-            let slot = (at - start) / tier.resolution_ms;
-            if at >= cut && (0..tiers::SLOTS_PER_BUCKET).contains(&slot) {
-                by_slot.insert(slot as u32, cell);
-            }
+    // Packed cells first, then the loose ones: a later insert wins.
+    for (at, cell) in cells {
+        let slot = (at - start) / tier.resolution_ms;
+        if at >= cut && (0..tiers::SLOTS_PER_BUCKET).contains(&slot) {
+            by_slot.insert(slot as u32, cell);
         }
     }
     Ok(by_slot.into_iter().collect())
@@ -493,7 +491,8 @@ mod tests {
         load(&mut f);
         let before = answers(&f);
         assert!(before.iter().any(|a| a.contains("Histogram")));
-        let loose_before = rows(&f, "SELECT count(*) FROM tier_samples");
+        let loose_before = rows(&f, "SELECT count(*) FROM tier_loose");
+        assert_eq!(rows(&f, "SELECT count(*) FROM tier_samples"), 0);
         compact_all(&mut f);
         assert_eq!(answers(&f), before);
         // Each closed bucket of each tier is one row per series now: the 1 s tier's three of
@@ -509,7 +508,7 @@ mod tests {
             );
             assert_eq!(packed, 5 * closed, "tier {tier}");
         }
-        let loose_after = rows(&f, "SELECT count(*) FROM tier_samples WHERE ts >= 0");
+        let loose_after = rows(&f, "SELECT count(*) FROM tier_loose");
         assert!(
             loose_after * 10 < loose_before,
             "{loose_after} of {loose_before}"
@@ -545,9 +544,9 @@ mod tests {
         assert_eq!(read(&f, T0 + 5 * S)[0].2, Cell::scalar(late));
         assert_eq!(read(&f, T0 + 3 * S).len(), 2);
         let before = answers(&f);
-        let loose = "SELECT count(*) FROM tier_samples WHERE tier = 1000 AND ts >= 0 \
-                     AND bucket = 4900000";
-        assert_eq!(rows(&f, loose), 10);
+        // One row per metric and tick (a chunk holds up to 64 series).
+        let loose = "SELECT count(*) FROM tier_loose WHERE tier = 1000 AND bucket = 4900000";
+        assert_eq!(rows(&f, loose), 8);
         assert!(f.engine.busy());
         compact_all(&mut f);
         assert_eq!(rows(&f, loose), 0);
@@ -662,5 +661,140 @@ mod tests {
             let cells = tiers::row_cells(tier, 4_900_001, -1, &body).unwrap();
             assert_eq!(cells[0].0, T0 + 400 * S);
         }
+    }
+
+    /// A store as version 2 left it: loose rows one per series and interval in `tier_samples`
+    /// (packed ones there too), no `tier_loose`.
+    fn as_version_2(path: &std::path::Path) {
+        let connection = Connection::open(path).unwrap();
+        connection.execute_batch("BEGIN").unwrap();
+        let rows: Vec<(i64, i64, i64, i64, i64, Vec<u8>)> = connection
+            .prepare("SELECT tier, metric, bucket, ts, first, body FROM tier_loose")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (tier, metric, bucket, ts, first, body) in rows {
+            for (series, cell) in loose::cells(first, &body).unwrap() {
+                connection
+                    .execute(
+                        "INSERT INTO tier_samples (tier, metric, bucket, series, ts, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![tier, metric, bucket, series, ts, cell],
+                    )
+                    .unwrap();
+            }
+        }
+        connection
+            .execute_batch("DROP TABLE tier_loose; PRAGMA user_version = 2; COMMIT")
+            .unwrap();
+    }
+
+    #[test]
+    fn a_version_2_store_is_moved_to_loose_chunks_at_open_and_reads_the_same() {
+        for compacted_first in [false, true] {
+            let mut f = open();
+            load(&mut f);
+            if compacted_first {
+                compact_all(&mut f);
+                // A late tick into a packed bucket: version 2 had it as loose rows there too.
+                let late = tick(&f, T0 + 5 * S, 50);
+                f.engine.commit(&[late]).unwrap()[0].clone().unwrap();
+            }
+            let before = answers(&f);
+            let loose_cells = rows(&f, "SELECT count(*) FROM tier_loose");
+            as_version_2(&f.path);
+            assert!(rows(&f, "SELECT count(*) FROM tier_samples WHERE ts >= 0") > loose_cells);
+            let dir = f.path.parent().unwrap().to_owned();
+            let (engine, reader) = crate::store::sqlite::open(&dir).unwrap();
+            (f.engine, f.reader) = (engine, reader);
+            assert_eq!(rows(&f, "PRAGMA user_version"), 3);
+            assert_eq!(
+                rows(&f, "SELECT count(*) FROM tier_samples WHERE ts >= 0"),
+                0
+            );
+            assert_eq!(rows(&f, "SELECT count(*) FROM tier_loose"), loose_cells);
+            assert_eq!(answers(&f), before, "compacted first: {compacted_first}");
+            // And compaction goes on from there.
+            let Write::Samples(batch) = tick(&f, T0 + 16 * DAY + S, 902) else {
+                unreachable!()
+            };
+            f.engine.commit(&[Write::Samples(batch)]).unwrap();
+            compact_all(&mut f);
+            let [reqs, ..] = f.metrics;
+            let mut n = 0;
+            f.reader
+                .scan_tier(tiers()[0], reqs, T0, T0 + 360 * S, None, &mut |_, _, _| {
+                    n += 1
+                })
+                .unwrap();
+            assert_eq!(n, 2 * (0..360).filter(|k| k % 7 != 3).count());
+        }
+    }
+
+    /// Ticks whose series come and go (each a different subset of 300, not in id order): a
+    /// closed bucket's loose cells are all packed, each series' where it was.
+    #[test]
+    fn series_that_come_and_go_leave_no_loose_cell_in_a_closed_bucket() {
+        let mut f = open();
+        let [reqs, ..] = f.metrics;
+        let write = |f: &mut Fixture, ts_ms: i64, k: i64| {
+            let mut batch = SampleBatch {
+                tiers: tiers(),
+                metrics: f.metrics.to_vec(),
+                ts_ms,
+                ..SampleBatch::default()
+            };
+            for series in (0..300)
+                .rev()
+                .filter(|s| (s + k) % 3 != 0 && (s * k) % 7 != 1)
+            {
+                let labels: Arc<str> = format!(r#"{{"s":"{series}"}}"#).into();
+                batch.push(reqs, labels, |out| {
+                    Cell::scalar((series * 10 + k) as f64).encode(out)
+                });
+            }
+            let results = f.engine.commit(&[Write::Samples(Box::new(batch))]).unwrap();
+            results[0].clone().unwrap();
+        };
+        for k in 0..360 {
+            write(&mut f, T0 + k * S, k);
+        }
+        // Closes the first bucket.
+        write(&mut f, T0 + 400 * S, 400);
+        let tier = tiers()[0];
+        let read = |f: &Fixture| {
+            let mut found = Vec::new();
+            (f.reader)
+                .scan_tier(tier, reqs, T0, T0 + 360 * S, None, &mut |s, ts, cell| {
+                    found.push((s, ts, cell))
+                })
+                .unwrap();
+            found.sort_by_key(|c| (c.0, c.1));
+            found
+        };
+        let before = read(&f);
+        compact_all(&mut f);
+        let loose = "SELECT count(*) FROM tier_loose WHERE tier = 1000 AND bucket = 4900000";
+        assert_eq!(rows(&f, loose), 0);
+        assert_eq!(read(&f), before);
+        let expected: usize = (0..360)
+            .map(|k| {
+                (0..300)
+                    .filter(|s| (s + k) % 3 != 0 && (s * k) % 7 != 1)
+                    .count()
+            })
+            .sum();
+        assert_eq!(before.len(), expected);
     }
 }

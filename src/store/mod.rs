@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod compact;
 pub mod journal;
+pub mod loose;
 pub mod packed;
 pub mod rollup;
 pub mod sqlite;

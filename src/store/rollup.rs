@@ -69,6 +69,7 @@ pub fn set_tiers(connection: &Connection, resolutions: &[i64]) -> rusqlite::Resu
     // The metrics with points are those rollups were made for: history metrics have none.
     connection.execute_batch(
         "DELETE FROM tier_samples WHERE metric IN (SELECT DISTINCT metric FROM points);
+         DELETE FROM tier_loose WHERE metric IN (SELECT DISTINCT metric FROM points);
          DELETE FROM rollups_due;
          DELETE FROM meta WHERE key LIKE 'rollup_tier:%';",
     )?;
@@ -319,7 +320,7 @@ mod tests {
         }
     }
 
-    /// `(series, ts, cell)` of `tier`'s cells over `[start, end)`.
+    /// `(series, ts, cell)` of `tier`'s cells over `[start, end)`, by series.
     fn cells(
         reader: &SqliteReader,
         tier: Tier,
@@ -333,6 +334,8 @@ mod tests {
                 out.push((series, ts, cell))
             })
             .unwrap();
+        // Series may take turns; each one's cells come in time order (a stable sort keeps it).
+        out.sort_by_key(|c| c.0);
         out
     }
 

@@ -45,16 +45,18 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::compact::Compaction;
 use super::journal::{self, Pending};
-use super::rollup;
 use super::tiers::{self, Cell, Tier};
 use super::{DataPoint, Engine, Reader, StoreError, StoredMetric, Write, Written, bucket_of};
+use super::{loose, rollup};
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "tallyd.db";
 
 /// The schema this build writes; a file with a newer one is refused, not guessed at.
 /// Version 2 added the history tiers ([`super::tiers`]); a version 1 file gains them at open.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 3 moved their loose rows into chunks of series per interval ([`super::loose`]); a
+/// version 2 file's are moved at open ([`loose::migrate`]).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -133,11 +135,26 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
         )));
     }
     connection
-        .execute_batch(SCHEMA)
+        .execute_batch("BEGIN IMMEDIATE")
+        .and_then(|()| connection.execute_batch(SCHEMA))
         .and_then(|()| connection.execute_batch(tiers::SCHEMA))
+        .and_then(|()| connection.execute_batch(loose::SCHEMA))
         .and_then(|()| connection.execute_batch(rollup::SCHEMA))
+        .and_then(|()| match version {
+            2 => loose::migrate(&connection).map(|moved| {
+                tracing::info!(
+                    moved,
+                    "history: loose tier rows moved to the version 3 layout"
+                )
+            }),
+            _ => Ok(()),
+        })
         .and_then(|()| connection.pragma_update(None, "user_version", SCHEMA_VERSION))
-        .map_err(engine_error)?;
+        .and_then(|()| connection.execute_batch("COMMIT"))
+        .map_err(|error| {
+            let _ = connection.execute_batch("ROLLBACK");
+            engine_error(error)
+        })?;
     let next_seq = connection
         .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |row| {
             row.get(0)
@@ -439,9 +456,8 @@ impl Engine for SqliteEngine {
             return Err(engine_error(error));
         }
         self.pending.drain(..moved);
-        // A history tick dirties a page per run of series it appends to (about 4,400 pages, 18
-        // MB of WAL, a tick at 100k series): copied out after each, as after an apply, or the
-        // WAL grew by that every 10 s until CHECKPOINT_COMMITS (hours, tens of GB).
+        // A history tick's pages (a few hundred at 100k series, [`loose`]) are copied out after
+        // each, as after an apply, or the WAL grew by them every 10 s until CHECKPOINT_COMMITS.
         if writes.iter().any(|w| matches!(w, Write::Samples(_))) {
             self.checkpoints.request();
         } else {
@@ -613,6 +629,7 @@ impl SqliteEngine {
                     "series",
                     "data_points",
                     "tier_samples",
+                    "tier_loose",
                     "rollups_due",
                 ] {
                     removed += self
@@ -894,8 +911,11 @@ impl Reader for SqliteReader {
         series: Option<&[i64]>,
         visit: &mut dyn FnMut(i64, i64, Cell),
     ) -> Result<(), StoreError> {
+        // One read transaction: the scan takes several statements (packed and loose rows per
+        // bucket), and a compaction slice committed between two would move cells out of sight.
         self.with(|connection| {
-            tiers::scan(connection, tier, metric, start_ms, end_ms, series, visit)
+            let snapshot = connection.unchecked_transaction()?;
+            tiers::scan(&snapshot, tier, metric, start_ms, end_ms, series, visit)
         })
     }
 

@@ -1,41 +1,47 @@
 //! History tiers: the samples [`crate::history::sampler`] takes of registry series, kept at a
 //! few resolutions (10 s for a day, 1 min for 15 days, 1 h for a year by default), each with
 //! its own retention, like RRD and Graphite; the rollups of recorded points
-//! ([`super::rollup`]) share the table. This module owns their table, the compact encoding
-//! of one sample ([`Cell`]), the rollup of a finer tier into a coarser one, their expiry and
-//! their reads; the SQLite engine calls it inside its transactions.
+//! ([`super::rollup`]) share the tables. This module owns the compact encoding of one sample
+//! ([`Cell`]), the packed rows' table, the rollup of a finer tier into a coarser one, their
+//! expiry and their reads; the SQLite engine calls it inside its transactions.
 //!
-//! Table `tier_samples`, `WITHOUT ROWID`, keyed tier (its resolution in ms) → metric → time
-//! bucket → series → interval start, as the points table is keyed (see [`super::sqlite`]): one
-//! tick's rows land at the end of each metric's range, and one series' range read is a seek per
-//! bucket. A bucket holds [`SLOTS_PER_BUCKET`] intervals of its tier.
+//! Time is cut in buckets of [`SLOTS_PER_BUCKET`] intervals of a tier (an hour of the 10 s tier).
+//! A cell is first written loose ([`super::loose`], table `tier_loose`): keyed time before
+//! series, one row per interval and run of up to 64 series, so a tick's rows are appended
+//! together (a tick of 100k series is ~1,600 rows on a few hundred pages), and one series' cell
+//! is a seek per interval. Once a bucket is closed, compaction ([`super::compact`]) regroups its
+//! loose cells by series into packed rows of table `tier_samples`, `WITHOUT ROWID`, keyed tier
+//! (its resolution in ms) → metric → bucket → series → `ts`, whose bodies are
+//! [`super::packed`]'s: a series' cells of the bucket with their slots, so a long range of one
+//! series is a seek per bucket. Usually one packed row per (bucket, series); as many as keep
+//! each body under [`PACKED_BODY`] bytes, since a longer row of a `WITHOUT ROWID` table spills
+//! into an overflow page of its own, mostly empty (we measured 3.4 bytes a sample on disk for
+//! 2.2 of bodies). Packed row `k` has `ts` = −1 − `k` ([`is_packed`]). (Schema version 2 kept
+//! loose rows in `tier_samples` too, one per series and interval, `ts` its start: every row of a
+//! tick then dirtied a page of its own once each series had a page of rows in its bucket.)
 //!
-//! Rollup: a coarser tier's interval is built when it closes, from the finer tier's rows of
+//! A loose cell may still land in a packed bucket later (a late rollup, a clock stepped back):
+//! readers merge both, per bucket, the loose one winning at the same interval, and the write
+//! moves the tier's compaction cursor (`meta` key `compacted:<resolution>`) back so that the
+//! bucket is compacted again. Reads give each series' cells in time order; series may take
+//! turns within a bucket.
+//!
+//! Rollup: a coarser tier's interval is built when it closes, from the finer tier's cells of
 //! that interval, in the transaction that writes the finest sample closing it. `meta` keeps,
 //! per coarser tier, where its last rollup ended, so intervals missed while tallyd was down are
 //! rolled at the next write, and rolling again (after a crash) replaces, never adds twice.
 //!
-//! Compaction ([`super::compact`]): once a bucket is closed, each series' rows in it are
-//! replaced by packed rows whose bodies are [`super::packed`]'s: the cells with their slots.
-//! Usually one; as many as keep each body under [`PACKED_BODY`] bytes, since a longer row of a
-//! `WITHOUT ROWID` table spills into an overflow page of its own, mostly empty (we measured
-//! 3.4 bytes a sample on disk for 2.2 of bodies). Packed row `k` of a (bucket, series) has
-//! `ts` = −1 − `k` ([`is_packed`]: never an interval start, since those are whole seconds, and
-//! first in the key's order). A loose row (one cell, [`Cell::encode`]) may still land in a packed bucket
-//! later (a late rollup, a clock stepped back): readers merge both, the loose one winning at the
-//! same interval, and the write moves the tier's compaction cursor (`meta` key
-//! `compacted:<resolution>`) back so that the bucket is compacted again. Expiry removes whole
-//! buckets, and loose rows of the bucket the cut falls in; packed rows there stay until their
-//! bucket goes, hidden from every read by the cut it records (`meta` key
+//! Expiry removes whole buckets, and loose cells of the bucket the cut falls in; packed rows
+//! there stay until their bucket goes, hidden from every read by the cut it records (`meta` key
 //! `cut:<resolution>:<metric>`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::journal::{Reader, put_unsigned};
-use super::packed;
+use super::{loose, packed};
 
 /// Whether a row's `ts` is a packed row's: −1 − its index, below every interval start of its
 /// bucket, so packed rows are read first.
@@ -47,7 +53,7 @@ pub fn is_packed(ts: i64) -> bool {
 /// 4 KiB pages (SQLite's `max_local` for index-like tables), key and header included.
 pub const PACKED_BODY: usize = 960;
 
-/// The table, added in schema version 2.
+/// The packed rows' table, added in schema version 2 (which kept loose rows in it too).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tier_samples (
     tier INTEGER NOT NULL,
@@ -59,6 +65,10 @@ CREATE TABLE IF NOT EXISTS tier_samples (
     PRIMARY KEY (tier, metric, bucket, series, ts)
 ) WITHOUT ROWID;
 ";
+
+/// Above this many (bucket, series) seeks a read of some series reads each bucket's packed
+/// rows whole and filters, which is then cheaper.
+const MAX_SEEKS: i64 = 20_000;
 
 /// Intervals of a tier in one time bucket: an hour of the 10 s tier, 15 days of the 1 h one.
 pub const SLOTS_PER_BUCKET: i64 = 360;
@@ -436,22 +446,25 @@ pub fn write(connection: &Connection, batch: &SampleBatch, series: &[i64]) -> ru
     let Some(finest) = batch.tiers.first() else {
         return Ok(());
     };
-    let mut insert = connection.prepare_cached(
-        "INSERT OR REPLACE INTO tier_samples (tier, metric, bucket, series, ts, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut start = 0usize;
-    for (row, &id) in batch.rows.iter().zip(series) {
-        let end = row.end as usize;
-        insert.execute(params![
-            finest.resolution_ms,
-            row.metric,
-            finest.bucket_of(batch.ts_ms),
-            id,
-            batch.ts_ms,
-            &batch.bodies[start..end]
-        ])?;
-        start = end;
+    // By metric, then series; a series twice in the batch keeps its last row, as a replace did.
+    let mut order: Vec<(i64, i64, usize)> = (batch.rows.iter().zip(series).enumerate())
+        .map(|(i, (row, &id))| (row.metric, id, i))
+        .collect();
+    order.sort_unstable();
+    order.dedup_by(|later, earlier| {
+        let same = (later.0, later.1) == (earlier.0, earlier.1);
+        if same {
+            earlier.2 = later.2;
+        }
+        same
+    });
+    let body = |i: usize| {
+        let start = i.checked_sub(1).map_or(0, |j| batch.rows[j].end as usize);
+        &batch.bodies[start..batch.rows[i].end as usize]
+    };
+    for run in order.chunk_by(|a, b| a.0 == b.0) {
+        let cells: Vec<(i64, &[u8])> = run.iter().map(|&(_, id, i)| (id, body(i))).collect();
+        loose::put(connection, *finest, run[0].0, batch.ts_ms, &cells)?;
     }
     reopen(connection, *finest, finest.bucket_of(batch.ts_ms))?;
     // Everything before this instant is written in the finer tier.
@@ -511,45 +524,37 @@ pub(super) fn roll_up(
     )
 }
 
-/// Writes `(series, interval start, cell)` rows of `metric` in `tier` as loose rows, replacing
-/// what was there (a loose row wins over a packed cell of its interval).
+/// Writes `(series, interval start, cell)` rows of `metric` in `tier` as loose cells,
+/// replacing what was there (a loose cell wins over a packed cell of its interval).
 pub(super) fn put_cells(
     connection: &Connection,
     tier: Tier,
     metric: i64,
     cells: impl Iterator<Item = (i64, i64, Cell)>,
 ) -> rusqlite::Result<()> {
-    let mut insert = connection.prepare_cached(
-        "INSERT OR REPLACE INTO tier_samples (tier, metric, bucket, series, ts, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut body = Vec::new();
-    let mut first_bucket: Option<i64> = None;
+    // By interval, then series: a later cell of the same series and interval replaces.
+    let mut by_interval: BTreeMap<i64, BTreeMap<i64, Vec<u8>>> = BTreeMap::new();
     for (series, ts, cell) in cells {
-        let bucket = tier.bucket_of(ts);
-        first_bucket = Some(first_bucket.map_or(bucket, |b| b.min(bucket)));
-        body.clear();
+        let mut body = Vec::new();
         cell.encode(&mut body);
-        insert.execute(params![
-            tier.resolution_ms,
-            metric,
-            bucket,
-            series,
-            ts,
-            &body
-        ])?;
+        by_interval.entry(ts).or_default().insert(series, body);
+    }
+    for (&ts, cells) in &by_interval {
+        let cells: Vec<(i64, &[u8])> = cells.iter().map(|(s, b)| (*s, &b[..])).collect();
+        loose::put(connection, tier, metric, ts, &cells)?;
     }
     // A late row into a compacted bucket: compaction merges it in again.
-    if let Some(bucket) = first_bucket {
-        reopen(connection, tier, bucket)?;
+    if let Some(&ts) = by_interval.keys().next() {
+        reopen(connection, tier, tier.bucket_of(ts))?;
     }
     Ok(())
 }
 
 /// Calls `visit(series, ts_ms, cell)` for each of `metric`'s samples in `tier` with
-/// `start_ms <= ts_ms < end_ms`, in `series` only when given; one series' samples in time
-/// order. Packed and loose rows alike; nothing before the tier's expiry cut. A body that
-/// cannot be read is an error, not skipped.
+/// `start_ms <= ts_ms < end_ms`, in `series` only when given; each series' samples in time
+/// order (series may take turns). Packed and loose cells alike, a loose cell winning over a
+/// packed one of its interval; nothing before the tier's expiry cut. A body that cannot be read
+/// is an error, not skipped.
 pub fn scan(
     connection: &Connection,
     tier: Tier,
@@ -564,77 +569,144 @@ pub fn scan(
         return Ok(());
     }
     let (first, last) = (tier.bucket_of(start_ms), tier.bucket_of(end_ms - 1));
-    let bad = |e: &'static str| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
-    };
-    let mut merge = Merge {
-        tier,
-        range: start_ms..end_ms,
-        at: None,
-        packed: std::collections::VecDeque::new(),
-        visit,
-    };
-    let buckets = last - first + 1;
-    if let Some(series) = series.filter(|s| buckets.saturating_mul(s.len() as i64) <= 20_000) {
-        // One seek per (bucket, series): a few series over a long range.
-        let mut statement = connection.prepare_cached(
-            "SELECT ts, body FROM tier_samples
-             WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series = ?4
-               AND (ts BETWEEN -360 AND -1 OR ts >= ?5 AND ts < ?6)
-             ORDER BY ts",
+    // Packed rows: a seek per (bucket, series) for a few series, each bucket's range otherwise.
+    let few = series.filter(|s| (last - first + 1).saturating_mul(s.len() as i64) <= MAX_SEEKS);
+    let wanted: Option<HashSet<i64>> = series
+        .filter(|_| few.is_none())
+        .map(|s| s.iter().copied().collect());
+    let mut one = connection.prepare_cached(
+        "SELECT ts, body FROM tier_samples
+         WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series = ?4
+           AND ts BETWEEN -360 AND -1",
+    )?;
+    let mut all = connection.prepare_cached(
+        "SELECT series, ts, body FROM tier_samples
+         WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts BETWEEN -360 AND -1
+         ORDER BY series, ts",
+    )?;
+    let mut next_packed = connection.prepare_cached(
+        "SELECT min(bucket) FROM tier_samples
+         WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3 AND bucket <= ?4",
+    )?;
+    let mut next_loose = connection.prepare_cached(
+        "SELECT min(bucket) FROM tier_loose
+         WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3 AND bucket <= ?4",
+    )?;
+    let mut from = first;
+    // Only the buckets that hold rows: a range may span millions of empty ones.
+    while from <= last {
+        let key = params![tier.resolution_ms, metric, from, last];
+        let packed_at: Option<i64> = next_packed.query_row(key, |row| row.get(0))?;
+        let loose_at: Option<i64> = next_loose.query_row(key, |row| row.get(0))?;
+        let Some(bucket) = packed_at.into_iter().chain(loose_at).min() else {
+            break;
+        };
+        from = bucket + 1;
+        let start = tier.bucket_start(bucket);
+        let range = start_ms.max(start)..end_ms.min(start + tier.resolution_ms * SLOTS_PER_BUCKET);
+        let packed = packed_at == Some(bucket);
+        // Loose cells: straight to `visit` in an open bucket; held to merge in a packed one
+        // (late writes: few).
+        let mut late: BTreeMap<(i64, i64), Cell> = BTreeMap::new();
+        let mut loose_cell = |id, ts, body: &[u8]| {
+            let cell = Cell::decode(body).map_err(loose::unreadable)?;
+            match packed {
+                true => drop(late.insert((id, ts), cell)),
+                false => visit(id, ts, cell),
+            }
+            Ok(())
+        };
+        loose::scan(
+            connection,
+            tier,
+            metric,
+            bucket,
+            range.clone(),
+            series,
+            &mut loose_cell,
         )?;
-        for &id in series {
-            for bucket in first..=last {
-                let mut rows = statement.query(params![
-                    tier.resolution_ms,
-                    metric,
-                    bucket,
-                    id,
-                    start_ms,
-                    end_ms
-                ])?;
+        if !packed {
+            continue;
+        }
+        let mut group: Option<(i64, Vec<(i64, Cell)>)> = None;
+        let mut add = |id: i64, ts: i64, body: &[u8]| -> rusqlite::Result<()> {
+            if group.as_ref().is_some_and(|g| g.0 != id) {
+                let (done, cells) = group.take().expect("a group");
+                merge_late(done, cells, &mut late, visit);
+            }
+            let cells = row_cells(tier, bucket, ts, body).map_err(loose::unreadable)?;
+            let sofar = &mut group.get_or_insert_with(|| (id, Vec::new())).1;
+            sofar.extend(cells.into_iter().filter(|(ts, _)| range.contains(ts)));
+            Ok(())
+        };
+        if let Some(few) = few {
+            for &id in few {
+                let mut rows = one.query(params![tier.resolution_ms, metric, bucket, id])?;
                 while let Some(row) = rows.next()? {
-                    merge
-                        .row(bucket, id, row.get(0)?, row.get_ref(1)?.as_blob()?)
-                        .map_err(bad)?;
+                    add(id, row.get(0)?, row.get_ref(1)?.as_blob()?)?;
+                }
+            }
+        } else {
+            let mut rows = all.query(params![tier.resolution_ms, metric, bucket])?;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
+                    add(id, row.get(1)?, row.get_ref(2)?.as_blob()?)?;
                 }
             }
         }
-        merge.flush();
-        return Ok(());
-    }
-    let wanted: Option<std::collections::HashSet<i64>> =
-        series.map(|s| s.iter().copied().collect());
-    let mut statement = connection.prepare_cached(
-        "SELECT bucket, series, ts, body FROM tier_samples
-         WHERE tier = ?1 AND metric = ?2 AND bucket >= ?3 AND bucket <= ?4
-           AND (ts BETWEEN -360 AND -1 OR ts >= ?5 AND ts < ?6)
-         ORDER BY bucket, series, ts",
-    )?;
-    let mut rows = statement.query(params![
-        tier.resolution_ms,
-        metric,
-        first,
-        last,
-        start_ms,
-        end_ms
-    ])?;
-    while let Some(row) = rows.next()? {
-        let id: i64 = row.get(1)?;
-        if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
-            merge
-                .row(row.get(0)?, id, row.get(2)?, row.get_ref(3)?.as_blob()?)
-                .map_err(bad)?;
+        if let Some((done, cells)) = group {
+            merge_late(done, cells, &mut late, visit);
+        }
+        // Late cells of series without packed cells here.
+        for ((id, ts), cell) in late {
+            visit(id, ts, cell);
         }
     }
-    merge.flush();
     Ok(())
 }
 
+/// Visits one series' packed cells of a bucket (in any order) and its late loose ones (taken
+/// out of `late`) in time order, a loose cell replacing the packed one of its interval.
+fn merge_late(
+    series: i64,
+    mut packed: Vec<(i64, Cell)>,
+    late: &mut BTreeMap<(i64, i64), Cell>,
+    visit: &mut dyn FnMut(i64, i64, Cell),
+) {
+    packed.sort_by_key(|(ts, _)| *ts);
+    let mut mine = BTreeMap::new();
+    if !late.is_empty() {
+        mine = late.split_off(&(series, i64::MIN));
+        let mut after = mine.split_off(&(series.saturating_add(1), i64::MIN));
+        late.append(&mut after);
+    }
+    let mut loose = mine
+        .into_iter()
+        .map(|((_, ts), cell)| (ts, cell))
+        .peekable();
+    for (ts, cell) in packed {
+        let mut replaced = false;
+        while let Some((at, _)) = loose.peek()
+            && *at <= ts
+        {
+            let (at, newer) = loose.next().expect("a peeked cell");
+            replaced |= at == ts;
+            visit(series, at, newer);
+        }
+        if !replaced {
+            visit(series, ts, cell);
+        }
+    }
+    for (ts, cell) in loose {
+        visit(series, ts, cell);
+    }
+}
+
 /// Removes `metric`'s samples in `tier` older than `before_ms`, and answers how many rows
-/// went. A packed row of the cut's bucket stays until its bucket goes: rewriting it at every
-/// expiry would cost more than the bucket's worth of disk. The cut, kept in `meta`, hides its
-/// older cells.
+/// went: whole buckets, and loose cells of the bucket the cut falls in. A packed row of that
+/// bucket stays until its bucket goes: rewriting it at every expiry would cost more than the
+/// bucket's worth of disk. The cut, kept in `meta`, hides its older cells.
 pub(super) fn expire_before(
     connection: &Connection,
     tier: Tier,
@@ -645,63 +717,9 @@ pub(super) fn expire_before(
     let whole = connection
         .prepare_cached("DELETE FROM tier_samples WHERE tier = ?1 AND metric = ?2 AND bucket < ?3")?
         .execute(params![tier.resolution_ms, metric, bucket])?;
-    let part = connection
-        .prepare_cached(
-            "DELETE FROM tier_samples
-             WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts < ?4
-               AND ts NOT BETWEEN -360 AND -1",
-        )?
-        .execute(params![tier.resolution_ms, metric, bucket, before_ms])?;
+    let loose = loose::expire_before(connection, tier, metric, before_ms)?;
     set_meta(connection, &cut_key(tier, metric), before_ms)?;
-    Ok((whole + part) as u64)
-}
-
-/// The rows of one (bucket, series) at a time, in key order (the packed row first), to their
-/// cells in time order: a packed row's cells are held until the loose rows after them pass.
-struct Merge<'v> {
-    tier: Tier,
-    range: std::ops::Range<i64>,
-    /// The (bucket, series) whose rows are being read.
-    at: Option<(i64, i64)>,
-    /// Its packed cells not yet visited.
-    packed: std::collections::VecDeque<(i64, Cell)>,
-    visit: &'v mut dyn FnMut(i64, i64, Cell),
-}
-
-impl Merge<'_> {
-    fn row(&mut self, bucket: i64, series: i64, ts: i64, body: &[u8]) -> Result<(), &'static str> {
-        if self.at != Some((bucket, series)) {
-            self.flush();
-            self.at = Some((bucket, series));
-        }
-        if is_packed(ts) {
-            let cells = row_cells(self.tier, bucket, ts, body)?;
-            (self.packed).extend(cells.into_iter().filter(|(ts, _)| self.range.contains(ts)));
-            // The last packed row of a bucket comes first (its ts is the lowest).
-            self.packed.make_contiguous().sort_by_key(|(ts, _)| *ts);
-            return Ok(());
-        }
-        let cell = Cell::decode(body)?;
-        while let Some(&(held, _)) = self.packed.front()
-            && held <= ts
-        {
-            let (held, earlier) = self.packed.pop_front().expect("a front");
-            // A loose row written at a packed cell's interval is the later write: it wins.
-            if held < ts {
-                (self.visit)(series, held, earlier);
-            }
-        }
-        (self.visit)(series, ts, cell);
-        Ok(())
-    }
-
-    fn flush(&mut self) {
-        if let Some((_, series)) = self.at {
-            for (ts, cell) in self.packed.drain(..) {
-                (self.visit)(series, ts, cell);
-            }
-        }
-    }
+    Ok((whole + loose) as u64)
 }
 
 /// The cells of one row of `tier`'s bucket `bucket` at `ts`, with their interval starts: the
@@ -770,7 +788,10 @@ pub(super) fn set_meta(connection: &Connection, key: &str, value: i64) -> rusqli
 /// How many samples `tier` holds (packed cells and loose rows, as [`scan`] reads them).
 pub fn count_samples(connection: &Connection, tier: Tier) -> rusqlite::Result<u64> {
     let metrics: Vec<i64> = connection
-        .prepare("SELECT DISTINCT metric FROM tier_samples WHERE tier = ?1")?
+        .prepare(
+            "SELECT metric FROM tier_samples WHERE tier = ?1
+             UNION SELECT metric FROM tier_loose WHERE tier = ?1",
+        )?
         .query_map([tier.resolution_ms], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut count = 0;
@@ -800,24 +821,34 @@ pub fn expire(connection: &Connection, metric: i64, cuts: &[(i64, i64)]) -> rusq
         };
         removed += expire_before(connection, tier, metric, before_ms)?;
     }
-    // Read per tier, each a range of the key; the series table is the small one.
-    let mut held = std::collections::HashSet::new();
+    // The series with no cell left: loose ones first (the newest rows hold every series still
+    // sampled), then packed ones (a range of the key per tier) if any are left to check.
+    let mut unheld: HashSet<i64> = connection
+        .prepare_cached("SELECT id FROM series WHERE metric = ?1")?
+        .query_map([metric], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     for &(resolution_ms, _) in cuts {
+        let tier = Tier {
+            resolution_ms,
+            retention_ms: 0,
+        };
+        loose::drop_held(connection, tier, metric, &mut unheld)?;
+    }
+    for &(resolution_ms, _) in cuts {
+        if unheld.is_empty() {
+            break;
+        }
         let mut statement = connection.prepare_cached(
             "SELECT DISTINCT series FROM tier_samples WHERE tier = ?1 AND metric = ?2",
         )?;
         let ids =
             statement.query_map(params![resolution_ms, metric], |row| row.get::<_, i64>(0))?;
         for id in ids {
-            held.insert(id?);
+            unheld.remove(&id?);
         }
     }
-    let known: Vec<i64> = connection
-        .prepare_cached("SELECT id FROM series WHERE metric = ?1")?
-        .query_map([metric], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
     let mut forget = connection.prepare_cached("DELETE FROM series WHERE id = ?1")?;
-    for id in known.into_iter().filter(|id| !held.contains(id)) {
+    for id in unheld {
         removed += forget.execute([id])? as u64;
     }
     Ok(removed)
