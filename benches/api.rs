@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -613,28 +612,11 @@ struct Api {
 
 impl Api {
     fn start(s: &Settings) -> Api {
-        use sha2::Digest;
         let dir = tempfile::Builder::new()
             .prefix("tallyd-api-bench-")
             .tempdir_in(&s.data_parent)
             .expect("a temporary directory for the store");
-        let config = dir.path().join("tallyd.toml");
-        let sha = hex::encode(sha2::Sha256::digest(SECRET.as_bytes()));
-        std::fs::write(
-            &config,
-            format!(
-                "[[api.tokens]]\nid = \"bench\"\nsecret_sha256 = \"{sha}\"\ntenant = \
-                 \"{TENANT}\"\nscopes = [\"read\", \"write\", \"admin\"]\n"
-            ),
-        )
-        .expect("write the config");
-        let args: Vec<OsString> = vec![
-            "--config".into(),
-            config.into(),
-            "--data-dir".into(),
-            dir.path().join("data").into(),
-        ];
-        let daemon = Daemon::tallyd(&s.base, &args);
+        let daemon = Daemon::tallyd_with_token(&s.base, dir.path(), SECRET, TENANT);
         let http = daemon.http.expect("tallyd's HTTP address");
         Api { daemon, http, dir }
     }

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -220,26 +219,7 @@ fn main() {
         .prefix("tallyd-charts-bench-")
         .tempdir_in(repo_root().join("target"))
         .expect("a temporary directory for the store");
-    let config = dir.path().join("tallyd.toml");
-    let sha = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(SECRET.as_bytes()))
-    };
-    std::fs::write(
-        &config,
-        format!(
-            "[[api.tokens]]\nid = \"bench\"\nsecret_sha256 = \"{sha}\"\ntenant = \"{TENANT}\"\n\
-             scopes = [\"read\", \"write\", \"admin\"]\n"
-        ),
-    )
-    .expect("write the config");
-    let args: Vec<OsString> = vec![
-        "--config".into(),
-        config.into(),
-        "--data-dir".into(),
-        dir.path().join("data").into(),
-    ];
-    let daemon = Daemon::tallyd(&setup, &args);
+    let daemon = Daemon::tallyd_with_token(&setup, dir.path(), SECRET, TENANT);
     let http = daemon.http.expect("tallyd's HTTP address");
     let charts = define(http, per_type, points);
     eprintln!("charts: {charts} metrics of {points} points each defined on {http}");

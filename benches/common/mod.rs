@@ -389,6 +389,29 @@ impl Daemon {
         Daemon::tallyd_with(s, &s.tallyd, args, "tallyd")
     }
 
+    /// tallyd with one API token (`secret`, every scope, for `tenant`) and its store in
+    /// `dir/data`; its config is written to `dir/tallyd.toml`.
+    pub fn tallyd_with_token(s: &Setup, dir: &Path, secret: &str, tenant: &str) -> Daemon {
+        use sha2::Digest;
+        let config = dir.join("tallyd.toml");
+        let sha = hex::encode(sha2::Sha256::digest(secret.as_bytes()));
+        std::fs::write(
+            &config,
+            format!(
+                "[[api.tokens]]\nid = \"bench\"\nsecret_sha256 = \"{sha}\"\ntenant = \
+                 \"{tenant}\"\nscopes = [\"read\", \"write\", \"admin\"]\n"
+            ),
+        )
+        .expect("write the config");
+        let args: Vec<std::ffi::OsString> = vec![
+            "--config".into(),
+            config.into(),
+            "--data-dir".into(),
+            dir.join("data").into(),
+        ];
+        Daemon::tallyd(s, &args)
+    }
+
     /// `binary` (tallyd, or a baseline build of it) on free loopback ports, with `args` added.
     pub fn tallyd_with(
         s: &Setup,
