@@ -72,12 +72,10 @@ impl Ruled {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Persisted {
-    #[serde(with = "kind_name")]
     pub kind: Kind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<Vec<f64>>,
     pub statsd_name: String,
-    #[serde(with = "class_name")]
     pub class: MetricClass,
 }
 
@@ -99,34 +97,6 @@ impl Persisted {
         serde_json::from_str::<Document>(document)
             .ok()
             .map(|d| d.rule)
-    }
-}
-
-mod kind_name {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::registry::Kind;
-
-    pub fn serialize<S: Serializer>(kind: &Kind, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(kind.name())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
-        Kind::deserialize(d)
-    }
-}
-
-mod class_name {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::rules::MetricClass;
-
-    pub fn serialize<S: Serializer>(class: &MetricClass, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(class.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MetricClass, D::Error> {
-        MetricClass::deserialize(d)
     }
 }
 

@@ -46,7 +46,7 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
 /// What a family is: the one metric-kind enum, used by every input, definition and output.
 /// (The StatsD type letters, `protocol::MetricType`, are the wire's own; sets are exposed as
 /// gauges.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Counter,

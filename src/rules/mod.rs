@@ -91,7 +91,7 @@ pub enum MatchType {
 }
 
 /// The StatsD types a rule applies to (`match_metric_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MetricClass {
     /// `c`
