@@ -110,6 +110,22 @@ impl Reader<'_> {
         Ok(byte)
     }
 
+    /// The next `len` (1 to 8) bytes as a big-endian integer.
+    pub(super) fn big_endian(&mut self, len: usize) -> Result<u64, &'static str> {
+        debug_assert!((1..=8).contains(&len));
+        let value = match self.body.get(self.at..self.at + 8) {
+            // One load where 8 bytes are left (almost always), not a copy of `len` bytes.
+            Some(eight) => u64::from_be_bytes(eight.try_into().expect("8 bytes")) >> (64 - 8 * len),
+            None => {
+                let bytes =
+                    (self.body.get(self.at..self.at + len)).ok_or("journal body cut short")?;
+                bytes.iter().fold(0, |value, &b| value << 8 | u64::from(b))
+            }
+        };
+        self.at += len;
+        Ok(value)
+    }
+
     pub(super) fn take<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
         let bytes = self
             .body
