@@ -518,6 +518,50 @@ mod tests {
     }
 
     #[test]
+    fn a_series_packed_in_several_rows_is_read_in_time_order() {
+        let mut f = open();
+        load(&mut f);
+        compact_all(&mut f);
+        let tier = tiers()[0];
+        let in_order = |f: &Fixture| {
+            for metric in f.metrics {
+                let series: Vec<i64> = f
+                    .reader
+                    .series(metric)
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.0)
+                    .collect();
+                for filter in [None, Some(&series[..])] {
+                    let mut last = std::collections::HashMap::new();
+                    let mut seen = 0;
+                    f.reader
+                        .scan_tier(tier, metric, T0, T0 + 800 * S, filter, &mut |s, ts, _| {
+                            if let Some(before) = last.insert(s, ts) {
+                                assert!(
+                                    ts > before,
+                                    "metric {metric} series {s}: {ts} after {before}"
+                                );
+                            }
+                            seen += 1;
+                        })
+                        .unwrap();
+                    assert!(seen > 600, "metric {metric}: {seen} cells");
+                }
+            }
+        };
+        // The histogram's and the summary's full buckets take more than one row each.
+        let chunked = "SELECT count(*) FROM tier_samples WHERE tier = 1000 AND ts < -1";
+        assert!(rows(&f, chunked) > 0);
+        in_order(&f);
+        // With a late cell to merge into a packed bucket.
+        for result in f.engine.commit(&[tick(&f, T0 + 5 * S, 50)]).unwrap() {
+            result.unwrap();
+        }
+        in_order(&f);
+    }
+
+    #[test]
     fn a_late_row_in_a_packed_bucket_is_read_and_packed_again() {
         let mut f = open();
         load(&mut f);

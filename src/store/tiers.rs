@@ -575,12 +575,13 @@ pub fn scan(
         .filter(|_| few.is_none())
         .map(|s| s.iter().copied().collect());
     let mut one = connection.prepare_cached(
-        "SELECT ts, body FROM tier_samples
+        "SELECT body FROM tier_samples
          WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND series = ?4
-           AND ts BETWEEN -360 AND -1",
+           AND ts BETWEEN -360 AND -1
+         ORDER BY ts",
     )?;
     let mut all = connection.prepare_cached(
-        "SELECT series, ts, body FROM tier_samples
+        "SELECT series, body FROM tier_samples
          WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts BETWEEN -360 AND -1
          ORDER BY series, ts",
     )?;
@@ -628,22 +629,20 @@ pub fn scan(
         if !packed {
             continue;
         }
-        let mut group: Option<(i64, Vec<(i64, Cell)>)> = None;
-        let mut add = |id: i64, ts: i64, body: &[u8]| -> rusqlite::Result<()> {
-            if group.as_ref().is_some_and(|g| g.0 != id) {
-                let (done, cells) = group.take().expect("a group");
-                merge_late(done, cells, &mut late, visit);
+        let mut held = HeldRows::default();
+        let mut add = |id: i64, body: &[u8]| -> rusqlite::Result<()> {
+            if held.series.is_some_and(|s| s != id) {
+                held.visit(tier, bucket, &range, &mut late, visit)
+                    .map_err(loose::unreadable)?;
             }
-            let cells = row_cells(tier, bucket, ts, body).map_err(loose::unreadable)?;
-            let sofar = &mut group.get_or_insert_with(|| (id, Vec::new())).1;
-            sofar.extend(cells.into_iter().filter(|(ts, _)| range.contains(ts)));
+            held.push(id, body);
             Ok(())
         };
         if let Some(few) = few {
             for &id in few {
                 let mut rows = one.query(params![tier.resolution_ms, metric, bucket, id])?;
                 while let Some(row) = rows.next()? {
-                    add(id, row.get(0)?, row.get_ref(1)?.as_blob()?)?;
+                    add(id, row.get_ref(0)?.as_blob()?)?;
                 }
             }
         } else {
@@ -651,19 +650,82 @@ pub fn scan(
             while let Some(row) = rows.next()? {
                 let id: i64 = row.get(0)?;
                 if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
-                    add(id, row.get(1)?, row.get_ref(2)?.as_blob()?)?;
+                    add(id, row.get_ref(1)?.as_blob()?)?;
                 }
             }
         }
-        if let Some((done, cells)) = group {
-            merge_late(done, cells, &mut late, visit);
-        }
+        held.visit(tier, bucket, &range, &mut late, visit)
+            .map_err(loose::unreadable)?;
         // Late cells of series without packed cells here.
         for ((id, ts), cell) in late {
             visit(id, ts, cell);
         }
     }
     Ok(())
+}
+
+/// One series' packed rows of a bucket, copied out of the statement until the next series
+/// starts. They arrive in key order, last chunk first (`ts` = −1 − chunk), so read back to
+/// front they give the series' cells in time order: without late loose cells to merge, each is
+/// visited as it is decoded, never collected.
+#[derive(Default)]
+struct HeldRows {
+    series: Option<i64>,
+    bytes: Vec<u8>,
+    /// Where each body ends in `bytes`, in arrival order.
+    ends: Vec<usize>,
+}
+
+impl HeldRows {
+    fn push(&mut self, series: i64, body: &[u8]) {
+        self.series = Some(series);
+        self.bytes.extend_from_slice(body);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Visits the held series' cells inside `range`, merged with its late cells (taken out of
+    /// `late`), and lets the rows go.
+    fn visit(
+        &mut self,
+        tier: Tier,
+        bucket: i64,
+        range: &std::ops::Range<i64>,
+        late: &mut BTreeMap<(i64, i64), Cell>,
+        visit: &mut dyn FnMut(i64, i64, Cell),
+    ) -> Result<(), &'static str> {
+        let Some(series) = self.series.take() else {
+            return Ok(());
+        };
+        let start = tier.bucket_start(bucket);
+        let merging = !late.is_empty()
+            && late
+                .range((series, i64::MIN)..=(series, i64::MAX))
+                .next()
+                .is_some();
+        let mut cells = Vec::new();
+        let mut read = Ok(());
+        for k in (0..self.ends.len()).rev() {
+            let from = k.checked_sub(1).map_or(0, |j| self.ends[j]);
+            read = packed::unpack_each(&self.bytes[from..self.ends[k]], |slot, cell| {
+                let ts = start + i64::from(slot) * tier.resolution_ms;
+                match (range.contains(&ts), merging) {
+                    (false, _) => {}
+                    (true, false) => visit(series, ts, cell),
+                    (true, true) => cells.push((ts, cell)),
+                }
+            });
+            if read.is_err() {
+                break;
+            }
+        }
+        self.bytes.clear();
+        self.ends.clear();
+        read?;
+        if merging {
+            merge_late(series, cells, late, visit);
+        }
+        Ok(())
+    }
 }
 
 /// Visits one series' packed cells of a bucket (in any order) and its late loose ones (taken
