@@ -313,24 +313,26 @@ impl SeriesAnswer {
     }
 }
 
-/// Bin starts as RFC 3339, by Unix ms: the series of one answer share their bins, and a copy
-/// costs less than formatting a time again (a 1,000-series answer has 1,000 of each).
+/// Bin starts as RFC 3339, by Unix ms: the series of one answer share their bins, so each is
+/// formatted once and shared (a 1,000-series answer has 1,000 of each).
 #[derive(Default)]
-struct Stamps(HashMap<i64, String, ahash::RandomState>);
+struct Stamps(HashMap<i64, Arc<str>, ahash::RandomState>);
 
 impl Stamps {
-    fn get(&mut self, ms: i64) -> String {
-        self.0
-            .entry(ms)
-            .or_insert_with(|| time::format_instant(ms))
-            .clone()
+    fn get(&mut self, ms: i64) -> Arc<str> {
+        Arc::clone(
+            self.0
+                .entry(ms)
+                .or_insert_with(|| time::format_instant(ms).into()),
+        )
     }
 }
 
 /// One bin: its start and its aggregated value.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PointAnswer {
-    pub timestamp: String,
+    #[schema(value_type = String)]
+    pub timestamp: Arc<str>,
     pub value: f64,
 }
 
