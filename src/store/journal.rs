@@ -104,6 +104,7 @@ pub(super) struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    #[inline]
     pub(super) fn byte(&mut self) -> Result<u8, &'static str> {
         let byte = *self.body.get(self.at).ok_or("journal body cut short")?;
         self.at += 1;
@@ -111,6 +112,7 @@ impl Reader<'_> {
     }
 
     /// The next `len` (1 to 8) bytes as a big-endian integer.
+    #[inline]
     pub(super) fn big_endian(&mut self, len: usize) -> Result<u64, &'static str> {
         debug_assert!((1..=8).contains(&len));
         let value = match self.body.get(self.at..self.at + 8) {
@@ -135,7 +137,15 @@ impl Reader<'_> {
         Ok(bytes.try_into().expect("N bytes"))
     }
 
+    #[inline]
     pub(super) fn unsigned(&mut self) -> Result<u64, &'static str> {
+        // One byte, most of the time (counts, deltas and slot gaps are small).
+        if let Some(&byte) = self.body.get(self.at)
+            && byte & 0x80 == 0
+        {
+            self.at += 1;
+            return Ok(u64::from(byte));
+        }
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;

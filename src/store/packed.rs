@@ -99,6 +99,7 @@ impl Columns {
         out.extend_from_slice(&bytes[8 - xor_len as usize..]);
     }
 
+    #[inline]
     fn number_from(&mut self, r: &mut Reader<'_>, column: usize) -> Result<f64, &'static str> {
         let slot = self.number(column);
         let before = *slot;
