@@ -253,6 +253,41 @@ async fn write_all(store: &Store, batches: Vec<SampleBatch>) {
 // ---------------------------------------------------------------------------------------------
 
 /// Query times in ms: `warmup` untimed, then `queries` timed, each a new connection.
+/// Waits until `daemon` has used under 2 % of a CPU for two seconds running (at most five
+/// minutes), and answers how long that took in seconds.
+fn wait_until_idle(daemon: &Daemon) -> f64 {
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut cpu = daemon.cpu_seconds();
+    while quiet < 2 && started.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = daemon.cpu_seconds();
+        quiet = if now - cpu < 0.02 { quiet + 1 } else { 0 };
+        cpu = now;
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// The bench's data directory, removed at the end (also when a check panics) unless kept.
+struct Kept {
+    dir: Option<tempfile::TempDir>,
+    keep: bool,
+}
+
+impl Kept {
+    fn path(&self) -> &Path {
+        self.dir.as_ref().expect("the data directory").path()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take().filter(|_| self.keep) {
+            let _kept = dir.keep();
+        }
+    }
+}
+
 fn time_queries(s: &Knobs, addr: SocketAddr, path: &str) -> (Vec<f64>, Vec<u8>) {
     let mut body = Vec::new();
     for _ in 0..s.warmup {
@@ -388,6 +423,11 @@ fn query_group(s: &Knobs, table: &mut Table, dir: &Path) -> QueryRun {
     ];
     let daemon = Daemon::tallyd(&s.base, &args);
     let http = daemon.http.expect("tallyd's HTTP address");
+    // The fill leaves the closed buckets' loose rows, which the daemon compacts when it starts
+    // (a running daemon compacts each bucket as it closes): the queries time reads of the
+    // compacted store, not reads beside the compaction.
+    let compacting = wait_until_idle(&daemon);
+    eprintln!("history:   the daemon compacted what the fill left in {compacting:.1} s");
 
     // One series over 30 days at 1 h: the 1 h tier.
     let start = filled.first_ms;
@@ -427,7 +467,10 @@ fn query_group(s: &Knobs, table: &mut Table, dir: &Path) -> QueryRun {
     let from = kept + (step - kept.rem_euclid(step)) % step;
     let to = filled.end_ms - filled.end_ms.rem_euclid(step);
     let path = query_path(GAUGE, (from, to), "5m", "average");
+    let cpu_before = daemon.cpu_seconds();
     let (times, body) = time_queries(s, http, &path);
+    // CPU, unlike wall time, leaves out what other work on the machine took from tallyd.
+    let cpu_ms = (daemon.cpu_seconds() - cpu_before) * 1e3 / (s.warmup + s.queries) as f64;
     let series = tallyd_series(&body);
     assert_eq!(series.len(), s.series, "series in the answer");
     let bins = (to - from) / step;
@@ -452,6 +495,13 @@ fn query_group(s: &Knobs, table: &mut Table, dir: &Path) -> QueryRun {
     );
     let many_median = median(&times).unwrap_or(f64::NAN);
     add_times(table, &label, &times, "≤ 250 ms", Check::AtMost(250.0));
+    table.add(
+        "tallyd CPU per 1,000-series query (all its threads, mean)",
+        Unit::FineMillis,
+        vec![cpu_ms],
+        "—",
+        Check::None,
+    );
     daemon.forward_log();
     drop(daemon.stop());
     QueryRun {
@@ -779,6 +829,19 @@ fn main() {
         .prefix("tallyd-history-bench")
         .tempdir_in(&s.data_parent)
         .expect("a temporary directory");
+    // To look at the stores afterwards (profile a query against a copy, say), also when a
+    // check failed.
+    let keep = std::env::var_os("HIST_KEEP").is_some();
+    if keep {
+        eprintln!(
+            "history: HIST_KEEP: the data stays in {}",
+            dir.path().display()
+        );
+    }
+    let dir = Kept {
+        dir: Some(dir),
+        keep,
+    };
     eprintln!(
         "history: tallyd {}; daemon on CPU {}, client and loader on CPU {}, nice {}; {} queries \
          per figure after {} untimed; data under {}; groups: {:?}",
@@ -810,11 +873,4 @@ fn main() {
         &load_before,
         &table,
     );
-    // To look at the stores afterwards (profile a query against a copy, say).
-    if std::env::var_os("HIST_KEEP").is_some() {
-        eprintln!(
-            "history: HIST_KEEP: the data stays in {}",
-            dir.keep().display()
-        );
-    }
 }
