@@ -631,6 +631,46 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_larger_than_the_inflaters_room_reads_back_and_the_room_shrinks_again() {
+        // 360 histograms of 400 buckets: a payload past the first 64 KiB of room.
+        let cells: Vec<(u32, Cell)> = (0..SLOTS_PER_BUCKET as u32)
+            .map(|s| {
+                let buckets: Vec<u64> = (0..400u64).map(|k| k * u64::from(s) % 997 + k).collect();
+                let count = buckets.iter().sum();
+                let sum = f64::from(s) * 0.5;
+                (
+                    s,
+                    Cell::Histogram {
+                        count,
+                        sum,
+                        buckets,
+                    },
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        pack(&cells, &mut body);
+        assert_eq!(body[3], DEFLATE);
+        assert!(same(&unpack(&body).unwrap(), &cells));
+        let room = || {
+            INFLATER.with(|i| {
+                let inflater = i.take().expect("an inflater");
+                let room = inflater.out.len();
+                i.set(Some(inflater));
+                room
+            })
+        };
+        assert!(room() > INFLATE_ROOM);
+        // The next body gets the usual room back.
+        let small: Vec<(u32, Cell)> = (0..100).map(|s| (s, Cell::scalar(1.0))).collect();
+        let mut body = Vec::new();
+        pack(&small, &mut body);
+        assert_eq!(body[2], DEFLATE);
+        assert!(same(&unpack(&body).unwrap(), &small));
+        assert_eq!(room(), INFLATE_ROOM);
+    }
+
+    #[test]
     fn a_corrupt_body_is_an_error_not_a_panic() {
         for compressible in [true, false] {
             let cells: Vec<(u32, Cell)> = if compressible {
