@@ -253,13 +253,14 @@ async fn write_all(store: &Store, batches: Vec<SampleBatch>) {
 // ---------------------------------------------------------------------------------------------
 
 /// Query times in ms: `warmup` untimed, then `queries` timed, each a new connection.
-/// Waits until `daemon` has used under 2 % of a CPU for two seconds running (at most five
+/// Waits at least `first` (compaction starts with the daemon's first sampling tick, 10 s apart)
+/// and until `daemon` has used under 2 % of a CPU for two seconds running (at most five
 /// minutes), and answers how long that took in seconds.
-fn wait_until_idle(daemon: &Daemon) -> f64 {
+fn wait_until_idle(daemon: &Daemon, first: Duration) -> f64 {
     let started = Instant::now();
     let mut quiet = 0;
     let mut cpu = daemon.cpu_seconds();
-    while quiet < 2 && started.elapsed() < Duration::from_secs(300) {
+    while (quiet < 2 || started.elapsed() < first) && started.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_secs(1));
         let now = daemon.cpu_seconds();
         quiet = if now - cpu < 0.02 { quiet + 1 } else { 0 };
@@ -426,7 +427,7 @@ fn query_group(s: &Knobs, table: &mut Table, dir: &Path) -> QueryRun {
     // The fill leaves the closed buckets' loose rows, which the daemon compacts when it starts
     // (a running daemon compacts each bucket as it closes): the queries time reads of the
     // compacted store, not reads beside the compaction.
-    let compacting = wait_until_idle(&daemon);
+    let compacting = wait_until_idle(&daemon, Duration::from_secs(12));
     eprintln!("history:   the daemon compacted what the fill left in {compacting:.1} s");
 
     // One series over 30 days at 1 h: the 1 h tier.
