@@ -447,13 +447,7 @@ mod tests {
                 .find(|t| t.resolution_ms == resolution_ms)
                 .unwrap();
             for metric in f.metrics {
-                let series: Vec<i64> = f
-                    .reader
-                    .series(metric)
-                    .unwrap()
-                    .iter()
-                    .map(|s| s.0)
-                    .collect();
+                let series = series_ids(f, metric);
                 for filter in [None, Some(&series[..])] {
                     let mut raw = Vec::new();
                     f.reader
@@ -478,6 +472,16 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The ids of `metric`'s series.
+    fn series_ids(f: &Fixture, metric: i64) -> Vec<i64> {
+        f.reader
+            .series(metric)
+            .unwrap()
+            .iter()
+            .map(|s| s.0)
+            .collect()
     }
 
     fn rows(f: &Fixture, sql: &str) -> i64 {
@@ -525,13 +529,7 @@ mod tests {
         let tier = tiers()[0];
         let in_order = |f: &Fixture| {
             for metric in f.metrics {
-                let series: Vec<i64> = f
-                    .reader
-                    .series(metric)
-                    .unwrap()
-                    .iter()
-                    .map(|s| s.0)
-                    .collect();
+                let series = series_ids(f, metric);
                 for filter in [None, Some(&series[..])] {
                     let mut last = std::collections::HashMap::new();
                     let mut seen = 0;
