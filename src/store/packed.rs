@@ -21,8 +21,9 @@
 //!   the zigzag difference `d` of two whole numbers (counter increases, bucket-like gauges).
 //!   The shorter form is written.
 //! - `mode` 0: the payload as it is; 1: raw DEFLATE of it (written with flate2, read with
-//!   libdeflate: [`Inflater`] says why), used when smaller. The columns make repeated control bytes and zero gaps, which DEFLATE takes
-//!   down further (`benches/history_disk.rs` measures both).
+//!   libdeflate: [`Inflater`] says why), used when smaller. The columns make repeated control
+//!   bytes and zero gaps, which DEFLATE takes down further (`benches/history_disk.rs` measures
+//!   both).
 //!
 //! A body that does not read back whole (cut short, bad counts, an unknown tag, trailing
 //! bytes, a payload that inflates past [`MAX_PAYLOAD`]) is an error, never a panic.
