@@ -252,7 +252,6 @@ async fn write_all(store: &Store, batches: Vec<SampleBatch>) {
 // Timing queries
 // ---------------------------------------------------------------------------------------------
 
-/// Query times in ms: `warmup` untimed, then `queries` timed, each a new connection.
 /// Waits at least `first` (compaction starts with the daemon's first sampling tick, 10 s apart)
 /// and until `daemon` has used under 2 % of a CPU for two seconds running (at most five
 /// minutes), and answers how long that took in seconds.
@@ -289,6 +288,7 @@ impl Drop for Kept {
     }
 }
 
+/// Query times in ms: `warmup` untimed, then `queries` timed, each a new connection.
 fn time_queries(s: &Knobs, addr: SocketAddr, path: &str) -> (Vec<f64>, Vec<u8>) {
     let mut body = Vec::new();
     for _ in 0..s.warmup {

@@ -11,14 +11,19 @@
 # build may migrate the store at open: give each build its own copy, and let each compact once
 # (start it, wait until idle) before comparing.
 set -euo pipefail
-tallyd=$1 dir=$2 start=$3 end=$4 queries=${5:-5}
+tallyd=$(realpath "$1") dir=$2 start=$3 end=$4 queries=${5:-5}
+[ -x "$tallyd" ] || { echo "$1: not an executable" >&2; exit 1; }
 port=19097
 cd "$dir"
 taskset -c 1 nice -n -19 "$tallyd" --config history-bench.toml --data-dir . \
     --http-listen "127.0.0.1:$port" --udp-listen 127.0.0.1:0 >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
-until curl -sf "127.0.0.1:$port/-/healthy" >/dev/null; do sleep 0.2; done
+for _ in $(seq 150); do
+    curl -sf "127.0.0.1:$port/-/healthy" >/dev/null && break
+    kill -0 $pid 2>/dev/null || { echo "$tallyd exited before it was healthy" >&2; exit 1; }
+    sleep 0.2
+done
 url="127.0.0.1:$port/api/v1/observability/custom-metrics/bench_load/query?start=$start&end=$end&step=5m&aggregation=average"
 curl -sf -o /dev/null "$url"
 sum=$(curl -sf "$url" | md5sum | cut -d' ' -f1)

@@ -410,10 +410,7 @@ fn sampled(data_dir: &Path, family: &str) -> Vec<(i64, f64)> {
             |row| row.get(0),
         )
         .unwrap();
-    let tier = Tier {
-        resolution_ms: 1000,
-        retention_ms: 0,
-    };
+    let tier = Tier::of_resolution(1000);
     let mut samples: Vec<(i64, f64)> = Vec::new();
     scan(
         &connection,

@@ -519,10 +519,7 @@ mod tests {
     fn rows_in(dir: &Path, resolution_ms: i64) -> u64 {
         let connection =
             rusqlite::Connection::open(dir.join(crate::store::sqlite::FILE_NAME)).unwrap();
-        let tier = Tier {
-            resolution_ms,
-            retention_ms: 0,
-        };
+        let tier = Tier::of_resolution(resolution_ms);
         crate::store::tiers::count_samples(&connection, tier).unwrap()
     }
 

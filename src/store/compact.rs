@@ -15,9 +15,10 @@
 //! the last slice stopped, [`loose::RUN_ROWS`] rows of its interval, up to 512 series:
 //! [`loose::next_run`]), their cells taken out of every interval's rows and merged into their
 //! packed rows. Taking a page of rows' series at once, a slice rewrites about a page per
-//! interval: the cost of regrouping by series is paid per page, not per row. So a tick's write or a read's barrier waits for one
-//! short transaction at most. Where a slice stopped inside a bucket is kept in memory only;
-//! after a restart the bucket is read again from its lowest series.
+//! interval: the cost of regrouping by series is paid per page, not per row. So a tick's write
+//! or a read's barrier waits for one short transaction at most. Where a slice stopped inside a
+//! bucket is kept in memory only; after a restart the bucket is read again from its lowest
+//! series.
 
 use std::sync::Arc;
 

@@ -94,6 +94,11 @@ pub(super) fn put_unsigned(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// How many bytes [`put_unsigned`] writes for `value`.
+pub(super) fn varint_len(value: u64) -> usize {
+    ((64 - value.leading_zeros()).div_ceil(7)).max(1) as usize
+}
+
 fn put_signed(out: &mut Vec<u8>, value: i64) {
     put_unsigned(out, ((value << 1) ^ (value >> 63)) as u64);
 }

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, params};
 
-use super::journal::{Reader, put_unsigned};
+use super::journal::{Reader, put_unsigned, varint_len};
 use super::tiers::{PACKED_BODY, Tier};
 
 /// The table, added in schema version 3 (version 2 kept loose rows in `tier_samples`: see
@@ -70,10 +70,6 @@ pub type Taken = BTreeMap<i64, Vec<(i64, Vec<u8>)>>;
 /// The error a body that does not read becomes.
 pub(super) fn unreadable(why: &'static str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, why.into())
-}
-
-fn varint_len(value: u64) -> usize {
-    ((64 - value.leading_zeros()).div_ceil(7)).max(1) as usize
 }
 
 /// Appends the body of `cells` (`(series, cell body)`, series increasing) to `out`.
@@ -364,7 +360,7 @@ pub fn next_run(
     intervals: &[i64],
 ) -> rusqlite::Result<Option<Run>> {
     let mut statement = connection.prepare_cached(
-        "SELECT first, body FROM tier_loose
+        "SELECT first FROM tier_loose
          WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts = ?4 AND first >= ?5
          ORDER BY first LIMIT 1",
     )?;
@@ -526,10 +522,7 @@ pub fn migrate(connection: &Connection) -> rusqlite::Result<u64> {
     let flush =
         |at: Option<(i64, i64, i64)>, group: &mut Vec<(i64, Vec<u8>)>| -> rusqlite::Result<()> {
             if let Some((resolution_ms, metric, ts)) = at {
-                let tier = Tier {
-                    resolution_ms,
-                    retention_ms: 0,
-                };
+                let tier = Tier::of_resolution(resolution_ms);
                 let cells: Vec<(i64, &[u8])> = group.iter().map(|(s, b)| (*s, &b[..])).collect();
                 put(connection, tier, metric, ts, &cells)?;
             }

@@ -32,7 +32,7 @@ use std::cell::Cell as ThreadCell;
 use std::io::Write as _;
 use std::ptr::NonNull;
 
-use super::journal::{Reader, put_unsigned};
+use super::journal::{Reader, put_unsigned, varint_len};
 use super::tiers::{Cell, SLOTS_PER_BUCKET};
 
 /// The body tag of a packed bucket (after [`Cell::encode`]'s four).
@@ -84,7 +84,7 @@ impl Columns {
         let xor_len = 8 - lz - tz;
         if let (Some(a), Some(b)) = (whole(before), whole(value)) {
             let zz = zigzag(b.wrapping_sub(a));
-            let whole_len = if zz < 190 { 0 } else { varint_len(zz) };
+            let whole_len = if zz < 190 { 0 } else { varint_len(zz) as u32 };
             if whole_len < xor_len {
                 if zz < 190 {
                     out.push(66 + zz as u8);
@@ -155,10 +155,6 @@ fn zigzag(value: i64) -> u64 {
 
 fn unzigzag(raw: u64) -> i64 {
     (raw >> 1) as i64 ^ -((raw & 1) as i64)
-}
-
-fn varint_len(value: u64) -> u32 {
-    (64 - value.leading_zeros()).div_ceil(7).max(1)
 }
 
 /// Column numbers: a scalar's four numbers; a histogram's and a summary's count and sum share

@@ -240,10 +240,7 @@ pub fn expire(connection: &Connection, metric: i64, before_ms: i64) -> rusqlite:
         .optional()?;
     let mut removed = 0;
     for &resolution in &resolutions {
-        let tier = Tier {
-            resolution_ms: resolution,
-            retention_ms: 0,
-        };
+        let tier = Tier::of_resolution(resolution);
         let straddling = floor(before_ms, resolution);
         let cut = match left {
             Some(_) => straddling,
@@ -276,10 +273,7 @@ mod tests {
     fn tiers(upto: usize) -> Vec<Tier> {
         TIERS[..upto]
             .iter()
-            .map(|&resolution_ms| Tier {
-                resolution_ms,
-                retention_ms: 0,
-            })
+            .map(|&resolution_ms| Tier::of_resolution(resolution_ms))
             .collect()
     }
 
@@ -443,16 +437,10 @@ mod tests {
             .commit(&[Write::RollupTiers(vec![20_000, 60_000])])
             .unwrap();
         assert!(cells(&reader, tiers(1)[0], id, 0, 3_600_000).is_empty());
-        let minute = Tier {
-            resolution_ms: 60_000,
-            retention_ms: 0,
-        };
+        let minute = Tier::of_resolution(60_000);
         assert!(cells(&reader, minute, id, 0, 3_600_000).is_empty());
         roll_all(&mut engine, 3_600_000);
-        let twenty = Tier {
-            resolution_ms: 20_000,
-            retention_ms: 0,
-        };
+        let twenty = Tier::of_resolution(20_000);
         let got: Vec<i64> = cells(&reader, twenty, id, 0, 3_600_000)
             .iter()
             .map(|c| c.1)

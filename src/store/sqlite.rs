@@ -940,10 +940,7 @@ impl Reader for SqliteReader {
 fn tier_list(resolutions: &[i64]) -> Vec<Tier> {
     resolutions
         .iter()
-        .map(|&resolution_ms| Tier {
-            resolution_ms,
-            retention_ms: 0,
-        })
+        .map(|&resolution_ms| Tier::of_resolution(resolution_ms))
         .collect()
 }
 

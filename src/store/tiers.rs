@@ -81,6 +81,15 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// A tier of `resolution_ms` whose retention does not matter where it is used (reads,
+    /// rollups, expiry by an explicit cut).
+    pub fn of_resolution(resolution_ms: i64) -> Tier {
+        Tier {
+            resolution_ms,
+            retention_ms: 0,
+        }
+    }
+
     pub(super) fn bucket_of(&self, ts_ms: i64) -> i64 {
         ts_ms.div_euclid(self.resolution_ms * SLOTS_PER_BUCKET)
     }
@@ -728,15 +737,15 @@ impl HeldRows {
     }
 }
 
-/// Visits one series' packed cells of a bucket (in any order) and its late loose ones (taken
-/// out of `late`) in time order, a loose cell replacing the packed one of its interval.
+/// Visits one series' packed cells of a bucket (in time order, as [`HeldRows`] reads them) and
+/// its late loose ones (taken out of `late`) in time order, a loose cell replacing the packed
+/// one of its interval.
 fn merge_late(
     series: i64,
-    mut packed: Vec<(i64, Cell)>,
+    packed: Vec<(i64, Cell)>,
     late: &mut BTreeMap<(i64, i64), Cell>,
     visit: &mut dyn FnMut(i64, i64, Cell),
 ) {
-    packed.sort_by_key(|(ts, _)| *ts);
     let mut mine = BTreeMap::new();
     if !late.is_empty() {
         mine = late.split_off(&(series, i64::MIN));
@@ -877,10 +886,7 @@ pub fn count_samples(connection: &Connection, tier: Tier) -> rusqlite::Result<u6
 pub fn expire(connection: &Connection, metric: i64, cuts: &[(i64, i64)]) -> rusqlite::Result<u64> {
     let mut removed = 0;
     for &(resolution_ms, before_ms) in cuts {
-        let tier = Tier {
-            resolution_ms,
-            retention_ms: 0,
-        };
+        let tier = Tier::of_resolution(resolution_ms);
         removed += expire_before(connection, tier, metric, before_ms)?;
     }
     // The series with no cell left: loose ones first (the newest rows hold every series still
@@ -890,10 +896,7 @@ pub fn expire(connection: &Connection, metric: i64, cuts: &[(i64, i64)]) -> rusq
         .query_map([metric], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for &(resolution_ms, _) in cuts {
-        let tier = Tier {
-            resolution_ms,
-            retention_ms: 0,
-        };
+        let tier = Tier::of_resolution(resolution_ms);
         loose::drop_held(connection, tier, metric, &mut unheld)?;
     }
     for &(resolution_ms, _) in cuts {
