@@ -316,15 +316,51 @@ impl SeriesAnswer {
 /// Bin starts as RFC 3339, by Unix ms: the series of one answer share their bins, so each is
 /// formatted once and shared (a 1,000-series answer has 1,000 of each).
 #[derive(Default)]
-struct Stamps(HashMap<i64, Arc<str>, ahash::RandomState>);
+struct Stamps(HashMap<i64, Stamp, ahash::RandomState>);
 
 impl Stamps {
-    fn get(&mut self, ms: i64) -> Arc<str> {
-        Arc::clone(
-            self.0
-                .entry(ms)
-                .or_insert_with(|| time::format_instant(ms).into()),
-        )
+    fn get(&mut self, ms: i64) -> Stamp {
+        (self.0.entry(ms))
+            .or_insert_with(|| Stamp::new(&time::format_instant(ms)))
+            .clone()
+    }
+}
+
+/// A bin's start as RFC 3339, held as its JSON string: a large answer writes each one once per
+/// series, and copying it raw skips serde_json's scan for characters to escape (4 % of a
+/// 1,000-series query).
+#[derive(Clone)]
+pub struct Stamp(Arc<serde_json::value::RawValue>);
+
+impl Stamp {
+    fn new(text: &str) -> Stamp {
+        let json = serde_json::to_string(text).expect("a string serialises");
+        let raw = serde_json::value::RawValue::from_string(json).expect("a JSON string");
+        Stamp(raw.into())
+    }
+
+    /// The timestamp, without its quotes.
+    pub fn as_str(&self) -> &str {
+        let json = self.0.get();
+        &json[1..json.len() - 1]
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl PartialEq for Stamp {
+    fn eq(&self, other: &Stamp) -> bool {
+        self.as_str() == other.as_str()
     }
 }
 
@@ -332,7 +368,7 @@ impl Stamps {
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PointAnswer {
     #[schema(value_type = String)]
-    pub timestamp: Arc<str>,
+    pub timestamp: Stamp,
     pub value: f64,
 }
 
@@ -1089,16 +1125,29 @@ impl CustomMetrics {
             .read(move |reader| {
                 let chosen = chosen_series(reader, id, &filter)?;
                 let ids: Vec<i64> = chosen.iter().map(|(sid, _)| *sid).collect();
-                let mut binner = CellBinner::new(bins);
-                reader.scan_tier(
-                    tier,
-                    id,
-                    bins.start_ms,
-                    bins.end_ms,
-                    Some(&ids),
-                    &mut |sid, ts, cell| binner.add(sid, ts, cell),
-                )?;
-                Ok(series_answers(chosen, binner.finish(asked, &bounds)))
+                let cells = (ids.len() as i64)
+                    .saturating_mul((bins.end_ms - bins.start_ms) / tier.resolution_ms);
+                let parts = match cells >= query::PARALLEL_CELLS {
+                    true => query::scan_threads(),
+                    false => 1,
+                };
+                let scan_part = |part: Bins| {
+                    let mut binner = CellBinner::new(part);
+                    reader.scan_tier(
+                        tier,
+                        id,
+                        part.start_ms,
+                        part.end_ms,
+                        Some(&ids),
+                        &mut |sid, ts, cell| binner.add(sid, ts, cell),
+                    )?;
+                    Ok(binner.finish(asked, &bounds))
+                };
+                let points = match &bins.split(parts, |ts| tier.bucket_floor(ts))[..] {
+                    [whole] => scan_part(*whole)?,
+                    parts => query::scan_in_parallel(parts, scan_part)?,
+                };
+                Ok(series_answers(chosen, points))
             })
             .await
             .map_err(storage_failed)?;

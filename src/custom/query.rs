@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::definitions::Aggregation;
+use crate::store::StoreError;
 use crate::store::tiers::Cell as TierCell;
 
 /// Most bins one series may answer (Prometheus refuses a range query above 11,000 points).
@@ -24,17 +25,48 @@ impl Bins {
         if end_ms <= start_ms {
             return Err("end must be after start".into());
         }
-        let count = (end_ms - start_ms - 1) / step_ms + 1;
+        let bins = Bins {
+            start_ms,
+            end_ms,
+            step_ms,
+        };
+        let count = bins.count();
         if count > MAX_POINTS {
             return Err(format!(
                 "the range holds {count} steps; at most {MAX_POINTS} per series (use a larger step)"
             ));
         }
-        Ok(Bins {
-            start_ms,
-            end_ms,
-            step_ms,
-        })
+        Ok(bins)
+    }
+
+    /// How many bins the range holds.
+    pub fn count(&self) -> i64 {
+        (self.end_ms - self.start_ms - 1) / self.step_ms + 1
+    }
+
+    /// The bins cut into at most `parts` runs of whole bins, in time order, each starting at
+    /// the first bin boundary at or after `align` of an even share of the range (a store
+    /// bucket's start, so that no bucket is read by two runs). Fewer runs where they would
+    /// coincide; one, the bins themselves, for `parts` ≤ 1.
+    pub fn split(&self, parts: usize, align: impl Fn(i64) -> i64) -> Vec<Bins> {
+        let mut starts = vec![self.start_ms];
+        for k in 1..parts.max(1) as i64 {
+            let even = self.start_ms + (self.end_ms - self.start_ms) / parts as i64 * k;
+            let from = align(even).max(self.start_ms);
+            // Up to the next bin boundary.
+            let at = from + (self.step_ms - (from - self.start_ms) % self.step_ms) % self.step_ms;
+            if at > *starts.last().expect("the start") && at < self.end_ms {
+                starts.push(at);
+            }
+        }
+        let ends = starts.iter().skip(1).copied().chain([self.end_ms]);
+        (starts.iter().zip(ends))
+            .map(|(&start_ms, end_ms)| Bins {
+                start_ms,
+                end_ms,
+                step_ms: self.step_ms,
+            })
+            .collect()
     }
 
     pub(crate) fn index(&self, ts_ms: i64) -> Option<i64> {
@@ -44,7 +76,10 @@ impl Bins {
     }
 }
 
-/// What one bin has seen.
+/// Most bins a series' first value makes room for: a day at 1 min, or any query of the charts
+/// page (a bin takes under 64 bytes).
+const MAX_ROOM: i64 = 1_440;
+
 /// What a bin of recorded points keeps: enough for every [`Aggregation`].
 #[derive(Clone, Copy, Debug)]
 pub struct Cell {
@@ -105,8 +140,20 @@ pub struct Binned<C> {
     /// order (1.4 million for a day of 1,000 series at 1 min), so a value lands in the last bin
     /// or a new one after it; one out of order is placed by a binary search.
     cells: Vec<(i64, Vec<(i64, C)>)>,
-    /// The series last added to and its place in `cells`.
-    last: Option<(i64, usize)>,
+    /// The series last added to, its place in `cells`, and the bin last added to.
+    last: Option<Run>,
+}
+
+/// Where the last value went: a series' values mostly come in time order, several to a bin, so
+/// the next one usually lands in the same bin without a lookup or a division.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    series: i64,
+    at: usize,
+    bin: i64,
+    /// The bin's `[from, to)`.
+    from: i64,
+    to: i64,
 }
 
 /// A binner's answer: each series' bins in time order as `(bin start, value)`, by series id.
@@ -138,19 +185,28 @@ impl<C> Binned<C> {
         make: impl FnOnce(V) -> C,
         merge: impl FnOnce(&mut C, V),
     ) {
-        let Some(bin) = self.bins.index(ts_ms) else {
-            return;
-        };
-        let at = match self.last {
-            Some((last, at)) if last == series => at,
-            _ => {
-                let cells = &mut self.cells;
-                let at = *self.index.entry(series).or_insert_with(|| {
-                    cells.push((series, Vec::new()));
-                    cells.len() - 1
+        let (at, bin) = match self.last {
+            Some(run) if run.series == series && (run.from..run.to).contains(&ts_ms) => {
+                (run.at, run.bin)
+            }
+            last => {
+                let Some(bin) = self.bins.index(ts_ms) else {
+                    return;
+                };
+                let at = match last {
+                    Some(run) if run.series == series => run.at,
+                    _ => self.place_of(series),
+                };
+                let from = self.bins.start_ms + bin * self.bins.step_ms;
+                self.last = Some(Run {
+                    series,
+                    at,
+                    bin,
+                    from,
+                    // The last bin may be cut short by the range's end.
+                    to: from.saturating_add(self.bins.step_ms).min(self.bins.end_ms),
                 });
-                self.last = Some((series, at));
-                at
+                (at, bin)
             }
         };
         let bins = &mut self.cells[at].1;
@@ -164,6 +220,17 @@ impl<C> Binned<C> {
             }
             _ => bins.push((bin, make(value))),
         }
+    }
+
+    /// `series`' place in `cells`, made on its first value with room for its bins (up to a
+    /// bound: a sparse series of a long range would not fill them).
+    fn place_of(&mut self, series: i64) -> usize {
+        let cells = &mut self.cells;
+        let room = self.bins.count().min(MAX_ROOM) as usize;
+        *self.index.entry(series).or_insert_with(|| {
+            cells.push((series, Vec::with_capacity(room)));
+            cells.len() - 1
+        })
     }
 
     /// Each series with values, its bins in time order as `(bin start, value)`; a bin whose
@@ -237,6 +304,46 @@ impl serde::Serialize for Asked {
             Asked::Quantile(q) => serializer.serialize_str(&format!("quantile({q})")),
         }
     }
+}
+
+/// History cells a query scans (series × intervals of its tier) from which its range is cut in
+/// parts scanned on threads of their own (about 10 ms of work on one core).
+pub const PARALLEL_CELLS: i64 = 100_000;
+
+/// Threads a large history query is scanned on: the CPUs tallyd may run on (one when it is
+/// pinned to one, as the benches pin it), at most 8.
+pub fn scan_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
+/// Runs `scan` over each of `parts` (consecutive runs of whole bins) on a thread of its own,
+/// and joins their series' bins in time order.
+pub fn scan_in_parallel(
+    parts: &[Bins],
+    scan: impl Fn(Bins) -> Result<Points, StoreError> + Sync,
+) -> Result<Points, StoreError> {
+    let answers = std::thread::scope(|scope| {
+        let scan = &scan;
+        let threads: Vec<_> = (parts.iter())
+            .map(|&part| scope.spawn(move || scan(part)))
+            .collect();
+        (threads.into_iter())
+            .map(|thread| {
+                (thread.join()).unwrap_or_else(|_| {
+                    Err(StoreError::Engine("a query scan thread panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let mut answers = answers.into_iter();
+    let mut points = answers.next().unwrap_or_default();
+    for later in answers {
+        for (series, bins) in later {
+            points.entry(series).or_default().extend(bins);
+        }
+    }
+    Ok(points)
 }
 
 /// Prometheus's `histogram_quantile`: the `q` quantile of observations counted per bucket
@@ -350,6 +457,18 @@ mod tests {
     }
 
     #[test]
+    fn a_last_bin_cut_short_by_the_end_takes_nothing_past_it() {
+        // The bin [3000, 3500) after a value in it: 3600 is past the range, though inside
+        // the step the bin would have without the end.
+        let mut binner = Binner::new(Bins::new(1_000, 3_500, 1_000).unwrap());
+        for (ts, value) in [(3_200, 1.0), (3_499, 2.0), (3_500, 50.0), (3_600, 100.0)] {
+            binner.add(7, ts, value);
+        }
+        let sums = binner.finish(Aggregation::Sum).remove(&7).unwrap();
+        assert_eq!(sums, [(3_000, 3.0)]);
+    }
+
+    #[test]
     fn bins_are_half_open_and_stamped_with_their_start() {
         let points = [
             (999, 100.0),
@@ -440,5 +559,91 @@ mod tests {
         assert!(Bins::new(0, MAX_POINTS, 1).is_ok());
         let error = Bins::new(0, MAX_POINTS + 1, 1).unwrap_err();
         assert!(error.contains("11001 steps"), "{error}");
+    }
+
+    #[test]
+    fn a_split_is_whole_bins_from_bucket_starts_covering_the_range_once() {
+        // 5-minute bins over 23 h from 00:05; buckets of 6 h.
+        let (step, bucket) = (300_000, 6 * 3_600_000);
+        let bins = Bins::new(300_000, 300_000 + 23 * 3_600_000, step).unwrap();
+        let floor = |ts: i64| ts - ts.rem_euclid(bucket);
+        for parts in [1, 2, 3, 4, 8, 1000] {
+            let split = bins.split(parts, floor);
+            assert!(
+                !split.is_empty() && split.len() <= parts.max(1),
+                "{parts}: {split:?}"
+            );
+            assert_eq!(split[0].start_ms, bins.start_ms);
+            assert_eq!(split.last().unwrap().end_ms, bins.end_ms);
+            for pair in split.windows(2) {
+                assert_eq!(pair[0].end_ms, pair[1].start_ms, "{parts}: contiguous");
+                assert_eq!(pair[1].start_ms % bucket, 0, "{parts}: at a bucket start");
+                assert_eq!(
+                    (pair[1].start_ms - bins.start_ms) % step,
+                    0,
+                    "{parts}: a bin edge"
+                );
+            }
+            let counted: i64 = split.iter().map(Bins::count).sum();
+            assert_eq!(counted, bins.count(), "{parts}: every bin once");
+        }
+        assert_eq!(bins.split(2, floor).len(), 2);
+        // A bucket start off the bin grid: the part starts at the next bin edge.
+        let odd = Bins::new(0, 1_000, 300).unwrap();
+        let split = odd.split(2, |ts| ts - ts.rem_euclid(70));
+        assert_eq!(split[1].start_ms, 600, "{split:?}");
+        // Too short to cut: one part.
+        assert_eq!(Bins::new(0, 300, 300).unwrap().split(4, floor).len(), 1);
+    }
+
+    #[test]
+    fn a_scan_in_parallel_parts_answers_as_one_scan() {
+        // Three series over 10 h of 1-minute scalar cells (one missing now and then, and a
+        // series that only starts late), binned at 7 minutes.
+        let mut cells = Vec::new();
+        for series in [3_i64, 9, 27] {
+            for minute in 0..600_i64 {
+                if (minute * series) % 11 == 0 || (series == 27 && minute < 400) {
+                    continue;
+                }
+                let v = ((minute * 31 + series) % 17) as f64;
+                let cell = TierCell::Scalar {
+                    n: 6,
+                    sum: 6.0 * v,
+                    min: v - 1.0,
+                    max: v + 2.0,
+                    last: v,
+                };
+                cells.push((series, minute * 60_000, cell));
+            }
+        }
+        let bins = Bins::new(60_000 * 3, 60_000 * 598, 7 * 60_000).unwrap();
+        let scan = |part: Bins| -> Result<Points, StoreError> {
+            let mut binner = CellBinner::new(part);
+            for (series, ts, cell) in &cells {
+                if (part.start_ms..part.end_ms).contains(ts) {
+                    binner.add(*series, *ts, cell.clone());
+                }
+            }
+            Ok(binner.finish(Asked::Plain(Aggregation::Average), &[]))
+        };
+        let whole = scan(bins).unwrap();
+        assert_eq!(whole.len(), 3);
+        let hour = |ts: i64| ts - ts.rem_euclid(3_600_000);
+        for parts in [2, 3, 5] {
+            let split = bins.split(parts, hour);
+            assert_eq!(split.len(), parts);
+            assert_eq!(
+                scan_in_parallel(&split, scan).unwrap(),
+                whole,
+                "{parts} parts"
+            );
+        }
+        // A part's failure is the answer's.
+        let failing = |part: Bins| match part.start_ms == bins.start_ms {
+            true => scan(part),
+            false => Err(StoreError::Engine("disk gone".into())),
+        };
+        assert!(scan_in_parallel(&bins.split(3, hour), failing).is_err());
     }
 }

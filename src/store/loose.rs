@@ -301,7 +301,8 @@ pub fn scan(
         }
         return Ok(());
     }
-    let wanted: Option<HashSet<i64>> = series.map(|s| s.iter().copied().collect());
+    let wanted: Option<HashSet<i64, ahash::RandomState>> =
+        series.map(|s| s.iter().copied().collect());
     let mut statement = connection.prepare_cached(
         "SELECT ts, first, body FROM tier_loose
          WHERE tier = ?1 AND metric = ?2 AND bucket = ?3 AND ts >= ?4 AND ts < ?5

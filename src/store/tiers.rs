@@ -99,6 +99,12 @@ impl Tier {
         bucket.saturating_mul(self.resolution_ms * SLOTS_PER_BUCKET)
     }
 
+    /// The start of the bucket holding `ts_ms`: where a scan can be cut in parts that read no
+    /// row twice.
+    pub fn bucket_floor(&self, ts_ms: i64) -> i64 {
+        self.bucket_start(self.bucket_of(ts_ms))
+    }
+
     /// The start of the interval holding `ts_ms`.
     pub fn floor(&self, ts_ms: i64) -> i64 {
         ts_ms - ts_ms.rem_euclid(self.resolution_ms)
@@ -580,7 +586,7 @@ pub fn scan(
     let (first, last) = (tier.bucket_of(start_ms), tier.bucket_of(end_ms - 1));
     // Packed rows: a seek per (bucket, series) for a few series, each bucket's range otherwise.
     let few = series.filter(|s| (last - first + 1).saturating_mul(s.len() as i64) <= MAX_SEEKS);
-    let wanted: Option<HashSet<i64>> = series
+    let wanted: Option<HashSet<i64, ahash::RandomState>> = series
         .filter(|_| few.is_none())
         .map(|s| s.iter().copied().collect());
     let mut one = connection.prepare_cached(
