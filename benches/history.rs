@@ -66,6 +66,10 @@ const GROUPS: [&str; 3] = ["query", "prometheus", "sampler"];
 
 struct Knobs {
     base: Setup,
+    /// The query groups' setup: tallyd and Prometheus on `HIST_QUERY_CPU` (default every CPU,
+    /// as on a host of their own: tallyd scans a large query on several threads, and the
+    /// client only waits), not on the sampler group's one pinned CPU.
+    query_base: Setup,
     groups: Vec<String>,
     /// Timed queries per figure, after `warmup` untimed ones.
     queries: usize,
@@ -93,8 +97,17 @@ impl Knobs {
                 "HIST_ONLY: unknown group {group:?} (groups: {GROUPS:?})"
             );
         }
+        let base = Setup::from_env("HIST", "history");
+        let every_cpu = format!(
+            "0-{}",
+            std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
+        );
         Knobs {
-            base: Setup::from_env("HIST", "history"),
+            query_base: Setup {
+                daemon_cpu: env_or("HIST_QUERY_CPU", every_cpu),
+                ..base.clone()
+            },
+            base,
             groups,
             queries: env_or("HIST_QUERIES", 30),
             warmup: env_or("HIST_WARMUP", 5),
@@ -422,7 +435,7 @@ fn query_group(s: &Knobs, table: &mut Table, dir: &Path) -> QueryRun {
         "--data-dir".into(),
         dir.into(),
     ];
-    let daemon = Daemon::tallyd(&s.base, &args);
+    let daemon = Daemon::tallyd(&s.query_base, &args);
     let http = daemon.http.expect("tallyd's HTTP address");
     // The fill leaves the closed buckets' loose rows, which the daemon compacts when it starts
     // (a running daemon compacts each bucket as it closes): the queries time reads of the
@@ -582,7 +595,11 @@ fn prometheus_group(s: &Knobs, table: &mut Table, dir: &Path, tallyd: &QueryRun)
     std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("prometheus.yml");
     let web = free_port();
     let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
-    let mut command = common::pinned(&s.base, &s.base.daemon_cpu, Path::new("prometheus"));
+    let mut command = common::pinned(
+        &s.query_base,
+        &s.query_base.daemon_cpu,
+        Path::new("prometheus"),
+    );
     command
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", storage.display()))
@@ -844,10 +861,12 @@ fn main() {
         keep,
     };
     eprintln!(
-        "history: tallyd {}; daemon on CPU {}, client and loader on CPU {}, nice {}; {} queries \
-         per figure after {} untimed; data under {}; groups: {:?}",
+        "history: tallyd {}; daemon on CPU {} (queries: tallyd and Prometheus on CPU {}), client \
+         and loader on CPU {}, nice {}; {} queries per figure after {} untimed; data under {}; \
+         groups: {:?}",
         s.base.tallyd.display(),
         s.base.daemon_cpu,
+        s.query_base.daemon_cpu,
         s.base.loader_cpu,
         s.base.nice,
         s.queries,
@@ -865,9 +884,16 @@ fn main() {
     if s.wants("sampler") {
         sampler_group(&s, &mut table, dir.path());
     }
+    let context = match s.wants("query") || s.wants("prometheus") {
+        true => format!(
+            "queries on CPU {} (tallyd and Prometheus alike), ",
+            s.query_base.daemon_cpu
+        ),
+        false => String::new(),
+    };
     common::print_table(
         "tallyd history benchmark",
-        "",
+        &context,
         &s.base,
         1,
         started,

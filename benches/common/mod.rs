@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 /// The pinning, the priority and the binaries, read from `<PREFIX>_DAEMON_CPU`,
 /// `<PREFIX>_LOADER_CPU`, `<PREFIX>_NICE`, `<PREFIX>_TALLYD` and `<PREFIX>_LOAD`.
+#[derive(Clone)]
 pub struct Setup {
     /// What the bench's stderr lines start with (`e2e`, `api`).
     pub tag: &'static str,
