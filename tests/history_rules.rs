@@ -369,6 +369,26 @@ fn a_rule_familys_history_answers_lists_and_exports_after_a_restart_before_any_n
     assert_eq!((status, &shown["origin"]), (200, &json!("rule")), "{shown}");
     let (status, before_p50) = query_as(tallyd.http, Some(OTHER), "api_wait_seconds", &median);
     assert_eq!((status, values(&before_p50)), (200, values(&p50)));
+    // Its values come from StatsD: not recorded to, not deleted through the API (409, not a
+    // 404 for a metric the list shows), and nothing changed by trying.
+    let path = "/api/v1/observability/custom-metrics/api_requests_total";
+    for (method, at, body) in [
+        ("POST", format!("{path}/data"), Some(json!({"value": 5}))),
+        ("DELETE", path.to_owned(), None),
+    ] {
+        let (status, problem) = api_call(tallyd.http, method, &at, WRITER, body);
+        assert_eq!(
+            (status, &problem["code"]),
+            (409, &json!("read_only")),
+            "{method} {at}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains("mapping rule"),
+            "{problem}"
+        );
+    }
+    let (status, unchanged) = query_as(tallyd.http, Some(WRITER), "api_requests_total", &sum);
+    assert_eq!((status, values(&unchanged)), (200, values(&before)));
 
     // A restart, and no line since: the same answers, from the store.
     drop(tallyd);

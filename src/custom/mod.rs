@@ -685,6 +685,9 @@ impl CustomMetrics {
         if self.file_metric(tenant, name).is_some() {
             return Err(read_only(name));
         }
+        if self.rule_metric(tenant, name).is_some() {
+            return Err(rule_read_only(name));
+        }
         let key = (tenant.to_owned(), name.to_owned());
         let metric = self
             .catalog
@@ -1161,7 +1164,10 @@ impl CustomMetrics {
         tenant: &str,
         name: &str,
     ) -> Result<Arc<CustomMetric>, Problem> {
-        let metric = self.get(tenant, name)?;
+        let metric = self.get_queryable(tenant, name)?;
+        if metric.origin == Origin::Rule {
+            return Err(rule_read_only(name));
+        }
         if !metric.read_only || metric.store_id >= 0 {
             return Ok(metric);
         }
@@ -1419,6 +1425,19 @@ fn read_only(name: &str) -> Problem {
         StatusCode::CONFLICT,
         "read_only",
         format!("{name:?} is defined in the config file and cannot be changed through the API"),
+    )
+}
+
+/// A family a mapping rule keeps history for: its values come from the StatsD lines the rule
+/// maps, not from the API.
+fn rule_read_only(name: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "read_only",
+        format!(
+            "{name:?} is kept by a mapping rule in the config file, from the StatsD lines it \
+             maps; it cannot be recorded to, changed or deleted through the API"
+        ),
     )
 }
 
