@@ -520,7 +520,7 @@ fn start_api(
             settings.data_dir.display()
         )
     })?;
-    telemetry.set_store_pending(store.pending_count());
+    telemetry.set_store(store.stats());
     let custom = CustomMetrics::open(store, Arc::clone(recorder), settings.api.clone())?;
     let loopback = http_addr.ip().is_loopback();
     let access = Arc::new(Access::new(settings.tokens.clone(), loopback));

@@ -6,7 +6,7 @@
 //! the registry's metrics ([`Telemetry::visit`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -171,7 +171,7 @@ pub struct Telemetry {
     /// The push routes' counters, when they are served.
     push: Mutex<Option<Arc<crate::push::PushStats>>>,
     /// The store's count of points journaled and not yet applied, when the API runs.
-    store_pending: Mutex<Option<Arc<AtomicUsize>>>,
+    store: Mutex<Option<Arc<crate::store::StoreStats>>>,
     /// `[query]` backend requests by outcome (`tallyd_query_backend_requests_total`).
     pub query_backend: Arc<crate::custom::backend::BackendStats>,
     /// The families mapping rules added to history (`tallyd_history_rule_families*`).
@@ -195,7 +195,7 @@ impl Default for Telemetry {
             remote_write: Arc::default(),
             http: Arc::default(),
             push: Mutex::default(),
-            store_pending: Mutex::default(),
+            store: Mutex::default(),
             query_backend: Arc::default(),
             history_rules: Mutex::default(),
         }
@@ -286,9 +286,10 @@ impl Telemetry {
         *self.push.lock() = Some(stats);
     }
 
-    /// Reports the store's pending points (`tallyd_store_pending_points`) from now on.
-    pub fn set_store_pending(&self, pending: Arc<AtomicUsize>) {
-        *self.store_pending.lock() = Some(pending);
+    /// Reports the store's figures (`tallyd_store_pending_points`, history compaction) from
+    /// now on.
+    pub fn set_store(&self, stats: Arc<crate::store::StoreStats>) {
+        *self.store.lock() = Some(stats);
     }
 
     /// Reports the families mapping rules added to history from now on.
@@ -619,14 +620,8 @@ impl Telemetry {
         if let Some(push) = &*self.push.lock() {
             out.extend(push.self_metrics());
         }
-        if let Some(pending) = &*self.store_pending.lock() {
-            out.push(SelfMetric::single(
-                "tallyd_store_pending_points",
-                Kind::Gauge,
-                "Recorded points acknowledged (durable in the store's journal) and not yet applied \
-                 to the table queries read; applied within a second, or at once when a query asks.",
-                pending.load(Ordering::Relaxed) as f64,
-            ));
+        if let Some(store) = &*self.store.lock() {
+            out.extend(store.self_metrics());
         }
         out.push(self.query_backend.self_metrics());
         if let Some(families) = &*self.history_rules.lock() {

@@ -205,6 +205,21 @@ fn the_daemon_compacts_closed_history_and_answers_the_same_bins() {
     assert_written(&before[12], 3);
     wait_compacted(data.path(), t0);
     assert_eq!(every_answer(tallyd.http, t0, &STEPS), before);
+    // What it did is in the self-metrics: the 3 series of each bucket it packed, every loose
+    // cell replaced, nothing unreadable.
+    let text = tallyd.scrape();
+    let value = |series: &str| common::value_of(&text, series).unwrap_or(f64::NAN);
+    let packed = value("tallyd_history_compacted_series_total");
+    assert!(packed >= 3.0 && packed % 3.0 == 0.0, "{packed}: {text}");
+    assert!(
+        value("tallyd_history_compacted_cells_total") >= 360.0 * 3.0,
+        "{text}"
+    );
+    assert_eq!(value("tallyd_history_compaction_unreadable_total"), 0.0);
+    assert!(
+        value("tallyd_history_compaction_seconds_total") > 0.0,
+        "{text}"
+    );
 }
 
 #[test]

@@ -384,6 +384,13 @@ pub async fn run(
     if let Err(e) = store.write(Write::RollupTiers(resolutions)).await {
         tracing::warn!("history: recorded points will not roll up into the tiers: {e}");
     }
+    let compact = Write::Compact {
+        tiers: Arc::clone(&history.tiers),
+        closed_before_ms: crate::custom::time::now_ms(),
+    };
+    if let Err(e) = store.write(compact).await {
+        tracing::warn!("history: compacting the buckets closed while tallyd was down failed: {e}");
+    }
     let mut expired_at: Option<i64> = None;
     loop {
         let now = crate::custom::time::now_ms();

@@ -69,6 +69,14 @@ impl Compaction {
         self.due = true;
     }
 
+    /// Notes that the buckets of `tiers` closed before `closed_before_ms` may be compacted, as a
+    /// tick at that time would (the tiers of a tick, once one came, stay).
+    pub fn closed(&mut self, tiers: Arc<[Tier]>, closed_before_ms: i64) {
+        self.tiers.get_or_insert(tiers);
+        self.newest_ms = self.newest_ms.max(closed_before_ms);
+        self.due = true;
+    }
+
     /// Whether a slice may have work.
     pub fn due(&self) -> bool {
         self.due
@@ -520,6 +528,37 @@ mod tests {
         );
         // Nothing more to do until the next tick.
         assert!(!f.engine.busy());
+    }
+
+    #[test]
+    fn a_store_filled_before_the_daemon_started_is_compacted_without_waiting_for_a_tick() {
+        let mut f = open();
+        load(&mut f);
+        // A new writer on the file, as after a restart: no tick has come, nothing is due.
+        let (engine, _) = crate::store::sqlite::open(f._dir.path()).unwrap();
+        drop(std::mem::replace(&mut f.engine, engine));
+        assert!(!f.engine.busy());
+        let compact = Write::Compact {
+            tiers: tiers(),
+            closed_before_ms: T0 + 16 * DAY,
+        };
+        assert!(matches!(
+            f.engine.commit(&[compact]).unwrap()[0],
+            Ok(Written::Done)
+        ));
+        assert!(f.engine.busy());
+        compact_all(&mut f);
+        // The same buckets as after the ticks (the test above).
+        for (tier, closed) in [(S, 4), (MIN, 2), (HOUR, 1)] {
+            let packed = rows(
+                &f,
+                &format!(
+                    "SELECT count(*) FROM (SELECT DISTINCT metric, bucket, series
+                     FROM tier_samples WHERE tier = {tier} AND ts < 0)"
+                ),
+            );
+            assert_eq!(packed, 5 * closed, "tier {tier}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,13 @@ pub enum Write {
     /// Makes these resolutions (finest first) the tiers recorded points roll up into
     /// ([`rollup`]); other tiers than before rebuild every rollup.
     RollupTiers(Vec<i64>),
+    /// Compacts the history buckets of `tiers` closed before `closed_before_ms` (see
+    /// [`compact`]): sent at start, so a store filled while no daemon ran (an import, a restart
+    /// after a long stop) is compacted at once, not after the first sampling tick.
+    Compact {
+        tiers: Arc<[tiers::Tier]>,
+        closed_before_ms: i64,
+    },
     /// Rebuilds a slice of the rollups of recorded points due by `now_ms`. Answers how many
     /// intervals.
     Roll { now_ms: i64 },
@@ -182,10 +189,92 @@ pub trait Engine: Send + 'static {
         false
     }
 
-    /// Does a short piece of that work, in a transaction of its own. An engine that fails
-    /// at it stops being [`Engine::busy`] until new writes give it a reason to try again.
-    fn work(&mut self) -> Result<(), StoreError> {
-        Ok(())
+    /// Does a short piece of that work, in a transaction of its own, and says what it did. An
+    /// engine that fails at it stops being [`Engine::busy`] until new writes give it a reason
+    /// to try again.
+    fn work(&mut self) -> Result<Worked, StoreError> {
+        Ok(Worked::default())
+    }
+}
+
+/// What a piece of [`Engine::work`] did: history compaction ([`compact`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Worked {
+    /// Series' buckets packed into rows of their own.
+    pub packed: usize,
+    /// The loose cells they replaced.
+    pub cells: usize,
+    /// Groups left as they were because a body did not read (logged).
+    pub unreadable: usize,
+}
+
+/// What the writer reports for the self-metrics, shared with them (unlike a [`Store`] handle,
+/// it does not keep the writer running).
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// The engine's pending points, as the writer last saw them.
+    pending: AtomicUsize,
+    compacted_series: AtomicU64,
+    compacted_cells: AtomicU64,
+    compaction_unreadable: AtomicU64,
+    compaction_micros: AtomicU64,
+}
+
+impl StoreStats {
+    fn worked(&self, worked: Worked, took: std::time::Duration) {
+        let add = |counter: &AtomicU64, n: usize| counter.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.compacted_series, worked.packed);
+        add(&self.compacted_cells, worked.cells);
+        add(&self.compaction_unreadable, worked.unreadable);
+        let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.compaction_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// `tallyd_store_pending_points` and `tallyd_history_compaction_*`.
+    pub fn self_metrics(&self) -> Vec<crate::telemetry::SelfMetric> {
+        use crate::registry::Kind;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let metric = |name, kind, help, value| crate::telemetry::SelfMetric {
+            name,
+            help,
+            kind,
+            label: None,
+            samples: vec![(String::new(), value)],
+        };
+        vec![
+            metric(
+                "tallyd_store_pending_points",
+                Kind::Gauge,
+                "Recorded points acknowledged (durable in the store's journal) and not yet applied \
+                 to the table queries read; applied within a second, or at once when a query asks.",
+                self.pending.load(Ordering::Relaxed) as f64,
+            ),
+            metric(
+                "tallyd_history_compacted_series",
+                Kind::Counter,
+                "Series' closed history buckets compacted into packed rows of their own.",
+                load(&self.compacted_series),
+            ),
+            metric(
+                "tallyd_history_compacted_cells",
+                Kind::Counter,
+                "Loose history cells (one series' interval each) replaced by packed rows.",
+                load(&self.compacted_cells),
+            ),
+            metric(
+                "tallyd_history_compaction_unreadable",
+                Kind::Counter,
+                "Series' buckets compaction left loose because a stored body did not read (each \
+                 is logged); queries of them answer an error rather than a wrong value.",
+                load(&self.compaction_unreadable),
+            ),
+            metric(
+                "tallyd_history_compaction_seconds",
+                Kind::Counter,
+                "Time the store's writer spent compacting history, between writes.",
+                load(&self.compaction_micros) / 1e6,
+            ),
+        ]
     }
 }
 
@@ -247,8 +336,7 @@ enum Job {
 pub struct Store {
     writes: mpsc::Sender<Job>,
     reader: Arc<dyn Reader>,
-    /// The engine's pending points, as the writer last saw them.
-    pending: Arc<AtomicUsize>,
+    stats: Arc<StoreStats>,
 }
 
 impl fmt::Debug for Store {
@@ -268,8 +356,11 @@ impl Store {
     /// Starts the writer thread for `engine`.
     pub fn start(engine: impl Engine, reader: Arc<dyn Reader>) -> Store {
         let (writes, jobs) = mpsc::channel(QUEUE);
-        let pending = Arc::new(AtomicUsize::new(engine.pending()));
-        let shown = Arc::clone(&pending);
+        let stats = Arc::new(StoreStats {
+            pending: AtomicUsize::new(engine.pending()),
+            ..StoreStats::default()
+        });
+        let shown = Arc::clone(&stats);
         thread::Builder::new()
             .name("tallyd-store".into())
             .spawn(move || write_loop(engine, jobs, &shown))
@@ -277,7 +368,7 @@ impl Store {
         Store {
             writes,
             reader,
-            pending,
+            stats,
         }
     }
 
@@ -293,13 +384,12 @@ impl Store {
 
     /// Points acknowledged but not yet visible to readers.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.stats.pending.load(Ordering::Acquire)
     }
 
-    /// The count behind [`Store::pending`], for the self-metrics: it does not keep the writer
-    /// running, as a handle would.
-    pub fn pending_count(&self) -> Arc<AtomicUsize> {
-        Arc::clone(&self.pending)
+    /// The writer's figures, for the self-metrics.
+    pub fn stats(&self) -> Arc<StoreStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Runs `read` on the blocking pool with the store's reader, once every point acknowledged
@@ -329,7 +419,8 @@ impl Store {
 }
 
 /// The writer thread: group commit until every handle is gone.
-fn write_loop(mut engine: impl Engine, mut jobs: mpsc::Receiver<Job>, shown: &AtomicUsize) {
+fn write_loop(mut engine: impl Engine, mut jobs: mpsc::Receiver<Job>, stats: &StoreStats) {
+    let shown = &stats.pending;
     // Only to wait for a job with a deadline; the engine runs on this thread.
     let clock = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -348,8 +439,10 @@ fn write_loop(mut engine: impl Engine, mut jobs: mpsc::Receiver<Job>, shown: &At
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if let Err(error) = engine.work() {
-                        tracing::warn!("store maintenance: {error}");
+                    let started = Instant::now();
+                    match engine.work() {
+                        Ok(worked) => stats.worked(worked, started.elapsed()),
+                        Err(error) => tracing::warn!("store maintenance: {error}"),
                     }
                     if pending_since.is_some_and(|since| since.elapsed() >= APPLY_AFTER) {
                         let _ = apply(&mut engine, shown, &mut pending_since);

@@ -46,7 +46,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::compact::Compaction;
 use super::journal::{self, Pending};
 use super::tiers::{self, Cell, Tier};
-use super::{DataPoint, Engine, Reader, StoreError, StoredMetric, Write, Written, bucket_of};
+use super::{
+    DataPoint, Engine, Reader, StoreError, StoredMetric, Worked, Write, Written, bucket_of,
+};
 use super::{loose, rollup};
 
 /// The file in the data directory.
@@ -509,7 +511,7 @@ impl Engine for SqliteEngine {
         self.compaction.due()
     }
 
-    fn work(&mut self) -> Result<(), StoreError> {
+    fn work(&mut self) -> Result<Worked, StoreError> {
         let started = std::time::Instant::now();
         // As an apply: a slice lost at power loss is done again, and the next durable commit's
         // fsync covers its frames.
@@ -537,7 +539,11 @@ impl Engine for SqliteEngine {
                 "history compaction slice"
             );
         }
-        Ok(())
+        Ok(Worked {
+            packed: sliced.packed,
+            cells: sliced.rows,
+            unreadable: sliced.unreadable,
+        })
     }
 }
 
@@ -712,6 +718,13 @@ impl SqliteEngine {
                     );
                 }
                 self.rollup_tiers = tier_list(resolutions);
+                Ok(Written::Done)
+            }
+            Write::Compact {
+                tiers,
+                closed_before_ms,
+            } => {
+                self.compaction.closed(Arc::clone(tiers), *closed_before_ms);
                 Ok(Written::Done)
             }
             Write::Roll { now_ms } => {
