@@ -498,6 +498,22 @@ mod tests {
         connection.query_row(sql, [], |row| row.get(0)).unwrap()
     }
 
+    /// Each closed bucket [`load`] leaves in each tier is one row per series: the 1 s tier's
+    /// three of the first 800 s and the one 7 h on, the minute tier's two (6 h each, T0 is 4 h
+    /// into one), the hour tier's first (15 days).
+    fn assert_every_closed_bucket_packed(f: &Fixture) {
+        for (tier, closed) in [(S, 4), (MIN, 2), (HOUR, 1)] {
+            let packed = rows(
+                f,
+                &format!(
+                    "SELECT count(*) FROM (SELECT DISTINCT metric, bucket, series
+                     FROM tier_samples WHERE tier = {tier} AND ts < 0)"
+                ),
+            );
+            assert_eq!(packed, 5 * closed, "tier {tier}");
+        }
+    }
+
     #[test]
     fn every_query_answers_the_same_after_compaction() {
         let mut f = open();
@@ -508,19 +524,7 @@ mod tests {
         assert_eq!(rows(&f, "SELECT count(*) FROM tier_samples"), 0);
         compact_all(&mut f);
         assert_eq!(answers(&f), before);
-        // Each closed bucket of each tier is one row per series now: the 1 s tier's three of
-        // the first 800 s and the one 7 h on, the minute tier's two (6 h each, T0 is 4 h into
-        // one), the hour tier's first (15 days).
-        for (tier, closed) in [(S, 4), (MIN, 2), (HOUR, 1)] {
-            let packed = rows(
-                &f,
-                &format!(
-                    "SELECT count(*) FROM (SELECT DISTINCT metric, bucket, series
-                     FROM tier_samples WHERE tier = {tier} AND ts < 0)"
-                ),
-            );
-            assert_eq!(packed, 5 * closed, "tier {tier}");
-        }
+        assert_every_closed_bucket_packed(&f);
         let loose_after = rows(&f, "SELECT count(*) FROM tier_loose");
         assert!(
             loose_after * 10 < loose_before,
@@ -549,16 +553,7 @@ mod tests {
         assert!(f.engine.busy());
         compact_all(&mut f);
         // The same buckets as after the ticks (the test above).
-        for (tier, closed) in [(S, 4), (MIN, 2), (HOUR, 1)] {
-            let packed = rows(
-                &f,
-                &format!(
-                    "SELECT count(*) FROM (SELECT DISTINCT metric, bucket, series
-                     FROM tier_samples WHERE tier = {tier} AND ts < 0)"
-                ),
-            );
-            assert_eq!(packed, 5 * closed, "tier {tier}");
-        }
+        assert_every_closed_bucket_packed(&f);
     }
 
     #[test]
