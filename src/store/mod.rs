@@ -230,7 +230,7 @@ impl StoreStats {
         self.compaction_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// `tallyd_store_pending_points` and `tallyd_history_compaction_*`.
+    /// `tallyd_store_pending_points` and the history compaction counters.
     pub fn self_metrics(&self) -> Vec<crate::telemetry::SelfMetric> {
         use crate::registry::Kind;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
