@@ -265,8 +265,9 @@ async fn write_all(store: &Store, batches: Vec<SampleBatch>) {
 // Timing queries
 // ---------------------------------------------------------------------------------------------
 
-/// Waits at least `first` (compaction starts with the daemon's first sampling tick, 10 s apart)
-/// and until `daemon` has used under 2 % of a CPU for two seconds running (at most five
+/// Waits at least `first` (past the daemon's first sampling tick, which comes within 10 s of
+/// its start and may close a bucket to compact; the compaction of what the fill left starts at
+/// once) and until `daemon` has used under 2 % of a CPU for two seconds running (at most five
 /// minutes), and answers how long that took in seconds.
 fn wait_until_idle(daemon: &Daemon, first: Duration) -> f64 {
     let started = Instant::now();

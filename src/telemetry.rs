@@ -170,7 +170,8 @@ pub struct Telemetry {
     pub http: Arc<HttpStats>,
     /// The push routes' counters, when they are served.
     push: Mutex<Option<Arc<crate::push::PushStats>>>,
-    /// The store's count of points journaled and not yet applied, when the API runs.
+    /// The store's figures (points journaled and not yet applied, history compaction), when
+    /// the API runs.
     store: Mutex<Option<Arc<crate::store::StoreStats>>>,
     /// `[query]` backend requests by outcome (`tallyd_query_backend_requests_total`).
     pub query_backend: Arc<crate::custom::backend::BackendStats>,

@@ -76,8 +76,8 @@ impl Bins {
     }
 }
 
-/// Most bins a series' first value makes room for: a day at 1 min, or any query of the charts
-/// page (a bin takes under 64 bytes).
+/// Most bins a series' first value makes room for: a day at 1 min, and more than the charts
+/// page asks (at most about 200). A bin takes under 64 bytes.
 const MAX_ROOM: i64 = 1_440;
 
 /// What a bin of recorded points keeps: enough for every [`Aggregation`].
