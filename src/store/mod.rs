@@ -673,6 +673,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_range_cutting_buckets_reads_exactly_its_points_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = put(&store, metric("u1", "t1", "score")).await;
+        // Dense series (a point every few seconds over three buckets), sparse ones (a point
+        // or two), and points outside the ranges asked for on both sides.
+        let mut random = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |below: i64| {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            (random % below as u64) as i64
+        };
+        let mut points = Vec::new();
+        for s in 0..40 {
+            let labels = labels_key([("s", format!("{s:02}").as_str())]);
+            let count = if s % 3 == 0 { 2 } else { 300 };
+            for _ in 0..count {
+                let ts = BUCKET_MS + next(3 * BUCKET_MS);
+                points.push(point(&labels, ts, points.len() as f64));
+            }
+        }
+        store
+            .write(Write::Points {
+                metric: id,
+                points: points.clone(),
+            })
+            .await
+            .unwrap();
+        let ids: std::collections::HashMap<String, i64> = store
+            .read(move |r| r.series(id))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(series, labels)| (labels, series))
+            .collect();
+        let ranges = [
+            (BUCKET_MS + 10_000, BUCKET_MS + 20_000),
+            (2 * BUCKET_MS - 60_000, 2 * BUCKET_MS + 60_000),
+            (BUCKET_MS + 1, 4 * BUCKET_MS - 1),
+            (2 * BUCKET_MS, 3 * BUCKET_MS),
+            (2 * BUCKET_MS + 1_800_000, 4 * BUCKET_MS),
+            (0, BUCKET_MS + 5),
+            // So many buckets that a filtered scan reads ranges, not series, too.
+            (BUCKET_MS + 10_000, 2_000 * BUCKET_MS + 3),
+        ];
+        let mut some: Vec<i64> = ids.values().copied().filter(|s| s % 2 == 0).collect();
+        some.sort_unstable();
+        for (start, end) in ranges {
+            for filter in [None, Some(some.clone())] {
+                let mut expected: Vec<(i64, i64, i64, usize, f64)> = points
+                    .iter()
+                    .enumerate()
+                    .map(|(at, p)| (bucket_of(p.ts_ms), ids[&*p.labels], p.ts_ms, at, p.value))
+                    .filter(|&(_, s, ts, _, _)| {
+                        (start..end).contains(&ts) && filter.as_ref().is_none_or(|f| f.contains(&s))
+                    })
+                    .collect();
+                expected.sort_by_key(|&(bucket, s, ts, at, _)| (bucket, s, ts, at));
+                let expected: Vec<(i64, i64, f64)> = expected
+                    .into_iter()
+                    .map(|(_, s, ts, _, v)| (s, ts, v))
+                    .collect();
+                let found = scan(&store, id, start, end, filter.clone()).await;
+                assert_eq!(found, expected, "[{start}, {end}) in {filter:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn deleting_a_metric_removes_its_points_and_data_points() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -47,7 +47,8 @@ use super::compact::Compaction;
 use super::journal::{self, Pending};
 use super::tiers::{self, Cell, Tier};
 use super::{
-    DataPoint, Engine, Reader, StoreError, StoredMetric, Worked, Write, Written, bucket_of,
+    BUCKET_MS, DataPoint, Engine, Reader, StoreError, StoredMetric, Worked, Write, Written,
+    bucket_of,
 };
 use super::{loose, rollup};
 
@@ -202,6 +203,9 @@ pub(super) fn scan_points(
     series: Option<&[i64]>,
     visit: &mut dyn FnMut(i64, i64, f64),
 ) -> rusqlite::Result<()> {
+    if start_ms >= end_ms {
+        return Ok(());
+    }
     let (first, last) = (bucket_of(start_ms), bucket_of(end_ms - 1));
     let seeks = (last - first + 1).saturating_mul(series.map_or(i64::MAX, |s| s.len() as i64));
     if let Some(series) = series.filter(|_| seeks <= MAX_SEEKS) {
@@ -222,17 +226,89 @@ pub(super) fn scan_points(
     }
     let wanted: Option<std::collections::HashSet<i64>> =
         series.map(|s| s.iter().copied().collect());
+    let visit = &mut |id: i64, ts: i64, value: f64| {
+        if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
+            visit(id, ts, value);
+        }
+    };
+    // Buckets the range covers whole are read whole, in one range read; a bucket it cuts (at
+    // most the first and the last) is skipped through series by series.
+    let covers = |bucket: i64| {
+        start_ms <= bucket.saturating_mul(BUCKET_MS)
+            && bucket.saturating_add(1).saturating_mul(BUCKET_MS) <= end_ms
+    };
+    let (whole_from, whole_to) = (
+        if covers(first) { first } else { first + 1 },
+        if covers(last) { last } else { last - 1 },
+    );
+    if first < whole_from {
+        scan_cut_bucket(connection, metric, first, start_ms, end_ms, visit)?;
+    }
+    if whole_from <= whole_to {
+        let mut statement = connection.prepare_cached(
+            "SELECT series, ts, value FROM points
+             WHERE metric = ?1 AND bucket >= ?2 AND bucket <= ?3
+             ORDER BY bucket, series, ts, seq",
+        )?;
+        let mut rows = statement.query(params![metric, whole_from, whole_to])?;
+        while let Some(row) = rows.next()? {
+            visit(row.get(0)?, row.get(1)?, row.get(2)?);
+        }
+    }
+    if whole_to < last && first < last {
+        scan_cut_bucket(connection, metric, last, start_ms, end_ms, visit)?;
+    }
+    Ok(())
+}
+
+/// Rows a bucket's skip scan steps over before it seeks past them instead.
+const STRAYS: usize = 16;
+
+/// [`scan_points`] within one bucket the range cuts: its rows are keyed series → time, so the
+/// range is a run of rows in each series, and the rows between those runs are skipped with a
+/// seek (a few at a time are stepped over, which is cheaper for a short series). Reading them
+/// instead made a rollup of one 10-second interval read its whole hour bucket: every ten
+/// seconds a read of up to an hour of the metric's points, with the writer waiting.
+fn scan_cut_bucket(
+    connection: &Connection,
+    metric: i64,
+    bucket: i64,
+    start_ms: i64,
+    end_ms: i64,
+    visit: &mut dyn FnMut(i64, i64, f64),
+) -> rusqlite::Result<()> {
     let mut statement = connection.prepare_cached(
         "SELECT series, ts, value FROM points
-         WHERE metric = ?1 AND bucket >= ?2 AND bucket <= ?3 AND ts >= ?4 AND ts < ?5
-         ORDER BY bucket, series, ts, seq",
+         WHERE metric = ?1 AND bucket = ?2 AND (series, ts) >= (?3, ?4)
+         ORDER BY series, ts, seq",
     )?;
-    let mut rows = statement.query(params![metric, first, last, start_ms, end_ms])?;
-    while let Some(row) = rows.next()? {
-        let id: i64 = row.get(0)?;
-        if wanted.as_ref().is_none_or(|w| w.contains(&id)) {
-            visit(id, row.get(1)?, row.get(2)?);
+    // Where the next seek lands: the first series with a point at `start_ms` or after.
+    let mut from = i64::MIN;
+    'seek: loop {
+        let mut rows = statement.query(params![metric, bucket, from, start_ms])?;
+        let mut strays = 0;
+        while let Some(row) = rows.next()? {
+            let (series, ts): (i64, i64) = (row.get(0)?, row.get(1)?);
+            if (start_ms..end_ms).contains(&ts) {
+                strays = 0;
+                visit(series, ts, row.get(2)?);
+                continue;
+            }
+            strays += 1;
+            if strays > STRAYS {
+                // Before the range: its start in this series; past it: the next series.
+                from = if ts < start_ms {
+                    series
+                } else {
+                    match series.checked_add(1) {
+                        Some(next) => next,
+                        None => break 'seek,
+                    }
+                };
+                continue 'seek;
+            }
         }
+        break;
     }
     Ok(())
 }
