@@ -84,52 +84,6 @@ fn the_readme_cargo_run_command_starts_the_daemon() {
 // ---------------------------------------------------------------------------------------------
 // Counters
 
-/// The niceness of process `pid`'s main thread, and each thread's by name (field 19 of
-/// `/proc/…/stat`).
-fn thread_niceness(pid: libc::pid_t) -> (i64, Vec<(String, i64)>) {
-    let parse = |stat: String| {
-        let (head, rest) = stat.rsplit_once(')').expect("(comm) in stat");
-        let name = head.split_once('(').expect("(comm) in stat").1.to_owned();
-        // After the name come fields 3, 4, …: niceness is field 19.
-        let nice = rest.split_whitespace().nth(16).expect("field 19");
-        (name, nice.parse::<i64>().expect("a niceness"))
-    };
-    let main = parse(std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap()).1;
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
-        .map(parse)
-        .collect();
-    (main, threads)
-}
-
-#[test]
-fn http_and_store_threads_yield_the_cpu_to_the_receive_threads() {
-    let daemon = Daemon::start();
-    // The store's threads start with the first API request.
-    daemon.get("/api/v1/observability/custom-metrics", &[]);
-    let (main, threads) = thread_niceness(daemon.pid());
-    let nice_of = |prefix: &str| -> Vec<i64> {
-        let found: Vec<i64> = (threads.iter())
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, nice)| *nice)
-            .collect();
-        assert!(!found.is_empty(), "no {prefix} thread in {threads:?}");
-        found
-    };
-    let lower = (main + i64::from(tallyd::priority::BACKGROUND_NICENESS)).min(19);
-    assert!(
-        nice_of("tallyd-udp").iter().all(|&n| n == main),
-        "{threads:?}"
-    );
-    for background in ["tallyd-http", "tallyd-store", "tallyd-checkpoi"] {
-        assert!(
-            nice_of(background).iter().all(|&n| n == lower),
-            "{background} should be {lower}: {threads:?}"
-        );
-    }
-}
-
 #[test]
 fn a_counter_adds_every_increment() {
     let daemon = InProcess::start();
