@@ -390,6 +390,10 @@ struct Outcome {
     seconds: f64,
     /// Per request, in seconds (from its due time when paced).
     latencies: Vec<f64>,
+    /// Paced runs: per request, how late the client sent it, in seconds: its thread woke up
+    /// late, or its connection was still waiting for the answer before. tallyd is not on this
+    /// path until the answer before is late, so it shows what the machine itself adds.
+    lateness: Vec<f64>,
 }
 
 impl Outcome {
@@ -399,6 +403,10 @@ impl Outcome {
 
     fn latency_ms(&self, p: f64) -> f64 {
         percentile(&self.latencies, p).map_or(f64::NAN, |s| s * 1e3)
+    }
+
+    fn lateness_ms(&self, p: f64) -> f64 {
+        percentile(&self.lateness, p).map_or(f64::NAN, |s| s * 1e3)
     }
 }
 
@@ -556,6 +564,9 @@ impl Connection<'_> {
                 }
                 None => Instant::now(),
             };
+            if pace.is_some() {
+                outcome.lateness.push(due.elapsed().as_secs_f64());
+            }
             let result = self
                 .client
                 .exchange(&self.requests[i % self.requests.len()])
@@ -592,6 +603,7 @@ impl Driving {
                 all.first_error = one.first_error;
             }
             all.latencies.extend(one.latencies);
+            all.lateness.extend(one.lateness);
         }
         all.seconds = self.started.elapsed().as_secs_f64();
         all
@@ -795,6 +807,38 @@ fn seldon_ok(answer: &Answer) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{}: {}", answer.status, answer.text()))
+    }
+}
+
+/// The VM's CPU time by kind, from the `cpu` line of `/proc/stat` (in clock ticks).
+struct VmTimes {
+    steal: f64,
+    all: f64,
+}
+
+impl VmTimes {
+    fn now() -> VmTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<f64> = stat
+            .lines()
+            .find(|line| line.starts_with("cpu "))
+            .map(|line| {
+                line.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // user nice system idle iowait irq softirq steal (guest time is inside user)
+        VmTimes {
+            steal: ticks.get(7).copied().unwrap_or(f64::NAN),
+            all: ticks.iter().take(8).sum(),
+        }
+    }
+
+    /// The share of all CPU time since `before` that the host took (steal), in percent.
+    fn steal_share_since(&self, before: &VmTimes) -> f64 {
+        100.0 * (self.steal - before.steal) / (self.all - before.all)
     }
 }
 
@@ -1129,6 +1173,7 @@ fn latency_group(s: &Settings, table: &mut Table) {
     api.register_gauge("bench_latency", &["host", "model"]);
     let (mut p50, mut p99, mut max, mut achieved, mut share) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut late99, mut steal) = (Vec::new(), Vec::new());
     let (mut idle50, mut idle99, mut busy50, mut busy99) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Every request due is sent once: one fresh point each.
@@ -1164,11 +1209,14 @@ fn latency_group(s: &Settings, table: &mut Table) {
             spin: false,
         };
         let cpu_before = api.cpu_seconds();
+        let steal_before = VmTimes::now();
         let outcome = drive.start(api.http).finish();
         let cpu = api.cpu_seconds() - cpu_before;
+        let stolen = VmTimes::now().steal_share_since(&steal_before);
         eprintln!(
             "api:   run {}: {} requests ({} failed) in {:.2} s = {:.0}/s; latency p50 {:.3} ms, \
-             p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; tallyd CPU {:.0} %",
+             p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; tallyd CPU {:.0} %; \
+             sent late p99 {:.3} ms, max {:.3} ms; steal {stolen:.1} %",
             run + 1,
             outcome.done,
             outcome.errors,
@@ -1180,8 +1228,12 @@ fn latency_group(s: &Settings, table: &mut Table) {
             outcome.latency_ms(99.9),
             outcome.latency_ms(100.0),
             100.0 * cpu / outcome.seconds,
+            outcome.lateness_ms(99.0),
+            outcome.lateness_ms(100.0),
         );
         report_errors(table, "latency", &outcome);
+        late99.push(outcome.lateness_ms(99.0));
+        steal.push(stolen);
         p50.push(outcome.latency_ms(50.0));
         p99.push(outcome.latency_ms(99.0));
         max.push(outcome.latency_ms(100.0));
@@ -1195,6 +1247,20 @@ fn latency_group(s: &Settings, table: &mut Table) {
         p99,
         "≤ 2 ms",
         Check::AtMost(2.0),
+    );
+    table.add(
+        "single-point record: the client's own lateness p99 (due to sent, tallyd not yet asked)",
+        Unit::FineMillis,
+        late99,
+        "",
+        Check::None,
+    );
+    table.add(
+        "CPU time the host took from this VM during the run (steal)",
+        Unit::Percent,
+        steal,
+        "",
+        Check::None,
     );
     table.add(
         "single-point record latency p50, same",
