@@ -71,6 +71,7 @@ pub mod ingest;
 pub mod lint;
 pub mod listen;
 pub mod naming;
+pub mod priority;
 pub mod protocol;
 pub mod push;
 pub mod read;

@@ -297,6 +297,10 @@ pub async fn run(
     };
 
     let ready = Arc::new(AtomicBool::new(false));
+    // Started here, on the caller's thread (the daemon's main thread), not on a worker: they
+    // take its priority (`crate::priority`).
+    let renderers = http::Renderers::start(settings.http.max_concurrent_scrapes)
+        .map_err(|e| format!("cannot start the /metrics render threads: {e}"))?;
     let state = Arc::new(HttpState {
         registry: Arc::clone(&registry),
         telemetry: Arc::clone(&telemetry),
@@ -307,6 +311,7 @@ pub async fn run(
             .enable_lifecycle
             .then(|| control.requests.0.clone()),
         api: Some(Arc::clone(&api)),
+        renderers,
     });
     // Ready before the server runs: a request already waiting in the listener's backlog (a
     // test connects as soon as the port is bound) must not be answered 503 by a server that

@@ -84,6 +84,59 @@ fn the_readme_cargo_run_command_starts_the_daemon() {
 // ---------------------------------------------------------------------------------------------
 // Counters
 
+/// The niceness of process `pid`'s main thread, and each thread's by name (field 19 of
+/// `/proc/…/stat`).
+fn thread_niceness(pid: libc::pid_t) -> (i64, Vec<(String, i64)>) {
+    let parse = |stat: String| {
+        let (head, rest) = stat.rsplit_once(')').expect("(comm) in stat");
+        let name = head.split_once('(').expect("(comm) in stat").1.to_owned();
+        // After the name come fields 3, 4, …: niceness is field 19.
+        let nice = rest.split_whitespace().nth(16).expect("field 19");
+        (name, nice.parse::<i64>().expect("a niceness"))
+    };
+    let main = parse(std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap()).1;
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .map(parse)
+        .collect();
+    (main, threads)
+}
+
+#[test]
+fn api_and_store_threads_yield_the_cpu_to_the_receive_threads_and_the_scrape() {
+    let daemon = Daemon::start();
+    // The store's threads start with the first API request.
+    daemon.get("/api/v1/observability/custom-metrics", &[]);
+    assert_eq!(daemon.get("/metrics", &[]).status, 200);
+    let (main, threads) = thread_niceness(daemon.pid());
+    let lower = (main + i64::from(tallyd::priority::BACKGROUND_NICENESS)).min(19);
+    let count = |prefix: &str, nice: i64| {
+        (threads.iter())
+            .filter(|(name, n)| name.starts_with(prefix) && *n == nice)
+            .count()
+    };
+    let all = |prefix: &str| {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .count()
+    };
+    for kept in ["tallyd-udp", "tallyd-render"] {
+        assert!(all(kept) > 0, "no {kept} thread: {threads:?}");
+        assert_eq!(count(kept, main), all(kept), "{kept}: {threads:?}");
+    }
+    // The runtime's workers (and the blocking threads they start), the store's two.
+    assert!(all("tallyd-http") >= 2, "{threads:?}");
+    for background in ["tallyd-http", "tallyd-store", "tallyd-checkpoi"] {
+        assert_eq!(
+            count(background, lower),
+            all(background),
+            "{background}: {threads:?}"
+        );
+    }
+}
+
 #[test]
 fn a_counter_adds_every_increment() {
     let daemon = InProcess::start();

@@ -46,6 +46,8 @@ pub mod api;
 mod charts;
 pub mod client;
 mod scrape;
+
+pub use scrape::Renderers;
 mod server;
 #[cfg(test)]
 mod testing;
@@ -68,6 +70,8 @@ pub struct HttpState {
     pub lifecycle: Option<mpsc::Sender<Lifecycle>>,
     /// The REST API; `None` serves none of it (404 under `/api`).
     pub api: Option<Arc<api::ApiState>>,
+    /// Where `/metrics` renders.
+    pub renderers: Renderers,
 }
 
 /// What the lifecycle endpoints ask of the daemon.

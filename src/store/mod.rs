@@ -363,7 +363,10 @@ impl Store {
         let shown = Arc::clone(&stats);
         thread::Builder::new()
             .name("tallyd-store".into())
-            .spawn(move || write_loop(engine, jobs, &shown))
+            .spawn(move || {
+                crate::priority::background_thread();
+                write_loop(engine, jobs, &shown)
+            })
             .expect("spawning the store writer");
         Store {
             writes,

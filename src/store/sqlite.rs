@@ -427,6 +427,7 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("tallyd-checkpoint".into())
             .spawn(move || {
+                crate::priority::background_thread();
                 while woken.recv().is_ok() {
                     // Most pages are copied beside the writer; when the WAL has grown big, the
                     // few committed meanwhile are copied with the write lock held, so that the
