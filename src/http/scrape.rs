@@ -208,7 +208,9 @@ mod tests {
     use super::super::testing::{
         PROMETHEUS_ACCEPT, TestServer, registry_with_gauges, stable_lines,
     };
+    use super::Renderers;
     use crate::http::HttpOptions;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn metrics_serves_text_without_an_accept_header() {
@@ -341,5 +343,49 @@ mod tests {
             Some("text/plain; version=0.0.4; charset=utf-8")
         );
         assert!(response.body.is_empty());
+    }
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_render_goes_to_the_thread_that_finished_last_and_a_panic_fails_only_its_own() {
+        let renderers = Renderers::start(4).unwrap();
+        let first = renderers.run(thread_name).await.unwrap();
+        assert!(first.starts_with("tallyd-render-"), "{first}");
+        let panicked = renderers.run(|| panic!("a broken render")).await;
+        assert_eq!(panicked, None::<()>);
+        for _ in 0..3 {
+            assert_eq!(renderers.run(thread_name).await.unwrap(), first);
+        }
+    }
+
+    #[tokio::test]
+    async fn as_many_renders_as_threads_run_at_once() {
+        let renderers = Arc::new(Renderers::start(4).unwrap());
+        // Each render waits for the other three: only four threads at once get past it.
+        let together = Arc::new(std::sync::Barrier::new(4));
+        let renders: Vec<_> = (0..4)
+            .map(|_| {
+                let (renderers, together) = (Arc::clone(&renderers), Arc::clone(&together));
+                tokio::spawn(async move {
+                    renderers
+                        .run(move || {
+                            together.wait();
+                            thread_name()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut names = std::collections::HashSet::new();
+        for render in renders {
+            let name = tokio::time::timeout(std::time::Duration::from_secs(10), render)
+                .await
+                .expect("four renders at once");
+            names.insert(name.unwrap().unwrap());
+        }
+        assert_eq!(names.len(), 4);
     }
 }
