@@ -179,7 +179,7 @@ fn serve(cli: Cli, settings: Settings, log: LogHandle, passed: Passed) -> Result
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tallyd-http")
-        .on_thread_park(crate::priority::background_worker)
+        .on_thread_start(crate::priority::background_thread)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;

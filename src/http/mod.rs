@@ -46,11 +46,11 @@ pub mod api;
 mod charts;
 pub mod client;
 mod scrape;
-
-pub use scrape::Renderers;
 mod server;
 #[cfg(test)]
 mod testing;
+
+pub use scrape::Renderers;
 
 /// How long shutdown waits for live connections before dropping them: a little under the
 /// daemon's own 5 s bound on the server task, so `serve` returns (and logs) before that fires.

@@ -113,8 +113,8 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The threads `/metrics` renders on. They are started by the caller of [`Renderers::start`]
 /// and take its priority: the daemon starts them from its main thread, so they keep the
-/// process's while the runtime's workers, and every thread those start (the blocking pool's),
-/// run lower ([`crate::priority`]). A scrape has a deadline; an API client only waits.
+/// process's while the async runtime's threads run lower ([`crate::priority`]). A scrape has a
+/// deadline; an API client only waits.
 ///
 /// A render goes to the thread that finished last: its allocator still holds the pages of a
 /// body that size (handing renders round to four threads made each scrape of 200k series
@@ -204,13 +204,13 @@ impl Drop for Renderers {
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;
+    use std::sync::Arc;
 
     use super::super::testing::{
         PROMETHEUS_ACCEPT, TestServer, registry_with_gauges, stable_lines,
     };
     use super::Renderers;
     use crate::http::HttpOptions;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn metrics_serves_text_without_an_accept_header() {

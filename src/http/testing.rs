@@ -52,7 +52,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(true));
-        let options_threads = options.max_concurrent_scrapes;
+        let render_threads = options.max_concurrent_scrapes;
         let state = Arc::new(HttpState {
             registry: Arc::new(registry),
             telemetry: Arc::new(Telemetry::default()),
@@ -61,7 +61,7 @@ impl TestServer {
             exposition: Default::default(),
             lifecycle,
             api: None,
-            renderers: super::Renderers::start(options_threads).unwrap(),
+            renderers: super::Renderers::start(render_threads).unwrap(),
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, state, stop.clone()));
