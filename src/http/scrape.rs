@@ -109,7 +109,16 @@ fn header_list(headers: &HeaderMap, name: HeaderName) -> Option<String> {
     joined
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// What a render made, its type erased on the way back to [`Renderers::run`].
+type Rendered = Box<dyn std::any::Any + Send>;
+
+/// A render and where its output goes. The thread goes back among the idle ones between the
+/// two, so the scrape that follows this one finds it there, even when the render panicked.
+struct Job {
+    render: Box<dyn FnOnce() -> Rendered + Send>,
+    /// Takes the output, or `None` when the render panicked.
+    answer: Box<dyn FnOnce(Option<Rendered>) + Send>,
+}
 
 /// The threads `/metrics` renders on. They are started by the caller of [`Renderers::start`]
 /// and take its priority: the daemon starts them from its main thread, so they keep the
@@ -153,17 +162,20 @@ impl Renderers {
             std::thread::Builder::new()
                 .name(format!("tallyd-render-{index}"))
                 .spawn(move || {
-                    while let Ok(Some(job)) = jobs.recv() {
-                        // A render that panics fails its scrape (its answer is dropped), not
-                        // the thread.
-                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    while let Ok(Some(Job { render, answer })) = jobs.recv() {
+                        // A render that panics fails its scrape, not the thread.
+                        let rendered = std::panic::catch_unwind(AssertUnwindSafe(render)).ok();
                         let mut threads = shared.threads.lock();
-                        if threads.closed {
-                            return;
+                        let closed = threads.closed;
+                        if !closed {
+                            threads.idle.push(mine.clone());
                         }
-                        threads.idle.push(mine.clone());
                         drop(threads);
                         shared.returned.notify_one();
+                        answer(rendered);
+                        if closed {
+                            return;
+                        }
                     }
                 })?;
         }
@@ -175,10 +187,13 @@ impl Renderers {
         &self,
         render: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = answer.send(render());
-        });
+        let (answer, answered) = tokio::sync::oneshot::channel::<Option<T>>();
+        let job = Job {
+            render: Box::new(move || Box::new(render()) as Rendered),
+            answer: Box::new(move |rendered: Option<Rendered>| {
+                let _ = answer.send(rendered.and_then(|r| r.downcast::<T>().ok()).map(|r| *r));
+            }),
+        };
         let thread = loop {
             let returned = self.shared.returned.notified();
             if let Some(thread) = self.shared.threads.lock().idle.pop() {
@@ -187,7 +202,7 @@ impl Renderers {
             returned.await;
         };
         thread.send(Some(job)).ok()?;
-        answered.await.ok()
+        answered.await.ok().flatten()
     }
 }
 
