@@ -240,7 +240,8 @@ impl SelfMetric {
         self
     }
 
-    fn single(name: &'static str, kind: Kind, help: &'static str, value: f64) -> Self {
+    /// One sample without labels.
+    pub(crate) fn single(name: &'static str, kind: Kind, help: &'static str, value: f64) -> Self {
         Self::new(name, kind, help).with(String::new(), value)
     }
 }

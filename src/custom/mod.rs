@@ -1130,9 +1130,10 @@ impl CustomMetrics {
                 let ids: Vec<i64> = chosen.iter().map(|(sid, _)| *sid).collect();
                 let cells = (ids.len() as i64)
                     .saturating_mul((bins.end_ms - bins.start_ms) / tier.resolution_ms);
-                let parts = match cells >= query::PARALLEL_CELLS {
-                    true => query::scan_threads(),
-                    false => 1,
+                let parts = if cells >= query::PARALLEL_CELLS {
+                    query::scan_threads()
+                } else {
+                    1
                 };
                 let scan_part = |part: Bins| {
                     let mut binner = CellBinner::new(part);

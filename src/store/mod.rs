@@ -234,13 +234,7 @@ impl StoreStats {
     pub fn self_metrics(&self) -> Vec<crate::telemetry::SelfMetric> {
         use crate::registry::Kind;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let metric = |name, kind, help, value| crate::telemetry::SelfMetric {
-            name,
-            help,
-            kind,
-            label: None,
-            samples: vec![(String::new(), value)],
-        };
+        let metric = crate::telemetry::SelfMetric::single;
         vec![
             metric(
                 "tallyd_store_pending_points",

@@ -237,13 +237,11 @@ pub(super) fn scan_points(
         start_ms <= bucket.saturating_mul(BUCKET_MS)
             && bucket.saturating_add(1).saturating_mul(BUCKET_MS) <= end_ms
     };
-    let (whole_from, whole_to) = (
-        if covers(first) { first } else { first + 1 },
-        if covers(last) { last } else { last - 1 },
-    );
-    if first < whole_from {
+    let (cut_first, cut_last) = (!covers(first), !covers(last));
+    if cut_first {
         scan_cut_bucket(connection, metric, first, start_ms, end_ms, visit)?;
     }
+    let (whole_from, whole_to) = (first + i64::from(cut_first), last - i64::from(cut_last));
     if whole_from <= whole_to {
         let mut statement = connection.prepare_cached(
             "SELECT series, ts, value FROM points
@@ -255,7 +253,7 @@ pub(super) fn scan_points(
             visit(row.get(0)?, row.get(1)?, row.get(2)?);
         }
     }
-    if whole_to < last && first < last {
+    if cut_last && last > first {
         scan_cut_bucket(connection, metric, last, start_ms, end_ms, visit)?;
     }
     Ok(())
