@@ -160,8 +160,9 @@ pub struct Telemetry {
     reloads_failed: AtomicU64,
     scrapes: AtomicU64,
     scrape_seconds: AtomicF64,
-    /// API answers by (route pattern, status code): a bounded set, since routes are patterns.
-    api_requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// API answers by route pattern, then status code: a bounded set, since routes are
+    /// patterns. Keyed by route first so that counting an answer looks its route up by `&str`.
+    api_requests: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<u16, u64>>>,
     /// The relay's counters, when `[relay]` is on.
     relay: Mutex<Option<Arc<RelayStats>>>,
     /// The `[[remote_write]]` endpoints' counters (`tallyd_remote_write_*`).
@@ -322,11 +323,13 @@ impl Telemetry {
     /// Counts one API answer: `route` is the route's pattern (`/api/v1/…/{name}`), never the
     /// request's own path, so the label set stays bounded.
     pub fn record_api_request(&self, route: &str, code: u16) {
-        *self
-            .api_requests
-            .lock()
-            .entry((route.to_owned(), code))
-            .or_default() += 1;
+        let mut requests = self.api_requests.lock();
+        if !requests.contains_key(route) {
+            requests.insert(route.to_owned(), Default::default());
+        }
+        if let Some(codes) = requests.get_mut(route) {
+            *codes.entry(code).or_default() += 1;
+        }
     }
 
     /// Records the time one scrape took to render.
@@ -687,7 +690,10 @@ impl Telemetry {
         if !visitor.family(&family) {
             return;
         }
-        for ((route, code), count) in requests {
+        let answers = requests.iter().flat_map(|(route, codes)| {
+            codes.iter().map(move |(code, count)| (route, code, *count))
+        });
+        for (route, code, count) in answers {
             let code = code.to_string();
             let pairs = [("route", route.as_str()), ("code", code.as_str())];
             let series = SeriesView {

@@ -191,12 +191,43 @@ impl SeriesKeyBuf {
 
 /// Appends `value` escaped for a quoted label value in the text formats: `\`, `"` and newline.
 pub fn escape_label_value(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+    // Runs between the bytes that need escaping are copied whole (a char at a time cost the
+    // key building of an API input's series a fifth more). Those bytes are ASCII, so every cut
+    // falls between chars.
+    let mut run = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            b'\n' => "\\n",
+            _ => continue,
+        };
+        out.push_str(&value[run..at]);
+        out.push_str(escaped);
+        run = at + 1;
+    }
+    out.push_str(&value[run..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_label_value;
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_newline_only() {
+        for (value, escaped) in [
+            ("", ""),
+            ("plain", "plain"),
+            (r"C:\path", r"C:\\path"),
+            (r#"say "hi""#, r#"say \"hi\""#),
+            ("two\nlines", r"two\nlines"),
+            ("\n\"\\", r#"\n\"\\"#),
+            ("tab\tand é ✓ \r kept", "tab\tand é ✓ \r kept"),
+            (r#"é\"#, r#"é\\"#),
+        ] {
+            let mut out = String::from("k=");
+            escape_label_value(value, &mut out);
+            assert_eq!(out, format!("k={escaped}"), "{value:?}");
         }
     }
 }
