@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use serde::Deserialize;
@@ -101,9 +102,25 @@ type Table = HashMap<Box<str>, Entry>;
 pub struct Definitions {
     /// Replaced whole on every change, so a reader clones one `Arc` and never waits on a writer.
     table: RwLock<Arc<Table>>,
+    /// Counts changes, so that what an input worked out from the definitions can be kept until
+    /// the next one ([`Definitions::generation`]).
+    generation: AtomicU64,
 }
 
 impl Definitions {
+    /// A number that grows with every change of the table, taken after the change is in place:
+    /// anything worked out from the definitions read after a given generation is stale once it
+    /// differs.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts `table` in force and counts the change.
+    fn put(&self, guard: &mut Arc<Table>, table: Table) {
+        *guard = Arc::new(table);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// The definition of family `name`, if any source declares one.
     pub fn get(&self, name: &str) -> Option<Arc<Definition>> {
         self.table
@@ -173,7 +190,7 @@ impl Definitions {
             }
             table.insert(name, Entry { definition, source });
         }
-        *guard = Arc::new(table);
+        self.put(&mut guard, table);
         changed.sort();
         Ok(changed)
     }
@@ -205,7 +222,7 @@ impl Definitions {
                 source,
             },
         );
-        *guard = Arc::new(table);
+        self.put(&mut guard, table);
         Ok(previous)
     }
 
@@ -223,7 +240,7 @@ impl Definitions {
             Some(_) => {
                 let mut table = Table::clone(&guard);
                 let entry = table.remove(name).expect("checked above");
-                *guard = Arc::new(table);
+                self.put(&mut guard, table);
                 Ok(entry.definition)
             }
         }

@@ -872,6 +872,56 @@ fn seldon_tags_fold_into_a_declared_schema() {
         ),
         Some(4.0)
     );
+
+    // tallyd keeps the series a post found for the next post like it. What it kept must give
+    // way when the definitions change. Another tenant, with no definition of its own yet,
+    // posts the same metric twice: its tags are not folded, and the two posts add up.
+    let post = |value: u32| {
+        let body = json!({"meta": {"metrics": [{"key": "served", "type": "COUNTER", "value": value, "tags": {"model": "m1", "method": "predict"}}]}});
+        call(addr, "POST", "/api/v1/seldon/metrics", OTHER, Some(body))
+    };
+    for value in [1, 2] {
+        let (status, answer) = post(value);
+        assert_eq!((status, &answer["warnings"]), (200, &json!([])), "{answer}");
+    }
+    let unfolded = r#"served_total{method="predict",model="m1",tenant="other-tenant"}"#;
+    assert_eq!(value_of(&tallyd.scrape(), unfolded), Some(3.0));
+    // It declares the metric: the family's definition in /metrics is the first tenant's and
+    // does not change, so the series lives on. The next post is folded all the same.
+    let (status, _) = call(
+        addr,
+        "POST",
+        BASE,
+        OTHER,
+        Some(json!({"name": "served_total", "type": "counter", "labels": ["model"]})),
+    );
+    assert_eq!(status, 201);
+    let (status, answer) = post(5);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["warnings"][0].as_str().unwrap().contains("[method]"),
+        "{answer}"
+    );
+    let text = tallyd.scrape();
+    assert_eq!(
+        value_of(&text, r#"served_total{model="m1",tenant="other-tenant"}"#),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(value_of(&text, unfolded), Some(3.0), "{text}");
+    // It deletes its definition, and its series with it: the next post starts a new one,
+    // unfolded again.
+    let (status, _) = call(addr, "DELETE", &format!("{BASE}/served_total"), OTHER, None);
+    assert_eq!(status, 200);
+    let (status, answer) = post(7);
+    assert_eq!((status, &answer["warnings"]), (200, &json!([])), "{answer}");
+    let text = tallyd.scrape();
+    assert_eq!(value_of(&text, unfolded), Some(7.0), "{text}");
+    assert_eq!(
+        value_of(&text, r#"served_total{model="m1",tenant="other-tenant"}"#),
+        None,
+        "{text}"
+    );
 }
 
 #[test]

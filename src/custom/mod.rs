@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::StatusCode;
 use parking_lot::{Mutex, RwLock};
@@ -372,7 +373,20 @@ pub struct PointAnswer {
     pub value: f64,
 }
 
-type Catalog = HashMap<(String, String), Arc<CustomMetric>>;
+/// (tenant, name) → definition. A hashbrown map, so that a lookup by [`TenantName`] borrows
+/// its key from the request instead of allocating one (a Seldon post looks up each metric).
+type Catalog = hashbrown::HashMap<(String, String), Arc<CustomMetric>>;
+
+/// A [`Catalog`] key borrowed: `(tenant, name)`. Hashes as the owned key does (a tuple hashes
+/// its fields in order, and a `String` as its `str`).
+#[derive(Hash)]
+struct TenantName<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for TenantName<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
 
 /// The custom-metrics service.
 pub struct CustomMetrics {
@@ -382,6 +396,12 @@ pub struct CustomMetrics {
     /// (tenant, name) → definition, for Matih definitions and the store rows of file
     /// definitions a tenant has recorded to.
     catalog: RwLock<Catalog>,
+    /// Counts catalog changes, as [`crate::definitions::Definitions::generation`] counts
+    /// definitions' ([`CustomMetrics::edit_catalog`]).
+    catalog_generation: AtomicU64,
+    /// Series handles of the metrics Seldon posts name, so a post like the last one skips the
+    /// work of finding them.
+    seldon_series: seldon::SeriesCache,
     /// Gauges: the timestamp of the value `/metrics` shows, per store series.
     shown: Mutex<HashMap<(i64, Arc<str>), i64>>,
     /// Definition changes one at a time (checks, store, registry as one step).
@@ -405,7 +425,9 @@ impl CustomMetrics {
             store,
             recorder,
             options: RwLock::new(options),
-            catalog: RwLock::new(HashMap::new()),
+            catalog: RwLock::default(),
+            catalog_generation: AtomicU64::new(0),
+            seldon_series: seldon::SeriesCache::default(),
             shown: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             deeploy,
@@ -442,10 +464,12 @@ impl CustomMetrics {
             if !read_only {
                 service.install(&metric);
             }
-            service.catalog.write().insert(
-                (metric.tenant.clone(), metric.spec.name.clone()),
-                Arc::new(metric),
-            );
+            service.edit_catalog(|catalog| {
+                catalog.insert(
+                    (metric.tenant.clone(), metric.spec.name.clone()),
+                    Arc::new(metric),
+                )
+            });
         }
         Ok(service)
     }
@@ -591,9 +615,26 @@ impl CustomMetrics {
         }
         self.catalog
             .read()
-            .get(&(tenant.to_owned(), name.to_owned()))
+            .get(&TenantName(tenant, name))
             .filter(|m| !m.read_only)
             .cloned()
+    }
+
+    /// Changes the catalog, then counts the change (after it is in place, so that whatever
+    /// was worked out from the catalog before is seen to be stale).
+    fn edit_catalog<R>(&self, edit: impl FnOnce(&mut Catalog) -> R) -> R {
+        let result = edit(&mut self.catalog.write());
+        self.catalog_generation.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    /// What the tenants' definitions were when this was called: `declared_labels` answers
+    /// the same until it changes.
+    fn definitions_generation(&self) -> (u64, u64) {
+        (
+            self.recorder.definitions().generation(),
+            self.catalog_generation.load(Ordering::Acquire),
+        )
     }
 
     /// Defines a metric for `tenant`. Answers the definition and the naming lint's findings.
@@ -651,7 +692,7 @@ impl CustomMetrics {
             origin: Origin::Api,
         });
         self.install(&metric);
-        self.catalog.write().insert(key, Arc::clone(&metric));
+        self.edit_catalog(|catalog| catalog.insert(key, Arc::clone(&metric)));
         Ok((metric, warnings))
     }
 
@@ -702,7 +743,7 @@ impl CustomMetrics {
             })
             .await
             .map_err(storage_failed)?;
-        self.catalog.write().remove(&key);
+        self.edit_catalog(|catalog| catalog.remove(&key));
         self.shown
             .lock()
             .retain(|(id, _), _| *id != metric.store_id);
@@ -1189,7 +1230,7 @@ impl CustomMetrics {
             store_id,
             ..(*metric).clone()
         });
-        self.catalog.write().insert(key, Arc::clone(&stored));
+        self.edit_catalog(|catalog| catalog.insert(key, Arc::clone(&stored)));
         Ok(stored)
     }
 
@@ -1257,11 +1298,7 @@ impl CustomMetrics {
             MetricType::Counter => format!("{family}_total"),
             _ => family.to_owned(),
         };
-        let stored = self
-            .catalog
-            .read()
-            .get(&(tenant.to_owned(), name.clone()))
-            .cloned();
+        let stored = self.catalog.read().get(&TenantName(tenant, &name)).cloned();
         let spec = MetricSpec {
             name: name.clone(),
             kind,

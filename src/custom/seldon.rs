@@ -10,9 +10,13 @@
 //! says which and why: none goes missing silently (SeldonIO/seldon-core#4314).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use serde::Serialize;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -20,6 +24,7 @@ use serde_json::{Number, Value};
 
 use super::{CustomMetrics, TENANT_LABEL};
 use crate::naming::sanitize_name;
+use crate::record::{Refusal, SeriesHandle};
 use crate::registry::{Kind, Update};
 
 /// What became of a post.
@@ -219,15 +224,22 @@ impl<'a> SeldonBody<'a> {
     /// Parses a body: `Ok(None)` for JSON that is not an object, `Err` for bytes that are not
     /// JSON.
     pub fn parse(bytes: &'a [u8]) -> Result<Option<SeldonBody<'a>>, serde_json::Error> {
+        // The body is checked as UTF-8 once, whole: read from bytes, serde_json checks each
+        // string on its own, one call per key and text (a sixth of a post's parse). Bytes that
+        // are not UTF-8 are not JSON: `from_slice` into a tree, which reads every string,
+        // names where.
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return serde_json::from_slice::<Json>(bytes).map(|_| None);
+        };
         // A struct takes a JSON array too (its fields in order): only objects go that way.
-        if bytes.trim_ascii_start().first() == Some(&b'{')
-            && let Ok(body) = serde_json::from_slice::<SeldonBody>(bytes)
+        if text.trim_ascii_start().starts_with('{')
+            && let Ok(body) = serde_json::from_str::<SeldonBody>(text)
         {
             return Ok(Some(body));
         }
         // Whatever the struct refused (a repeated key, say) is read as a whole tree, as a
         // `serde_json::Value` would have been.
-        let mut whole = match serde_json::from_slice::<Json>(bytes)? {
+        let mut whole = match serde_json::from_str::<Json>(text)? {
             Json::Object(fields) => fields,
             _ => return Ok(None),
         };
@@ -381,30 +393,49 @@ impl CustomMetrics {
                 ));
             }
         };
-        let mut tags: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
-        match metric.get("tags") {
-            None | Some(Json::Null) => {}
-            Some(Json::Object(fields)) => {
-                for (name, value) in fields {
-                    let value = match value {
-                        Json::Str(text) => Cow::Borrowed(text.as_ref()),
-                        Json::Null => {
-                            // A later null for a repeated key unsets it, as in a map.
-                            tags.remove(name.as_ref());
-                            continue;
-                        }
-                        other => Cow::Owned(other.to_value().to_string()),
-                    };
-                    tags.insert(name.as_ref(), value);
-                }
-            }
+        let tags = match metric.get("tags") {
+            None | Some(Json::Null) => &[][..],
+            Some(Json::Object(fields)) => fields.as_slice(),
             Some(_) => {
                 return Err((
                     "invalid_tags",
                     format!("{key:?}: \"tags\" must be an object"),
                 ));
             }
-        }
+        };
+        let now = self.recorder.registry().now_secs();
+        let generation = self.definitions_generation();
+        CACHE_KEY.with_borrow_mut(|cache_key| {
+            cache_key_into(cache_key, tenant, key, kind, tags);
+            if let Some(found) = self.seldon_series.find(cache_key, generation, now) {
+                self.recorder
+                    .apply(&found.handle, update)
+                    .map_err(|refusal| refused(key, refusal))?;
+                return Ok(found.warning.as_deref().map(str::to_owned));
+            }
+            let tags = tag_labels(tags);
+            let (handle, warning) = self.find_seldon_series(tenant, key, kind, tags, update)?;
+            let warning = warning.map(Arc::<str>::from);
+            let found = Found {
+                handle,
+                warning: warning.clone(),
+            };
+            self.seldon_series.keep(cache_key, generation, found);
+            Ok(warning.as_deref().map(str::to_owned))
+        })
+    }
+
+    /// The slow way to a Seldon metric's series, recording `update` into it: the tags folded
+    /// into the tenant's definition (a warning names those dropped), then the series found or
+    /// made by the recorder.
+    fn find_seldon_series(
+        &self,
+        tenant: &str,
+        key: &str,
+        kind: Kind,
+        mut tags: BTreeMap<&str, Cow<'_, str>>,
+        update: Update,
+    ) -> Result<(SeriesHandle, Option<String>), (&'static str, String)> {
         let family = sanitize_name(key);
         let mut warning = None;
         if let Some(declared) = self.declared_labels(tenant, &family, kind) {
@@ -423,15 +454,139 @@ impl CustomMetrics {
             .iter()
             .map(|(k, v)| (*k, v.as_ref()))
             .chain(std::iter::once((TENANT_LABEL, tenant)));
-        self.recorder
+        let handle = self
+            .recorder
             .record(&family, kind, labels, update)
-            .map_err(|refusal| {
-                (
-                    refusal.label(),
-                    format!("{key:?}: {}", refusal.label().replace('_', " ")),
-                )
-            })?;
-        Ok(warning)
+            .map_err(|refusal| refused(key, refusal))?;
+        Ok((handle, warning))
+    }
+}
+
+/// Why a metric's update was not recorded, as the answer names it.
+fn refused(key: &str, refusal: Refusal) -> (&'static str, String) {
+    (
+        refusal.label(),
+        format!("{key:?}: {}", refusal.label().replace('_', " ")),
+    )
+}
+
+/// Series handles by what a Seldon post says of a metric: its tenant, key, type and tags.
+///
+/// A Seldon model posts the same few metrics with every response. Finding their series each
+/// time (the name sanitised, the tags folded into the tenant's definition, the series key
+/// built, the registry searched) took more of a post's instructions than reading its JSON.
+/// An entry stands while the definitions it was worked out under are unchanged (the
+/// generations of [`CustomMetrics::definitions_generation`]) and while its series lives (the
+/// handle's `touch`); failing either, the metric takes the slow way again.
+#[derive(Default)]
+pub(super) struct SeriesCache {
+    entries: RwLock<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// The definitions' generations the entries were worked out under.
+    generation: (u64, u64),
+    by_metric: hashbrown::HashMap<Box<[u8]>, Found>,
+}
+
+/// A metric's series, and the warning recording into it gives.
+#[derive(Clone)]
+struct Found {
+    handle: SeriesHandle,
+    warning: Option<Arc<str>>,
+}
+
+/// Entries kept at most: tags are the poster's and may vary without end, so past this the
+/// cache starts again.
+const CACHED_SERIES: usize = 65_536;
+
+thread_local! {
+    /// The buffer a metric's cache key is written in, one per thread.
+    static CACHE_KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A metric's tags as labels: the last of a repeated name counts, a `null` unsets the name,
+/// and a value that is not a string is its JSON text.
+fn tag_labels<'t>(tags: &'t [(Cow<'_, str>, Json<'_>)]) -> BTreeMap<&'t str, Cow<'t, str>> {
+    let mut labels = BTreeMap::new();
+    for (name, value) in tags {
+        let value = match value {
+            Json::Str(text) => Cow::Borrowed(text.as_ref()),
+            Json::Null => {
+                labels.remove(name.as_ref());
+                continue;
+            }
+            other => Cow::Owned(other.to_value().to_string()),
+        };
+        labels.insert(name.as_ref(), value);
+    }
+    labels
+}
+
+/// Writes the cache key of a metric: its type, tenant, key and tags as posted (in the post's
+/// order, before [`tag_labels`] reads them, so that a hit need not). Each text goes with its
+/// length before it, and each tag value with what it is, so no two posts share a key unless
+/// they say the same.
+fn cache_key_into(
+    out: &mut Vec<u8>,
+    tenant: &str,
+    key: &str,
+    kind: Kind,
+    tags: &[(Cow<'_, str>, Json<'_>)],
+) {
+    fn text(out: &mut Vec<u8>, text: &str) {
+        out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.clear();
+    text(out, kind.name());
+    text(out, tenant);
+    text(out, key);
+    for (name, value) in tags {
+        text(out, name);
+        match value {
+            Json::Str(value) => {
+                out.push(b's');
+                text(out, value);
+            }
+            Json::Null => out.push(b'0'),
+            other => {
+                out.push(b'j');
+                text(out, &other.to_value().to_string());
+            }
+        }
+    }
+}
+
+impl SeriesCache {
+    /// The entry for `key`, if it was worked out under `generation` and its series still
+    /// lives (marked used at `now`).
+    fn find(&self, key: &[u8], generation: (u64, u64), now: u32) -> Option<Found> {
+        let entries = self.entries.read();
+        if entries.generation != generation {
+            return None;
+        }
+        let found = entries.by_metric.get(key)?;
+        found.handle.touch(now).then(|| found.clone())
+    }
+
+    /// Keeps `found` for `key`, worked out under `generation`; dropped if the entries are
+    /// already newer.
+    fn keep(&self, key: &[u8], generation: (u64, u64), found: Found) {
+        let mut entries = self.entries.write();
+        if entries.generation != generation {
+            let (definitions, catalog) = entries.generation;
+            if generation.0 < definitions || generation.1 < catalog {
+                return;
+            }
+            entries.generation = generation;
+            entries.by_metric.clear();
+        }
+        if entries.by_metric.len() >= CACHED_SERIES {
+            entries.by_metric.clear();
+        }
+        entries.by_metric.insert(key.into(), found);
     }
 }
 
@@ -493,6 +648,9 @@ mod tests {
         );
         assert!(SeldonBody::parse(b"{not json").is_err());
         assert!(SeldonBody::parse(br#"{"meta": {}} x"#).is_err());
+        // Bytes that are not UTF-8 are not JSON, in a string or outside one.
+        assert!(SeldonBody::parse(b"{\"meta\": {\"metrics\": [{\"key\": \"\xff\"}]}}").is_err());
+        assert!(SeldonBody::parse(b"\xfe{}").is_err());
     }
 
     #[test]
@@ -506,6 +664,56 @@ mod tests {
         ));
         let tag = metric.get("tags").and_then(|t| t.get("m"));
         assert!(matches!(tag, Some(Json::Str(Cow::Owned(text))) if text == "v\"q"));
+    }
+
+    #[test]
+    fn cache_keys_tell_apart_every_metric_a_post_can_name() {
+        let metrics = [
+            ("t", "ab", Kind::Counter, r#"{}"#),
+            ("ta", "b", Kind::Counter, r#"{}"#),
+            ("t", "ab", Kind::Gauge, r#"{}"#),
+            ("t", "ab", Kind::Counter, r#"{"m": "x"}"#),
+            ("t", "ab", Kind::Counter, r#"{"m": "\"x\""}"#),
+            ("t", "ab", Kind::Counter, r#"{"m": "1"}"#),
+            ("t", "ab", Kind::Counter, r#"{"m": 1}"#),
+            ("t", "ab", Kind::Counter, r#"{"m": null}"#),
+            ("t", "ab", Kind::Counter, r#"{"m": "x", "m": null}"#),
+            ("t", "ab", Kind::Counter, r#"{"mx": ""}"#),
+            ("t", "ab", Kind::Counter, r#"{"m": "x", "n": "y"}"#),
+            ("t", "ab", Kind::Counter, r#"{"n": "y", "m": "x"}"#),
+        ];
+        let key = |(tenant, key, kind, tags): (&str, &str, Kind, &str)| {
+            let tags: Json = serde_json::from_str(tags).unwrap();
+            let Json::Object(tags) = tags else { panic!() };
+            let mut out = Vec::new();
+            cache_key_into(&mut out, tenant, key, kind, &tags);
+            out
+        };
+        let keys: Vec<Vec<u8>> = metrics.into_iter().map(key).collect();
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(key(metrics[3]), keys[3]);
+    }
+
+    #[test]
+    fn tags_become_labels_the_last_of_a_name_counting_and_null_unsetting() {
+        let Json::Object(tags) = serde_json::from_str(
+            r#"{"a": "1", "b": 2, "a": "3", "c": "x", "c": null, "d": [true]}"#,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let labels: Vec<(&str, String)> = tag_labels(&tags)
+            .into_iter()
+            .map(|(name, value)| (name, value.into_owned()))
+            .collect();
+        assert_eq!(
+            labels,
+            [("a", "3".into()), ("b", "2".into()), ("d", "[true]".into())]
+        );
     }
 
     #[test]
