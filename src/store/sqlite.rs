@@ -128,9 +128,9 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Engine(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join(FILE_NAME);
-    let connection = Connection::open(&path)
+    let mut connection = Connection::open(&path)
         .map_err(|e| StoreError::Engine(format!("cannot open {}: {e}", path.display())))?;
-    configure(&connection).map_err(engine_error)?;
+    configure(&mut connection).map_err(engine_error)?;
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(engine_error)?;
@@ -381,13 +381,53 @@ pub fn backup(dir: &Path, to: &Path) -> Result<u64, StoreError> {
         .map_err(|e| StoreError::Engine(format!("{}: {e}", to.display())))
 }
 
-fn configure(connection: &Connection) -> rusqlite::Result<()> {
-    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+fn configure(connection: &mut Connection) -> rusqlite::Result<()> {
+    wait_for_locks(connection)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     // The checkpointer does it (below), so the writer never waits for a checkpoint's I/O.
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(())
+}
+
+/// How long a statement waits for a lock another connection holds before it fails.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Has `connection` wait for a lock another holds in short steps, up to [`LOCK_WAIT`].
+///
+/// SQLite's own busy timeout (rusqlite sets one of 5 s) sleeps 1, 2, 5, 10, 15, 20, 25, … ms
+/// between tries. A `RESTART` checkpoint holds writers off while it waits, with that ladder,
+/// for the writer's transaction to end, then copies the last frames and syncs the file; the
+/// writer slept through it on the same ladder, and every record waiting on the writer with it.
+/// At 2,000 single-point records a second the slowest took 106 ms (1 + 2 + … + 25 = 103 ms of
+/// sleeps); with these steps, 13 to 18 ms.
+fn wait_for_locks(connection: &mut Connection) -> rusqlite::Result<()> {
+    let mut since = std::time::Instant::now();
+    connection.busy_handler(Some(move |tries: i32| {
+        if tries == 0 {
+            since = std::time::Instant::now();
+        }
+        match lock_wait_step(since.elapsed()) {
+            Some(step) => {
+                std::thread::sleep(step);
+                true
+            }
+            None => false,
+        }
+    }))
+}
+
+/// How long to sleep before trying a lock again, `waited` into the wait; `None`: give up.
+fn lock_wait_step(waited: std::time::Duration) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if waited >= LOCK_WAIT {
+        None
+    } else if waited < Duration::from_millis(20) {
+        Some(Duration::from_micros(20))
+    } else {
+        // Past the first milliseconds the lock is held by a long statement: poll slower.
+        Some(Duration::from_millis(1))
+    }
 }
 
 /// Commits after which the checkpointer is woken even without an apply (a store that only
@@ -416,11 +456,9 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn start(path: &Path) -> Result<Checkpointer, StoreError> {
-        let connection = Connection::open(path)
+        let mut connection = Connection::open(path)
             .map_err(|e| StoreError::Engine(format!("cannot open {}: {e}", path.display())))?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(engine_error)?;
+        wait_for_locks(&mut connection).map_err(engine_error)?;
         let (wake, woken) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("tallyd-checkpoint".into())
@@ -875,14 +913,12 @@ impl SqliteReader {
         let connection = match pooled {
             Some(connection) => connection,
             None => {
-                let connection = Connection::open_with_flags(
+                let mut connection = Connection::open_with_flags(
                     &self.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(engine_error)?;
-                connection
-                    .busy_timeout(std::time::Duration::from_secs(5))
-                    .map_err(engine_error)?;
+                wait_for_locks(&mut connection).map_err(engine_error)?;
                 // Pages of the database file straight from the OS's page cache, not copied into
                 // each connection's own: a long history query reads tens of MB, far past the
                 // default 2 MB cache (pages still in the WAL are read as before).
@@ -1100,6 +1136,45 @@ pub(crate) mod tests {
         let mut left: Vec<i64> = engine.pending.iter().map(|p| p.seq).collect();
         left.sort_unstable();
         assert_eq!(left, committed);
+    }
+
+    #[test]
+    fn a_lock_is_waited_for_in_short_steps_then_given_up() {
+        use std::time::Duration;
+        assert_eq!(
+            lock_wait_step(Duration::ZERO),
+            Some(Duration::from_micros(20))
+        );
+        assert_eq!(
+            lock_wait_step(Duration::from_millis(19)),
+            Some(Duration::from_micros(20))
+        );
+        assert_eq!(
+            lock_wait_step(Duration::from_millis(20)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            lock_wait_step(LOCK_WAIT - Duration::from_millis(1)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(lock_wait_step(LOCK_WAIT), None);
+    }
+
+    #[test]
+    fn the_writer_waits_out_a_lock_another_connection_holds() {
+        let (dir, mut engine, _reader, id) = with_a_metric();
+        let mut other = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        wait_for_locks(&mut other).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        // Asked while the other holds the write lock: it waits, then commits (without any
+        // busy handler, `BEGIN IMMEDIATE` would fail at once).
+        engine.commit(&[points(id, 0..3)]).unwrap();
+        holder.join().unwrap();
+        assert_eq!(engine.pending.len(), 3);
     }
 
     #[test]
