@@ -408,6 +408,17 @@ impl Outcome {
     fn lateness_ms(&self, p: f64) -> f64 {
         percentile(&self.lateness, p).map_or(f64::NAN, |s| s * 1e3)
     }
+
+    /// Paced runs: the percentile of each request's time from its actual send to its answer
+    /// (its latency less its lateness), in milliseconds. What tallyd and the loopback took,
+    /// without the time the client's own thread was late.
+    fn sent_to_answer_ms(&self, p: f64) -> f64 {
+        let own: Vec<f64> = (self.latencies.iter())
+            .zip(&self.lateness)
+            .map(|(latency, late)| latency - late)
+            .collect();
+        percentile(&own, p).map_or(f64::NAN, |s| s * 1e3)
+    }
 }
 
 /// A drive under way.
@@ -1173,7 +1184,8 @@ fn latency_group(s: &Settings, table: &mut Table) {
     api.register_gauge("bench_latency", &["host", "model"]);
     let (mut p50, mut p99, mut max, mut achieved, mut share) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut late99, mut steal) = (Vec::new(), Vec::new());
+    let (mut late99, mut steal, mut sent99) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor99, mut floor_late99) = (Vec::new(), Vec::new());
     let (mut idle50, mut idle99, mut busy50, mut busy99) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Every request due is sent once: one fresh point each.
@@ -1232,6 +1244,31 @@ fn latency_group(s: &Settings, table: &mut Table) {
             outcome.lateness_ms(100.0),
         );
         report_errors(table, "latency", &outcome);
+        // The same pace and connections on the cheapest route, which touches no store: what
+        // the machine, the client and the HTTP stack add to any answer.
+        let floor = Drive {
+            connections: s.latency_connections,
+            rate: Some(s.latency_rate),
+            length: Some(Duration::from_secs_f64(s.latency_seconds)),
+            requests: Arc::new(vec![request("GET", "/-/healthy", "")]),
+            verdict: status_ok,
+            spin: false,
+        }
+        .start(api.http)
+        .finish();
+        eprintln!(
+            "api:   run {}: HTTP floor, GET /-/healthy at the same pace: p50 {:.3} ms, p99 {:.3} \
+             ms, max {:.3} ms; sent late p99 {:.3} ms",
+            run + 1,
+            floor.latency_ms(50.0),
+            floor.latency_ms(99.0),
+            floor.latency_ms(100.0),
+            floor.lateness_ms(99.0),
+        );
+        report_errors(table, "latency floor", &floor);
+        floor99.push(floor.latency_ms(99.0));
+        floor_late99.push(floor.lateness_ms(99.0));
+        sent99.push(outcome.sent_to_answer_ms(99.0));
         late99.push(outcome.lateness_ms(99.0));
         steal.push(stolen);
         p50.push(outcome.latency_ms(50.0));
@@ -1252,6 +1289,27 @@ fn latency_group(s: &Settings, table: &mut Table) {
         "single-point record: the client's own lateness p99 (due to sent, tallyd not yet asked)",
         Unit::FineMillis,
         late99,
+        "",
+        Check::None,
+    );
+    table.add(
+        "single-point record latency p99, same, from the request's actual send",
+        Unit::FineMillis,
+        sent99,
+        "",
+        Check::None,
+    );
+    table.add(
+        "HTTP floor: GET /-/healthy at the same pace, latency p99 from intended send time",
+        Unit::FineMillis,
+        floor99,
+        "",
+        Check::None,
+    );
+    table.add(
+        "HTTP floor: the client's own lateness p99",
+        Unit::FineMillis,
+        floor_late99,
         "",
         Check::None,
     );
