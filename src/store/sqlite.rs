@@ -396,11 +396,12 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Has `connection` wait for a lock another holds in short steps, up to [`LOCK_WAIT`].
 ///
 /// SQLite's own busy timeout (rusqlite sets one of 5 s) sleeps 1, 2, 5, 10, 15, 20, 25, … ms
-/// between tries. A `RESTART` checkpoint holds writers off while it waits, with that ladder,
-/// for the writer's transaction to end, then copies the last frames and syncs the file; the
-/// writer slept through it on the same ladder, and every record waiting on the writer with it.
-/// At 2,000 single-point records a second the slowest took 106 ms (1 + 2 + … + 25 = 103 ms of
-/// sleeps); with these steps, 13 to 18 ms.
+/// between tries. A `RESTART` checkpoint holds writers off while it waits, on that ladder, for
+/// the writer's transaction to end, then copies the last frames and syncs the file; the writer
+/// slept through it on the same ladder, and every record waiting on the writer with it.
+/// Traced (`strace -T`, 6 s of 2,000 single-point records a second): the writer slept 140 ms
+/// in one window, one wait of 1 + 2 + … + 25 = 103 ms among them, and 6.4 ms in another; with
+/// these steps, 0.4 ms in all.
 fn wait_for_locks(connection: &mut Connection) -> rusqlite::Result<()> {
     let mut since = std::time::Instant::now();
     connection.busy_handler(Some(move |tries: i32| {
