@@ -324,11 +324,10 @@ impl Telemetry {
     /// request's own path, so the label set stays bounded.
     pub fn record_api_request(&self, route: &str, code: u16) {
         let mut requests = self.api_requests.lock();
-        if !requests.contains_key(route) {
-            requests.insert(route.to_owned(), Default::default());
-        }
         if let Some(codes) = requests.get_mut(route) {
             *codes.entry(code).or_default() += 1;
+        } else {
+            requests.insert(route.to_owned(), [(code, 1)].into());
         }
     }
 

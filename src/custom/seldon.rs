@@ -415,13 +415,12 @@ impl CustomMetrics {
             }
             let tags = tag_labels(tags);
             let (handle, warning) = self.find_seldon_series(tenant, key, kind, tags, update)?;
-            let warning = warning.map(Arc::<str>::from);
             let found = Found {
                 handle,
-                warning: warning.clone(),
+                warning: warning.as_deref().map(Arc::from),
             };
             self.seldon_series.keep(cache_key, generation, found);
-            Ok(warning.as_deref().map(str::to_owned))
+            Ok(warning)
         })
     }
 

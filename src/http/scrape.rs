@@ -109,16 +109,10 @@ fn header_list(headers: &HeaderMap, name: HeaderName) -> Option<String> {
     joined
 }
 
-/// What a render made, its type erased on the way back to [`Renderers::run`].
-type Rendered = Box<dyn std::any::Any + Send>;
-
-/// A render and where its output goes. The thread goes back among the idle ones between the
-/// two, so the scrape that follows this one finds it there, even when the render panicked.
-struct Job {
-    render: Box<dyn FnOnce() -> Rendered + Send>,
-    /// Takes the output, or `None` when the render panicked.
-    answer: Box<dyn FnOnce(Option<Rendered>) + Send>,
-}
+/// A render, run under `catch_unwind`. What it returns delivers its output (`None` when it
+/// panicked), and is called once the thread is back among the idle ones, so the scrape that
+/// follows this one finds it there.
+type Job = Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>;
 
 /// The threads `/metrics` renders on. They are started by the caller of [`Renderers::start`]
 /// and take its priority: the daemon starts them from its main thread, so they keep the
@@ -162,9 +156,8 @@ impl Renderers {
             std::thread::Builder::new()
                 .name(format!("tallyd-render-{index}"))
                 .spawn(move || {
-                    while let Ok(Some(Job { render, answer })) = jobs.recv() {
-                        // A render that panics fails its scrape, not the thread.
-                        let rendered = std::panic::catch_unwind(AssertUnwindSafe(render)).ok();
+                    while let Ok(Some(job)) = jobs.recv() {
+                        let deliver = job();
                         let mut threads = shared.threads.lock();
                         let closed = threads.closed;
                         if !closed {
@@ -172,7 +165,7 @@ impl Renderers {
                         }
                         drop(threads);
                         shared.returned.notify_one();
-                        answer(rendered);
+                        deliver();
                         if closed {
                             return;
                         }
@@ -188,12 +181,13 @@ impl Renderers {
         render: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         let (answer, answered) = tokio::sync::oneshot::channel::<Option<T>>();
-        let job = Job {
-            render: Box::new(move || Box::new(render()) as Rendered),
-            answer: Box::new(move |rendered: Option<Rendered>| {
-                let _ = answer.send(rendered.and_then(|r| r.downcast::<T>().ok()).map(|r| *r));
-            }),
-        };
+        let job: Job = Box::new(move || {
+            // A render that panics fails its scrape, not the thread.
+            let rendered = std::panic::catch_unwind(AssertUnwindSafe(render)).ok();
+            Box::new(move || {
+                let _ = answer.send(rendered);
+            })
+        });
         let thread = loop {
             let returned = self.shared.returned.notified();
             if let Some(thread) = self.shared.threads.lock().idle.pop() {
