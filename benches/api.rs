@@ -922,6 +922,62 @@ fn fsync_floor(dir: &Path, n: usize, busy: bool) -> Vec<f64> {
     times
 }
 
+/// The durable floor at a pace: what any store that answers only after an `fdatasync` pays on
+/// this disk, with no HTTP, no parsing and no database. Arrivals are due at `rate` for
+/// `seconds`; one writer, pinned to `cpu` as tallyd is, commits as a group commit does: it
+/// writes 4 KiB for each arrival due by now in one `pwrite` after the last, `fdatasync`s, and
+/// counts each arrival's latency from its due time, in milliseconds.
+fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    // Written over from the start when full, so no write grows the file (as SQLite's WAL).
+    const SPAN: u64 = 16 << 20;
+    let path = dir.join("durable-floor");
+    let file = std::fs::File::create(&path).expect("a file for the durable floor");
+    file.set_len(SPAN).expect("size the durable floor's file");
+    file.write_all_at(&vec![0u8; SPAN as usize], 0)
+        .expect("fill the durable floor's file");
+    file.sync_all().expect("fsync");
+    let due = (rate * seconds).ceil() as usize;
+    let cpu = cpu.to_string();
+    let latencies = std::thread::spawn(move || {
+        pin_self(&cpu);
+        let pages = vec![0x5au8; PAGE * 256];
+        let mut latencies = Vec::with_capacity(due);
+        let (mut next, mut at) = (0usize, 0u64);
+        let start = Instant::now();
+        let due_at = |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
+        while next < due {
+            let now = Instant::now();
+            if due_at(next) > now {
+                std::thread::sleep(due_at(next) - now);
+            }
+            let now = Instant::now();
+            let mut last = next;
+            while last < due && last - next < 256 && due_at(last) <= now {
+                last += 1;
+            }
+            let bytes = &pages[..(last - next) * PAGE];
+            if at + bytes.len() as u64 > SPAN {
+                at = 0;
+            }
+            file.write_all_at(bytes, at).expect("write");
+            at += bytes.len() as u64;
+            // SAFETY: fdatasync on a descriptor this thread owns.
+            let done = unsafe { libc::fdatasync(file.as_raw_fd()) };
+            assert_eq!(done, 0, "fdatasync: {}", std::io::Error::last_os_error());
+            latencies.extend((next..last).map(|i| due_at(i).elapsed().as_secs_f64() * 1e3));
+            next = last;
+        }
+        latencies
+    })
+    .join()
+    .expect("the durable floor's writer");
+    let _ = std::fs::remove_file(path);
+    latencies
+}
+
 fn report_errors(table: &mut Table, what: &str, outcome: &Outcome) {
     if outcome.errors > 0 {
         table.note(format!(
@@ -1186,6 +1242,7 @@ fn latency_group(s: &Settings, table: &mut Table) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut late99, mut steal, mut sent99) = (Vec::new(), Vec::new(), Vec::new());
     let (mut floor99, mut floor_late99) = (Vec::new(), Vec::new());
+    let (mut durable50, mut durable99) = (Vec::new(), Vec::new());
     let (mut idle50, mut idle99, mut busy50, mut busy99) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Every request due is sent once: one fresh point each.
@@ -1211,6 +1268,24 @@ fn latency_group(s: &Settings, table: &mut Table) {
             p50s.push(f50);
             p99s.push(f99);
         }
+        let durable = durable_floor(
+            api.dir(),
+            s.latency_rate,
+            s.latency_seconds,
+            &s.base.daemon_cpu,
+        );
+        let (d50, d99) = (
+            percentile(&durable, 50.0).unwrap_or(f64::NAN),
+            percentile(&durable, 99.0).unwrap_or(f64::NAN),
+        );
+        eprintln!(
+            "api:   run {}: durable floor at the same pace (group commit of 4 KiB per request + \
+             fdatasync, no HTTP, no database): p50 {d50:.3} ms, p99 {d99:.3} ms, max {:.3} ms",
+            run + 1,
+            percentile(&durable, 100.0).unwrap_or(f64::NAN),
+        );
+        durable50.push(d50);
+        durable99.push(d99);
         let requests = latency_points.take(latency_requests);
         let drive = Drive {
             connections: s.latency_connections,
@@ -1284,6 +1359,21 @@ fn latency_group(s: &Settings, table: &mut Table) {
         p99,
         "≤ 2 ms",
         Check::AtMost(2.0),
+    );
+    table.add(
+        "durable floor at the same pace: group commit of 4 KiB per request + fdatasync, \
+         no HTTP, no database, p99 from due time",
+        Unit::FineMillis,
+        durable99,
+        "",
+        Check::None,
+    );
+    table.add(
+        "durable floor at the same pace, p50",
+        Unit::FineMillis,
+        durable50,
+        "",
+        Check::None,
     );
     table.add(
         "single-point record: the client's own lateness p99 (due to sent, tallyd not yet asked)",
