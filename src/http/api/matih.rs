@@ -249,6 +249,16 @@ pub fn parse_query(raw: &str) -> Result<QuerySpec, Problem> {
     };
     let mut spec = QuerySpec::default();
     let mut labels = BTreeMap::new();
+    // Two values for one label could only mean an empty answer; said, not silently narrowed.
+    let filter = |labels: &mut BTreeMap<String, String>, name: &str, wanted: &str| match labels
+        .insert(name.to_owned(), wanted.to_owned())
+    {
+        Some(before) => Err(bad(
+            "labels",
+            format!("label {name:?} is filtered twice ({before:?} and {wanted:?})"),
+        )),
+        None => Ok(()),
+    };
     for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
         let slot = match key.as_ref() {
             "start" => &mut spec.start,
@@ -260,7 +270,7 @@ pub fn parse_query(raw: &str) -> Result<QuerySpec, Problem> {
                     let (name, wanted) = pair
                         .split_once(':')
                         .ok_or_else(|| bad("labels", format!("{pair:?} is not name:value")))?;
-                    labels.insert(name.trim().to_owned(), wanted.trim().to_owned());
+                    filter(&mut labels, name.trim(), wanted.trim())?;
                 }
                 continue;
             }
@@ -269,7 +279,7 @@ pub fn parse_query(raw: &str) -> Result<QuerySpec, Problem> {
                     .strip_prefix("labels[")
                     .and_then(|r| r.strip_suffix(']'))
                 {
-                    labels.insert(name.to_owned(), value.into_owned());
+                    filter(&mut labels, name, &value)?;
                     continue;
                 }
                 return Err(bad(other, format!("unknown query parameter {other:?}")));
@@ -307,5 +317,18 @@ mod tests {
         let problem = parse_query("labels=nocolon").unwrap_err();
         assert_eq!(problem.field.as_deref(), Some("labels"));
         assert!(parse_query("step=1m&step=2m").is_err());
+        for twice in [
+            "labels=model:a,model:b",
+            "labels=model:a&labels[model]=b",
+            "labels[model]=a&labels[model]=a",
+        ] {
+            let problem = parse_query(twice).unwrap_err();
+            assert_eq!(problem.field.as_deref(), Some("labels"), "{twice}");
+            assert!(
+                problem.detail.contains("\"model\""),
+                "{twice}: {}",
+                problem.detail
+            );
+        }
     }
 }
