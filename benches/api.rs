@@ -931,6 +931,8 @@ fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     const PAGE: usize = 4096;
+    // The most arrivals one commit takes, as tallyd's `store::MAX_GROUP`.
+    const GROUP: usize = 256;
     // Written over from the start when full, so no write grows the file (as SQLite's WAL).
     const SPAN: u64 = 16 << 20;
     let path = dir.join("durable-floor");
@@ -943,7 +945,7 @@ fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
     let cpu = cpu.to_string();
     let latencies = std::thread::spawn(move || {
         pin_self(&cpu);
-        let pages = vec![0x5au8; PAGE * 256];
+        let pages = vec![0x5au8; PAGE * GROUP];
         let mut latencies = Vec::with_capacity(due);
         let (mut next, mut at) = (0usize, 0u64);
         let start = Instant::now();
@@ -955,7 +957,7 @@ fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
             }
             let now = Instant::now();
             let mut last = next;
-            while last < due && last - next < 256 && due_at(last) <= now {
+            while last < due && last - next < GROUP && due_at(last) <= now {
                 last += 1;
             }
             let bytes = &pages[..(last - next) * PAGE];
