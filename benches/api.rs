@@ -931,8 +931,8 @@ fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     const PAGE: usize = 4096;
-    // The most arrivals one commit takes, as tallyd's `store::MAX_GROUP`.
-    const GROUP: usize = 256;
+    // The most arrivals one commit takes, as in tallyd.
+    const GROUP: usize = tallyd::store::MAX_GROUP;
     // Written over from the start when full, so no write grows the file (as SQLite's WAL).
     const SPAN: u64 = 16 << 20;
     let path = dir.join("durable-floor");
