@@ -884,7 +884,6 @@ fn file_system(path: &Path) -> String {
 /// finds its CPU idle waits for the next timer tick (4 ms at 250 Hz), one that finds it busy
 /// does not, so tallyd's commits are faster when its CPU has work.
 fn fsync_floor(dir: &Path, n: usize, busy: bool) -> Vec<f64> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     const PAGES: u64 = 256;
     let path = dir.join("fsync-floor");
@@ -907,9 +906,7 @@ fn fsync_floor(dir: &Path, n: usize, busy: bool) -> Vec<f64> {
         .map(|i| {
             file.write_all_at(&page, (i % PAGES) * 4096).expect("write");
             let started = Instant::now();
-            // SAFETY: fdatasync on a descriptor we own.
-            let done = unsafe { libc::fdatasync(file.as_raw_fd()) };
-            assert_eq!(done, 0, "fdatasync: {}", std::io::Error::last_os_error());
+            file.sync_data().expect("fdatasync");
             started.elapsed().as_secs_f64() * 1e3
         })
         .collect();
@@ -928,7 +925,6 @@ fn fsync_floor(dir: &Path, n: usize, busy: bool) -> Vec<f64> {
 /// writes 4 KiB for each arrival due by now in one `pwrite` after the last, `fdatasync`s, and
 /// counts each arrival's latency from its due time, in milliseconds.
 fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     const PAGE: usize = 4096;
     // The most arrivals one commit takes, as in tallyd.
@@ -937,7 +933,6 @@ fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
     const SPAN: u64 = 16 << 20;
     let path = dir.join("durable-floor");
     let file = std::fs::File::create(&path).expect("a file for the durable floor");
-    file.set_len(SPAN).expect("size the durable floor's file");
     file.write_all_at(&vec![0u8; SPAN as usize], 0)
         .expect("fill the durable floor's file");
     file.sync_all().expect("fsync");
@@ -966,9 +961,7 @@ fn durable_floor(dir: &Path, rate: f64, seconds: f64, cpu: &str) -> Vec<f64> {
             }
             file.write_all_at(bytes, at).expect("write");
             at += bytes.len() as u64;
-            // SAFETY: fdatasync on a descriptor this thread owns.
-            let done = unsafe { libc::fdatasync(file.as_raw_fd()) };
-            assert_eq!(done, 0, "fdatasync: {}", std::io::Error::last_os_error());
+            file.sync_data().expect("fdatasync");
             latencies.extend((next..last).map(|i| due_at(i).elapsed().as_secs_f64() * 1e3));
             next = last;
         }
