@@ -14,7 +14,7 @@
 //! - `journal`: recorded points not yet in `points`, one row per batch (see below);
 //! - `tier_samples` ([`super::tiers`]): history samples and the rollups of `points`, and
 //!   `rollups_due` ([`super::rollup`]): the intervals of points not rolled up yet;
-//! - `meta`: the next sequence number.
+//! - `meta`: the next sequence number, as of the last transaction that needed it (below).
 //!
 //! One point costs about 40 bytes on disk (five small integers, a double, the record and cell
 //! headers), before the WAL is checkpointed.
@@ -35,6 +35,15 @@
 //!
 //! Another table keyed by time (history tiers, say) joins the same way: a write that reads or
 //! rewrites points applies the pending ones first.
+//!
+//! **The next sequence number is written only when the journal cannot tell it.** A journal row
+//! holds its batch's `first_seq` and count, so a commit of recorded points alone leaves `meta`
+//! as it was, and its durable part is the journal's last page: one WAL frame, not two. (The
+//! `seq` row in every commit was the second frame, rewritten a thousand times a second, which
+//! doubled the commit's writes and made SQLite's WAL index probe ever longer chains of the
+//! same two pages.) A transaction that spends numbers elsewhere (Deeploy data points) or takes
+//! journal rows away (an apply, a delete) writes `seq` with it; [`open`] takes the larger of
+//! `seq` and the journal's last number.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -168,7 +177,8 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
             let _ = connection.execute_batch("ROLLBACK");
             engine_error(error)
         })?;
-    let next_seq = connection
+    // Recovery raises it past the journal's numbers.
+    let saved_seq = connection
         .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |row| {
             row.get(0)
         })
@@ -179,7 +189,8 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
     let rollup_tiers = tier_list(&rollup::load_tiers(&connection).map_err(engine_error)?);
     let mut engine = SqliteEngine {
         connection,
-        next_seq,
+        next_seq: saved_seq,
+        saved_seq,
         rollup_tiers,
         series: HashMap::new(),
         cached_series: 0,
@@ -518,6 +529,8 @@ impl Checkpointer {
 pub struct SqliteEngine {
     connection: Connection,
     next_seq: i64,
+    /// `seq` in `meta` as of the last commit: numbers from it to `next_seq` are the journal's.
+    saved_seq: i64,
     /// metric → labels → series id, for the series already written.
     series: HashMap<i64, HashMap<Arc<str>, i64, ahash::RandomState>>,
     cached_series: usize,
@@ -533,10 +546,17 @@ pub struct SqliteEngine {
     compaction: Compaction,
 }
 
+/// What [`SqliteEngine::forget`] puts back after a rollback.
+#[derive(Clone, Copy)]
+struct Marks {
+    next_seq: i64,
+    saved_seq: i64,
+    journal_last: i64,
+}
+
 impl Engine for SqliteEngine {
     fn commit(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-        let seq_before = self.next_seq;
-        let journal_before = self.journal_last;
+        let before = self.marks();
         self.run("BEGIN IMMEDIATE").map_err(engine_error)?;
         let mut results = Vec::with_capacity(writes.len());
         // How many of `pending` this transaction moved into `points`.
@@ -549,7 +569,7 @@ impl Engine for SqliteEngine {
                 let moving = self.move_pending(moved);
                 if let Err(error) = moving {
                     let _ = self.connection.execute_batch("ROLLBACK");
-                    self.forget(seq_before, journal_before);
+                    self.forget(before);
                     return Err(engine_error(error));
                 }
                 moved = self.pending.len();
@@ -565,17 +585,16 @@ impl Engine for SqliteEngine {
             ended.map_err(engine_error)?;
             results.push(result.map_err(engine_error));
         }
-        let committed = self
-            .connection
-            .prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('seq', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .and_then(|mut upsert| upsert.execute([self.next_seq]))
-            .and_then(|_| self.run("COMMIT"));
-        if let Err(error) = committed {
+        // Recorded points alone leave their numbers to their journal rows.
+        let journal_only = writes.iter().all(|w| matches!(w, Write::Points { .. }));
+        let saved = if journal_only {
+            Ok(())
+        } else {
+            self.save_seq()
+        };
+        if let Err(error) = saved.and_then(|()| self.run("COMMIT")) {
             let _ = self.connection.execute_batch("ROLLBACK");
-            self.forget(seq_before, journal_before);
+            self.forget(before);
             return Err(engine_error(error));
         }
         self.pending.drain(..moved);
@@ -609,8 +628,10 @@ impl Engine for SqliteEngine {
         self.connection
             .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
             .map_err(engine_error)?;
+        let before = self.marks();
         let applied = self
             .move_pending(0)
+            .and_then(|()| self.save_seq())
             .and_then(|()| self.connection.execute_batch("COMMIT"));
         match applied {
             Ok(()) => {
@@ -618,7 +639,10 @@ impl Engine for SqliteEngine {
                 self.checkpoints.request();
             }
             // Nothing moved: the points stay pending, their journal rows in place.
-            Err(_) => drop(self.connection.execute_batch("ROLLBACK")),
+            Err(_) => {
+                drop(self.connection.execute_batch("ROLLBACK"));
+                self.saved_seq = before.saved_seq;
+            }
         }
         let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");
         applied.and(durable_again).map_err(engine_error)
@@ -672,13 +696,37 @@ impl SqliteEngine {
         self.connection.prepare_cached(sql)?.execute([]).map(drop)
     }
 
+    /// Writes `next_seq` to `meta`, inside the caller's transaction, unless it is there.
+    fn save_seq(&mut self) -> rusqlite::Result<()> {
+        if self.saved_seq != self.next_seq {
+            self.connection
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('seq', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute([self.next_seq])?;
+            self.saved_seq = self.next_seq;
+        }
+        Ok(())
+    }
+
+    /// The engine's own state a transaction changes, as it is before one begins.
+    fn marks(&self) -> Marks {
+        Marks {
+            next_seq: self.next_seq,
+            saved_seq: self.saved_seq,
+            journal_last: self.journal_last,
+        }
+    }
+
     /// Forgets what a rolled-back transaction did to the engine's own state.
-    fn forget(&mut self, seq_before: i64, journal_before: i64) {
-        self.next_seq = seq_before;
+    fn forget(&mut self, before: Marks) {
+        self.next_seq = before.next_seq;
+        self.saved_seq = before.saved_seq;
         // By sequence, not by length: a move inside the transaction sorted `pending`, so the
         // points it journaled need not be at the end any more.
-        self.pending.retain(|p| p.seq < seq_before);
-        self.journal_last = journal_before;
+        self.pending.retain(|p| p.seq < before.next_seq);
+        self.journal_last = before.journal_last;
         // What this transaction cached may not exist.
         self.series.clear();
         self.cached_series = 0;
@@ -692,6 +740,10 @@ impl SqliteEngine {
     /// apply) and applies them.
     fn recover(&mut self) -> Result<(), StoreError> {
         let (left, last_row) = read_journal(&self.connection)?;
+        // Numbers the journal spent since `seq` was last written.
+        if let Some(last) = left.iter().map(|p| p.seq).max() {
+            self.next_seq = self.next_seq.max(last + 1);
+        }
         self.pending.extend(left);
         self.journal_last = self.journal_last.max(last_row);
         if !self.pending.is_empty() {
@@ -1137,16 +1189,60 @@ pub(crate) mod tests {
 
         // What `commit` does before a delete, then fails: the new points sort ahead of the
         // committed ones (same series, earlier times).
-        let (seq_before, journal_before) = (engine.next_seq, engine.journal_last);
+        let before = engine.marks();
         engine.connection.execute_batch("BEGIN IMMEDIATE").unwrap();
         engine.apply(&points(id, 0..4)).unwrap();
         engine.move_pending(0).unwrap();
         engine.connection.execute_batch("ROLLBACK").unwrap();
-        engine.forget(seq_before, journal_before);
+        engine.forget(before);
 
         let mut left: Vec<i64> = engine.pending.iter().map(|p| p.seq).collect();
         left.sort_unstable();
         assert_eq!(left, committed);
+    }
+
+    #[test]
+    fn numbers_run_on_across_a_restart_from_the_journal_or_from_meta() {
+        let (dir, mut engine, _reader, id) = with_a_metric();
+        let seq_row = |engine: &SqliteEngine| -> Option<i64> {
+            (engine.connection)
+                .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |row| row.get(0))
+                .optional()
+                .unwrap()
+        };
+        let saved = seq_row(&engine);
+        engine.commit(&[points(id, 0..3)]).unwrap();
+        engine.commit(&[points(id, 3..5), points(id, 5..6)]).unwrap();
+        // Recorded points alone leave `meta` as it was: their numbers are in the journal.
+        assert_eq!(seq_row(&engine), saved);
+        let spent = engine.next_seq;
+        assert_eq!(spent, saved.unwrap_or(0) + 6);
+        // As after a crash: the journal rows are not applied yet.
+        drop(engine);
+
+        let (mut engine, _reader) = open(dir.path()).unwrap();
+        assert_eq!(engine.next_seq, spent);
+        // The apply at open took the rows away, so `meta` holds the number now.
+        assert_eq!(seq_row(&engine), Some(spent));
+        let data_points = Write::DataPoints {
+            metric: id,
+            points: vec![crate::store::DataPoint {
+                x: "2026-12-07T10:00:00Z".into(),
+                y: 1.0,
+                prediction_ids: None,
+            }],
+        };
+        let written = engine.commit(std::slice::from_ref(&data_points)).unwrap();
+        assert!(matches!(written[0], Ok(Written::DataPoints { first_seq }) if first_seq == spent));
+        // Data points keep no journal: their commit writes `meta` itself.
+        assert_eq!(seq_row(&engine), Some(spent + 1));
+        drop(engine);
+
+        let (mut engine, _reader) = open(dir.path()).unwrap();
+        let written = engine.commit(&[data_points]).unwrap();
+        assert!(
+            matches!(written[0], Ok(Written::DataPoints { first_seq }) if first_seq == spent + 1)
+        );
     }
 
     #[test]
