@@ -103,6 +103,45 @@ fn thread_niceness(pid: libc::pid_t) -> (i64, Vec<(String, i64)>) {
     (main, threads)
 }
 
+/// Runs `f` with the calling thread allowed only on `cpus`; a process it starts inherits that.
+fn on_cpus<T>(cpus: &[usize], f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain calls on a zeroed `cpu_set_t` owned here, for the calling thread (pid 0).
+    unsafe {
+        let mut before: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut before), 0);
+        let mut only: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut only);
+        }
+        assert_eq!(libc::sched_setaffinity(0, size, &only), 0);
+        let result = f();
+        assert_eq!(libc::sched_setaffinity(0, size, &before), 0);
+        result
+    }
+}
+
+#[test]
+fn a_daemon_on_one_cpu_runs_one_async_worker() {
+    let pinned = on_cpus(&[0], Daemon::start);
+    assert!(
+        pinned
+            .log()
+            .contains("async runtime workers=1 usable_cpus=1"),
+        "{}",
+        pinned.log()
+    );
+    assert!(pinned.scrape().contains("tallyd_"), "it serves");
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let free = Daemon::start();
+        assert!(
+            free.log().contains("async runtime workers=2 usable_cpus="),
+            "{}",
+            free.log()
+        );
+    }
+}
+
 #[test]
 fn api_and_store_threads_yield_the_cpu_to_the_receive_threads_and_the_scrape() {
     let daemon = Daemon::start();
