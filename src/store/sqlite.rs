@@ -1206,13 +1206,17 @@ pub(crate) mod tests {
         let (dir, mut engine, _reader, id) = with_a_metric();
         let seq_row = |engine: &SqliteEngine| -> Option<i64> {
             (engine.connection)
-                .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |row| row.get(0))
+                .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |row| {
+                    row.get(0)
+                })
                 .optional()
                 .unwrap()
         };
         let saved = seq_row(&engine);
         engine.commit(&[points(id, 0..3)]).unwrap();
-        engine.commit(&[points(id, 3..5), points(id, 5..6)]).unwrap();
+        engine
+            .commit(&[points(id, 3..5), points(id, 5..6)])
+            .unwrap();
         // Recorded points alone leave `meta` as it was: their numbers are in the journal.
         assert_eq!(seq_row(&engine), saved);
         let spent = engine.next_seq;
