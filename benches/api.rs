@@ -394,6 +394,8 @@ struct Outcome {
     /// late, or its connection was still waiting for the answer before. tallyd is not on this
     /// path until the answer before is late, so it shows what the machine itself adds.
     lateness: Vec<f64>,
+    /// Paced runs: per request, its index in the schedule (its due time is `index / rate`).
+    due_index: Vec<usize>,
 }
 
 impl Outcome {
@@ -577,6 +579,7 @@ impl Connection<'_> {
             };
             if pace.is_some() {
                 outcome.lateness.push(due.elapsed().as_secs_f64());
+                outcome.due_index.push(i);
             }
             let result = self
                 .client
@@ -615,6 +618,7 @@ impl Driving {
             }
             all.latencies.extend(one.latencies);
             all.lateness.extend(one.lateness);
+            all.due_index.extend(one.due_index);
         }
         all.seconds = self.started.elapsed().as_secs_f64();
         all
@@ -1220,6 +1224,30 @@ fn seldon_group(s: &Settings, table: &mut Table) {
     );
 }
 
+/// Writes one line per request of a paced run, in schedule order: its due time from the start
+/// (s), its latency and the client's lateness (ms). For finding when the slow answers came.
+fn write_trace(path: &str, outcome: &Outcome, rate: f64) {
+    let mut rows: Vec<(usize, f64, f64)> = (outcome.due_index.iter().copied())
+        .zip(outcome.latencies.iter().copied())
+        .zip(outcome.lateness.iter().copied())
+        .map(|((i, latency), late)| (i, latency, late))
+        .collect();
+    rows.sort_unstable_by_key(|r| r.0);
+    let text: String = rows
+        .iter()
+        .map(|(i, latency, late)| {
+            format!(
+                "{:.5} {:.3} {:.3}\n",
+                *i as f64 / rate,
+                latency * 1e3,
+                late * 1e3
+            )
+        })
+        .collect();
+    std::fs::write(path, text).expect("the trace file is writable");
+    eprintln!("api:   trace: {path}");
+}
+
 /// Figure 3: single-point records paced open loop; latency from each intended send time.
 fn latency_group(s: &Settings, table: &mut Table) {
     let label = format!(
@@ -1314,6 +1342,9 @@ fn latency_group(s: &Settings, table: &mut Table) {
             outcome.lateness_ms(100.0),
         );
         report_errors(table, "latency", &outcome);
+        if let Ok(path) = std::env::var("API_TRACE") {
+            write_trace(&format!("{path}.{}", run + 1), &outcome, s.latency_rate);
+        }
         // The same pace and connections on the cheapest route, which touches no store: what
         // the machine, the client and the HTTP stack add to any answer.
         let floor = Drive {
