@@ -176,20 +176,14 @@ fn init_logging(level: &str) -> LogHandle {
 }
 
 /// Most async worker threads (HTTP, the API, scrapes); the StatsD receivers and the store's
-/// writer have threads of their own.
+/// writer have threads of their own. Never more than the CPUs tallyd may use: a second worker
+/// on a single CPU only costs, as tokio wakes an idle worker to steal each task another makes
+/// ready, so every request paid for an `eventfd` write, a wake-up and a context switch of a
+/// thread that found nothing to do.
 const HTTP_WORKERS: usize = 2;
 
-/// The CPUs this process may run on (its affinity mask: `taskset`, a cgroup's cpuset).
-///
-/// A second async worker on a single CPU only costs: tokio wakes an idle worker to steal each
-/// task another makes ready, so every request paid for an `eventfd` write, a wake-up and a
-/// context switch of a thread that found nothing to do.
-fn usable_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 fn serve(cli: Cli, settings: Settings, log: LogHandle, passed: Passed) -> Result<(), Failed> {
-    let cpus = usable_cpus();
+    let cpus = crate::priority::usable_cpus();
     let workers = HTTP_WORKERS.min(cpus);
     tracing::info!(workers, usable_cpus = cpus, "async runtime");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -6,7 +6,14 @@
 //! and lose nothing when an answer comes a little later. When one core cannot carry all of it,
 //! the scheduler gives it to the receive threads and the render first; when it can, niceness
 //! changes nothing. A thread inherits the niceness of the thread that starts it, so the render
-//! threads are started from the daemon's main thread, not from the runtime.
+//! threads are started from the daemon's main thread, not from the runtime. [`usable_cpus`] is
+//! the CPUs the process may run on, which the thread counts that follow the CPUs are sized by.
+
+/// The CPUs this process may run on: its affinity mask (`taskset`, a cgroup's cpuset), 1 when
+/// that cannot be read.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// Nice steps the API and store threads take below the process: a receive thread then weighs
 /// three times as much as each of them (Linux's weights grow 1.25× a step).

@@ -200,7 +200,7 @@ impl Settings {
             crate::history::HistoryOptions::new(&file.history, &file.metrics).map_err(invalid)?;
         let (aggregation, deprecations) = aggregation(&file).map_err(invalid)?;
         crate::tokens::check_unique(&file.api.tokens).map_err(invalid)?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::priority::usable_cpus();
         let secs = Duration::from_secs_f64;
         let settings = Settings {
             rules: Arc::new(rules),

@@ -314,7 +314,7 @@ pub const PARALLEL_CELLS: i64 = 100_000;
 /// pinned to one, as the benches pin it), at most 8.
 pub fn scan_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+    *THREADS.get_or_init(|| crate::priority::usable_cpus().min(8))
 }
 
 /// Runs `scan` over each of `parts` (consecutive runs of whole bins) on a thread of its own,

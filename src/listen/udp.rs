@@ -196,7 +196,7 @@ impl BoundListener {
 /// [`spawn_receivers`]: super::spawn_receivers
 pub fn open(options: &UdpOptions, passed: &mut Passed) -> Result<Vec<BoundListener>, OpenError> {
     let receivers = match options.receivers_per_listener {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => crate::priority::usable_cpus(),
         n => n,
     };
     super::open_endpoints(

@@ -628,7 +628,7 @@ impl Engine for SqliteEngine {
         self.connection
             .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
             .map_err(engine_error)?;
-        let before = self.marks();
+        let saved_before = self.saved_seq;
         let applied = self
             .move_pending(0)
             .and_then(|()| self.save_seq())
@@ -641,7 +641,7 @@ impl Engine for SqliteEngine {
             // Nothing moved: the points stay pending, their journal rows in place.
             Err(_) => {
                 drop(self.connection.execute_batch("ROLLBACK"));
-                self.saved_seq = before.saved_seq;
+                self.saved_seq = saved_before;
             }
         }
         let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");

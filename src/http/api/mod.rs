@@ -91,7 +91,8 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
         .merge(deeploy::routes())
         .merge(pushgateway::routes())
         // One layer of four, outermost first: each `Router::layer` boxes every route again, and
-        // a request cloned each box (18 allocations a request with four of them, callgrind).
+        // a request clones each box (callgrind: 18 `clone_box`es a record with four layers, 5
+        // with one).
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::Extension(
