@@ -117,6 +117,33 @@ CREATE TABLE IF NOT EXISTS journal (
 /// Statements the writer keeps prepared (it runs a few dozen different ones).
 const WRITER_STATEMENTS: usize = 64;
 
+/// Points an apply inserts per statement.
+const INSERT_ROWS: usize = 64;
+
+/// Inserts one point into `points`; [`bind_point`] binds it.
+const INSERT_ONE: &str = "INSERT INTO points (metric, bucket, series, ts, seq, value) \
+                          VALUES (?, ?, ?, ?, ?, ?)";
+
+/// Inserts [`INSERT_ROWS`] points at once.
+static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let row = ", (?, ?, ?, ?, ?, ?)";
+    format!("{INSERT_ONE}{}", row.repeat(INSERT_ROWS - 1))
+});
+
+/// Binds `point` to the six parameters of `insert` that follow the first `at`.
+fn bind_point(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    point: &Pending,
+) -> rusqlite::Result<()> {
+    insert.raw_bind_parameter(at + 1, point.metric)?;
+    insert.raw_bind_parameter(at + 2, bucket_of(point.ts_ms))?;
+    insert.raw_bind_parameter(at + 3, point.series)?;
+    insert.raw_bind_parameter(at + 4, point.ts_ms)?;
+    insert.raw_bind_parameter(at + 5, point.seq)?;
+    insert.raw_bind_parameter(at + 6, point.value)
+}
+
 /// Read connections kept for reuse; more readers at once open more and close them after.
 const READ_POOL: usize = 4;
 
@@ -621,31 +648,18 @@ impl Engine for SqliteEngine {
         if self.pending.is_empty() {
             return Ok(());
         }
-        // The points are durable already, in the journal rows this transaction deletes: it need
-        // not wait for its own fsync. Lost at power loss, it is lost whole (the WAL's checksums)
-        // and the journal applies again; otherwise the next durable commit's fsync, or the
-        // checkpoint's, covers its frames, which come before.
-        self.connection
-            .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
-            .map_err(engine_error)?;
         let saved_before = self.saved_seq;
-        let applied = self
-            .move_pending(0)
-            .and_then(|()| self.save_seq())
-            .and_then(|()| self.connection.execute_batch("COMMIT"));
+        let applied =
+            self.unsynced(|engine| engine.move_pending(0).and_then(|()| engine.save_seq()));
         match applied {
             Ok(()) => {
                 self.pending.clear();
                 self.checkpoints.request();
             }
             // Nothing moved: the points stay pending, their journal rows in place.
-            Err(_) => {
-                drop(self.connection.execute_batch("ROLLBACK"));
-                self.saved_seq = saved_before;
-            }
+            Err(_) => self.saved_seq = saved_before,
         }
-        let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");
-        applied.and(durable_again).map_err(engine_error)
+        applied.map_err(engine_error)
     }
 
     fn busy(&self) -> bool {
@@ -654,23 +668,11 @@ impl Engine for SqliteEngine {
 
     fn work(&mut self) -> Result<Worked, StoreError> {
         let started = std::time::Instant::now();
-        // As an apply: a slice lost at power loss is done again, and the next durable commit's
-        // fsync covers its frames.
-        let sliced = (self.connection)
-            .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
-            .and_then(|()| self.compaction.slice(&self.connection))
-            .and_then(|sliced| {
-                self.connection.execute_batch("COMMIT")?;
-                Ok(sliced)
-            });
+        let sliced = self.unsynced(|engine| engine.compaction.slice(&engine.connection));
         if sliced.is_err() {
-            let _ = self.connection.execute_batch("ROLLBACK");
             self.compaction.pause();
         }
-        let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");
-        let sliced = sliced
-            .and_then(|s| durable_again.map(|()| s))
-            .map_err(engine_error)?;
+        let sliced = sliced.map_err(engine_error)?;
         if sliced.packed > 0 {
             self.checkpoints.committed();
             tracing::debug!(
@@ -694,6 +696,29 @@ impl SqliteEngine {
     /// was a sixth of tallyd's instructions per record (callgrind).
     fn run(&self, sql: &str) -> rusqlite::Result<()> {
         self.connection.prepare_cached(sql)?.execute([]).map(drop)
+    }
+
+    /// Runs `body` in a transaction that does not wait for its own fsync, rolled back on an
+    /// error: for work that is done again if power loss takes it. An apply's points are durable
+    /// already, in the journal rows it deletes, and the WAL's checksums lose a transaction
+    /// whole, so the journal applies again; a compaction slice is redone from the rows it
+    /// left. Otherwise the next durable commit's fsync, or the checkpoint's, covers its
+    /// frames, which come before.
+    fn unsynced<T>(
+        &mut self,
+        body: impl FnOnce(&mut Self) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.connection
+            .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")?;
+        let done = body(self).and_then(|value| {
+            self.connection.execute_batch("COMMIT")?;
+            Ok(value)
+        });
+        if done.is_err() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+        let durable_again = self.connection.execute_batch("PRAGMA synchronous = FULL");
+        done.and_then(|value| durable_again.map(|()| value))
     }
 
     /// Writes `next_seq` to `meta`, inside the caller's transaction, unless it is there.
@@ -762,27 +787,29 @@ impl SqliteEngine {
         let moving = &mut self.pending[from..];
         // In key order each leaf page is filled or rewritten once.
         moving.sort_unstable_by_key(|p| (p.metric, bucket_of(p.ts_ms), p.series, p.ts_ms, p.seq));
-        let mut insert = self.connection.prepare_cached(
-            "INSERT INTO points (metric, bucket, series, ts, seq, value)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for p in moving.iter() {
-            insert.execute(params![
-                p.metric,
-                bucket_of(p.ts_ms),
-                p.series,
-                p.ts_ms,
-                p.seq,
-                p.value
-            ])?;
+        // Many rows a statement: callgrind, 2,000 single-point records applied in nine applies,
+        // 15.9M instructions in the apply with one-row inserts, 14.2M with these.
+        let mut rows = moving.chunks_exact(INSERT_ROWS);
+        let mut insert = self.connection.prepare_cached(&INSERT_MANY)?;
+        for chunk in &mut rows {
+            for (i, p) in chunk.iter().enumerate() {
+                bind_point(&mut insert, i * 6, p)?;
+            }
+            insert.raw_execute()?;
+        }
+        let mut insert = self.connection.prepare_cached(INSERT_ONE)?;
+        for p in rows.remainder() {
+            bind_point(&mut insert, 0, p)?;
+            insert.raw_execute()?;
         }
         if let Some(finest) = self.rollup_tiers.first() {
             rollup::mark(&self.connection, finest.resolution_ms, moving)?;
         }
-        self.connection
-            .prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
-            .execute([self.journal_last])?;
-        Ok(())
+        // Every journal row is one of these points' (rows up to `journal_last`, the last one
+        // written): emptying the table frees its pages without visiting each row, SQLite's
+        // truncate optimization. Deleting 2,000 single-point rows by range took 2.9M of the
+        // same apply's 18.8M instructions.
+        self.run("DELETE FROM journal")
     }
 
     fn apply(&mut self, write: &Write) -> rusqlite::Result<Written> {
