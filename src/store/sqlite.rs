@@ -222,7 +222,6 @@ pub fn open(dir: &Path) -> Result<(SqliteEngine, SqliteReader), StoreError> {
         series: HashMap::new(),
         cached_series: 0,
         pending: Vec::new(),
-        journal_last: 0,
         body: Vec::new(),
         checkpoints: Checkpointer::start(&path)?,
         compaction: Compaction::default(),
@@ -355,14 +354,14 @@ fn scan_cut_bucket(
     Ok(())
 }
 
-/// Every point the journal holds, in journal order, and the `seq` of its last row (0 when it
-/// has none): what a restart applies, and what a reader beside another process's writer adds.
-fn read_journal(connection: &Connection) -> Result<(Vec<Pending>, i64), StoreError> {
+/// Every point the journal holds, in journal order: what a restart applies, and what a reader
+/// beside another process's writer adds.
+fn read_journal(connection: &Connection) -> Result<Vec<Pending>, StoreError> {
     let mut statement = connection
         .prepare("SELECT seq, body FROM journal ORDER BY seq")
         .map_err(engine_error)?;
     let mut rows = statement.query([]).map_err(engine_error)?;
-    let (mut pending, mut last_row) = (Vec::new(), 0);
+    let mut pending = Vec::new();
     while let Some(row) = rows.next().map_err(engine_error)? {
         let seq: i64 = row.get(0).map_err(engine_error)?;
         let body = row
@@ -372,9 +371,8 @@ fn read_journal(connection: &Connection) -> Result<(Vec<Pending>, i64), StoreErr
         journal::decode(body, &mut pending).map_err(|why| {
             StoreError::Engine(format!("journal row {seq} cannot be read: {why}"))
         })?;
-        last_row = seq;
     }
-    Ok((pending, last_row))
+    Ok(pending)
 }
 
 /// Opens the store in `dir` for reading only, as tools beside a running daemon do (its scans read
@@ -561,10 +559,9 @@ pub struct SqliteEngine {
     /// metric → labels → series id, for the series already written.
     series: HashMap<i64, HashMap<Arc<str>, i64, ahash::RandomState>>,
     cached_series: usize,
-    /// Journaled points not yet in `points`, in journal order.
+    /// Journaled points not yet in `points`, in journal order: the journal's rows hold exactly
+    /// these.
     pending: Vec<Pending>,
-    /// The `seq` of the last journal row written: rows up to it hold exactly `pending`.
-    journal_last: i64,
     /// A journal body being built, kept for its allocation.
     body: Vec<u8>,
     checkpoints: Checkpointer,
@@ -578,7 +575,6 @@ pub struct SqliteEngine {
 struct Marks {
     next_seq: i64,
     saved_seq: i64,
-    journal_last: i64,
 }
 
 impl Engine for SqliteEngine {
@@ -740,7 +736,6 @@ impl SqliteEngine {
         Marks {
             next_seq: self.next_seq,
             saved_seq: self.saved_seq,
-            journal_last: self.journal_last,
         }
     }
 
@@ -751,7 +746,6 @@ impl SqliteEngine {
         // By sequence, not by length: a move inside the transaction sorted `pending`, so the
         // points it journaled need not be at the end any more.
         self.pending.retain(|p| p.seq < before.next_seq);
-        self.journal_last = before.journal_last;
         // What this transaction cached may not exist.
         self.series.clear();
         self.cached_series = 0;
@@ -764,13 +758,12 @@ impl SqliteEngine {
     /// Reads the journal rows a previous run left (a crash between a batch's commit and its
     /// apply) and applies them.
     fn recover(&mut self) -> Result<(), StoreError> {
-        let (left, last_row) = read_journal(&self.connection)?;
+        let left = read_journal(&self.connection)?;
         // Numbers the journal spent since `seq` was last written.
         if let Some(last) = left.iter().map(|p| p.seq).max() {
             self.next_seq = self.next_seq.max(last + 1);
         }
         self.pending.extend(left);
-        self.journal_last = self.journal_last.max(last_row);
         if !self.pending.is_empty() {
             tracing::info!(
                 points = self.pending.len(),
@@ -805,8 +798,8 @@ impl SqliteEngine {
         if let Some(finest) = self.rollup_tiers.first() {
             rollup::mark(&self.connection, finest.resolution_ms, moving)?;
         }
-        // Every journal row is one of these points' (rows up to `journal_last`, the last one
-        // written): emptying the table frees its pages without visiting each row, SQLite's
+        // Every journal row holds some of these points (a move earlier in the transaction emptied
+        // the table of the others): emptying it frees its pages without visiting each row, SQLite's
         // truncate optimization. Deleting 2,000 single-point rows by range took 2.9M of the
         // same apply's 18.8M instructions.
         self.run("DELETE FROM journal")
@@ -870,9 +863,9 @@ impl SqliteEngine {
                 let journaled = self
                     .connection
                     .prepare_cached("INSERT INTO journal (body) VALUES (?1)")
-                    .and_then(|mut insert| insert.insert([&body]));
+                    .and_then(|mut insert| insert.execute([&body]));
                 self.body = body;
-                self.journal_last = journaled?;
+                journaled?;
                 self.next_seq += points.len() as i64;
                 self.pending.extend(resolved.iter().enumerate().map(
                     |(i, &(series, ts_ms, value))| Pending {
@@ -1057,7 +1050,7 @@ impl SqliteReader {
             }
             Ok((found, read_journal(&transaction)))
         })?;
-        let (pending, _) = journal?;
+        let pending = journal?;
         found.extend(
             pending
                 .iter()
