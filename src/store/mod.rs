@@ -128,6 +128,25 @@ pub enum Write {
     Roll { now_ms: i64 },
 }
 
+impl Write {
+    /// How many recorded points it appends.
+    fn recorded(&self) -> usize {
+        match self {
+            Write::Points { points, .. } => points.len(),
+            _ => 0,
+        }
+    }
+
+    /// How many sequence numbers it spends: one per recorded point and per Deeploy data point.
+    fn numbered(&self) -> usize {
+        match self {
+            Write::Points { points, .. } => points.len(),
+            Write::DataPoints { points, .. } => points.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// What a write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -866,19 +885,17 @@ mod tests {
                 n
             ],
         };
-        let Written::DataPoints { first_seq: first } = store.write(batch(3)).await.unwrap() else {
-            panic!("no sequence numbers");
+        let first_seq = |written| match written {
+            Written::DataPoints { first_seq } => first_seq,
+            other => panic!("no sequence numbers: {other:?}"),
         };
+        let first = first_seq(store.write(batch(3)).await.unwrap());
+        assert_eq!(first_seq(store.write(batch(1)).await.unwrap()), first + 3);
         drop(store);
         // Numbers are never reused, across a reopen too.
         let store = Store::open(dir.path()).unwrap();
-        let second = store.write(batch(1)).await.unwrap();
-        assert_eq!(
-            second,
-            Written::DataPoints {
-                first_seq: first + 3
-            }
-        );
+        let after = first_seq(store.write(batch(1)).await.unwrap());
+        assert!(after > first + 3, "{after} is reused");
     }
 
     #[tokio::test]
@@ -1022,12 +1039,14 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        // Old: one point, then nothing else to do.
+        // Old: one group too big to go straight into `points`, then nothing else to do.
+        let journaled = sqlite::DIRECT_POINTS as i64 + 1;
         let started = Instant::now();
-        store.write(points_of(id, 1)).await.unwrap();
+        store.write(points_of(id, journaled)).await.unwrap();
+        assert_eq!(count(dir.path(), "points"), 0);
         settled(store.clone()).await;
         assert!(started.elapsed() >= APPLY_AFTER);
-        assert_eq!(count(dir.path(), "points"), 1);
+        assert_eq!(count(dir.path(), "points"), journaled);
         // Many: the batch that reaches APPLY_POINTS is applied right after its commit.
         store
             .write(points_of(id, APPLY_POINTS as i64))
@@ -1036,7 +1055,7 @@ mod tests {
         let started = Instant::now();
         settled(store.clone()).await;
         assert!(started.elapsed() < APPLY_AFTER);
-        assert_eq!(count(dir.path(), "points"), 1 + APPLY_POINTS as i64);
+        assert_eq!(count(dir.path(), "points"), journaled + APPLY_POINTS as i64);
     }
 
     #[test]
@@ -1098,12 +1117,17 @@ mod tests {
         assert_eq!(results[2], Ok(Written::Removed(4)));
         // The group's points after the expiry wait on.
         assert_eq!(engine.pending(), 2);
-        engine.commit(&[points_of(deleted, 3)]).unwrap();
+        // Enough points that they are journaled, not put straight into `points`.
+        let journaled = sqlite::DIRECT_POINTS as u64 + 1;
+        engine
+            .commit(&[points_of(deleted, journaled as i64)])
+            .unwrap();
+        assert_eq!(engine.pending(), 2 + journaled as usize);
         let results = engine
             .commit(&[Write::DeleteMetric { id: deleted }])
             .unwrap();
-        // 6 points, 3 series, the definition.
-        assert_eq!(results[0], Ok(Written::Removed(10)));
+        // Its points, 3 series, the definition.
+        assert_eq!(results[0], Ok(Written::Removed(3 + journaled + 3 + 1)));
         assert_eq!(engine.pending(), 0);
         assert_eq!(count(dir.path(), "journal"), 0);
         let mut left = Vec::new();
