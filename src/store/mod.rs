@@ -11,9 +11,10 @@
 //! only after that commit is durable. A `2xx` built on that answer survives `kill -9` and power
 //! loss. The receive threads of the StatsD listeners never write here.
 //!
-//! Recorded points are committed in two steps: durably into a journal (what the answer waits
-//! for), then into the table queries read, many batches at once ([`Engine::apply_pending`]; the
-//! [`sqlite`] module says why). The writer applies what is pending when [`APPLY_POINTS`] points
+//! Recorded points of a large group are committed in two steps: durably into a journal (what
+//! the answer waits for), then into the table queries read, many batches at once
+//! ([`Engine::apply_pending`]; the [`sqlite`] module says why, and why a small group goes
+//! straight into that table). The writer applies what is pending when [`APPLY_POINTS`] points
 //! wait, when the oldest has waited [`APPLY_AFTER`], when a reader asks (below), and before it
 //! stops; the engine itself applies before deletes and expiry, and at open. So the points
 //! waiting in memory are bounded by [`APPLY_POINTS`] plus one group.
