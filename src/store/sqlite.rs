@@ -24,14 +24,15 @@
 //! a 4-KiB WAL frame in the commit: the durable part of a record cost 100–200 bytes of I/O per
 //! point. So a [`Write::Points`] resolves its series (new ones are inserted into `series` at
 //! once, which is rare), encodes the batch as one row of `journal` ([`super::journal`], ~12
-//! bytes a point, appended at the table's end: a few pages per batch) and keeps the decoded points in memory. The group's commit makes the row
-//! durable and the request is answered. Later, [`Engine::apply_pending`] moves everything
-//! pending into `points` in one transaction — sorted by the points key, so each leaf page is
-//! written once per apply, not once per batch — and deletes the applied journal rows. When an
-//! apply happens is the writer's choice ([`super`]: enough points, their age, a reader's
-//! barrier); this engine itself applies before any write that must see the points written
-//! before it (`DeleteMetric`, `Expire`), in the same transaction, and at [`open`], so journal
-//! rows left by a crash are in `points` before the store serves anything.
+//! bytes a point, appended at the table's end: a few pages per batch) and keeps the decoded
+//! points in memory. The group's commit makes the row durable and the request is answered.
+//! Later, [`Engine::apply_pending`] moves everything pending into `points` in one transaction —
+//! sorted by the points key, so each leaf page is written once per apply, not once per batch —
+//! and deletes the applied journal rows. When an apply happens is the writer's choice
+//! ([`super`]: enough points, their age, a reader's barrier); this engine itself applies before
+//! any write that must see the points written before it (`DeleteMetric`, `Expire`), in the same
+//! transaction, and at [`open`], so journal rows left by a crash are in `points` before the
+//! store serves anything.
 //!
 //! Another table keyed by time (history tiers, say) joins the same way: a write that reads or
 //! rewrites points applies the pending ones first.
@@ -42,8 +43,9 @@
 //! pages where a journal row wrote one, and it leaves nothing for an apply to stall later
 //! records with.
 //!
-//! **Sequence numbers are reserved in blocks.** `seq` in `meta` is a number no point or data
-//! point has yet: a transaction that would spend past it raises it by [`SEQ_BLOCK`], so most
+//! **Sequence numbers are reserved in blocks.** `seq` in `meta` bounds the numbers spent: no
+//! point or data point has it or a higher one. A transaction that would spend past it raises it
+//! by [`SEQ_BLOCK`], so most
 //! commits leave `meta` alone and their durable part is one or a few pages. (The `seq` row
 //! rewritten in every commit was a second WAL frame a thousand times a second, which doubled
 //! a single-point commit's writes and made SQLite's WAL index probe ever longer chains of the
