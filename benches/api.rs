@@ -1751,8 +1751,19 @@ fn udp_group(s: &Settings, table: &mut Table) {
         "UDP lines per receive-thread CPU-second, API loaded",
         Unit::Count,
         lps(&loaded),
-        &format!("≥ 90 % of idle = {}", thousands(0.9 * idle_lps)),
-        Check::AtLeast(0.9 * idle_lps),
+        &format!("(90 % of idle = {})", thousands(0.9 * idle_lps)),
+        Check::None,
+    );
+    // Each loaded run against the idle run just before it: the two share the host's mood of
+    // that minute, which moves either median by more than the 10 % the target allows.
+    table.add(
+        "UDP lines per receive-thread CPU-second, each loaded run ÷ the idle run before it",
+        Unit::Times,
+        (lps(&loaded).iter().zip(lps(&idle)))
+            .map(|(loaded, idle)| loaded / idle)
+            .collect(),
+        "≥ 0.90×",
+        Check::AtLeast(0.9),
     );
     table.add(
         "UDP send rate achieved, API loaded",
